@@ -1,0 +1,97 @@
+//! How to reach ClickHouse. Section `[clickhouse]` of the config, env `RUM_CLICKHOUSE_*`.
+
+use rum_schemas::config::{require_non_empty, ConfigError};
+use serde::Deserialize;
+
+/// ClickHouse connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// The database holding `rum`'s tables.
+    pub database: String,
+    /// The user.
+    pub user: String,
+    /// The password (empty for none).
+    pub password: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "rum".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+impl ClickHouseConfig {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_non_empty("clickhouse.url", &self.url)?;
+        let rest = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                ConfigError::new("clickhouse.url", "must start with http:// or https://")
+            })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ConfigError::new("clickhouse.url", "has no host"));
+        }
+        let db_ok = !self.database.is_empty()
+            && self
+                .database
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !db_ok {
+            return Err(ConfigError::new(
+                "clickhouse.database",
+                "must be [A-Za-z0-9_], not empty",
+            ));
+        }
+        require_non_empty("clickhouse.user", &self.user)?;
+        Ok(())
+    }
+
+    /// A client bound to the server, without a database (for `CREATE DATABASE`).
+    pub fn server_client(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_user(&self.user)
+            .with_password(&self.password)
+            .with_validation(false)
+    }
+
+    /// A client bound to the database.
+    pub fn client(&self) -> clickhouse::Client {
+        self.server_client().with_database(&self.database)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ClickHouseConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_key() {
+        let bad_url = ClickHouseConfig {
+            url: "127.0.0.1:8123".into(),
+            ..Default::default()
+        };
+        assert_eq!(bad_url.validate().unwrap_err().key, "clickhouse.url");
+        let bad_db = ClickHouseConfig {
+            database: "rum; DROP".into(),
+            ..Default::default()
+        };
+        assert_eq!(bad_db.validate().unwrap_err().key, "clickhouse.database");
+    }
+}

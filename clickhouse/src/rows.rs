@@ -1,0 +1,119 @@
+//! Row types and inserts.
+
+use clickhouse::Row;
+use rum_schemas::BeaconMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+
+/// The raw table: one row per metric.
+pub const VITALS_RAW: &str = "vitals_raw";
+
+/// A row of `vitals_raw`. Field order and names match the table.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct VitalsRawRow {
+    /// Unix seconds (ClickHouse `DateTime`) at which the ingest received the beacon.
+    pub received_at: u32,
+    /// The site.
+    pub site: String,
+    /// The route slug.
+    pub route: String,
+    /// The device class.
+    pub device: String,
+    /// The navigation type.
+    pub nav_type: String,
+    /// The metric name.
+    pub metric: String,
+    /// Milliseconds, or unitless for CLS.
+    pub value: f64,
+    /// good, needs-improvement or poor.
+    pub rating: String,
+    /// The client's metric id.
+    pub metric_id: String,
+    /// The collector's sample rate.
+    pub sample_rate: f64,
+    /// The Kafka partition of the message.
+    pub kafka_partition: u32,
+    /// The Kafka offset of the message.
+    pub kafka_offset: u64,
+}
+
+/// The rows of one Kafka message, one per metric.
+pub fn raw_rows(
+    msg: &BeaconMessage,
+    partition: u32,
+    offset: u64,
+) -> impl Iterator<Item = VitalsRawRow> + '_ {
+    let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
+    msg.metrics.iter().map(move |m| VitalsRawRow {
+        received_at,
+        site: msg.site.clone(),
+        route: msg.route.clone(),
+        device: msg.device.as_str().to_string(),
+        nav_type: msg.nav_type.clone(),
+        metric: m.name.as_str().to_string(),
+        value: m.value,
+        rating: m.rating.as_str().to_string(),
+        metric_id: m.id.clone(),
+        sample_rate: msg.sample_rate,
+        kafka_partition: partition,
+        kafka_offset: offset,
+    })
+}
+
+/// Inserts rows into `vitals_raw` in one request.
+pub async fn insert_raw_rows(
+    client: &clickhouse::Client,
+    rows: &[VitalsRawRow],
+) -> Result<(), StorageError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<VitalsRawRow>(VITALS_RAW).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rum_schemas::{Device, MetricName, MetricSample, Rating};
+
+    #[test]
+    fn one_row_per_metric_with_the_message_position() {
+        let msg = BeaconMessage {
+            site: "shop".into(),
+            route: "cart".into(),
+            device: Device::Tablet,
+            nav_type: "reload".into(),
+            sample_rate: 0.25,
+            received_at: 1_700_000_000_999,
+            metrics: vec![
+                MetricSample {
+                    name: MetricName::LCP,
+                    value: 1.0,
+                    id: "a".into(),
+                    rating: Rating::Good,
+                },
+                MetricSample {
+                    name: MetricName::CLS,
+                    value: 0.3,
+                    id: "b".into(),
+                    rating: Rating::Poor,
+                },
+            ],
+        };
+        let rows: Vec<_> = raw_rows(&msg, 3, 42).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].received_at, 1_700_000_000);
+        assert_eq!(
+            (rows[1].metric.as_str(), rows[1].rating.as_str()),
+            ("CLS", "poor")
+        );
+        assert_eq!((rows[1].kafka_partition, rows[1].kafka_offset), (3, 42));
+        assert_eq!(rows[0].device, "tablet");
+    }
+}

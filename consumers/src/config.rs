@@ -1,0 +1,74 @@
+//! Section `[consumer]` of the config, env `RUM_CONSUMER_*`.
+
+use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
+use serde::Deserialize;
+
+/// The consumer's settings, with production defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The address of `/metrics` and `/healthz`.
+    pub host: String,
+    /// The port of `/metrics` and `/healthz`.
+    pub port: u16,
+    /// The Kafka consumer group.
+    pub group_id: String,
+    /// A batch is written when it holds this many messages...
+    pub batch_max_messages: usize,
+    /// ...or when its first message waited this long.
+    pub batch_max_wait_ms: u64,
+    /// How long a broker may hold a fetch (`fetch.wait.max.ms`); tansu holds it the whole time.
+    pub fetch_wait_max_ms: u64,
+    /// The longest pause between ClickHouse retries.
+    pub retry_max_backoff_ms: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8081,
+            group_id: "rum-consumers".into(),
+            batch_max_messages: 5_000,
+            batch_max_wait_ms: 1_000,
+            fetch_wait_max_ms: 50,
+            retry_max_backoff_ms: 10_000,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.parse::<std::net::IpAddr>().is_err() {
+            return Err(ConfigError::new(
+                "consumer.host",
+                "must be an IP address, e.g. 127.0.0.1",
+            ));
+        }
+        require_non_empty("consumer.group_id", &self.group_id)?;
+        require_positive(
+            "consumer.batch_max_messages",
+            self.batch_max_messages as u64,
+        )?;
+        require_positive("consumer.batch_max_wait_ms", self.batch_max_wait_ms)?;
+        require_positive("consumer.fetch_wait_max_ms", self.fetch_wait_max_ms)?;
+        require_positive("consumer.retry_max_backoff_ms", self.retry_max_backoff_ms)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_batches_are_not() {
+        ConsumerConfig::default().validate().unwrap();
+        let c = ConsumerConfig {
+            batch_max_messages: 0,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "consumer.batch_max_messages");
+    }
+}

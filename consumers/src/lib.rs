@@ -1,0 +1,53 @@
+//! `rum consume`: the Kafka consumer group that moves beacons into ClickHouse.
+//!
+//! One loop per process: fetch a batch, decode each message (poison goes to the dead-letter topic
+//! with its reason), insert the rows into ClickHouse (retrying with backoff while ClickHouse is
+//! down, without fetching more, so memory stays bounded), and only then commit the offsets.
+//! A crash between insert and commit replays the batch: delivery into ClickHouse is at least once.
+
+mod config;
+mod metrics;
+mod pipeline;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::ConsumerConfig;
+pub use metrics::ConsumerMetrics;
+pub use pipeline::{Consumer, ConsumerError};
+use rum_clickhouse::ClickHouseConfig;
+use rum_schemas::kafka::KafkaConfig;
+
+/// Runs the consumer and its `/metrics` server until `shutdown` completes.
+/// The batch in hand is written and committed before returning.
+pub async fn run(
+    config: &ConsumerConfig,
+    kafka: &KafkaConfig,
+    clickhouse: &ClickHouseConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ConsumerError> {
+    let metrics = Arc::new(ConsumerMetrics::new()?);
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| ConsumerError::Bind { addr, source })?;
+    let consumer = Consumer::new(config, kafka, clickhouse, metrics.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        let app = metrics::router(metrics);
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    let result = consumer.run(stop_rx).await;
+    let _ = http.await;
+    result
+}

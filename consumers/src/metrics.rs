@@ -1,0 +1,126 @@
+//! Every metric the consumer exports, registered in one place, and its small HTTP surface.
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+/// The consumer's Prometheus metrics, in their own registry.
+pub struct ConsumerMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Kafka messages read.
+    pub messages_consumed: IntCounter,
+    /// Rows written to ClickHouse, by table.
+    pub rows_inserted: IntCounterVec,
+    /// Messages sent to the dead-letter topic, by reason.
+    pub dead_lettered: IntCounterVec,
+    /// Failed ClickHouse inserts (each is retried).
+    pub insert_errors: IntCounter,
+    /// Failed offset commits.
+    pub commit_errors: IntCounter,
+    /// Time from a batch's first message to its commit.
+    pub batch_duration: Histogram,
+}
+
+impl ConsumerMetrics {
+    /// Builds and registers every metric; a duplicate name is an error, not a panic.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let messages_consumed = IntCounter::new(
+            "rum_consumer_messages_consumed_total",
+            "Kafka messages read.",
+        )?;
+        let rows_inserted = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_rows_inserted_total",
+                "Rows written to ClickHouse, by table.",
+            ),
+            &["table"],
+        )?;
+        let dead_lettered = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_dead_lettered_total",
+                "Messages sent to the dead-letter topic, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let insert_errors = IntCounter::new(
+            "rum_consumer_insert_errors_total",
+            "Failed ClickHouse inserts; each is retried with backoff.",
+        )?;
+        let commit_errors = IntCounter::new(
+            "rum_consumer_commit_errors_total",
+            "Failed Kafka offset commits.",
+        )?;
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rum_consumer_batch_duration_seconds",
+                "Time from a batch's first message to its offset commit.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(messages_consumed.clone()))?;
+        registry.register(Box::new(rows_inserted.clone()))?;
+        registry.register(Box::new(dead_lettered.clone()))?;
+        registry.register(Box::new(insert_errors.clone()))?;
+        registry.register(Box::new(commit_errors.clone()))?;
+        registry.register(Box::new(batch_duration.clone()))?;
+        Ok(Self {
+            registry,
+            messages_consumed,
+            rows_inserted,
+            dead_lettered,
+            insert_errors,
+            commit_errors,
+            batch_duration,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// `/metrics` and `/healthz`.
+pub fn router(metrics: Arc<ConsumerMetrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        metrics.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_full_registry_with_rum_names() {
+        let m = ConsumerMetrics::new().expect("no duplicate metric names");
+        m.rows_inserted.with_label_values(&["vitals_raw"]).inc();
+        m.dead_lettered.with_label_values(&["undecodable"]).inc();
+        m.batch_duration.observe(0.1);
+        let families = m.registry.gather();
+        assert_eq!(families.len(), 6);
+        assert!(families.iter().all(|f| f.name().starts_with("rum_")));
+    }
+}

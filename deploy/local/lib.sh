@@ -1,0 +1,632 @@
+# shellcheck shell=bash
+# deploy/local/lib.sh: shared helpers of the deploy/local scripts. Source it, do not run it.
+#
+# Everything binds to 127.0.0.1. State lives under $RUM_LOCAL_DIR (default <repo>/.local, git-ignored):
+#   $RUM_LOCAL_DIR/run/NAME.pid   pid of a process started here (NAME.exe: its executable, to detect reused pids)
+#   $RUM_LOCAL_DIR/log/NAME.log   its stdout and stderr
+#   $RUM_LOCAL_DIR/data/NAME/     its data and generated config
+# Processes are stopped by the pid they were started with, never by name.
+
+if [[ -n "${RUM_LOCAL_LIB_LOADED:-}" ]]; then
+    return 0
+fi
+RUM_LOCAL_LIB_LOADED=1
+
+RUM_LOCAL_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$RUM_LOCAL_LIB_DIR/../.." && pwd)"
+RUM_SCRIPT_NAME="${RUM_SCRIPT_NAME:-$(basename "$0")}"
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Logging
+
+log() { printf '[rum %s] %s\n' "$RUM_SCRIPT_NAME" "$*" >&2; }
+warn() { printf '[rum %s] warning: %s\n' "$RUM_SCRIPT_NAME" "$*" >&2; }
+die() {
+    printf '[rum %s] error: %s\n' "$RUM_SCRIPT_NAME" "$*" >&2
+    exit 1
+}
+
+# show_log_tail FILE [LINES]: the last lines of a log file, indented, on stderr.
+show_log_tail() {
+    local file=$1 lines=${2:-25}
+    if [[ -s $file ]]; then
+        printf '    --- last %s lines of %s ---\n' "$lines" "$file" >&2
+        tail -n "$lines" "$file" | sed 's/^/    | /' >&2
+    else
+        printf '    (%s is empty or missing)\n' "$file" >&2
+    fi
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Configuration (environment variables with defaults)
+
+RUM_LOCAL_DIR="${RUM_LOCAL_DIR:-$REPO/.local}"
+if [[ $RUM_LOCAL_DIR != /* ]]; then
+    RUM_LOCAL_DIR="$PWD/$RUM_LOCAL_DIR"
+fi
+RUM_INGEST_PORT="${RUM_INGEST_PORT:-8080}"
+RUM_CONSUMER_PORT="${RUM_CONSUMER_PORT:-8081}"
+RUM_LOCAL_KAFKA_PORT="${RUM_LOCAL_KAFKA_PORT:-9092}"
+RUM_LOCAL_CLICKHOUSE_PORT="${RUM_LOCAL_CLICKHOUSE_PORT:-8123}"
+RUM_LOCAL_CLICKHOUSE_TCP_PORT="${RUM_LOCAL_CLICKHOUSE_TCP_PORT:-9000}"
+RUM_LOCAL_PROMETHEUS_PORT="${RUM_LOCAL_PROMETHEUS_PORT:-9090}"
+RUM_LOCAL_ALERTMANAGER_PORT="${RUM_LOCAL_ALERTMANAGER_PORT:-9093}"
+# Seconds to wait for a service to become ready.
+RUM_LOCAL_START_TIMEOUT="${RUM_LOCAL_START_TIMEOUT:-60}"
+
+RUM_TANSU_VERSION=0.6.0
+RUM_TANSU_ROOT="${RUM_TANSU_ROOT:-$HOME/.cache/rum/tansu-$RUM_TANSU_VERSION}"
+RUM_TANSU_DEFAULT_BIN="$RUM_TANSU_ROOT/bin/tansu"
+RUM_TANSU_BIN="${RUM_TANSU_BIN:-$RUM_TANSU_DEFAULT_BIN}"
+RUM_CLICKHOUSE_SERVER_BIN="${RUM_CLICKHOUSE_SERVER_BIN:-/usr/sbin/clickhouse-server}"
+
+# Kafka topics of the pipeline (name:partitions).
+RUM_KAFKA_TOPICS=("rum.beacons.v1:4" "rum.beacons.dlq.v1:1")
+
+# The services this folder manages, in start order.
+RUM_SERVICES=(clickhouse kafka alertmanager prometheus)
+# The pipeline processes started by ./up.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+RUM_PIPELINE=(standalone ingest consume)
+
+for _var in RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_CLICKHOUSE_PORT \
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT; do
+    if ! [[ ${!_var} =~ ^[0-9]+$ ]] || ((${!_var} < 1 || ${!_var} > 65535)); then
+        die "$_var='${!_var}' is not a port number (1-65535)"
+    fi
+done
+unset _var
+if ! [[ $RUM_LOCAL_START_TIMEOUT =~ ^[0-9]+$ ]]; then
+    die "RUM_LOCAL_START_TIMEOUT='$RUM_LOCAL_START_TIMEOUT' is not a number of seconds"
+fi
+
+export RUM_LOCAL_DIR RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_CLICKHOUSE_PORT \
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT RUM_TANSU_ROOT
+
+# Cargo's target dir (the pipeline binary lives there).
+rum_target_dir() {
+    local dir=${CARGO_TARGET_DIR:-target}
+    if [[ $dir != /* ]]; then
+        dir="$REPO/$dir"
+    fi
+    printf '%s\n' "$dir"
+}
+# shellcheck disable=SC2034 # used by the scripts that source this file
+RUM_BIN="$(rum_target_dir)/release/rum"
+
+pid_file() { printf '%s/run/%s.pid\n' "$RUM_LOCAL_DIR" "$1"; }
+exe_file() { printf '%s/run/%s.exe\n' "$RUM_LOCAL_DIR" "$1"; }
+log_file() { printf '%s/log/%s.log\n' "$RUM_LOCAL_DIR" "$1"; }
+data_dir() { printf '%s/data/%s\n' "$RUM_LOCAL_DIR" "$1"; }
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Installation
+
+# as_root CMD...: run a command as root (directly, or through sudo).
+as_root() {
+    if ((EUID == 0)); then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run '$*' and sudo is not installed"
+    fi
+}
+
+# apt_missing PKG...: print the packages that are not installed, one a line.
+apt_missing() {
+    local pkg
+    for pkg in "$@"; do
+        if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]]; then
+            printf '%s\n' "$pkg"
+        fi
+    done
+}
+
+RUM_APT_UPDATED=""
+
+apt_update_once() {
+    if [[ -z $RUM_APT_UPDATED ]]; then
+        log "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+        RUM_APT_UPDATED=1
+    fi
+}
+
+# apt_ensure [--no-install-recommends] PKG...: install the packages that are missing (apt-get update once).
+apt_ensure() {
+    local opts=()
+    if [[ ${1:-} == --no-install-recommends ]]; then
+        opts+=("$1")
+        shift
+    fi
+    local missing=()
+    mapfile -t missing < <(apt_missing "$@")
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing packages: ${missing[*]}; this script installs with apt-get (Debian/Ubuntu), install them by hand"
+    apt_update_once
+    log "installing apt packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${opts[@]}" "${missing[@]}" ||
+        die "apt-get install ${missing[*]} failed"
+}
+
+# apt_ensure_servers [--no-install-recommends] PKG...: like apt_ensure, for packages that ship a system service.
+# The package's own service must not start (it would take the ports these scripts use): install under a
+# policy-rc.d that refuses starts, then disable the units the install enabled.
+apt_ensure_servers() {
+    local opts=() missing=()
+    if [[ ${1:-} == --no-install-recommends ]]; then
+        opts+=("$1")
+        shift
+    fi
+    mapfile -t missing < <(apt_missing "$@")
+    if ((${#missing[@]} == 0)); then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        die "missing packages: ${missing[*]}; this script installs with apt-get (Debian/Ubuntu), install them by hand"
+    apt_update_once
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# temporary, written by rum deploy/local/lib.sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        made_policy=1
+    fi
+    local rc=0
+    # A subshell, so that the policy file is removed even when the install dies.
+    (apt_ensure "${opts[@]}" "${missing[@]}") || rc=$?
+    if [[ -n $made_policy ]]; then
+        as_root rm -f "$policy"
+    fi
+    ((rc == 0)) || exit "$rc"
+    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+        local pkg unit
+        for pkg in "${missing[@]}"; do
+            unit="$pkg.service"
+            if systemctl list-unit-files "$unit" >/dev/null 2>&1 && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+                log "disabling the system service $unit (deploy/local runs its own instance on loopback)"
+                as_root systemctl disable --now --quiet "$unit" || warn "could not disable $unit"
+            fi
+        done
+    fi
+}
+
+# ensure_cargo: a Rust toolchain must exist (this script does not install one).
+ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [[ -x $HOME/.cargo/bin/cargo ]]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+        export PATH
+    fi
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found: install a Rust toolchain (https://rustup.rs, rust-version 1.89 or newer), then run this again"
+}
+
+RUM_BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev cmake curl iproute2)
+RUM_SERVER_PACKAGES=(clickhouse-server clickhouse-client)
+RUM_MONITORING_PACKAGES=(prometheus prometheus-alertmanager)
+
+# rum_install [--with-tansu]: everything the stack needs; tansu (a ~13 min build, cached) only when asked.
+rum_install() {
+    local with_tansu=""
+    while (($#)); do
+        case $1 in
+        --with-tansu) with_tansu=1 ;;
+        *) die "rum_install: unknown option '$1'" ;;
+        esac
+        shift
+    done
+    apt_ensure "${RUM_BUILD_PACKAGES[@]}"
+    apt_ensure_servers "${RUM_SERVER_PACKAGES[@]}"
+    apt_ensure_servers --no-install-recommends "${RUM_MONITORING_PACKAGES[@]}"
+    ensure_cargo
+    [[ -x $RUM_CLICKHOUSE_SERVER_BIN ]] ||
+        die "clickhouse-server not found at $RUM_CLICKHOUSE_SERVER_BIN (RUM_CLICKHOUSE_SERVER_BIN)"
+    if [[ -n $with_tansu ]]; then
+        ensure_tansu
+    fi
+}
+
+# ensure_tansu: build tansu once into $RUM_TANSU_ROOT (outside the checkout, so fresh clones reuse it).
+ensure_tansu() {
+    if [[ -x $RUM_TANSU_BIN ]]; then
+        return 0
+    fi
+    if [[ $RUM_TANSU_BIN != "$RUM_TANSU_DEFAULT_BIN" ]]; then
+        die "RUM_TANSU_BIN=$RUM_TANSU_BIN is not an executable; unset it to build tansu into $RUM_TANSU_ROOT"
+    fi
+    apt_ensure "${RUM_BUILD_PACKAGES[@]}"
+    ensure_cargo
+    mkdir -p "$(dirname "$RUM_TANSU_ROOT")"
+    local lock="$RUM_TANSU_ROOT.lock" build_log="$RUM_TANSU_ROOT.build.log"
+    # One build at a time, even across concurrent scripts.
+    exec {RUM_TANSU_LOCK_FD}>"$lock"
+    if ! flock -n "$RUM_TANSU_LOCK_FD"; then
+        log "another process is building tansu (lock $lock); waiting for it"
+        flock "$RUM_TANSU_LOCK_FD"
+    fi
+    if [[ ! -x $RUM_TANSU_BIN ]]; then
+        log "building tansu $RUM_TANSU_VERSION once (~13 min on 2 cores) into $RUM_TANSU_ROOT; log: $build_log"
+        cargo install "tansu@$RUM_TANSU_VERSION" --locked --features dynostore --root "$RUM_TANSU_ROOT" \
+            >"$build_log" 2>&1 &
+        local cargo_pid=$! started=$SECONDS next=$((SECONDS + 30))
+        while kill -0 "$cargo_pid" 2>/dev/null; do
+            if ((SECONDS >= next)); then
+                log "still building tansu ($((SECONDS - started)) s): $(grep -E '^ *(Compiling|Installing|Finished)' "$build_log" | tail -n 1 | sed 's/^ *//')"
+                next=$((SECONDS + 30))
+            fi
+            sleep 2
+        done
+        if ! wait "$cargo_pid"; then
+            show_log_tail "$build_log" 30
+            die "building tansu failed; see $build_log"
+        fi
+        [[ -x $RUM_TANSU_BIN ]] || die "cargo install finished but $RUM_TANSU_BIN does not exist; see $build_log"
+        log "tansu built in $((SECONDS - started)) s: $RUM_TANSU_BIN"
+    fi
+    flock -u "$RUM_TANSU_LOCK_FD"
+    exec {RUM_TANSU_LOCK_FD}>&-
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Processes (started in their own session, tracked by pid file)
+
+# pid_alive PID: the process exists and is not a zombie.
+pid_alive() {
+    local pid=$1 stat rest
+    [[ -r /proc/$pid/stat ]] || return 1
+    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
+    rest=${stat##*) }
+    case ${rest%% *} in
+    Z | X) return 1 ;;
+    esac
+    return 0
+}
+
+# argv_runs PID PATH: PATH is the program or the script (argv[1], behind an interpreter) of the process.
+argv_runs() {
+    local pid=$1 path=$2 argv=() arg
+    { mapfile -d "" -t -n 2 argv <"/proc/$pid/cmdline"; } 2>/dev/null || return 1
+    for arg in "${argv[@]}"; do
+        if [[ $arg == /* && $(readlink -f "$arg" 2>/dev/null) == "$path" ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# proc_pid NAME: print the pid of the running process NAME; a stale pid file is removed (returns 1).
+proc_pid() {
+    local name=$1 pf ef pid expected actual
+    pf=$(pid_file "$name")
+    ef=$(exe_file "$name")
+    [[ -f $pf ]] || return 1
+    pid=$(<"$pf")
+    local why="pid ${pid:-?} is not running"
+    if [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid"; then
+        expected=""
+        if [[ -f $ef ]]; then
+            expected=$(<"$ef")
+        fi
+        actual=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
+        actual=${actual% (deleted)}
+        # Same executable (or unknown): it is ours. Otherwise the pid was reused by an unrelated process.
+        if [[ -z $expected || -z $actual || $expected == "$actual" ]] || argv_runs "$pid" "$expected"; then
+            printf '%s\n' "$pid"
+            return 0
+        fi
+        why="pid $pid is now $actual, not $expected"
+    fi
+    log "$name: removing stale pid file $pf ($why)"
+    rm -f "$pf" "$ef"
+    return 1
+}
+
+# start_process NAME CWD CMD [ARGS...]: start CMD in the background in its own session, stdin from /dev/null,
+# stdout and stderr appended to log/NAME.log, pid in run/NAME.pid.
+start_process() {
+    local name=$1 cwd=$2 cmd=$3
+    shift 2
+    local path
+    path=$(command -v "$cmd") || die "$name: command not found: $cmd"
+    path=$(readlink -f "$path")
+    mkdir -p "$RUM_LOCAL_DIR/run" "$RUM_LOCAL_DIR/log" "$cwd"
+    local lf
+    lf=$(log_file "$name")
+    printf '\n=== %s: starting %s (from %s)\n' "$(date -u +%FT%TZ)" "$*" "$RUM_SCRIPT_NAME" >>"$lf"
+    # setsid: a Ctrl-C in the terminal that ran this script must not reach the service.
+    (cd "$cwd" && exec setsid "$@" >>"$lf" 2>&1 </dev/null) &
+    local pid=$!
+    printf '%s\n' "$pid" >"$(pid_file "$name")"
+    printf '%s\n' "$path" >"$(exe_file "$name")"
+    log "$name: started (pid $pid), log: $lf"
+}
+
+# stop_process NAME [TIMEOUT]: SIGTERM, wait up to TIMEOUT seconds (default 10), then SIGKILL; remove the pid file.
+stop_process() {
+    local name=$1 timeout=${2:-10} pid
+    if ! pid=$(proc_pid "$name"); then
+        return 0
+    fi
+    log "$name: stopping (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + timeout))
+    while pid_alive "$pid"; do
+        if ((SECONDS >= deadline)); then
+            warn "$name: still running ${timeout} s after SIGTERM, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            deadline=$((SECONDS + 5))
+            while pid_alive "$pid"; do
+                ((SECONDS < deadline)) || die "$name: pid $pid survived SIGKILL"
+                sleep 0.1
+            done
+            break
+        fi
+        sleep 0.1
+    done
+    rm -f "$(pid_file "$name")" "$(exe_file "$name")"
+    log "$name: stopped"
+}
+
+# port_listener PORT: print the listening sockets on PORT (empty when the port is free).
+port_listener() {
+    local port=$1
+    if command -v ss >/dev/null 2>&1; then
+        ss -ltnpH "sport = :$port" 2>/dev/null || true
+    elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        printf 'something answers on 127.0.0.1:%s\n' "$port"
+    fi
+}
+
+# require_port_free NAME PORT VAR: die with a clear message when PORT is taken.
+require_port_free() {
+    local name=$1 port=$2 var=$3 holder
+    holder=$(port_listener "$port")
+    if [[ -n $holder ]]; then
+        die "$name: port $port is already in use ($(printf '%s' "$holder" | head -n 1 | tr -s ' ')); stop that process or choose another port with $var=..."
+    fi
+}
+
+# wait_ready NAME WHAT EXTRA_LOG CHECK...: run CHECK until it succeeds; die (pointing at log/NAME.log and, when not
+# empty, EXTRA_LOG) when the process exits or RUM_LOCAL_START_TIMEOUT passes (a process that timed out is stopped).
+wait_ready() {
+    local name=$1 what=$2 extra=$3
+    shift 3
+    local lf
+    lf=$(log_file "$name")
+    if [[ -n $extra ]]; then
+        lf="$lf and $extra"
+    fi
+    local deadline=$((SECONDS + RUM_LOCAL_START_TIMEOUT)) pid
+    pid=$(<"$(pid_file "$name")")
+    while ! "$@" >/dev/null 2>&1; do
+        if ! pid_alive "$pid"; then
+            rm -f "$(pid_file "$name")" "$(exe_file "$name")"
+            show_log_tail "$(log_file "$name")"
+            [[ -z $extra ]] || show_log_tail "$extra"
+            die "$name exited during startup (waiting for $what); see $lf"
+        fi
+        if ((SECONDS >= deadline)); then
+            show_log_tail "$(log_file "$name")"
+            [[ -z $extra ]] || show_log_tail "$extra"
+            stop_process "$name" 5 || true
+            die "$name was not ready within ${RUM_LOCAL_START_TIMEOUT} s (waiting for $what); see $lf"
+        fi
+        sleep 0.1
+    done
+}
+
+# http_ok URL [BODY]: URL answers 2xx (and, when given, exactly BODY modulo the trailing newline).
+http_ok() {
+    local url=$1 expect=${2:-} body
+    body=$(curl -fsS --max-time 2 "$url") || return 1
+    [[ -z $expect || $body == "$expect" ]]
+}
+
+# tcp_open PORT: something accepts connections on 127.0.0.1:PORT.
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Services: kafka (tansu), clickhouse, prometheus, alertmanager
+
+is_service() {
+    local s
+    for s in "${RUM_SERVICES[@]}"; do
+        [[ $s == "$1" ]] && return 0
+    done
+    return 1
+}
+
+# service_url NAME: where the service answers.
+service_url() {
+    case $1 in
+    kafka) printf 'tcp://127.0.0.1:%s\n' "$RUM_LOCAL_KAFKA_PORT" ;;
+    clickhouse) printf 'http://127.0.0.1:%s (native tcp :%s)\n' "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" ;;
+    prometheus) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_PROMETHEUS_PORT" ;;
+    alertmanager) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_ALERTMANAGER_PORT" ;;
+    standalone | ingest) printf 'http://127.0.0.1:%s\n' "$RUM_INGEST_PORT" ;;
+    consume) printf 'http://127.0.0.1:%s/metrics\n' "$RUM_CONSUMER_PORT" ;;
+    *) printf '\n' ;;
+    esac
+}
+
+# service_ports NAME: the ports a service listens on.
+service_ports() {
+    case $1 in
+    kafka) printf '%s\n' "$RUM_LOCAL_KAFKA_PORT" ;;
+    clickhouse) printf '%s\n' "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" ;;
+    prometheus) printf '%s\n' "$RUM_LOCAL_PROMETHEUS_PORT" ;;
+    alertmanager) printf '%s\n' "$RUM_LOCAL_ALERTMANAGER_PORT" ;;
+    esac
+}
+
+# kafka_create_topic NAME PARTITIONS: create a topic on the local tansu; an existing topic is fine.
+kafka_create_topic() {
+    local topic=$1 partitions=$2 out
+    if out=$("$RUM_TANSU_BIN" topic create --broker "tcp://127.0.0.1:$RUM_LOCAL_KAFKA_PORT" \
+        --partitions "$partitions" "$topic" 2>&1); then
+        log "kafka: created topic $topic ($partitions partitions)"
+    elif grep -qiE 'TopicAlreadyExists|already exists' <<<"$out"; then
+        log "kafka: topic $topic already exists"
+    else
+        printf '%s\n' "$out" | sed 's/^/    | /' >&2
+        die "kafka: could not create topic $topic"
+    fi
+}
+
+kafka_start() {
+    ensure_tansu
+    if ! proc_pid kafka >/dev/null; then
+        require_port_free kafka "$RUM_LOCAL_KAFKA_PORT" RUM_LOCAL_KAFKA_PORT
+        local url="tcp://127.0.0.1:$RUM_LOCAL_KAFKA_PORT"
+        # cwd is the data dir: tansu reads a .env file from its working directory.
+        start_process kafka "$(data_dir kafka)" "$RUM_TANSU_BIN" broker \
+            --listener-url "$url" --advertised-listener-url "$url" --storage-engine memory://tansu/
+        wait_ready kafka "$url" "" tcp_open "$RUM_LOCAL_KAFKA_PORT"
+        log "kafka: ready at $url (tansu, memory storage: data is lost when it stops)"
+    else
+        log "kafka: already running (pid $(proc_pid kafka))"
+    fi
+    local spec
+    for spec in "${RUM_KAFKA_TOPICS[@]}"; do
+        kafka_create_topic "${spec%%:*}" "${spec##*:}"
+    done
+}
+
+# render_clickhouse_config DIR HTTP_PORT TCP_PORT: write DIR/config.xml and DIR/users.xml from the templates in
+# deploy/local/clickhouse/ (the rum-testkit crate renders the same files the same way).
+render_clickhouse_config() {
+    local dir=$1 http=$2 tcp=$3 tpl
+    [[ $dir != *[\&\<\>\"\']* ]] || die "clickhouse: the data dir '$dir' contains XML special characters"
+    tpl=$(<"$RUM_LOCAL_LIB_DIR/clickhouse/config.xml.in")
+    tpl=${tpl//@DATA_DIR@/"$dir"}
+    tpl=${tpl//@HTTP_PORT@/"$http"}
+    tpl=${tpl//@TCP_PORT@/"$tcp"}
+    if [[ $tpl =~ @[A-Z_]+@ ]]; then
+        die "clickhouse: unknown placeholder ${BASH_REMATCH[0]} in $RUM_LOCAL_LIB_DIR/clickhouse/config.xml.in"
+    fi
+    mkdir -p "$dir/log" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
+    printf '%s\n' "$tpl" >"$dir/config.xml"
+    cp "$RUM_LOCAL_LIB_DIR/clickhouse/users.xml" "$dir/users.xml"
+}
+
+clickhouse_start() {
+    if proc_pid clickhouse >/dev/null; then
+        log "clickhouse: already running (pid $(proc_pid clickhouse))"
+        return 0
+    fi
+    [[ -x $RUM_CLICKHOUSE_SERVER_BIN ]] ||
+        die "clickhouse: $RUM_CLICKHOUSE_SERVER_BIN not found; run ./deploy/local/install"
+    require_port_free clickhouse "$RUM_LOCAL_CLICKHOUSE_PORT" RUM_LOCAL_CLICKHOUSE_PORT
+    require_port_free clickhouse "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" RUM_LOCAL_CLICKHOUSE_TCP_PORT
+    local dir
+    dir=$(data_dir clickhouse)
+    render_clickhouse_config "$dir" "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT"
+    start_process clickhouse "$dir" "$RUM_CLICKHOUSE_SERVER_BIN" --config-file="$dir/config.xml"
+    # The server's own log (errors included) is in the data dir; stdout only says where it logs.
+    wait_ready clickhouse "GET /ping" "$dir/log/clickhouse-server.err.log" \
+        http_ok "http://127.0.0.1:$RUM_LOCAL_CLICKHOUSE_PORT/ping" "Ok."
+    log "clickhouse: ready at http://127.0.0.1:$RUM_LOCAL_CLICKHOUSE_PORT (native tcp port $RUM_LOCAL_CLICKHOUSE_TCP_PORT)"
+}
+
+# yaml_quote STRING: a single-quoted YAML scalar.
+yaml_quote() { printf "'%s'" "${1//\'/\'\'}"; }
+
+render_prometheus_config() {
+    local file=$1 rules="$REPO/alerts/prometheus/alert_rules.yml"
+    {
+        printf '# Generated by deploy/local/lib.sh at every start; edits here are overwritten.\n'
+        printf 'global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\n'
+        printf 'alerting:\n  alertmanagers:\n    - static_configs:\n'
+        printf "        - targets: ['127.0.0.1:%s']\n" "$RUM_LOCAL_ALERTMANAGER_PORT"
+        if [[ -f $rules ]]; then
+            printf 'rule_files:\n  - %s\n' "$(yaml_quote "$rules")"
+        fi
+        printf 'scrape_configs:\n'
+        printf "  - job_name: rum-ingest\n    static_configs:\n      - targets: ['127.0.0.1:%s']\n" "$RUM_INGEST_PORT"
+        printf "  - job_name: rum-consume\n    static_configs:\n      - targets: ['127.0.0.1:%s']\n" "$RUM_CONSUMER_PORT"
+    } >"$file"
+}
+
+prometheus_start() {
+    if proc_pid prometheus >/dev/null; then
+        log "prometheus: already running (pid $(proc_pid prometheus))"
+        return 0
+    fi
+    command -v prometheus >/dev/null 2>&1 || die "prometheus: not installed; run ./deploy/local/install"
+    require_port_free prometheus "$RUM_LOCAL_PROMETHEUS_PORT" RUM_LOCAL_PROMETHEUS_PORT
+    local dir
+    dir=$(data_dir prometheus)
+    mkdir -p "$dir/tsdb"
+    render_prometheus_config "$dir/prometheus.yml"
+    start_process prometheus "$dir" prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/tsdb" \
+        --web.listen-address="127.0.0.1:$RUM_LOCAL_PROMETHEUS_PORT" --web.enable-lifecycle
+    wait_ready prometheus "GET /-/ready" "" \
+        http_ok "http://127.0.0.1:$RUM_LOCAL_PROMETHEUS_PORT/-/ready"
+    log "prometheus: ready at http://127.0.0.1:$RUM_LOCAL_PROMETHEUS_PORT"
+}
+
+render_alertmanager_config() {
+    cat >"$1" <<'EOF'
+# Generated by deploy/local/lib.sh at every start; edits here are overwritten.
+# Local development: alerts are kept in Alertmanager (see its UI / API v2) and not sent anywhere.
+route:
+  receiver: 'null'
+  group_by: ['alertname', 'site', 'route', 'device', 'metric']
+  group_wait: 10s
+  group_interval: 1m
+  repeat_interval: 4h
+receivers:
+  - name: 'null'
+EOF
+}
+
+alertmanager_start() {
+    if proc_pid alertmanager >/dev/null; then
+        log "alertmanager: already running (pid $(proc_pid alertmanager))"
+        return 0
+    fi
+    command -v prometheus-alertmanager >/dev/null 2>&1 ||
+        die "alertmanager: prometheus-alertmanager is not installed; run ./deploy/local/install"
+    require_port_free alertmanager "$RUM_LOCAL_ALERTMANAGER_PORT" RUM_LOCAL_ALERTMANAGER_PORT
+    local dir
+    dir=$(data_dir alertmanager)
+    mkdir -p "$dir/storage"
+    render_alertmanager_config "$dir/alertmanager.yml"
+    # An empty --cluster.listen-address turns off the gossip port (9094).
+    start_process alertmanager "$dir" prometheus-alertmanager --config.file="$dir/alertmanager.yml" \
+        --storage.path="$dir/storage" --web.listen-address="127.0.0.1:$RUM_LOCAL_ALERTMANAGER_PORT" \
+        --cluster.listen-address=
+    wait_ready alertmanager "GET /-/ready" "" \
+        http_ok "http://127.0.0.1:$RUM_LOCAL_ALERTMANAGER_PORT/-/ready"
+    log "alertmanager: ready at http://127.0.0.1:$RUM_LOCAL_ALERTMANAGER_PORT"
+}
+
+service_start() {
+    case $1 in
+    kafka) kafka_start ;;
+    clickhouse) clickhouse_start ;;
+    prometheus) prometheus_start ;;
+    alertmanager) alertmanager_start ;;
+    *) die "unknown service '$1' (known: ${RUM_SERVICES[*]})" ;;
+    esac
+}
+
+service_stop() {
+    local timeout=10
+    [[ $1 == clickhouse ]] && timeout=20 # flushes tables on shutdown (~2 s idle)
+    stop_process "$1" "$timeout"
+}
+
+# service_status NAME: one line; returns 0 when running.
+service_status() {
+    local name=$1 pid
+    if pid=$(proc_pid "$name" 2>/dev/null); then
+        printf '%-13s running  pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
+        return 0
+    fi
+    printf '%-13s stopped\n' "$name"
+    return 1
+}

@@ -1,0 +1,73 @@
+//! Every way a beacon request fails, mapped to its status code and its counted reason.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rum_schemas::BeaconError;
+
+use crate::PublishError;
+
+/// A rejected beacon request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Neither `text/plain` nor `application/json`.
+    #[error("content type must be text/plain or application/json")]
+    UnsupportedMediaType,
+    /// Larger than `ingest.max_body_bytes`.
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The body could not be read (client went away, broken chunking).
+    #[error("cannot read body: {0}")]
+    BodyRead(String),
+    /// The query string is not `key=value` pairs.
+    #[error("invalid query string")]
+    InvalidQuery,
+    /// The beacon is invalid.
+    #[error(transparent)]
+    Beacon(#[from] BeaconError),
+    /// Kafka did not take the beacon; the client should retry after the given seconds.
+    #[error("{0}")]
+    Publish(PublishError, u32),
+}
+
+impl IngestError {
+    /// The `reason` label of `rum_beacons_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::UnsupportedMediaType => "unsupported_media_type",
+            IngestError::BodyTooLarge(_) => "body_too_large",
+            IngestError::BodyRead(_) => "body_read_error",
+            IngestError::InvalidQuery => "invalid_query",
+            IngestError::Beacon(e) => e.reason(),
+            IngestError::Publish(PublishError::QueueFull, _) => "producer_queue_full",
+            IngestError::Publish(PublishError::Unavailable(_), _) => "kafka_unavailable",
+        }
+    }
+
+    /// The status code of the answer.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyRead(_) | IngestError::InvalidQuery | IngestError::Beacon(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Publish(..) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        // Parser messages can be long; the client needs the gist, the reason label is the contract.
+        let mut message = self.to_string();
+        message.truncate(200);
+        let body = serde_json::json!({ "error": self.reason(), "message": message });
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let IngestError::Publish(_, retry_after) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
+    }
+}

@@ -1,0 +1,104 @@
+//! `rum ingest`: the public HTTP endpoint browsers send beacons to.
+//!
+//! A request is parsed, validated and normalized (rules in `rum-schemas`), then published to Kafka.
+//! The answer is 204 only once Kafka has acknowledged the message (acks=all, idempotent producer),
+//! so a 204 means the beacon is durable. Every request to the beacon path is counted exactly once,
+//! as accepted or as rejected with a reason.
+
+mod api;
+mod config;
+mod error;
+mod metrics;
+mod publish;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use api::{router, AppState, BEACON_PATH};
+pub use config::IngestConfig;
+pub use error::IngestError;
+pub use metrics::IngestMetrics;
+pub use publish::{KafkaPublisher, PublishError};
+use rum_schemas::kafka::KafkaConfig;
+
+/// Why the ingest could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The Kafka producer could not be created.
+    #[error("kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+    /// The metrics registry could not be built.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A bound, ready-to-run ingest.
+pub struct Ingest {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    flush_timeout: Duration,
+}
+
+impl Ingest {
+    /// Creates the producer and binds the listener.
+    pub async fn bind(config: &IngestConfig, kafka: &KafkaConfig) -> Result<Ingest, ServeError> {
+        let metrics = Arc::new(IngestMetrics::new()?);
+        let publisher = KafkaPublisher::new(kafka, config)?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        Ok(Ingest {
+            listener,
+            state: AppState::new(config, Arc::new(publisher), metrics),
+            flush_timeout: Duration::from_millis(config.shutdown_flush_ms),
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes requests in flight and
+    /// flushes the producer (bounded by `ingest.shutdown_flush_ms`).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, path = BEACON_PATH, "ingest listening");
+        let publisher = self.state.publisher.clone();
+        axum::serve(
+            self.listener,
+            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        let flush_timeout = self.flush_timeout;
+        let flushed = tokio::task::spawn_blocking(move || publisher.flush(flush_timeout))
+            .await
+            .unwrap_or_else(|e| Err(PublishError::Unavailable(e.to_string())));
+        match flushed {
+            Ok(()) => tracing::info!("ingest stopped, producer flushed"),
+            Err(e) => tracing::error!(error = %e, "ingest stopped, producer flush incomplete"),
+        }
+        Ok(())
+    }
+}

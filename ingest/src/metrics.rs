@@ -1,0 +1,122 @@
+//! Every metric the ingest exports, registered in one place.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The ingest's Prometheus metrics, in their own registry.
+pub struct IngestMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Every request to the beacon path.
+    pub beacons_received: IntCounter,
+    /// Beacons acknowledged by Kafka (answered 204).
+    pub beacons_accepted: IntCounter,
+    /// Beacons rejected, by reason.
+    pub beacons_rejected: IntCounterVec,
+    /// Metrics published, by metric name.
+    pub metrics_accepted: IntCounterVec,
+    /// Metrics dropped from otherwise valid beacons, by reason.
+    pub metrics_dropped: IntCounterVec,
+    /// Messages Kafka did not acknowledge.
+    pub kafka_produce_errors: IntCounter,
+    /// Messages in the producer's queue, sampled at scrape time.
+    pub producer_queue_depth: IntGauge,
+    /// Time from request to answer on the beacon path.
+    pub request_duration: Histogram,
+}
+
+impl IngestMetrics {
+    /// Builds and registers every metric; a duplicate name is an error, not a panic.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let beacons_received = IntCounter::new(
+            "rum_beacons_received_total",
+            "Requests to the beacon endpoint.",
+        )?;
+        let beacons_accepted = IntCounter::new(
+            "rum_beacons_accepted_total",
+            "Beacons acknowledged by Kafka and answered 204.",
+        )?;
+        let beacons_rejected = IntCounterVec::new(
+            Opts::new("rum_beacons_rejected_total", "Beacons rejected, by reason."),
+            &["reason"],
+        )?;
+        let metrics_accepted = IntCounterVec::new(
+            Opts::new(
+                "rum_metrics_accepted_total",
+                "Metrics published to Kafka, by metric.",
+            ),
+            &["metric"],
+        )?;
+        let metrics_dropped = IntCounterVec::new(
+            Opts::new(
+                "rum_metrics_dropped_total",
+                "Invalid metrics dropped from otherwise valid beacons, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let kafka_produce_errors = IntCounter::new(
+            "rum_kafka_produce_errors_total",
+            "Messages Kafka did not acknowledge (queue full, timeout, refusal).",
+        )?;
+        let producer_queue_depth = IntGauge::new(
+            "rum_kafka_producer_queue_depth",
+            "Messages enqueued in the producer and not yet acknowledged.",
+        )?;
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rum_ingest_request_duration_seconds",
+                "Time from request to answer on the beacon endpoint.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+            ]),
+        )?;
+        registry.register(Box::new(beacons_received.clone()))?;
+        registry.register(Box::new(beacons_accepted.clone()))?;
+        registry.register(Box::new(beacons_rejected.clone()))?;
+        registry.register(Box::new(metrics_accepted.clone()))?;
+        registry.register(Box::new(metrics_dropped.clone()))?;
+        registry.register(Box::new(kafka_produce_errors.clone()))?;
+        registry.register(Box::new(producer_queue_depth.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        Ok(Self {
+            registry,
+            beacons_received,
+            beacons_accepted,
+            beacons_rejected,
+            metrics_accepted,
+            metrics_dropped,
+            kafka_produce_errors,
+            producer_queue_depth,
+            request_duration,
+        })
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_full_registry_with_rum_names() {
+        let m = IngestMetrics::new().expect("no duplicate metric names");
+        m.beacons_rejected
+            .with_label_values(&["malformed_json"])
+            .inc();
+        m.metrics_accepted.with_label_values(&["LCP"]).inc();
+        m.metrics_dropped
+            .with_label_values(&["negative_value"])
+            .inc();
+        m.request_duration.observe(0.001);
+        let families = m.registry.gather();
+        assert_eq!(families.len(), 8);
+        assert!(families.iter().all(|f| f.name().starts_with("rum_")));
+    }
+}

@@ -1,0 +1,471 @@
+//! What browsers send: beacon v1, or a bare `web-vitals` Metric object with a `route`.
+//!
+//! Parsing is lenient where the protocol may grow (unknown fields are ignored) and strict where
+//! values matter: every metric is validated on its own and dropped with a reason, and a beacon
+//! with nothing valid left is rejected with a reason.
+
+use serde::Deserialize;
+
+use crate::device::Device;
+use crate::message::{BeaconMessage, MetricSample};
+use crate::metric::MetricName;
+use crate::route::normalize_route;
+
+/// At most this many metrics in one beacon; a page load has six names, with room for re-reports.
+pub const MAX_METRICS_PER_BEACON: usize = 32;
+/// The longest metric id kept (web-vitals ids are ~20 characters).
+pub const MAX_METRIC_ID_LEN: usize = 128;
+/// The longest site name.
+pub const MAX_SITE_LEN: usize = 64;
+
+/// One metric as sent, before validation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawMetric {
+    /// `LCP`, `INP`, `CLS`, `FCP`, `TTFB` or `FID`.
+    pub name: String,
+    /// Milliseconds, or unitless for CLS.
+    pub value: f64,
+    /// The page-load-unique id `web-vitals` gives each metric; used to remove client duplicates.
+    #[serde(default)]
+    pub id: String,
+    /// The client's rating; the server recomputes it from the thresholds.
+    #[serde(default)]
+    pub rating: Option<String>,
+}
+
+/// A parsed beacon in either accepted form, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct Beacon {
+    /// The site; may also come from the query string.
+    pub site: Option<String>,
+    /// The page path or URL, normalized into a slug.
+    pub route: Option<String>,
+    /// A device hint from the collector.
+    pub device: Option<String>,
+    /// The navigation type (`navigate`, `reload`, ...).
+    pub nav_type: Option<String>,
+    /// The share of page loads the collector sampled, in (0, 1].
+    pub sample_rate: Option<f64>,
+    /// The metrics, unvalidated.
+    pub metrics: Vec<RawMetric>,
+}
+
+/// Both wire forms in one shape: beacon v1 has `metrics`, a bare Metric has `name` and `value`.
+#[derive(Deserialize)]
+struct WireBeacon {
+    site: Option<String>,
+    route: Option<String>,
+    device: Option<String>,
+    nav_type: Option<String>,
+    #[serde(rename = "navigationType")]
+    navigation_type: Option<String>,
+    sample_rate: Option<f64>,
+    metrics: Option<Vec<RawMetric>>,
+    name: Option<String>,
+    value: Option<f64>,
+    id: Option<String>,
+    rating: Option<String>,
+}
+
+/// Why a whole beacon was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BeaconError {
+    /// Not JSON, not an object, or a field of the wrong type.
+    #[error("malformed beacon: {0}")]
+    Malformed(String),
+    /// Neither the body nor the query string names the site.
+    #[error("missing site")]
+    MissingSite,
+    /// The site is not `[a-z0-9._-]`, 1 to 64 characters.
+    #[error("invalid site: must be [a-z0-9._-], at most 64 characters")]
+    InvalidSite,
+    /// No `route`.
+    #[error("missing route")]
+    MissingRoute,
+    /// `sample_rate` outside (0, 1].
+    #[error("invalid sample_rate: must be in (0, 1]")]
+    InvalidSampleRate,
+    /// More than [`MAX_METRICS_PER_BEACON`] metrics.
+    #[error("too many metrics: at most 32")]
+    TooManyMetrics,
+    /// Every metric was dropped (or there were none).
+    #[error("no valid metrics")]
+    NoValidMetrics,
+}
+
+impl BeaconError {
+    /// The `reason` label of the rejection counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BeaconError::Malformed(_) => "malformed_json",
+            BeaconError::MissingSite => "missing_site",
+            BeaconError::InvalidSite => "invalid_site",
+            BeaconError::MissingRoute => "missing_route",
+            BeaconError::InvalidSampleRate => "invalid_sample_rate",
+            BeaconError::TooManyMetrics => "too_many_metrics",
+            BeaconError::NoValidMetrics => "no_valid_metrics",
+        }
+    }
+}
+
+/// Why one metric was dropped from an otherwise valid beacon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricRejection {
+    /// Not one of the known names.
+    UnknownMetric,
+    /// NaN or infinite.
+    NonFiniteValue,
+    /// Below zero.
+    NegativeValue,
+    /// Above the metric's maximum.
+    ValueOutOfRange,
+    /// Longer than [`MAX_METRIC_ID_LEN`].
+    IdTooLong,
+    /// The same id twice in one beacon.
+    DuplicateId,
+}
+
+impl MetricRejection {
+    /// The `reason` label of the dropped-metric counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            MetricRejection::UnknownMetric => "unknown_metric",
+            MetricRejection::NonFiniteValue => "non_finite_value",
+            MetricRejection::NegativeValue => "negative_value",
+            MetricRejection::ValueOutOfRange => "value_out_of_range",
+            MetricRejection::IdTooLong => "id_too_long",
+            MetricRejection::DuplicateId => "duplicate_id",
+        }
+    }
+}
+
+/// What the server knows besides the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// `site` from the query string, used when the body has none.
+    pub query_site: Option<&'a str>,
+    /// The device class from request headers, used when the body has no valid hint.
+    pub header_device: Device,
+    /// Unix milliseconds at which the ingest received the beacon.
+    pub received_at_ms: u64,
+}
+
+/// A validated beacon and the metrics dropped from it.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The normalized message to publish.
+    pub message: BeaconMessage,
+    /// One entry per dropped metric.
+    pub dropped: Vec<MetricRejection>,
+}
+
+/// Parses a body in either wire form. Unknown fields are ignored.
+pub fn parse_beacon(body: &[u8]) -> Result<Beacon, BeaconError> {
+    let wire: WireBeacon =
+        serde_json::from_slice(body).map_err(|e| BeaconError::Malformed(e.to_string()))?;
+    let metrics = match (wire.metrics, wire.name, wire.value) {
+        (Some(metrics), _, _) => metrics,
+        (None, Some(name), Some(value)) => vec![RawMetric {
+            name,
+            value,
+            id: wire.id.unwrap_or_default(),
+            rating: wire.rating,
+        }],
+        (None, _, _) => Vec::new(),
+    };
+    Ok(Beacon {
+        site: wire.site,
+        route: wire.route,
+        device: wire.device,
+        nav_type: wire.nav_type.or(wire.navigation_type),
+        sample_rate: wire.sample_rate,
+        metrics,
+    })
+}
+
+impl Beacon {
+    /// Validates and normalizes into the message published to Kafka.
+    pub fn validate(self, ctx: &RequestContext<'_>) -> Result<Validated, BeaconError> {
+        let site = self
+            .site
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(ctx.query_site.filter(|s| !s.is_empty()))
+            .ok_or(BeaconError::MissingSite)?;
+        if !is_valid_site(site) {
+            return Err(BeaconError::InvalidSite);
+        }
+        let route = self.route.as_deref().ok_or(BeaconError::MissingRoute)?;
+        let sample_rate = self.sample_rate.unwrap_or(1.0);
+        if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+            return Err(BeaconError::InvalidSampleRate);
+        }
+        if self.metrics.len() > MAX_METRICS_PER_BEACON {
+            return Err(BeaconError::TooManyMetrics);
+        }
+        let mut dropped = Vec::new();
+        let mut metrics: Vec<MetricSample> = Vec::with_capacity(self.metrics.len());
+        for raw in self.metrics {
+            match validate_metric(raw) {
+                Ok(sample)
+                    if !sample.id.is_empty() && metrics.iter().any(|m| m.id == sample.id) =>
+                {
+                    dropped.push(MetricRejection::DuplicateId)
+                }
+                Ok(sample) => metrics.push(sample),
+                Err(why) => dropped.push(why),
+            }
+        }
+        if metrics.is_empty() {
+            return Err(BeaconError::NoValidMetrics);
+        }
+        let device = self
+            .device
+            .as_deref()
+            .and_then(Device::parse)
+            .filter(|d| *d != Device::Unknown)
+            .unwrap_or(ctx.header_device);
+        Ok(Validated {
+            message: BeaconMessage {
+                site: site.to_string(),
+                route: normalize_route(route),
+                device,
+                nav_type: normalize_nav_type(self.nav_type.as_deref()).to_string(),
+                sample_rate,
+                received_at: ctx.received_at_ms,
+                metrics,
+            },
+            dropped,
+        })
+    }
+}
+
+/// Checks one metric and recomputes its rating.
+pub fn validate_metric(raw: RawMetric) -> Result<MetricSample, MetricRejection> {
+    let name = MetricName::parse(&raw.name).ok_or(MetricRejection::UnknownMetric)?;
+    check_value(name, raw.value)?;
+    if raw.id.len() > MAX_METRIC_ID_LEN {
+        return Err(MetricRejection::IdTooLong);
+    }
+    Ok(MetricSample {
+        name,
+        value: raw.value,
+        rating: name.rate(raw.value),
+        id: raw.id,
+    })
+}
+
+/// Checks a value against the metric's range.
+pub fn check_value(name: MetricName, value: f64) -> Result<(), MetricRejection> {
+    if !value.is_finite() {
+        Err(MetricRejection::NonFiniteValue)
+    } else if value < 0.0 {
+        Err(MetricRejection::NegativeValue)
+    } else if value > name.max_value() {
+        Err(MetricRejection::ValueOutOfRange)
+    } else {
+        Ok(())
+    }
+}
+
+/// True for `[a-z0-9._-]`, 1 to [`MAX_SITE_LEN`] characters.
+pub fn is_valid_site(site: &str) -> bool {
+    !site.is_empty()
+        && site.len() <= MAX_SITE_LEN
+        && site.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+/// The navigation types `web-vitals` reports; anything else is `other`, to keep the label bounded.
+pub fn normalize_nav_type(nav_type: Option<&str>) -> &'static str {
+    match nav_type {
+        Some("navigate") => "navigate",
+        Some("reload") => "reload",
+        Some("back-forward") | Some("back_forward") => "back-forward",
+        Some("back-forward-cache") => "back-forward-cache",
+        Some("prerender") => "prerender",
+        Some("restore") => "restore",
+        None | Some("") => "unknown",
+        Some(_) => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metric::Rating;
+
+    const CTX: RequestContext<'static> = RequestContext {
+        query_site: None,
+        header_device: Device::Desktop,
+        received_at_ms: 1_700_000_000_000,
+    };
+
+    fn validate(body: &str) -> Result<Validated, BeaconError> {
+        parse_beacon(body.as_bytes())?.validate(&CTX)
+    }
+
+    #[test]
+    fn accepts_the_design_example() {
+        let v = validate(r#"{"site":"shop","route":"/product/123","device":"mobile","nav_type":"navigate","sample_rate":0.25,"metrics":[{"name":"LCP","value":2310.5,"id":"v5-1700-123","rating":"good"}]}"#).unwrap();
+        let m = v.message;
+        assert_eq!(
+            (m.site.as_str(), m.route.as_str(), m.device),
+            ("shop", "product-id", Device::Mobile)
+        );
+        assert_eq!(m.sample_rate, 0.25);
+        assert_eq!(m.received_at, 1_700_000_000_000);
+        assert_eq!(m.metrics.len(), 1);
+        assert_eq!(m.metrics[0].rating, Rating::Good);
+        assert!(v.dropped.is_empty());
+    }
+
+    #[test]
+    fn accepts_a_bare_web_vitals_metric_with_a_route() {
+        let v = validate(r#"{"name":"INP","value":612,"rating":"poor","delta":612,"id":"v5-1","navigationType":"reload","entries":[],"route":"/cart","site":"shop"}"#).unwrap();
+        assert_eq!(v.message.metrics[0].name, MetricName::INP);
+        assert_eq!(v.message.nav_type, "reload");
+        assert_eq!(
+            v.message.device,
+            Device::Desktop,
+            "falls back to the header device"
+        );
+    }
+
+    #[test]
+    fn ignores_unknown_fields() {
+        assert!(validate(r#"{"site":"s","route":"/","v":9,"extra":{"a":[1]},"metrics":[{"name":"CLS","value":0,"id":"a","attribution":{}}]}"#).is_ok());
+    }
+
+    #[test]
+    fn takes_the_site_from_the_query_when_the_body_has_none() {
+        let ctx = RequestContext {
+            query_site: Some("blog"),
+            ..CTX
+        };
+        let v = parse_beacon(br#"{"route":"/","metrics":[{"name":"LCP","value":1,"id":"a"}]}"#)
+            .unwrap()
+            .validate(&ctx)
+            .unwrap();
+        assert_eq!(v.message.site, "blog");
+    }
+
+    #[test]
+    fn rejects_beacons_with_a_reason() {
+        let cases = [
+            ("not json", "malformed_json"),
+            ("[1,2]", "malformed_json"),
+            (
+                r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":"fast"}]}"#,
+                "malformed_json",
+            ),
+            (
+                r#"{"route":"/","metrics":[{"name":"LCP","value":1}]}"#,
+                "missing_site",
+            ),
+            (
+                r#"{"site":"Shop Site","route":"/","metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_site",
+            ),
+            (
+                r#"{"site":"s","metrics":[{"name":"LCP","value":1}]}"#,
+                "missing_route",
+            ),
+            (
+                r#"{"site":"s","route":"/","sample_rate":0,"metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_sample_rate",
+            ),
+            (
+                r#"{"site":"s","route":"/","sample_rate":1.5,"metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_sample_rate",
+            ),
+            (
+                r#"{"site":"s","route":"/","metrics":[]}"#,
+                "no_valid_metrics",
+            ),
+            (
+                r#"{"site":"s","route":"/","metrics":[{"name":"XYZ","value":1}]}"#,
+                "no_valid_metrics",
+            ),
+        ];
+        for (body, reason) in cases {
+            assert_eq!(validate(body).unwrap_err().reason(), reason, "body {body}");
+        }
+        let many = format!(
+            r#"{{"site":"s","route":"/","metrics":[{}]}}"#,
+            vec![r#"{"name":"LCP","value":1}"#; 33].join(",")
+        );
+        assert_eq!(validate(&many).unwrap_err().reason(), "too_many_metrics");
+    }
+
+    #[test]
+    fn drops_invalid_metrics_one_by_one() {
+        let long_id = "x".repeat(129);
+        let body = format!(
+            r#"{{"site":"s","route":"/","metrics":[
+            {{"name":"LCP","value":1200,"id":"ok"}},
+            {{"name":"FOO","value":1,"id":"a"}},
+            {{"name":"INP","value":-1,"id":"b"}},
+            {{"name":"TTFB","value":600001,"id":"c"}},
+            {{"name":"CLS","value":10.5,"id":"d"}},
+            {{"name":"FCP","value":1,"id":"{long_id}"}},
+            {{"name":"FCP","value":1,"id":"ok"}}]}}"#
+        );
+        let v = validate(&body).unwrap();
+        assert_eq!(v.message.metrics.len(), 1);
+        let reasons: Vec<_> = v.dropped.iter().map(|r| r.reason()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "unknown_metric",
+                "negative_value",
+                "value_out_of_range",
+                "value_out_of_range",
+                "id_too_long",
+                "duplicate_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_non_finite_values() {
+        assert_eq!(
+            check_value(MetricName::LCP, f64::NAN),
+            Err(MetricRejection::NonFiniteValue)
+        );
+        assert_eq!(
+            check_value(MetricName::LCP, f64::INFINITY),
+            Err(MetricRejection::NonFiniteValue)
+        );
+        // JSON itself has no NaN: such bodies are malformed.
+        assert_eq!(
+            validate(r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":NaN}]}"#)
+                .unwrap_err()
+                .reason(),
+            "malformed_json"
+        );
+        assert_eq!(
+            validate(r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1e999}]}"#)
+                .unwrap_err()
+                .reason(),
+            "malformed_json"
+        );
+    }
+
+    #[test]
+    fn recomputes_a_wrong_client_rating() {
+        let v = validate(
+            r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":5000,"rating":"good"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.message.metrics[0].rating, Rating::Poor);
+    }
+
+    #[test]
+    fn bounds_the_nav_type_label() {
+        assert_eq!(normalize_nav_type(Some("navigate")), "navigate");
+        assert_eq!(normalize_nav_type(Some("<script>")), "other");
+        assert_eq!(normalize_nav_type(None), "unknown");
+    }
+}

@@ -1,0 +1,23 @@
+//! The contracts every other crate of `rum` relies on.
+//!
+//! - [`beacon`]: what browsers send (beacon v1, or a bare `web-vitals` Metric with a `route`).
+//! - [`metric`]: the metric names, their validation ranges and Google's thresholds.
+//! - [`message`]: the normalized beacon that travels through Kafka.
+//! - [`route`] and [`device`]: the bounded labels.
+//! - [`kafka`]: topic names and the connection settings shared by producers and consumers.
+//! - [`config`]: the error every configuration check reports.
+
+pub mod beacon;
+pub mod config;
+pub mod device;
+pub mod kafka;
+pub mod message;
+pub mod metric;
+pub mod route;
+
+pub use beacon::{parse_beacon, Beacon, BeaconError, RawMetric};
+pub use config::ConfigError;
+pub use device::Device;
+pub use message::{BeaconMessage, MessageError, MetricSample};
+pub use metric::{MetricName, Rating};
+pub use route::normalize_route;

@@ -1,0 +1,135 @@
+//! `rum`: the Real User Monitoring pipeline in one binary.
+
+mod config;
+mod loadgen;
+mod standalone;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+/// Real User Monitoring: Core Web Vitals from browsers to p75 per route and device.
+#[derive(Parser)]
+#[command(name = "rum", version, about)]
+struct Cli {
+    /// A TOML config file; `RUM_<SECTION>_<KEY>` variables override it.
+    #[arg(long, env = "RUM_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the beacon endpoint and publish beacons to Kafka.
+    Ingest,
+    /// Consume beacons from Kafka into ClickHouse.
+    Consume,
+    /// Apply the ClickHouse migrations (idempotent).
+    Migrate,
+    /// Ingest and consumer in one process over an embedded Kafka (rdkafka's MockCluster).
+    /// For a laptop; production runs `ingest` and `consume` against a real Kafka.
+    Standalone,
+    /// Send realistic demo beacons to an ingest.
+    Loadgen(loadgen::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(line) => {
+            eprintln!("rum: config error: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("rum: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rum: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
+    match command {
+        Command::Ingest => {
+            let ingest = rum_ingest::Ingest::bind(&config.ingest, &config.kafka).await?;
+            ingest.run(stopped(stop_channel())).await?;
+        }
+        Command::Consume => {
+            let stop = stopped(stop_channel());
+            rum_consumers::run(&config.consumer, &config.kafka, &config.clickhouse, stop).await?;
+        }
+        Command::Migrate => {
+            let report = rum_clickhouse::migrate(&config.clickhouse).await?;
+            println!(
+                "migrations: {} applied {:?}, {} already applied (database {} at {})",
+                report.applied.len(),
+                report.applied,
+                report.already_applied.len(),
+                config.clickhouse.database,
+                config.clickhouse.url
+            );
+        }
+        Command::Standalone => standalone::run(config, stop_channel()).await?,
+        Command::Loadgen(args) => loadgen::run(args).await?,
+    }
+    Ok(())
+}
+
+/// A channel that turns true on SIGINT or SIGTERM.
+fn stop_channel() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        let _ = ctrl_c.await;
+                        let _ = tx.send(true);
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+/// Completes when `stop` turns true.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}

@@ -1,0 +1,112 @@
+//! Running the `rum` binary in tests: a child process stopped by its pid.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `rum` binary built for this test run.
+pub fn rum() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rum"));
+    // Only what the test sets: no stray RUM_* of the developer's shell.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("RUM_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUM_LOG", "info,rdkafka=warn");
+    cmd
+}
+
+/// Runs `rum` to completion.
+pub fn rum_output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    rum()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("rum runs")
+}
+
+/// A long-running `rum` subcommand, SIGKILLed on drop if still running.
+pub struct RumProcess {
+    pub name: String,
+    child: Child,
+}
+
+impl RumProcess {
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> RumProcess {
+        let child = rum()
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("rum starts");
+        RumProcess {
+            name: args.join(" "),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rum {} did not exit within {timeout:?} of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RumProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -s {name} {pid} failed");
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

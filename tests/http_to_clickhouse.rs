@@ -1,0 +1,121 @@
+//! The first real path, end to end with real processes: an HTTP POST to `rum ingest`, through the
+//! tansu broker, `rum consume`, into the ClickHouse server's `rum.vitals_raw`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, rum_output, RumProcess};
+use rum_testkit::{free_port, ClickHouseServer, Tansu};
+
+const BEACON: &str = r#"{"site":"shop","route":"/product/123","device":"mobile","nav_type":"navigate","sample_rate":0.25,"metrics":[{"name":"LCP","value":2310.5,"id":"v5-1700-123","rating":"good"},{"name":"CLS","value":0.31,"id":"v5-1700-124","rating":"good"}]}"#;
+const BARE_METRIC: &str = r#"{"name":"INP","value":612,"rating":"poor","delta":612,"id":"v5-1700-125","navigationType":"reload","route":"/cart/"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_beacon_becomes_rows_in_clickhouse() {
+    let tansu = Tansu::start();
+    tansu.create_topic("rum.beacons.v1", 4);
+    tansu.create_topic("rum.beacons.dlq.v1", 1);
+    let clickhouse = ClickHouseServer::start();
+    let ingest_port = free_port().to_string();
+    let consumer_port = free_port().to_string();
+    let env = [
+        ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
+        ("RUM_CLICKHOUSE_URL", clickhouse.url.as_str()),
+        ("RUM_INGEST_PORT", ingest_port.as_str()),
+        ("RUM_CONSUMER_PORT", consumer_port.as_str()),
+        ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
+    ];
+
+    let migrated = rum_output(&["migrate"], &env);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let mut ingest = RumProcess::spawn(&["ingest"], &env);
+    let mut consumer = RumProcess::spawn(&["consume"], &env);
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{ingest_port}");
+    eventually(
+        "the ingest to be ready",
+        Duration::from_secs(30),
+        async || {
+            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    let endpoint = format!("{base}/api/v1/observability/web-vitals");
+    let post = async |content_type: &str, query: &str, body: &str| {
+        http.post(format!("{endpoint}{query}"))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(post("text/plain;charset=UTF-8", "", BEACON).await, 204);
+    assert_eq!(
+        post("application/json", "?site=blog", BARE_METRIC).await,
+        204
+    );
+    assert_eq!(post("text/plain", "", "{not json").await, 400);
+    assert_eq!(post("application/xml", "", BEACON).await, 415);
+
+    let rows = eventually(
+        "3 rows in rum.vitals_raw",
+        Duration::from_secs(30),
+        async || {
+            let rows = clickhouse.query(
+            "SELECT site, route, device, nav_type, metric, value, rating, metric_id, sample_rate \
+             FROM rum.vitals_raw ORDER BY metric_id FORMAT TSV",
+        );
+            (rows.lines().count() >= 3).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "shop\tproduct-id\tmobile\tnavigate\tLCP\t2310.5\tgood\tv5-1700-123\t0.25",
+            "shop\tproduct-id\tmobile\tnavigate\tCLS\t0.31\tpoor\tv5-1700-124\t0.25",
+            "blog\tcart\tunknown\treload\tINP\t612\tpoor\tv5-1700-125\t1",
+        ]
+    );
+
+    // The ingest counted every request once, as accepted or rejected with a reason.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "rum_beacons_received_total 4",
+        "rum_beacons_accepted_total 2",
+        "rum_beacons_rejected_total{reason=\"malformed_json\"} 1",
+        "rum_beacons_rejected_total{reason=\"unsupported_media_type\"} 1",
+        "rum_metrics_accepted_total{metric=\"LCP\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}` in\n{metrics}"
+        );
+    }
+
+    assert!(
+        ingest.terminate(Duration::from_secs(20)).success(),
+        "ingest exits cleanly on SIGTERM"
+    );
+    assert!(
+        consumer.terminate(Duration::from_secs(20)).success(),
+        "consumer exits cleanly on SIGTERM"
+    );
+}
