@@ -88,6 +88,8 @@ fn describe(error: &figment::Error) -> String {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large; that is fine in tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -23,24 +23,12 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-macro_rules! migration {
-    ($version:literal, $name:literal) => {
-        Migration {
-            version: $version,
-            name: $name,
-            sql: include_str!(concat!(
-                "../migrations/",
-                stringify!($version),
-                "_",
-                $name,
-                ".sql"
-            )),
-        }
-    };
-}
-
 /// Every migration, in order. `migrations_list_matches_the_directory` keeps it in step with the files.
-pub const MIGRATIONS: &[Migration] = &[migration!(001, "vitals_raw")];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "vitals_raw",
+    sql: include_str!("../migrations/001_vitals_raw.sql"),
+}];
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

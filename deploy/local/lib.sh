@@ -553,6 +553,18 @@ render_prometheus_config() {
 prometheus_start() {
     if proc_pid prometheus >/dev/null; then
         log "prometheus: already running (pid $(proc_pid prometheus))"
+        # Pick up a changed config (ports, or alerts/prometheus/alert_rules.yml that appeared) without a restart.
+        local file
+        file="$(data_dir prometheus)/prometheus.yml"
+        render_prometheus_config "$file.new"
+        if cmp -s "$file.new" "$file"; then
+            rm -f "$file.new"
+        else
+            mv "$file.new" "$file"
+            curl -fsS --max-time 10 -X POST "http://127.0.0.1:$RUM_LOCAL_PROMETHEUS_PORT/-/reload" >/dev/null ||
+                die "prometheus: reloading the changed config $file failed; see $(log_file prometheus)"
+            log "prometheus: config changed, reloaded"
+        fi
         return 0
     fi
     command -v prometheus >/dev/null 2>&1 || die "prometheus: not installed; run ./deploy/local/install"
