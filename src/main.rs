@@ -34,6 +34,40 @@ enum Command {
     Standalone,
     /// Send realistic demo beacons to an ingest.
     Loadgen(loadgen::Args),
+    /// Print a signed ingest token for a site with a `token_secret`.
+    Token(TokenArgs),
+}
+
+/// Options of `rum token`.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The site, configured under `[ingest.sites.NAME]` with a `token_secret`.
+    #[arg(long)]
+    site: String,
+    /// How long the token is valid: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "24h", value_parser = parse_duration_secs)]
+    ttl: u64,
+}
+
+fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 3600, 90m, 24h or 7d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(factor) {
+        Some(0) | None => Err(format!("`{text}` must be positive and reasonable")),
+        Some(secs) => Ok(secs),
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,6 +129,26 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         }
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
+        Command::Token(args) => {
+            let secret = config
+                .ingest
+                .sites
+                .get(&args.site)
+                .and_then(|s| s.token_secret.as_deref())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "site `{}` has no ingest.sites.{}.token_secret in the config",
+                        args.site,
+                        args.site
+                    )
+                })?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let expires = now + args.ttl;
+            let token = rum_ingest::token::sign(secret, rum_ingest::BEACON_PATH, expires);
+            println!("site={}&t={token}&e={expires}", args.site);
+        }
     }
     Ok(())
 }

@@ -1,12 +1,15 @@
 //! The HTTP surface: the beacon endpoint, `/healthz`, `/readyz`, `/metrics`.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -14,7 +17,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
 use rum_schemas::{parse_beacon, Device};
 
-use crate::{IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
+use crate::bots::is_bot;
+use crate::client_ip::ClientIpResolver;
+use crate::config::SiteConfig;
+use crate::limit::ClientRateLimiter;
+use crate::routes::RouteCap;
+use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
 
 /// The beacon endpoint's path (a contract).
 pub const BEACON_PATH: &str = "/api/v1/observability/web-vitals";
@@ -26,8 +34,21 @@ pub struct AppState {
     pub publisher: Arc<KafkaPublisher>,
     /// The metrics.
     pub metrics: Arc<IngestMetrics>,
+    /// The per-client rate limiter, when on.
+    pub limiter: Option<Arc<ClientRateLimiter>>,
+    policy: Arc<Policy>,
+}
+
+/// Settings read on every request.
+struct Policy {
     max_body_bytes: usize,
     retry_after_secs: u32,
+    client_ip: ClientIpResolver,
+    drop_bots: bool,
+    route_cap: RouteCap,
+    only_known_sites: bool,
+    allowed_origins: Vec<String>,
+    sites: HashMap<String, SiteConfig>,
 }
 
 impl AppState {
@@ -37,51 +58,89 @@ impl AppState {
         publisher: Arc<KafkaPublisher>,
         metrics: Arc<IngestMetrics>,
     ) -> Self {
+        let limiter = NonZeroU32::new(config.rate_limit_per_second).map(|per_second| {
+            let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second);
+            Arc::new(ClientRateLimiter::new(
+                per_second,
+                burst,
+                config.rate_limit_max_clients,
+            ))
+        });
         Self {
             publisher,
             metrics,
-            max_body_bytes: config.max_body_bytes,
-            retry_after_secs: config.retry_after_secs,
+            limiter,
+            policy: Arc::new(Policy {
+                max_body_bytes: config.max_body_bytes,
+                retry_after_secs: config.retry_after_secs,
+                client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
+                drop_bots: config.drop_bots,
+                route_cap: RouteCap::new(config.max_routes_per_site, config.max_sites),
+                only_known_sites: config.only_known_sites,
+                allowed_origins: config.allowed_origins.clone(),
+                sites: config.sites.clone(),
+            }),
         }
+    }
+}
+
+impl Policy {
+    /// True when `origin` may send CORS beacons for `site`.
+    fn allows_origin(&self, site: Option<&str>, origin: &str) -> bool {
+        let site_origins = site
+            .and_then(|s| self.sites.get(s))
+            .map(|s| s.allowed_origins.as_slice());
+        self.allowed_origins
+            .iter()
+            .chain(site_origins.unwrap_or_default())
+            .any(|allowed| allowed == "*" || allowed == origin)
     }
 }
 
 /// The ingest's routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(BEACON_PATH, post(post_beacon))
+        .route(BEACON_PATH, post(post_beacon).options(preflight))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn post_beacon(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn post_beacon(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
     state.metrics.beacons_received.inc();
-    let response = match accept(&state, &uri, &headers, body).await {
-        Ok(()) => {
-            state.metrics.beacons_accepted.inc();
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(e) => {
-            state
-                .metrics
-                .beacons_rejected
-                .with_label_values(&[e.reason()])
-                .inc();
-            if matches!(e, IngestError::Publish(..)) {
-                state.metrics.kafka_produce_errors.inc();
-                tracing::warn!(error = %e, "beacon not published");
+    let (parts, body) = request.into_parts();
+    let query: Option<Query<HashMap<String, String>>> = Query::try_from_uri(&parts.uri).ok();
+    let query_site = query
+        .as_ref()
+        .and_then(|q| q.get("site"))
+        .map(String::as_str);
+    let (site, mut response) =
+        match accept(&state, &parts, query.as_ref().map(|q| &q.0), body).await {
+            Ok(site) => {
+                state.metrics.beacons_accepted.inc();
+                (Some(site), StatusCode::NO_CONTENT.into_response())
             }
-            e.into_response()
-        }
-    };
+            Err(e) => {
+                state
+                    .metrics
+                    .beacons_rejected
+                    .with_label_values(&[e.reason()])
+                    .inc();
+                if matches!(e, IngestError::Publish(..)) {
+                    state.metrics.kafka_produce_errors.inc();
+                    tracing::warn!(error = %e, "beacon not published");
+                }
+                (None, e.into_response())
+            }
+        };
+    add_cors_headers(
+        &state.policy,
+        site.as_deref().or(query_site),
+        &parts.headers,
+        &mut response,
+    );
     state
         .metrics
         .request_duration
@@ -89,29 +148,59 @@ async fn post_beacon(
     response
 }
 
+/// Validates and publishes one beacon; returns its site.
 async fn accept(
     state: &AppState,
-    uri: &Uri,
-    headers: &HeaderMap,
+    parts: &Parts,
+    query: Option<&HashMap<String, String>>,
     body: Body,
-) -> Result<(), IngestError> {
-    if !is_beacon_content_type(
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-    ) {
+) -> Result<String, IngestError> {
+    let headers = &parts.headers;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let policy = &state.policy;
+    if let Some(limiter) = &state.limiter {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let forwarded = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let client = policy.client_ip.resolve(peer, forwarded);
+        limiter
+            .check(client)
+            .map_err(|wait| IngestError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+    }
+    if !is_beacon_content_type(header("content-type")) {
         return Err(IngestError::UnsupportedMediaType);
     }
-    let query: Query<HashMap<String, String>> =
-        Query::try_from_uri(uri).map_err(|_| IngestError::InvalidQuery)?;
-    let body = read_body(body, state.max_body_bytes).await?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let query = query.ok_or(IngestError::InvalidQuery)?;
+    if policy.drop_bots && header("user-agent").is_some_and(is_bot) {
+        return Err(IngestError::Bot);
+    }
+    let body = read_body(body, policy.max_body_bytes).await?;
     let ctx = RequestContext {
         query_site: query.get("site").map(String::as_str),
         header_device: Device::from_headers(header("sec-ch-ua-mobile"), header("user-agent")),
         received_at_ms: unix_millis(),
     };
     let validated = parse_beacon(&body)?.validate(&ctx)?;
+    let mut message = validated.message;
+    match policy.sites.get(&message.site) {
+        None if policy.only_known_sites => return Err(IngestError::UnknownSite),
+        Some(SiteConfig {
+            token_secret: Some(secret),
+            ..
+        }) => token::verify(
+            secret,
+            parts.uri.path(),
+            query.get("t").map(String::as_str),
+            query.get("e").map(String::as_str),
+            ctx.received_at_ms / 1000,
+        )?,
+        _ => {}
+    }
     for reason in &validated.dropped {
         state
             .metrics
@@ -119,12 +208,14 @@ async fn accept(
             .with_label_values(&[reason.reason()])
             .inc();
     }
-    let message = validated.message;
+    message.route = policy
+        .route_cap
+        .apply(&message.site, std::mem::take(&mut message.route));
     state
         .publisher
         .publish(&message.key(), &message.encode())
         .await
-        .map_err(|e| IngestError::Publish(e, state.retry_after_secs))?;
+        .map_err(|e| IngestError::Publish(e, policy.retry_after_secs))?;
     for m in &message.metrics {
         state
             .metrics
@@ -132,7 +223,61 @@ async fn accept(
             .with_label_values(&[m.name.as_str()])
             .inc();
     }
-    Ok(())
+    Ok(message.site)
+}
+
+/// Answers a CORS preflight for `application/json` beacons: allowed origins get the headers
+/// `fetch(..., {credentials: 'include'})` and `sendBeacon` with a JSON Blob need; others get 403.
+async fn preflight(State(state): State<AppState>, uri: Uri, headers: HeaderMap) -> Response {
+    let query: Option<Query<HashMap<String, String>>> = Query::try_from_uri(&uri).ok();
+    let site = query
+        .as_ref()
+        .and_then(|q| q.get("site"))
+        .map(String::as_str);
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    match origin {
+        Some(origin) if state.policy.allows_origin(site, origin) => {
+            let mut response = StatusCode::NO_CONTENT.into_response();
+            add_cors_headers(&state.policy, site, &headers, &mut response);
+            let h = response.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("POST"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("86400"),
+            );
+            response
+        }
+        _ => (StatusCode::FORBIDDEN, "origin not allowed\n").into_response(),
+    }
+}
+
+/// Echoes an allowed `Origin` with credentials, as browsers require for credentialed CORS.
+fn add_cors_headers(
+    policy: &Policy,
+    site: Option<&str>,
+    request: &HeaderMap,
+    response: &mut Response,
+) {
+    let Some(origin) = request.get(header::ORIGIN) else {
+        return;
+    };
+    let allowed = origin.to_str().is_ok_and(|o| policy.allows_origin(site, o));
+    let h = response.headers_mut();
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    if allowed {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
 }
 
 /// `text/plain` is what `navigator.sendBeacon` sends for a string; `application/json` is what `fetch` sends.

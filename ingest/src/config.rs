@@ -1,7 +1,21 @@
 //! Section `[ingest]` of the config, env `RUM_INGEST_*`.
 
+use std::collections::HashMap;
+
+use ipnet::IpNet;
+use rum_schemas::beacon::is_valid_site;
 use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+/// Settings of one site: `[ingest.sites.NAME]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiteConfig {
+    /// When set, beacons need a signed token (`?t=...&e=...`, see `rum token`).
+    pub token_secret: Option<String>,
+    /// Origins allowed to send `application/json` beacons with CORS (`https://shop.example`; `*` for any).
+    pub allowed_origins: Vec<String>,
+}
 
 /// The ingest's settings, with production defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +37,27 @@ pub struct IngestConfig {
     pub shutdown_flush_ms: u64,
     /// The `Retry-After` seconds sent with 503.
     pub retry_after_secs: u32,
+    /// Beacons a second per client address (IPv6: per /64); 0 turns rate limiting off.
+    pub rate_limit_per_second: u32,
+    /// The burst a client may send at once.
+    pub rate_limit_burst: u32,
+    /// The most client addresses the limiter remembers (bounds its memory).
+    pub rate_limit_max_clients: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs; a list, or one comma-separated string).
+    #[serde(deserialize_with = "list_of_networks")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Drop beacons from known bots and synthetic monitors (counted as `bot`).
+    pub drop_bots: bool,
+    /// Distinct routes kept per site; later new routes become `other`.
+    pub max_routes_per_site: usize,
+    /// Distinct sites tracked; beacons of later new sites get route `other`.
+    pub max_sites: usize,
+    /// Accept only the sites listed under `[ingest.sites]`.
+    pub only_known_sites: bool,
+    /// Origins allowed for every site (in addition to each site's own).
+    pub allowed_origins: Vec<String>,
+    /// Per-site settings.
+    pub sites: HashMap<String, SiteConfig>,
 }
 
 impl Default for IngestConfig {
@@ -36,6 +71,16 @@ impl Default for IngestConfig {
             queue_max_messages: 100_000,
             shutdown_flush_ms: 10_000,
             retry_after_secs: 5,
+            rate_limit_per_second: 20,
+            rate_limit_burst: 40,
+            rate_limit_max_clients: 200_000,
+            trusted_proxies: Vec::new(),
+            drop_bots: true,
+            max_routes_per_site: 500,
+            max_sites: 10_000,
+            only_known_sites: false,
+            allowed_origins: Vec::new(),
+            sites: HashMap::new(),
         }
     }
 }
@@ -60,8 +105,94 @@ impl IngestConfig {
         if self.linger_ms > 1_000 {
             return Err(ConfigError::new("ingest.linger_ms", "must be at most 1000"));
         }
+        if self.rate_limit_per_second > 0 {
+            require_positive("ingest.rate_limit_burst", u64::from(self.rate_limit_burst))?;
+            require_positive(
+                "ingest.rate_limit_max_clients",
+                self.rate_limit_max_clients as u64,
+            )?;
+        }
+        require_positive(
+            "ingest.max_routes_per_site",
+            self.max_routes_per_site as u64,
+        )?;
+        require_positive("ingest.max_sites", self.max_sites as u64)?;
+        check_origins("ingest.allowed_origins", &self.allowed_origins)?;
+        for (name, site) in &self.sites {
+            if !is_valid_site(name) {
+                return Err(ConfigError::new(
+                    format!("ingest.sites.{name}"),
+                    "a site name is [a-z0-9._-], at most 64 characters",
+                ));
+            }
+            if let Some(secret) = &site.token_secret {
+                if secret.len() < 16 {
+                    return Err(ConfigError::new(
+                        format!("ingest.sites.{name}.token_secret"),
+                        "must be at least 16 characters",
+                    ));
+                }
+            }
+            check_origins(
+                &format!("ingest.sites.{name}.allowed_origins"),
+                &site.allowed_origins,
+            )?;
+        }
+        if self.only_known_sites && self.sites.is_empty() {
+            return Err(ConfigError::new(
+                "ingest.only_known_sites",
+                "is true but no site is configured under [ingest.sites]",
+            ));
+        }
         Ok(())
     }
+}
+
+/// An origin is `*` or `scheme://host[:port]`, without a path.
+fn check_origins(key: &str, origins: &[String]) -> Result<(), ConfigError> {
+    for origin in origins {
+        let valid = origin == "*"
+            || origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .is_some_and(|host| !host.is_empty() && !host.contains('/'));
+        if !valid {
+            return Err(ConfigError::new(
+                key,
+                format!("`{origin}` is not an origin like https://shop.example"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Accepts `["10.0.0.0/8", "192.0.2.1"]` (TOML) or `"10.0.0.0/8,192.0.2.1"` (an environment variable).
+fn list_of_networks<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        OneOrMany::Many(v) => v,
+    };
+    items
+        .iter()
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{item}` is not an IP address or CIDR"))
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -71,6 +202,48 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         IngestConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_short_secrets_bad_origins_and_bad_site_names() {
+        let mut c = IngestConfig::default();
+        c.sites.insert(
+            "shop".into(),
+            SiteConfig {
+                token_secret: Some("short".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "ingest.sites.shop.token_secret"
+        );
+        let mut c = IngestConfig::default();
+        c.sites.insert(
+            "shop".into(),
+            SiteConfig {
+                allowed_origins: vec!["https://a.example/path".into()],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            c.validate().unwrap_err().key,
+            "ingest.sites.shop.allowed_origins"
+        );
+        let mut c = IngestConfig::default();
+        c.sites.insert("Bad Name".into(), SiteConfig::default());
+        assert_eq!(c.validate().unwrap_err().key, "ingest.sites.Bad Name");
+    }
+
+    #[test]
+    fn reads_trusted_proxies_from_a_list_or_a_comma_separated_string() {
+        let from_list: IngestConfig =
+            serde_json::from_str(r#"{"trusted_proxies":["10.0.0.0/8","192.0.2.1"]}"#).unwrap();
+        let from_string: IngestConfig =
+            serde_json::from_str(r#"{"trusted_proxies":"10.0.0.0/8, 192.0.2.1"}"#).unwrap();
+        assert_eq!(from_list.trusted_proxies, from_string.trusted_proxies);
+        assert_eq!(from_list.trusted_proxies.len(), 2);
+        assert!(serde_json::from_str::<IngestConfig>(r#"{"trusted_proxies":"nonsense"}"#).is_err());
     }
 
     #[test]

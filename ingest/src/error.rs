@@ -4,6 +4,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rum_schemas::BeaconError;
 
+use crate::token::TokenError;
 use crate::PublishError;
 
 /// A rejected beacon request.
@@ -21,6 +22,18 @@ pub enum IngestError {
     /// The query string is not `key=value` pairs.
     #[error("invalid query string")]
     InvalidQuery,
+    /// The client sent more than its share; retry after the given seconds.
+    #[error("rate limit reached")]
+    RateLimited(u32),
+    /// A known bot or synthetic monitor: answered 204 (nothing to retry) and counted, not published.
+    #[error("bot")]
+    Bot,
+    /// The site is not configured and `ingest.only_known_sites` is on.
+    #[error("unknown site")]
+    UnknownSite,
+    /// The site requires a signed token and this one is missing, expired or forged.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The beacon is invalid.
     #[error(transparent)]
     Beacon(#[from] BeaconError),
@@ -37,6 +50,10 @@ impl IngestError {
             IngestError::BodyTooLarge(_) => "body_too_large",
             IngestError::BodyRead(_) => "body_read_error",
             IngestError::InvalidQuery => "invalid_query",
+            IngestError::RateLimited(_) => "rate_limited",
+            IngestError::Bot => "bot",
+            IngestError::UnknownSite => "unknown_site",
+            IngestError::Token(e) => e.reason(),
             IngestError::Beacon(e) => e.reason(),
             IngestError::Publish(PublishError::QueueFull, _) => "producer_queue_full",
             IngestError::Publish(PublishError::Unavailable(_), _) => "kafka_unavailable",
@@ -52,18 +69,24 @@ impl IngestError {
                 StatusCode::BAD_REQUEST
             }
             IngestError::Publish(..) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::Bot => StatusCode::NO_CONTENT,
+            IngestError::UnknownSite | IngestError::Token(_) => StatusCode::FORBIDDEN,
         }
     }
 }
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
+        if let IngestError::Bot = self {
+            return StatusCode::NO_CONTENT.into_response();
+        }
         // Parser messages can be long; the client needs the gist, the reason label is the contract.
         let mut message = self.to_string();
         message.truncate(200);
         let body = serde_json::json!({ "error": self.reason(), "message": message });
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let IngestError::Publish(_, retry_after) = self {
+        if let IngestError::Publish(_, retry_after) | IngestError::RateLimited(retry_after) = self {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

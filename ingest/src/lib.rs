@@ -6,10 +6,15 @@
 //! as accepted or as rejected with a reason.
 
 mod api;
+mod bots;
+mod client_ip;
 mod config;
 mod error;
+mod limit;
 mod metrics;
 mod publish;
+mod routes;
+pub mod token;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{router, AppState, BEACON_PATH};
-pub use config::IngestConfig;
+pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
 pub use metrics::IngestMetrics;
 pub use publish::{KafkaPublisher, PublishError};
@@ -85,12 +90,31 @@ impl Ingest {
         let addr = self.local_addr()?;
         tracing::info!(%addr, path = BEACON_PATH, "ingest listening");
         let publisher = self.state.publisher.clone();
+        let housekeeping = self.state.limiter.clone().map(|limiter| {
+            let metrics = self.state.metrics.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if limiter.housekeep() {
+                        metrics.ratelimit_resets.inc();
+                        tracing::warn!(
+                            "rate limiter over ingest.rate_limit_max_clients: table reset"
+                        );
+                    }
+                    metrics.ratelimit_clients.set(limiter.len() as i64);
+                }
+            })
+        });
         axum::serve(
             self.listener,
             router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await?;
+        if let Some(task) = housekeeping {
+            task.abort();
+        }
         let flush_timeout = self.flush_timeout;
         let flushed = tokio::task::spawn_blocking(move || publisher.flush(flush_timeout))
             .await

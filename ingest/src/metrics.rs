@@ -22,6 +22,10 @@ pub struct IngestMetrics {
     pub producer_queue_depth: IntGauge,
     /// Time from request to answer on the beacon path.
     pub request_duration: Histogram,
+    /// Client addresses the rate limiter remembers.
+    pub ratelimit_clients: IntGauge,
+    /// Times the rate limiter's table was over its bound and was reset.
+    pub ratelimit_resets: IntCounter,
 }
 
 impl IngestMetrics {
@@ -71,6 +75,14 @@ impl IngestMetrics {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
             ]),
         )?;
+        let ratelimit_clients = IntGauge::new(
+            "rum_ratelimit_clients",
+            "Client addresses the rate limiter remembers.",
+        )?;
+        let ratelimit_resets = IntCounter::new(
+            "rum_ratelimit_resets_total",
+            "Times the rate limiter's table exceeded ingest.rate_limit_max_clients and was reset.",
+        )?;
         registry.register(Box::new(beacons_received.clone()))?;
         registry.register(Box::new(beacons_accepted.clone()))?;
         registry.register(Box::new(beacons_rejected.clone()))?;
@@ -79,6 +91,8 @@ impl IngestMetrics {
         registry.register(Box::new(kafka_produce_errors.clone()))?;
         registry.register(Box::new(producer_queue_depth.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(ratelimit_clients.clone()))?;
+        registry.register(Box::new(ratelimit_resets.clone()))?;
         Ok(Self {
             registry,
             beacons_received,
@@ -89,6 +103,8 @@ impl IngestMetrics {
             kafka_produce_errors,
             producer_queue_depth,
             request_duration,
+            ratelimit_clients,
+            ratelimit_resets,
         })
     }
 
@@ -116,7 +132,7 @@ mod tests {
             .inc();
         m.request_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 8);
+        assert_eq!(families.len(), 10);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }
