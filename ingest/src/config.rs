@@ -38,6 +38,7 @@ pub struct IngestConfig {
     /// The `Retry-After` seconds sent with 503.
     pub retry_after_secs: u32,
     /// Beacons a second per client address (IPv6: per /64); 0 turns rate limiting off.
+    /// Generous by default: carrier-grade NAT puts many phones behind one address.
     pub rate_limit_per_second: u32,
     /// The burst a client may send at once.
     pub rate_limit_burst: u32,
@@ -71,8 +72,8 @@ impl Default for IngestConfig {
             queue_max_messages: 100_000,
             shutdown_flush_ms: 10_000,
             retry_after_secs: 5,
-            rate_limit_per_second: 20,
-            rate_limit_burst: 40,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
             rate_limit_max_clients: 200_000,
             trusted_proxies: Vec::new(),
             drop_bots: true,

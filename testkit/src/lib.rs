@@ -512,6 +512,22 @@ impl Tansu {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The broker's pid (panics after [`stop`](Self::stop)).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("tansu is running").id()
+    }
+
+    /// Freezes the broker with SIGSTOP: its port stays open and nothing answers, like a hung broker.
+    /// Its data is kept; [`resume`](Self::resume) brings it back.
+    pub fn pause(&self) {
+        send_signal(self.pid(), "STOP");
+    }
+
+    /// Undoes [`pause`](Self::pause) with SIGCONT.
+    pub fn resume(&self) {
+        send_signal(self.pid(), "CONT");
+    }
+
     /// Stop the broker (SIGKILL: memory storage has nothing to save) and wait until it is gone. Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -525,6 +541,14 @@ impl Drop for Tansu {
         self.stop();
         remove_dir_unless_panicking(&self.dir, "tansu");
     }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -s {signal} {pid} failed");
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

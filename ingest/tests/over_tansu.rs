@@ -1,0 +1,595 @@
+//! The ingest against a real Kafka-protocol broker (tansu): what it accepts lands in Kafka,
+//! what it rejects is refused with the right status and counted with its reason.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rum_ingest::{token, Ingest, IngestConfig, SiteConfig, BEACON_PATH};
+use rum_schemas::kafka::KafkaConfig;
+use rum_schemas::BeaconMessage;
+use rum_testkit::{free_port, Tansu};
+use tokio::sync::oneshot;
+
+const PARTITIONS: i32 = 4;
+const SECRET: &str = "a-secret-of-the-shop-site";
+
+struct Harness {
+    tansu: Tansu,
+    base: String,
+    http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    async fn start(configure: impl FnOnce(&mut IngestConfig)) -> Harness {
+        let tansu = Tansu::start();
+        tansu.create_topic("rum.beacons.v1", PARTITIONS as u32);
+        let mut config = IngestConfig {
+            port: free_port(),
+            delivery_timeout_ms: 1_500,
+            rate_limit_per_second: 0,
+            ..IngestConfig::default()
+        };
+        configure(&mut config);
+        config.validate().expect("test config is valid");
+        let kafka = KafkaConfig {
+            brokers: tansu.brokers.clone(),
+            ..KafkaConfig::default()
+        };
+        let ingest = Ingest::bind(&config, &kafka).await.expect("ingest binds");
+        let base = format!("http://{}", ingest.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            ingest
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("ingest runs");
+        });
+        let h = Harness {
+            tansu,
+            base,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            server: Some(server),
+        };
+        h.wait_ready().await;
+        h
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..100 {
+            let ready = self.http.get(format!("{}/readyz", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the ingest did not become ready");
+    }
+
+    fn endpoint(&self, query: &str) -> String {
+        format!("{}{BEACON_PATH}{query}", self.base)
+    }
+
+    async fn post(
+        &self,
+        content_type: &str,
+        query: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.endpoint(query))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                l.rsplit_once(' ')
+                    .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            })
+            .collect()
+    }
+
+    /// Every message on the beacons topic, read until `expected` are seen or the topic is quiet.
+    fn messages(&self, expected: usize) -> Vec<(String, BeaconMessage)> {
+        read_topic(&self.tansu.brokers, expected)
+    }
+
+    async fn shutdown(mut self) -> Tansu {
+        let _ = self.stop.take().unwrap().send(());
+        self.server.take().unwrap().await.expect("server task");
+        self.tansu
+    }
+}
+
+fn read_topic(brokers: &str, expected: usize) -> Vec<(String, BeaconMessage)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition_offset("rum.beacons.v1", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut out = Vec::new();
+    let mut quiet_since = std::time::Instant::now();
+    while out.len() < expected || quiet_since.elapsed() < Duration::from_millis(1500) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();
+                out.push((
+                    key,
+                    BeaconMessage::decode(msg.payload().unwrap()).expect("valid message"),
+                ));
+                quiet_since = std::time::Instant::now();
+            }
+            Some(Err(e)) => panic!("kafka read: {e}"),
+            None if quiet_since.elapsed() > Duration::from_secs(20) => break,
+            None => {}
+        }
+    }
+    out
+}
+
+fn beacon(id: &str) -> String {
+    format!(
+        r#"{{"site":"shop","route":"/product/{id}","device":"mobile","nav_type":"navigate","sample_rate":0.5,"metrics":[{{"name":"LCP","value":2100,"id":"{id}"}}]}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_both_content_types_and_publishes_normalized_messages() {
+    let h = Harness::start(|_| {}).await;
+    assert_eq!(
+        h.post("text/plain;charset=UTF-8", "", beacon("1"))
+            .await
+            .status(),
+        204
+    );
+    let bare = r#"{"name":"CLS","value":0.3,"id":"2","rating":"good","navigationType":"reload","route":"/Cart/?x=1"}"#;
+    let r = h
+        .http
+        .post(h.endpoint("?site=shop"))
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (iPad; CPU OS 16_6 like Mac OS X)",
+        )
+        .body(bare)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut messages = h.messages(2);
+    messages.sort_by(|a, b| a.1.metrics[0].id.cmp(&b.1.metrics[0].id));
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[0].0, "shop|product-id|mobile");
+    assert_eq!(messages[1].0, "shop|cart|tablet");
+    let cls = &messages[1].1;
+    assert_eq!(
+        (cls.nav_type.as_str(), cls.metrics[0].rating.as_str()),
+        ("reload", "poor")
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        cls.received_at <= now_ms && cls.received_at > now_ms - 60_000,
+        "received_at stamped by the ingest"
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_bad_input_with_a_status_and_a_counted_reason() {
+    let h = Harness::start(|_| {}).await;
+    let deep = format!("{}1{}", "[".repeat(8_000), "]".repeat(8_000));
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "application/xml",
+            beacon("x").into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "text/plain",
+            vec![b' '; 16 * 1024 + 1],
+            413,
+            "body_too_large",
+        ),
+        (
+            "text/plain",
+            beacon("x").as_bytes()[..40].to_vec(),
+            400,
+            "malformed_json",
+        ),
+        ("text/plain", deep.into_bytes(), 400, "malformed_json"),
+        (
+            "text/plain",
+            b"{\"site\":\"shop\xff\xfe\",\"route\":\"/\"}".to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","route":"/","metrics":[{"name":"LCP","value":NaN}]}"#.to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","route":"/","metrics":[{"name":"LCP","value":Infinity}]}"#.to_vec(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","route":"/","metrics":[{"name":"LCP","value":-5}]}"#.to_vec(),
+            400,
+            "no_valid_metrics",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","route":"/","metrics":[{"name":"LCP","value":1e12}]}"#.to_vec(),
+            400,
+            "no_valid_metrics",
+        ),
+        (
+            "text/plain",
+            br#"{"route":"/","metrics":[{"name":"LCP","value":1}]}"#.to_vec(),
+            400,
+            "missing_site",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"<b>","route":"/","metrics":[{"name":"LCP","value":1}]}"#.to_vec(),
+            400,
+            "invalid_site",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","metrics":[{"name":"LCP","value":1}]}"#.to_vec(),
+            400,
+            "missing_route",
+        ),
+        (
+            "text/plain",
+            br#"{"site":"shop","route":"/","sample_rate":2,"metrics":[{"name":"LCP","value":1}]}"#
+                .to_vec(),
+            400,
+            "invalid_sample_rate",
+        ),
+    ];
+    for (content_type, body, status, reason) in &cases {
+        let r = h.post(content_type, "", body.clone()).await;
+        assert_eq!(r.status().as_u16(), *status, "{reason}");
+        if *status == 400 {
+            let json: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(json["error"], *reason);
+        }
+    }
+    // One valid metric among invalid ones: accepted, the others dropped and counted.
+    let mixed = r#"{"site":"shop","route":"/","metrics":[{"name":"LCP","value":1,"id":"ok"},{"name":"INP","value":-1,"id":"neg"},{"name":"XX","value":1,"id":"x"}]}"#;
+    assert_eq!(h.post("text/plain", "", mixed).await.status(), 204);
+
+    let m = h.metrics().await;
+    let mut expected: HashMap<&str, f64> = HashMap::new();
+    for (_, _, _, reason) in &cases {
+        *expected.entry(reason).or_default() += 1.0;
+    }
+    for (reason, count) in &expected {
+        assert_eq!(
+            m[&format!("rum_beacons_rejected_total{{reason=\"{reason}\"}}")],
+            *count,
+            "{reason}"
+        );
+    }
+    assert_eq!(m["rum_beacons_received_total"], cases.len() as f64 + 1.0);
+    assert_eq!(m["rum_beacons_accepted_total"], 1.0);
+    assert_eq!(
+        m["rum_metrics_dropped_total{reason=\"negative_value\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["rum_metrics_dropped_total{reason=\"unknown_metric\"}"],
+        1.0
+    );
+    let published = h.messages(1);
+    assert_eq!(published.len(), 1, "only the valid beacon reached Kafka");
+    assert_eq!(published[0].1.metrics.len(), 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_with_a_secret_needs_a_valid_unexpired_token() {
+    let h = Harness::start(|c| {
+        c.sites.insert(
+            "shop".into(),
+            SiteConfig {
+                token_secret: Some(SECRET.into()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let valid = token::sign(SECRET, BEACON_PATH, now + 600);
+    let expired = token::sign(SECRET, BEACON_PATH, now - 1);
+    let forged = token::sign("not-the-secret-at-all", BEACON_PATH, now + 600);
+    let wrong_path = token::sign(SECRET, "/other/path", now + 600);
+    let cases = [
+        (format!("?t={valid}&e={}", now + 600), 204, "accepted"),
+        (String::new(), 403, "token_missing"),
+        (format!("?t={expired}&e={}", now - 1), 403, "token_expired"),
+        (format!("?t={forged}&e={}", now + 600), 403, "token_invalid"),
+        (
+            format!("?t={wrong_path}&e={}", now + 600),
+            403,
+            "token_invalid",
+        ),
+        (format!("?t={valid}&e={}", now + 6000), 403, "token_invalid"),
+    ];
+    for (query, status, why) in &cases {
+        assert_eq!(
+            h.post("text/plain", query, beacon("1"))
+                .await
+                .status()
+                .as_u16(),
+            *status,
+            "{why}"
+        );
+    }
+    let m = h.metrics().await;
+    assert_eq!(
+        m["rum_beacons_rejected_total{reason=\"token_invalid\"}"],
+        3.0
+    );
+    assert_eq!(
+        m["rum_beacons_rejected_total{reason=\"token_expired\"}"],
+        1.0
+    );
+    // Sites without a secret need no token.
+    let other = r#"{"site":"blog","route":"/","metrics":[{"name":"LCP","value":1}]}"#;
+    assert_eq!(h.post("text/plain", "", other).await.status(), 204);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_client_and_recovers() {
+    let h = Harness::start(|c| {
+        c.rate_limit_per_second = 2;
+        c.rate_limit_burst = 3;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let post_from = async |client: &str| {
+        h.http
+            .post(h.endpoint(""))
+            .header("content-type", "text/plain")
+            .header("x-forwarded-for", client)
+            .body(beacon("1"))
+            .send()
+            .await
+            .unwrap()
+    };
+    // Requests take time, and tokens refill meanwhile: the first 429 comes after the burst plus
+    // at most the tokens refilled while sending.
+    let started = std::time::Instant::now();
+    let mut accepted = 0;
+    let limited = loop {
+        let r = post_from("198.51.100.1").await;
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 204);
+        accepted += 1;
+        assert!(accepted < 100, "never rate limited");
+    };
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        (3..=3 + refilled).contains(&accepted),
+        "{accepted} accepted before the first 429"
+    );
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(
+        post_from("198.51.100.2").await.status(),
+        204,
+        "another client behind the proxy has its own bucket"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        post_from("198.51.100.1").await.status(),
+        204,
+        "recovered after the refill"
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        m["rum_beacons_rejected_total{reason=\"rate_limited\"}"],
+        1.0
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_bots_quietly_and_answers_cors_preflights_for_allowed_origins() {
+    let h = Harness::start(|c| {
+        c.sites.insert(
+            "shop".into(),
+            SiteConfig {
+                allowed_origins: vec!["https://shop.example".into()],
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let bot = h
+        .http
+        .post(h.endpoint(""))
+        .header("content-type", "text/plain")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        )
+        .body(beacon("1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bot.status(), 204);
+    let preflight = |origin: &'static str| {
+        h.http
+            .request(reqwest::Method::OPTIONS, h.endpoint("?site=shop"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://shop.example").await.unwrap();
+    assert_eq!(allowed.status(), 204);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let denied = preflight("https://evil.example").await.unwrap();
+    assert_eq!(denied.status(), 403);
+    assert!(!denied.headers().contains_key("access-control-allow-origin"));
+    let json = h
+        .http
+        .post(h.endpoint("?site=shop"))
+        .header("content-type", "application/json")
+        .header("origin", "https://shop.example")
+        .body(beacon("2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json.status(), 204);
+    assert_eq!(
+        json.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    let m = h.metrics().await;
+    assert_eq!(m["rum_beacons_rejected_total{reason=\"bot\"}"], 1.0);
+    let published = h.messages(1);
+    assert_eq!(published.len(), 1, "the bot's beacon was not published");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
+    let h = Harness::start(|c| c.delivery_timeout_ms = 1_000).await;
+    assert_eq!(
+        h.post("text/plain", "", beacon("before")).await.status(),
+        204
+    );
+    h.tansu.pause();
+    let during = h.post("text/plain", "", beacon("during")).await;
+    assert_eq!(during.status(), 503);
+    assert!(during.headers().contains_key("retry-after"));
+    h.tansu.resume();
+    let mut after = None;
+    for attempt in 0..50 {
+        let status = h
+            .post("text/plain", "", beacon(&format!("after{attempt}")))
+            .await
+            .status();
+        if status == 204 {
+            after = Some(format!("after{attempt}"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = after.expect("the ingest accepts again once Kafka is back");
+    let ids: HashSet<String> = h
+        .messages(2)
+        .into_iter()
+        .map(|(_, m)| m.metrics[0].id.clone())
+        .collect();
+    assert!(
+        ids.contains("before") && ids.contains(&after),
+        "every accepted beacon is in Kafka: {ids:?}"
+    );
+    let m = h.metrics().await;
+    assert!(m["rum_beacons_rejected_total{reason=\"kafka_unavailable\"}"] >= 1.0);
+    assert!(m["rum_kafka_produce_errors_total"] >= 1.0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_beacons_in_flight_publishes_every_accepted_beacon() {
+    let h = Harness::start(|_| {}).await;
+    let http = h.http.clone();
+    let endpoint = h.endpoint("");
+    let requests: Vec<_> = (0..300)
+        .map(|i| {
+            let (http, endpoint) = (http.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i % 100)).await;
+                let r = http
+                    .post(&endpoint)
+                    .header("content-type", "text/plain")
+                    .body(beacon(&format!("b{i}")))
+                    .send()
+                    .await;
+                (i, r.map(|r| r.status().as_u16()))
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let brokers = h.tansu.brokers.clone();
+    let tansu = h.shutdown().await;
+    let mut accepted = HashSet::new();
+    for r in futures::future::join_all(requests).await {
+        if let (i, Ok(204)) = r.unwrap() {
+            accepted.insert(format!("b{i}"));
+        }
+    }
+    assert!(
+        !accepted.is_empty(),
+        "some beacons were accepted before shutdown"
+    );
+    let published: HashSet<String> = read_topic(&brokers, accepted.len())
+        .into_iter()
+        .map(|(_, m)| m.metrics[0].id.clone())
+        .collect();
+    let missing: Vec<_> = accepted.difference(&published).collect();
+    assert!(missing.is_empty(), "accepted but not in Kafka: {missing:?}");
+    drop(tansu);
+}
