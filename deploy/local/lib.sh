@@ -58,10 +58,10 @@ RUM_TANSU_VERSION=0.6.0
 RUM_TANSU_ROOT="${RUM_TANSU_ROOT:-$HOME/.cache/rum/tansu-$RUM_TANSU_VERSION}"
 RUM_TANSU_DEFAULT_BIN="$RUM_TANSU_ROOT/bin/tansu"
 RUM_TANSU_BIN="${RUM_TANSU_BIN:-$RUM_TANSU_DEFAULT_BIN}"
-RUM_CLICKHOUSE_SERVER_BIN="${RUM_CLICKHOUSE_SERVER_BIN:-/usr/sbin/clickhouse-server}"
+RUM_LOCAL_CLICKHOUSE_BIN="${RUM_LOCAL_CLICKHOUSE_BIN:-/usr/sbin/clickhouse-server}"
 
 # Kafka topics of the pipeline (name:partitions).
-RUM_KAFKA_TOPICS=("rum.beacons.v1:4" "rum.beacons.dlq.v1:1")
+RUM_LOCAL_KAFKA_TOPICS=("rum.beacons.v1:4" "rum.beacons.dlq.v1:1")
 
 # The services this folder manages, in start order.
 RUM_SERVICES=(clickhouse kafka alertmanager prometheus)
@@ -222,8 +222,8 @@ rum_install() {
     apt_ensure_servers "${RUM_SERVER_PACKAGES[@]}"
     apt_ensure_servers --no-install-recommends "${RUM_MONITORING_PACKAGES[@]}"
     ensure_cargo
-    [[ -x $RUM_CLICKHOUSE_SERVER_BIN ]] ||
-        die "clickhouse-server not found at $RUM_CLICKHOUSE_SERVER_BIN (RUM_CLICKHOUSE_SERVER_BIN)"
+    [[ -x $RUM_LOCAL_CLICKHOUSE_BIN ]] ||
+        die "clickhouse-server not found at $RUM_LOCAL_CLICKHOUSE_BIN (RUM_LOCAL_CLICKHOUSE_BIN)"
     if [[ -n $with_tansu ]]; then
         ensure_tansu
     fi
@@ -490,7 +490,7 @@ kafka_start() {
         log "kafka: already running (pid $(proc_pid kafka))"
     fi
     local spec
-    for spec in "${RUM_KAFKA_TOPICS[@]}"; do
+    for spec in "${RUM_LOCAL_KAFKA_TOPICS[@]}"; do
         kafka_create_topic "${spec%%:*}" "${spec##*:}"
     done
 }
@@ -517,14 +517,14 @@ clickhouse_start() {
         log "clickhouse: already running (pid $(proc_pid clickhouse))"
         return 0
     fi
-    [[ -x $RUM_CLICKHOUSE_SERVER_BIN ]] ||
-        die "clickhouse: $RUM_CLICKHOUSE_SERVER_BIN not found; run ./deploy/local/install"
+    [[ -x $RUM_LOCAL_CLICKHOUSE_BIN ]] ||
+        die "clickhouse: $RUM_LOCAL_CLICKHOUSE_BIN not found; run ./deploy/local/install"
     require_port_free clickhouse "$RUM_LOCAL_CLICKHOUSE_PORT" RUM_LOCAL_CLICKHOUSE_PORT
     require_port_free clickhouse "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" RUM_LOCAL_CLICKHOUSE_TCP_PORT
     local dir
     dir=$(data_dir clickhouse)
     render_clickhouse_config "$dir" "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT"
-    start_process clickhouse "$dir" "$RUM_CLICKHOUSE_SERVER_BIN" --config-file="$dir/config.xml"
+    start_process clickhouse "$dir" "$RUM_LOCAL_CLICKHOUSE_BIN" --config-file="$dir/config.xml"
     # The server's own log (errors included) is in the data dir; stdout only says where it logs.
     wait_ready clickhouse "GET /ping" "$dir/log/clickhouse-server.err.log" \
         http_ok "http://127.0.0.1:$RUM_LOCAL_CLICKHOUSE_PORT/ping" "Ok."

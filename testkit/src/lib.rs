@@ -8,7 +8,7 @@
 //! * The ClickHouse config comes from the same templates as `deploy/local/` (`deploy/local/clickhouse/`).
 //!
 //! Binaries: `RUM_TANSU_BIN` (else `$RUM_TANSU_ROOT/bin/tansu`, `$HOME/.cache/rum/tansu-0.6.0/bin/tansu`, `tansu` on
-//! `PATH`) and `RUM_CLICKHOUSE_SERVER_BIN` (else `/usr/sbin/clickhouse-server`). `./deploy/local/install --with-tansu`
+//! `PATH`) and `RUM_LOCAL_CLICKHOUSE_BIN` (else `/usr/sbin/clickhouse-server`). `./deploy/local/install --with-tansu`
 //! installs both.
 
 use std::collections::HashSet;
@@ -567,10 +567,10 @@ pub struct ClickHouseServer {
 }
 
 impl ClickHouseServer {
-    /// The server binary: `RUM_CLICKHOUSE_SERVER_BIN`, else `/usr/sbin/clickhouse-server`, else on PATH.
+    /// The server binary: `RUM_LOCAL_CLICKHOUSE_BIN`, else `/usr/sbin/clickhouse-server`, else on PATH.
     pub fn bin() -> PathBuf {
         find_binary(
-            "RUM_CLICKHOUSE_SERVER_BIN",
+            "RUM_LOCAL_CLICKHOUSE_BIN",
             &[PathBuf::from("/usr/sbin/clickhouse-server")],
             "clickhouse-server",
             "run ./deploy/local/install (apt package clickhouse-server)",
