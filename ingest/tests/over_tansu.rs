@@ -4,9 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use rum_ingest::{token, Ingest, IngestConfig, SiteConfig, BEACON_PATH};
 use rum_schemas::kafka::KafkaConfig;
 use rum_schemas::BeaconMessage;
@@ -124,37 +121,13 @@ impl Harness {
 }
 
 fn read_topic(brokers: &str, expected: usize) -> Vec<(String, BeaconMessage)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        list.add_partition_offset("rum.beacons.v1", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&list).unwrap();
-    let mut out = Vec::new();
-    let mut quiet_since = std::time::Instant::now();
-    while out.len() < expected || quiet_since.elapsed() < Duration::from_millis(1500) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();
-                out.push((
-                    key,
-                    BeaconMessage::decode(msg.payload().unwrap()).expect("valid message"),
-                ));
-                quiet_since = std::time::Instant::now();
-            }
-            Some(Err(e)) => panic!("kafka read: {e}"),
-            None if quiet_since.elapsed() > Duration::from_secs(20) => break,
-            None => {}
-        }
-    }
-    out
+    rum_testkit::read_topic(brokers, "rum.beacons.v1", PARTITIONS, expected)
+        .into_iter()
+        .map(|(key, value)| {
+            let message = BeaconMessage::decode(&value).expect("valid message");
+            (String::from_utf8(key).unwrap(), message)
+        })
+        .collect()
 }
 
 fn beacon(id: &str) -> String {
@@ -550,46 +523,4 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
     assert!(m["rum_beacons_rejected_total{reason=\"kafka_unavailable\"}"] >= 1.0);
     assert!(m["rum_kafka_produce_errors_total"] >= 1.0);
     h.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_with_beacons_in_flight_publishes_every_accepted_beacon() {
-    let h = Harness::start(|_| {}).await;
-    let http = h.http.clone();
-    let endpoint = h.endpoint("");
-    let requests: Vec<_> = (0..300)
-        .map(|i| {
-            let (http, endpoint) = (http.clone(), endpoint.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i % 100)).await;
-                let r = http
-                    .post(&endpoint)
-                    .header("content-type", "text/plain")
-                    .body(beacon(&format!("b{i}")))
-                    .send()
-                    .await;
-                (i, r.map(|r| r.status().as_u16()))
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(40)).await;
-    let brokers = h.tansu.brokers.clone();
-    let tansu = h.shutdown().await;
-    let mut accepted = HashSet::new();
-    for r in futures::future::join_all(requests).await {
-        if let (i, Ok(204)) = r.unwrap() {
-            accepted.insert(format!("b{i}"));
-        }
-    }
-    assert!(
-        !accepted.is_empty(),
-        "some beacons were accepted before shutdown"
-    );
-    let published: HashSet<String> = read_topic(&brokers, accepted.len())
-        .into_iter()
-        .map(|(_, m)| m.metrics[0].id.clone())
-        .collect();
-    let missing: Vec<_> = accepted.difference(&published).collect();
-    assert!(missing.is_empty(), "accepted but not in Kafka: {missing:?}");
-    drop(tansu);
 }

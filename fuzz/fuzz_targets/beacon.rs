@@ -1,0 +1,78 @@
+//! A request body through everything `rum-schemas` does with it: `parse_beacon`, `Beacon::validate`,
+//! `BeaconMessage::encode`/`decode`. Nothing may panic; a validated beacon is a message consumers
+//! accept unchanged; a message consumers accept survives re-encoding unchanged.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rum_schemas::beacon::{is_valid_site, RequestContext, MAX_METRICS_PER_BEACON};
+use rum_schemas::route::is_normalized_route;
+use rum_schemas::{normalize_route, parse_beacon, BeaconMessage, Device};
+
+/// What the ingest may know besides the body: no query site or one, an unknown or a known header device.
+const CONTEXTS: [RequestContext<'static>; 2] = [
+    RequestContext {
+        query_site: None,
+        header_device: Device::Unknown,
+        received_at_ms: 1_700_000_000_000,
+    },
+    RequestContext {
+        query_site: Some("query-site"),
+        header_device: Device::Tablet,
+        received_at_ms: u64::MAX,
+    },
+];
+
+fuzz_target!(|data: &[u8]| {
+    // The consumer side: arbitrary bytes from Kafka.
+    if let Ok(msg) = BeaconMessage::decode(data) {
+        let encoded = msg.encode();
+        match BeaconMessage::decode(&encoded) {
+            Ok(again) => assert_eq!(again, msg, "decode(encode(msg)) != msg"),
+            Err(e) => panic!("an accepted message fails to decode after re-encoding: {e}"),
+        }
+    }
+
+    // The ingest side: arbitrary request bodies.
+    let beacon = match parse_beacon(data) {
+        Ok(beacon) => beacon,
+        Err(e) => {
+            let _ = (e.reason(), e.to_string());
+            return;
+        }
+    };
+    for ctx in &CONTEXTS {
+        let sent = beacon.metrics.len();
+        let validated = match beacon.clone().validate(ctx) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = (e.reason(), e.to_string());
+                continue;
+            }
+        };
+        let msg = &validated.message;
+        assert_eq!(
+            msg.metrics.len() + validated.dropped.len(),
+            sent,
+            "every metric is kept or dropped with a reason"
+        );
+        assert!(!msg.metrics.is_empty() && msg.metrics.len() <= MAX_METRICS_PER_BEACON);
+        assert!(is_valid_site(&msg.site), "invalid site {:?}", msg.site);
+        assert!(is_normalized_route(&msg.route), "invalid route {:?}", msg.route);
+        assert_eq!(normalize_route(&msg.route), msg.route, "route slug not idempotent");
+        assert!(msg.sample_rate > 0.0 && msg.sample_rate <= 1.0);
+        assert_eq!(msg.received_at, ctx.received_at_ms);
+        for why in &validated.dropped {
+            let _ = why.reason();
+        }
+        let _ = msg.key();
+
+        let encoded = msg.encode();
+        match BeaconMessage::decode(&encoded) {
+            Ok(decoded) => assert_eq!(&decoded, msg, "a validated beacon does not round-trip"),
+            Err(e) => panic!(
+                "a validated beacon is rejected by the consumer: {e}\nencoded: {}",
+                String::from_utf8_lossy(&encoded)
+            ),
+        }
+    }
+});
