@@ -754,6 +754,54 @@ impl Drop for ClickHouseServer {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Reading Kafka back
+
+/// Reads every message of `topic` (partitions `0..partitions`) from the beginning, as (key, value),
+/// until `expected` were read and the topic stayed quiet for 1.5 s, or nothing came for 20 s.
+#[cfg(feature = "kafka")]
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "rum-testkit-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("kafka reader");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition offset");
+    }
+    consumer.assign(&list).expect("assign partitions");
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while out.len() < expected || last.elapsed() < Duration::from_millis(1500) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(msg)) => {
+                out.push((
+                    msg.key().unwrap_or_default().to_vec(),
+                    msg.payload().unwrap_or_default().to_vec(),
+                ));
+                last = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None if last.elapsed() > Duration::from_secs(20) => break,
+            None => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,52 +898,4 @@ mod tests {
         drop(kafka);
         assert!(!log.exists(), "the tansu dir is removed on drop");
     }
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
-// Reading Kafka back
-
-/// Reads every message of `topic` (partitions `0..partitions`) from the beginning, as (key, value),
-/// until `expected` were read and the topic stayed quiet for 1.5 s, or nothing came for 20 s.
-#[cfg(feature = "kafka")]
-pub fn read_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    expected: usize,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{Message, Offset, TopicPartitionList};
-
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "rum-testkit-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("kafka reader");
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition offset");
-    }
-    consumer.assign(&list).expect("assign partitions");
-    let mut out = Vec::new();
-    let mut last = Instant::now();
-    while out.len() < expected || last.elapsed() < Duration::from_millis(1500) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(msg)) => {
-                out.push((
-                    msg.key().unwrap_or_default().to_vec(),
-                    msg.payload().unwrap_or_default().to_vec(),
-                ));
-                last = Instant::now();
-            }
-            Some(Err(e)) => panic!("reading {topic}: {e}"),
-            None if last.elapsed() > Duration::from_secs(20) => break,
-            None => {}
-        }
-    }
-    out
 }
