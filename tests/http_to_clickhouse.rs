@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, rum_output, RumProcess};
+use common::{eventually, rum_output, wait_until_ready, RumProcess};
 use rum_testkit::{free_port, ClickHouseServer, Tansu};
 
 const BEACON: &str = r#"{"site":"shop","route":"/product/123","device":"mobile","nav_type":"navigate","sample_rate":0.25,"metrics":[{"name":"LCP","value":2310.5,"id":"v5-1700-123","rating":"good"},{"name":"CLS","value":0.31,"id":"v5-1700-124","rating":"good"}]}"#;
@@ -38,15 +38,7 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{ingest_port}");
-    eventually(
-        "the ingest to be ready",
-        Duration::from_secs(30),
-        async || {
-            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        },
-    )
-    .await;
+    wait_until_ready(&http, &base).await;
 
     let endpoint = format!("{base}/api/v1/observability/web-vitals");
     let post = async |content_type: &str, query: &str, body: &str| {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, RumProcess};
+use common::{eventually, wait_until_ready, RumProcess};
 use rum_schemas::BeaconMessage;
 use rum_testkit::{free_port, read_topic, Tansu};
 
@@ -27,15 +27,7 @@ async fn every_beacon_answered_204_before_sigterm_is_in_kafka() {
     );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    eventually(
-        "the ingest to be ready",
-        Duration::from_secs(30),
-        async || {
-            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
-            (r.status() == 200).then_some(())
-        },
-    )
-    .await;
+    wait_until_ready(&http, &base).await;
 
     let endpoint = format!("{base}/api/v1/observability/web-vitals");
     let answered_204 = Arc::new(AtomicUsize::new(0));

@@ -543,7 +543,8 @@ impl Drop for Tansu {
     }
 }
 
-fn send_signal(pid: u32, signal: &str) {
+/// Sends `signal` (a name like `TERM`, `STOP`) to `pid` with kill(1); panics when that fails.
+pub fn send_signal(pid: u32, signal: &str) {
     let status = Command::new("kill")
         .args(["-s", signal, &pid.to_string()])
         .status()

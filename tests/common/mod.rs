@@ -54,7 +54,7 @@ impl RumProcess {
 
     /// Sends SIGTERM and waits for the exit, at most `timeout`.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        signal(self.pid(), "TERM");
+        rum_testkit::send_signal(self.pid(), "TERM");
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -90,6 +90,19 @@ fn signal(pid: u32, name: &str) {
         .status()
         .expect("kill runs");
     assert!(status.success(), "kill -s {name} {pid} failed");
+}
+
+/// Waits until the ingest at `base` answers `/readyz` with 200 (Kafka reachable).
+pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
+    eventually(
+        "the ingest to be ready",
+        Duration::from_secs(30),
+        async || {
+            let r = http.get(format!("{base}/readyz")).send().await.ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
