@@ -524,3 +524,50 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
     assert!(m["rum_kafka_produce_errors_total"] >= 1.0);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
+    let h = Harness::start(|c| {
+        c.queue_max_messages = 2;
+        c.delivery_timeout_ms = 3_000;
+    })
+    .await;
+    assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
+    h.tansu.pause();
+    // Two beacons wait in the producer's queue for the hung broker...
+    let waiting: Vec<_> = (0..2)
+        .map(|i| {
+            let (http, endpoint) = (h.http.clone(), h.endpoint(""));
+            tokio::spawn(async move {
+                let body = beacon(&format!("queued{i}"));
+                http.post(endpoint)
+                    .header("content-type", "text/plain")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so the next one is refused at once instead of queueing without bound.
+    let full = h.post("text/plain", "", beacon("refused")).await;
+    assert_eq!(full.status(), 503);
+    assert!(full.headers().contains_key("retry-after"));
+    // The reason proves the refusal came from the bounded queue, not from a delivery timeout.
+    let m = h.metrics().await;
+    assert_eq!(
+        m["rum_beacons_rejected_total{reason=\"producer_queue_full\"}"],
+        1.0
+    );
+    h.tansu.resume();
+    for w in waiting {
+        let status = w.await.unwrap();
+        assert!(
+            status == 204 || status == 503,
+            "a queued beacon is either acknowledged or refused: {status}"
+        );
+    }
+    h.shutdown().await;
+}
