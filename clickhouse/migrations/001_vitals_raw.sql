@@ -1,5 +1,6 @@
 -- One row per metric of each accepted beacon, for analysts.
--- kafka_partition/kafka_offset say which message a row came from (deduplication and replay audits).
+-- kafka_topic/kafka_partition/kafka_offset say which message a row came from: the consumer resumes
+-- from them (exactly once), and analysts can audit replays.
 -- Partitioned by day so retention is a cheap partition drop on every ClickHouse version.
 CREATE TABLE IF NOT EXISTS vitals_raw
 (
@@ -13,6 +14,7 @@ CREATE TABLE IF NOT EXISTS vitals_raw
     rating String,
     metric_id String,
     sample_rate Float64,
+    kafka_topic String,
     kafka_partition UInt32,
     kafka_offset UInt64
 )

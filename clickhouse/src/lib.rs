@@ -6,11 +6,13 @@
 
 mod config;
 mod migrate;
+mod offsets;
 mod rows;
 
 pub use clickhouse::Client;
 pub use config::ClickHouseConfig;
 pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
+pub use offsets::stored_offsets;
 pub use rows::{insert_raw_rows, raw_rows, VitalsRawRow, VITALS_RAW};
 
 /// Everything that can go wrong talking to ClickHouse.

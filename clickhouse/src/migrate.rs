@@ -24,11 +24,23 @@ pub struct Migration {
 }
 
 /// Every migration, in order. `migrations_list_matches_the_directory` keeps it in step with the files.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "vitals_raw",
-    sql: include_str!("../migrations/001_vitals_raw.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "vitals_raw",
+        sql: include_str!("../migrations/001_vitals_raw.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "vitals_1m",
+        sql: include_str!("../migrations/002_vitals_1m.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "kafka_offsets",
+        sql: include_str!("../migrations/003_kafka_offsets.sql"),
+    },
+];
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

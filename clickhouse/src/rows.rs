@@ -32,6 +32,8 @@ pub struct VitalsRawRow {
     pub metric_id: String,
     /// The collector's sample rate.
     pub sample_rate: f64,
+    /// The Kafka topic of the message.
+    pub kafka_topic: String,
     /// The Kafka partition of the message.
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
@@ -39,11 +41,12 @@ pub struct VitalsRawRow {
 }
 
 /// The rows of one Kafka message, one per metric.
-pub fn raw_rows(
-    msg: &BeaconMessage,
+pub fn raw_rows<'a>(
+    msg: &'a BeaconMessage,
+    topic: &'a str,
     partition: u32,
     offset: u64,
-) -> impl Iterator<Item = VitalsRawRow> + '_ {
+) -> impl Iterator<Item = VitalsRawRow> + 'a {
     let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
     msg.metrics.iter().map(move |m| VitalsRawRow {
         received_at,
@@ -56,6 +59,7 @@ pub fn raw_rows(
         rating: m.rating.as_str().to_string(),
         metric_id: m.id.clone(),
         sample_rate: msg.sample_rate,
+        kafka_topic: topic.to_string(),
         kafka_partition: partition,
         kafka_offset: offset,
     })
@@ -106,7 +110,7 @@ mod tests {
                 },
             ],
         };
-        let rows: Vec<_> = raw_rows(&msg, 3, 42).collect();
+        let rows: Vec<_> = raw_rows(&msg, "rum.beacons.v1", 3, 42).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].received_at, 1_700_000_000);
         assert_eq!(

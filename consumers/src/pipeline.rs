@@ -182,7 +182,7 @@ impl Consumer {
         let rows: Vec<VitalsRawRow> = batch
             .iter()
             .filter_map(|c| Some((c, c.decoded.as_ref().ok()?)))
-            .flat_map(|(c, msg)| raw_rows(msg, c.partition as u32, c.offset as u64))
+            .flat_map(|(c, msg)| raw_rows(msg, &self.topic, c.partition as u32, c.offset as u64))
             .collect();
         self.retry("clickhouse insert", stop, || async {
             insert_raw_rows(&self.clickhouse, &rows).await.map_err(|e| {

@@ -1,0 +1,31 @@
+//! Where each Kafka partition's data in ClickHouse ends: the consumer resumes from here.
+
+use clickhouse::Row;
+use serde::Deserialize;
+
+use crate::StorageError;
+
+#[derive(Debug, Row, Deserialize)]
+struct PartitionOffset {
+    kafka_partition: u32,
+    max_offset: u64,
+}
+
+/// The highest offset stored per partition of `topic` (partitions with no rows are absent).
+pub async fn stored_offsets(
+    client: &clickhouse::Client,
+    topic: &str,
+) -> Result<Vec<(u32, u64)>, StorageError> {
+    let rows: Vec<PartitionOffset> = client
+        .query(
+            "SELECT kafka_partition, maxMerge(max_offset) AS max_offset FROM kafka_offsets \
+             WHERE kafka_topic = ? GROUP BY kafka_partition ORDER BY kafka_partition",
+        )
+        .bind(topic)
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.kafka_partition, r.max_offset))
+        .collect())
+}
