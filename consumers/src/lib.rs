@@ -6,7 +6,9 @@
 //! A crash between insert and commit replays the batch: delivery into ClickHouse is at least once.
 
 mod config;
+mod histograms;
 mod metrics;
+mod ownership;
 mod pipeline;
 
 use std::future::Future;

@@ -6,7 +6,11 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use crate::histograms::VitalsHistograms;
 
 /// The consumer's Prometheus metrics, in their own registry.
 pub struct ConsumerMetrics {
@@ -24,6 +28,13 @@ pub struct ConsumerMetrics {
     pub commit_errors: IntCounter,
     /// Time from a batch's first message to its commit.
     pub batch_duration: Histogram,
+    /// Messages not written because ClickHouse already holds them (replays after a crash), or
+    /// because their partition was revoked before they were written.
+    pub messages_skipped: IntCounterVec,
+    /// Messages behind the end of each owned partition.
+    pub lag: IntGaugeVec,
+    /// The vitals themselves, per site, route and device.
+    pub vitals: VitalsHistograms,
 }
 
 impl ConsumerMetrics {
@@ -65,7 +76,24 @@ impl ConsumerMetrics {
                 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
             ]),
         )?;
+        let messages_skipped = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_messages_skipped_total",
+                "Messages not written: already stored (replay) or partition revoked, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "rum_consumer_lag_messages",
+                "Messages behind the end of each owned partition.",
+            ),
+            &["partition"],
+        )?;
         registry.register(Box::new(messages_consumed.clone()))?;
+        registry.register(Box::new(messages_skipped.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
+        let vitals = VitalsHistograms::register(&registry)?;
         registry.register(Box::new(rows_inserted.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(insert_errors.clone()))?;
@@ -79,6 +107,9 @@ impl ConsumerMetrics {
             insert_errors,
             commit_errors,
             batch_duration,
+            messages_skipped,
+            lag,
+            vitals,
         })
     }
 
@@ -119,8 +150,20 @@ mod tests {
         m.rows_inserted.with_label_values(&["vitals_raw"]).inc();
         m.dead_lettered.with_label_values(&["undecodable"]).inc();
         m.batch_duration.observe(0.1);
+        m.messages_skipped
+            .with_label_values(&["already_stored"])
+            .inc();
+        m.lag.with_label_values(&["0"]).set(3);
+        let msg: rum_schemas::BeaconMessage = serde_json::from_str(
+            r#"{"site":"s","route":"r","device":"mobile","nav_type":"navigate","sample_rate":1,"received_at":1,
+                "metrics":[{"name":"LCP","value":2500,"id":"a","rating":"good"},{"name":"INP","value":1,"id":"b","rating":"good"},
+                {"name":"CLS","value":0,"id":"c","rating":"good"},{"name":"FCP","value":1,"id":"d","rating":"good"},
+                {"name":"TTFB","value":1,"id":"e","rating":"good"}]}"#,
+        )
+        .unwrap();
+        m.vitals.observe(&msg);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 6);
+        assert_eq!(families.len(), 13);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

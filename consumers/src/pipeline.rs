@@ -1,6 +1,7 @@
-//! The consume loop: batch, decode, dead-letter, insert, commit.
+//! The consume loop: batch, decode, dead-letter, insert exactly once, commit.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -9,12 +10,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rum_clickhouse::{insert_raw_rows, raw_rows, ClickHouseConfig, VitalsRawRow, VITALS_RAW};
+use rum_clickhouse::{
+    insert_raw_rows, raw_rows, stored_offsets, ClickHouseConfig, VitalsRawRow, VITALS_RAW,
+};
 use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
 use rum_schemas::{BeaconMessage, MessageError};
 use tokio::sync::watch;
 
+use crate::ownership::{Ownership, OwnershipContext};
 use crate::{ConsumerConfig, ConsumerMetrics};
+
+/// How often the lag gauges are refreshed.
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the consumer could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +56,13 @@ struct Poison {
     payload: Vec<u8>,
 }
 
-/// A consumer-group member writing to ClickHouse.
+/// The consumer was asked to stop while a batch was being written.
+struct Stopped;
+
+/// A consumer-group member writing to ClickHouse exactly once (see [`crate::ownership`]).
 pub struct Consumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<OwnershipContext>,
+    ownership: Arc<Mutex<Ownership>>,
     dlq: FutureProducer,
     topic: String,
     dlq_topic: String,
@@ -60,6 +71,7 @@ pub struct Consumer {
     batch_max_messages: usize,
     batch_max_wait: Duration,
     retry_max_backoff: Duration,
+    lag_updated: Mutex<Option<Instant>>,
 }
 
 impl Consumer {
@@ -70,7 +82,9 @@ impl Consumer {
         clickhouse: &ClickHouseConfig,
         metrics: Arc<ConsumerMetrics>,
     ) -> Result<Self, ConsumerError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let context = OwnershipContext::new(&kafka.topic);
+        let ownership = context.ownership.clone();
+        let consumer: StreamConsumer<OwnershipContext> = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
@@ -78,7 +92,7 @@ impl Consumer {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", "10000")
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-            .create()?;
+            .create_with_context(context)?;
         // Not idempotent: a fenced idempotent producer is dead for good, and a dead letter
         // written twice harms nobody.
         let dlq: FutureProducer = ClientConfig::new()
@@ -87,6 +101,7 @@ impl Consumer {
             .create()?;
         Ok(Self {
             consumer,
+            ownership,
             dlq,
             topic: kafka.topic.clone(),
             dlq_topic: kafka.dlq_topic.clone(),
@@ -95,7 +110,12 @@ impl Consumer {
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
             retry_max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
+            lag_updated: Mutex::new(None),
         })
+    }
+
+    fn ownership(&self) -> MutexGuard<'_, Ownership> {
+        self.ownership.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Consumes until `stop` turns true. The batch in hand is finished first when possible.
@@ -103,11 +123,12 @@ impl Consumer {
         self.consumer.subscribe(&[&self.topic])?;
         tracing::info!(topic = %self.topic, "consumer subscribed");
         while !*stop.borrow() {
-            let (batch, started) = self.next_batch(&mut stop).await;
+            let (mut batch, started) = self.next_batch(&mut stop).await;
+            self.update_lag();
             if batch.is_empty() {
                 continue;
             }
-            if let Err(Stopped) = self.write_batch(&batch, &mut stop).await {
+            if let Err(Stopped) = self.write_batch(&mut batch, &mut stop).await {
                 tracing::warn!(
                     messages = batch.len(),
                     "stopped before the batch was written; it will be replayed"
@@ -142,19 +163,14 @@ impl Consumer {
             }
             tokio::select! {
                 _ = stop.changed() => continue,
-                received = tokio::time::timeout(wait, self.consumer.recv()) => match received {
-                    Err(_elapsed) if batch.is_empty() => continue,
-                    Err(_elapsed) => break,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "kafka receive error");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    Ok(Ok(msg)) => {
+                received = self.receive(wait) => match received {
+                    None if batch.is_empty() => continue,
+                    None => break,
+                    Some(consumed) => {
                         if batch.is_empty() {
                             started = Instant::now();
                         }
-                        self.metrics.messages_consumed.inc();
-                        batch.push(decode(&msg));
+                        batch.push(consumed);
                         if batch.len() >= self.batch_max_messages {
                             break;
                         }
@@ -165,15 +181,110 @@ impl Consumer {
         (batch, started)
     }
 
-    /// Dead-letters the poison and inserts the rows, retrying until done or stopped.
+    /// Polls for up to `wait`: a message, or `None`. Rebalance callbacks run in here.
+    async fn receive(&self, wait: Duration) -> Option<Consumed> {
+        match tokio::time::timeout(wait, self.consumer.recv()).await {
+            Err(_elapsed) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "kafka receive error");
+                tokio::time::sleep(Duration::from_millis(200).min(wait)).await;
+                None
+            }
+            Ok(Ok(msg)) => {
+                self.metrics.messages_consumed.inc();
+                Some(decode(&msg))
+            }
+        }
+    }
+
+    /// Writes the batch exactly once, retrying with backoff until done or stopped. While ClickHouse
+    /// cannot be written, the owned partitions are paused (no fetching, memory bounded) and the
+    /// group is still served, so rebalances proceed and revoked partitions are dropped from the batch.
     async fn write_batch(
         &self,
-        batch: &[Consumed],
+        batch: &mut Vec<Consumed>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Stopped> {
+        let mut backoff = Duration::from_millis(100);
+        let mut paused = false;
+        loop {
+            match self.try_write(batch).await {
+                Ok(()) => {
+                    if paused {
+                        self.set_paused(false);
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written");
+                }
+            }
+            self.set_paused(true);
+            paused = true;
+            let deadline = Instant::now() + backoff;
+            while Instant::now() < deadline {
+                if *stop.borrow() {
+                    return Err(Stopped);
+                }
+                let wait = deadline.saturating_duration_since(Instant::now());
+                tokio::select! {
+                    _ = stop.changed() => {}
+                    // Messages fetched before the pause took effect join this batch.
+                    received = self.receive(wait) => batch.extend(received),
+                }
+                self.update_lag();
+                // A rebalance resets pausing: pause what is owned now.
+                self.set_paused(true);
+            }
+            backoff = (backoff * 2).min(self.retry_max_backoff);
+        }
+    }
+
+    /// One attempt: learn missing floors, skip what is stored or not owned, dead-letter poison,
+    /// and insert the rest in one INSERT.
+    async fn try_write(&self, batch: &mut Vec<Consumed>) -> Result<(), String> {
+        let missing = self.ownership().floors_missing();
+        if !missing.is_empty() {
+            let stored = stored_offsets(&self.clickhouse, &self.topic)
+                .await
+                .map_err(|e| {
+                    self.metrics.insert_errors.inc();
+                    format!("reading stored offsets: {e}")
+                })?;
+            let mut ownership = self.ownership();
+            for partition in missing {
+                let next = stored
+                    .iter()
+                    .find(|(p, _)| *p as i32 == partition)
+                    .map_or(0, |(_, max)| *max as i64 + 1);
+                tracing::info!(
+                    partition,
+                    resume_at = next,
+                    "partition floor read from ClickHouse"
+                );
+                ownership.set_floor(partition, next);
+            }
+        }
+        let (keep, skipped): (Vec<Consumed>, Vec<Consumed>) = {
+            let ownership = self.ownership();
+            std::mem::take(batch)
+                .into_iter()
+                .partition(|c| ownership.should_write(c.partition, c.offset))
+        };
+        for c in &skipped {
+            let reason = if self.ownership().owns(c.partition) {
+                "already_stored"
+            } else {
+                "partition_revoked"
+            };
+            self.metrics
+                .messages_skipped
+                .with_label_values(&[reason])
+                .inc();
+        }
+        *batch = keep;
         for poison in batch.iter().filter_map(|c| c.decoded.as_ref().err()) {
-            self.retry("dead-letter", stop, || self.dead_letter(poison))
-                .await?;
+            self.dead_letter(poison).await?;
             self.metrics
                 .dead_lettered
                 .with_label_values(&[poison.error.reason()])
@@ -184,17 +295,23 @@ impl Consumer {
             .filter_map(|c| Some((c, c.decoded.as_ref().ok()?)))
             .flat_map(|(c, msg)| raw_rows(msg, &self.topic, c.partition as u32, c.offset as u64))
             .collect();
-        self.retry("clickhouse insert", stop, || async {
-            insert_raw_rows(&self.clickhouse, &rows).await.map_err(|e| {
+        insert_raw_rows(&self.clickhouse, &rows)
+            .await
+            .map_err(|e| {
                 self.metrics.insert_errors.inc();
                 e.to_string()
-            })
-        })
-        .await?;
+            })?;
         self.metrics
             .rows_inserted
             .with_label_values(&[VITALS_RAW])
             .inc_by(rows.len() as u64);
+        let mut ownership = self.ownership();
+        for c in batch.iter() {
+            ownership.advance(c.partition, c.offset);
+            if let Ok(message) = &c.decoded {
+                self.metrics.vitals.observe(message);
+            }
+        }
         Ok(())
     }
 
@@ -213,61 +330,93 @@ impl Consumer {
             .send(record, Duration::from_secs(10))
             .await
             .map(|_| ())
-            .map_err(|(e, _)| e.to_string())
+            .map_err(|(e, _)| format!("dead-letter: {e}"))
     }
 
-    /// Runs `attempt` until it succeeds, backing off exponentially; gives up only when stopped.
-    async fn retry<F, Fut>(
-        &self,
-        what: &str,
-        stop: &mut watch::Receiver<bool>,
-        attempt: F,
-    ) -> Result<(), Stopped>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match attempt().await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "{what} failed")
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.wait_for(|s| *s) => return Err(Stopped),
-            }
-            backoff = (backoff * 2).min(self.retry_max_backoff);
+    fn owned_list(&self) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for p in self.ownership().partitions() {
+            list.add_partition(&self.topic, p);
+        }
+        list
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let list = self.owned_list();
+        if list.count() == 0 {
+            return;
+        }
+        let result = if paused {
+            self.consumer.pause(&list)
+        } else {
+            self.consumer.resume(&list)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "cannot change the partitions' pause state");
         }
     }
 
-    /// Commits the offset after the last message of each partition in the batch.
+    /// Commits, for each owned partition of the batch, the offset after its last message. The commit
+    /// is where reading restarts; ClickHouse's stored offsets, not this, decide what is written.
     fn commit(&self, batch: &[Consumed]) {
-        let mut next: std::collections::BTreeMap<i32, i64> = std::collections::BTreeMap::new();
+        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         for c in batch {
             let e = next.entry(c.partition).or_insert(c.offset + 1);
             *e = (*e).max(c.offset + 1);
         }
         let mut list = TopicPartitionList::new();
-        for (partition, offset) in next {
+        for (partition, offset) in next.into_iter().filter(|(p, _)| self.ownership().owns(*p)) {
             if let Err(e) =
                 list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
             {
                 tracing::error!(error = %e, partition, "cannot build the commit list");
             }
         }
+        if list.count() == 0 {
+            return;
+        }
         if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
-            // Typically a rebalance took the partition: its new owner replays from the last commit.
+            // Typically a rebalance took the partition: its new owner resumes from ClickHouse.
             self.metrics.commit_errors.inc();
             tracing::warn!(error = %e, "offset commit failed");
         }
     }
-}
 
-/// The consumer was asked to stop while a batch was being written.
-struct Stopped;
+    /// Refreshes the lag gauges, at most every [`LAG_EVERY`].
+    fn update_lag(&self) {
+        {
+            let mut last = self.lag_updated.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let positions = match self.consumer.position() {
+            Ok(positions) => positions,
+            Err(e) => {
+                tracing::debug!(error = %e, "no positions for the lag");
+                return;
+            }
+        };
+        self.metrics.lag.reset();
+        for element in positions.elements_for_topic(&self.topic) {
+            let partition = element.partition();
+            let Offset::Offset(position) = element.offset() else {
+                continue;
+            };
+            let watermarks = tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
+            });
+            if let Ok((_, high)) = watermarks {
+                self.metrics
+                    .lag
+                    .with_label_values(&[&partition.to_string()])
+                    .set((high - position).max(0));
+            }
+        }
+    }
+}
 
 fn decode(msg: &impl Message) -> Consumed {
     let payload = msg.payload().unwrap_or_default();

@@ -1,12 +1,15 @@
 //! The route label: a short, bounded slug of a URL path, the same in the browser and on the server.
 //!
 //! Rules, pinned by `schemas/testdata/routes.json` (the collector tests the same file):
-//! 1. A full URL loses its scheme and host; query and fragment are dropped.
-//! 2. The path is lower-cased and split on `/`; empty segments go.
-//! 3. A segment that is an id becomes `id`: all digits, a UUID, or 16+ hex characters with a digit.
-//! 4. Every other character than `[a-z0-9]` becomes `-`; runs of `-` collapse; `-` is trimmed at both ends.
-//! 5. Segments are joined with `-`, cut to [`MAX_ROUTE_LEN`] characters (trailing `-` trimmed).
+//! 1. A full URL loses its scheme and host; query and fragment are dropped; the rest is lower-cased.
+//! 2. A path segment that is a UUID becomes the token `id`.
+//! 3. Otherwise segments split into tokens at every character that is not `[a-z0-9]`.
+//! 4. A token that is an id becomes `id`: all digits, or 16+ hex characters with a digit.
+//! 5. Tokens are joined with `-`, taking whole tokens while the slug stays within [`MAX_ROUTE_LEN`]
+//!    characters; only a first token longer than that is cut (and checked for an id again).
 //! 6. Nothing left is `root`.
+//!
+//! Whole tokens and a final id check make the slug a fixed point: normalizing a slug gives itself.
 
 /// The longest route slug.
 pub const MAX_ROUTE_LEN: usize = 32;
@@ -18,22 +21,33 @@ pub const OTHER_ROUTE: &str = "other";
 /// Normalizes a path or URL into a route slug. Total: any input gives a valid slug.
 pub fn normalize_route(raw: &str) -> String {
     let path = strip_origin(raw);
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    let mut slug = String::with_capacity(MAX_ROUTE_LEN + 8);
-    for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let segment = segment.to_ascii_lowercase();
-        if is_id(&segment) {
-            push_part(&mut slug, "id");
-        } else {
-            push_part(&mut slug, &segment);
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mut slug = String::with_capacity(MAX_ROUTE_LEN);
+    'segments: for segment in path.split('/').filter(|s| !s.is_empty()) {
+        let uuid = is_uuid(segment);
+        let tokens = segment
+            .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+            .filter(|t| !t.is_empty());
+        for token in std::iter::once("id")
+            .filter(|_| uuid)
+            .chain(tokens.filter(|_| !uuid))
+        {
+            let token = if is_id_token(token) { "id" } else { token };
+            if slug.is_empty() {
+                // Only a first token can be too long on its own: cut it, then check it again.
+                let cut = &token[..token.len().min(MAX_ROUTE_LEN)];
+                slug.push_str(if is_id_token(cut) { "id" } else { cut });
+            } else if slug.len() + 1 + token.len() <= MAX_ROUTE_LEN {
+                slug.push('-');
+                slug.push_str(token);
+            } else {
+                break 'segments;
+            }
         }
-        if slug.len() > MAX_ROUTE_LEN {
-            break;
-        }
-    }
-    slug.truncate(MAX_ROUTE_LEN);
-    while slug.ends_with('-') {
-        slug.pop();
     }
     if slug.is_empty() {
         ROOT_ROUTE.to_string()
@@ -68,26 +82,9 @@ fn strip_origin(raw: &str) -> &str {
     raw
 }
 
-/// Appends `part` mapped to `[a-z0-9-]`, separated by one `-`, without doubled dashes.
-fn push_part(slug: &mut String, part: &str) {
-    if !slug.is_empty() && !slug.ends_with('-') {
-        slug.push('-');
-    }
-    for c in part.chars() {
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            slug.push(c);
-        } else if !slug.is_empty() && !slug.ends_with('-') {
-            slug.push('-');
-        }
-    }
-}
-
-fn is_id(segment: &str) -> bool {
-    let all_digits = segment.bytes().all(|b| b.is_ascii_digit());
-    if all_digits {
-        return true;
-    }
-    is_uuid(segment) || is_long_hex(segment)
+/// All digits, or 16+ hex characters with at least one digit (tokens are `[a-z0-9]`).
+fn is_id_token(token: &str) -> bool {
+    !token.is_empty() && (token.bytes().all(|b| b.is_ascii_digit()) || is_long_hex(token))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -138,6 +135,23 @@ mod tests {
                 slug,
                 "normalization is idempotent on {slug:?}"
             );
+        }
+    }
+
+    #[test]
+    fn is_a_fixed_point_on_inputs_the_fuzzer_found() {
+        let inputs = [
+            "/1.",
+            "/12345.",
+            "/d41d8cd98f00b204e9800998ecf8427e.png",
+            " \0\0\0\0\0\0\0\00\0\0\0--  ",
+            "/abc/1234x",
+            "/abcdefghijklmnopqrstuvwxyz0123456789",
+        ];
+        for input in inputs {
+            let slug = normalize_route(input);
+            assert!(is_normalized_route(&slug), "{input:?} -> {slug:?}");
+            assert_eq!(normalize_route(&slug), slug, "{input:?}");
         }
     }
 
