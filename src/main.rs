@@ -2,6 +2,7 @@
 
 mod config;
 mod loadgen;
+mod query;
 mod standalone;
 
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ enum Command {
     Loadgen(loadgen::Args),
     /// Print a signed ingest token for a site with a `token_secret`.
     Token(TokenArgs),
+    /// Ask ClickHouse for stored percentiles (p75 per route, device and metric).
+    Query(query::QueryArgs),
 }
 
 /// Options of `rum token`.
@@ -129,6 +132,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         }
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
+        Command::Query(args) => query::run(args, &config.clickhouse).await?,
         Command::Token(args) => {
             let secret = config
                 .ingest

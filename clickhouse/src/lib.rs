@@ -1,4 +1,5 @@
-//! ClickHouse storage for `rum`: connection settings, schema migrations and the row types.
+//! ClickHouse storage for `rum`: connection settings, schema migrations, the row types, the quantile
+//! sketch of `vitals_1m`, the analyst queries (`clickhouse/queries/`) and retention.
 //!
 //! Works against ClickHouse 18.16 (Debian's) and current releases: the client runs with
 //! `with_validation(false)` because 18.16 lacks `RowBinaryWithNamesAndTypes`, and every
@@ -7,13 +8,27 @@
 mod config;
 mod migrate;
 mod offsets;
+mod queries;
+mod retention;
 mod rows;
+mod sketch;
 
 pub use clickhouse::Client;
 pub use config::ClickHouseConfig;
 pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
 pub use offsets::stored_offsets;
+pub use queries::{
+    p75_by_route_device, AnalystQuery, P75Row, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES,
+    RATING_SHARES, WORST_ROUTES,
+};
+pub use retention::{
+    active_partitions, apply_retention, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
+};
 pub use rows::{insert_raw_rows, raw_rows, VitalsRawRow, VITALS_RAW};
+pub use sketch::{
+    bucket_of, exact_quantile, quantile, sketch_of, value_of_bucket, GAMMA, GAMMA_LITERAL,
+    MAX_BUCKET, ZERO_BUCKET,
+};
 
 /// Everything that can go wrong talking to ClickHouse.
 #[derive(Debug, thiserror::Error)]

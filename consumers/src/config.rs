@@ -21,6 +21,8 @@ pub struct ConsumerConfig {
     pub fetch_wait_max_ms: u64,
     /// The longest pause between ClickHouse retries.
     pub retry_max_backoff_ms: u64,
+    /// How long the group waits for a silent member before giving its partitions to others.
+    pub session_timeout_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -33,6 +35,7 @@ impl Default for ConsumerConfig {
             batch_max_wait_ms: 1_000,
             fetch_wait_max_ms: 50,
             retry_max_backoff_ms: 10_000,
+            session_timeout_ms: 10_000,
         }
     }
 }
@@ -54,6 +57,12 @@ impl ConsumerConfig {
         require_positive("consumer.batch_max_wait_ms", self.batch_max_wait_ms)?;
         require_positive("consumer.fetch_wait_max_ms", self.fetch_wait_max_ms)?;
         require_positive("consumer.retry_max_backoff_ms", self.retry_max_backoff_ms)?;
+        if !(1_000..=300_000).contains(&self.session_timeout_ms) {
+            return Err(ConfigError::new(
+                "consumer.session_timeout_ms",
+                "must be between 1000 and 300000",
+            ));
+        }
         Ok(())
     }
 }

@@ -57,6 +57,30 @@ impl Ownership {
         matches!(self.floors.get(&partition), Some(Some(next)) if offset >= *next)
     }
 
+    /// Splits a batch into what may be written and what not, in order: a message is written when its
+    /// partition is owned, it is above the floor, and no earlier message of the batch had the same or
+    /// a later offset of that partition (a partition assigned again is read again from its committed
+    /// offset, so a batch can hold a message twice).
+    pub fn select<T>(
+        &self,
+        batch: Vec<T>,
+        position: impl Fn(&T) -> (i32, i64),
+    ) -> (Vec<T>, Vec<T>) {
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        let (mut keep, mut skip) = (Vec::with_capacity(batch.len()), Vec::new());
+        for item in batch {
+            let (partition, offset) = position(&item);
+            let in_order = next.get(&partition).is_none_or(|n| offset >= *n);
+            if in_order && self.should_write(partition, offset) {
+                next.insert(partition, offset + 1);
+                keep.push(item);
+            } else {
+                skip.push(item);
+            }
+        }
+        (keep, skip)
+    }
+
     /// Moves the floor past a written message.
     pub fn advance(&mut self, partition: i32, offset: i64) {
         if let Some(Some(next)) = self.floors.get_mut(&partition) {
@@ -163,6 +187,27 @@ mod tests {
         o.advance(0, 12);
         assert!(!o.should_write(0, 12) && o.should_write(0, 13));
         assert!(!o.should_write(2, 100), "not owned");
+    }
+
+    #[test]
+    fn selects_each_offset_once_even_when_a_batch_holds_it_twice() {
+        let mut o = Ownership::default();
+        o.assign([0, 1].into_iter());
+        o.set_floor(0, 5);
+        o.set_floor(1, 0);
+        let batch = vec![
+            (0, 4),
+            (0, 5),
+            (0, 6),
+            (1, 0),
+            (0, 5),
+            (0, 6),
+            (0, 7),
+            (2, 1),
+        ];
+        let (keep, skip) = o.select(batch, |m| *m);
+        assert_eq!(keep, vec![(0, 5), (0, 6), (1, 0), (0, 7)]);
+        assert_eq!(skip, vec![(0, 4), (0, 5), (0, 6), (2, 1)]);
     }
 
     #[test]

@@ -90,8 +90,11 @@ impl Consumer {
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", config.session_timeout_ms.to_string())
             .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+            // Bounds what is prefetched while ClickHouse is down and the partitions are paused.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.min.messages", "20000")
             .create_with_context(context)?;
         // Not idempotent: a fenced idempotent producer is dead for good, and a dead letter
         // written twice harms nobody.
@@ -265,12 +268,9 @@ impl Consumer {
                 ownership.set_floor(partition, next);
             }
         }
-        let (keep, skipped): (Vec<Consumed>, Vec<Consumed>) = {
-            let ownership = self.ownership();
-            std::mem::take(batch)
-                .into_iter()
-                .partition(|c| ownership.should_write(c.partition, c.offset))
-        };
+        let (keep, skipped) = self
+            .ownership()
+            .select(std::mem::take(batch), |c| (c.partition, c.offset));
         for c in &skipped {
             let reason = if self.ownership().owns(c.partition) {
                 "already_stored"

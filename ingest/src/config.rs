@@ -33,6 +33,9 @@ pub struct IngestConfig {
     pub linger_ms: u64,
     /// The most messages the producer queues in memory; beyond it requests get 503.
     pub queue_max_messages: u32,
+    /// The most messages in one produce batch (`batch.num.messages`). 1 for brokers that cannot
+    /// serve a fetch from inside a batch (tansu 0.6).
+    pub batch_max_messages: u32,
     /// How long shutdown waits for the producer to deliver what it holds.
     pub shutdown_flush_ms: u64,
     /// The `Retry-After` seconds sent with 503.
@@ -70,6 +73,7 @@ impl Default for IngestConfig {
             delivery_timeout_ms: 5_000,
             linger_ms: 5,
             queue_max_messages: 100_000,
+            batch_max_messages: 10_000,
             shutdown_flush_ms: 10_000,
             retry_after_secs: 5,
             rate_limit_per_second: 100,

@@ -44,6 +44,7 @@ impl KafkaPublisher {
             .set("compression.type", "lz4")
             .set("linger.ms", ingest.linger_ms.to_string())
             .set("message.timeout.ms", ingest.delivery_timeout_ms.to_string())
+            .set("batch.num.messages", ingest.batch_max_messages.to_string())
             .set(
                 "queue.buffering.max.messages",
                 ingest.queue_max_messages.to_string(),

@@ -1,0 +1,265 @@
+"""The migrations and the analyst queries on a current ClickHouse (chdb-core: ClickHouse in-process).
+
+The Rust tests run them on ClickHouse 18.16 (Debian's server); this proves the same files also run on a
+current release. Every file of clickhouse/migrations/ is applied statement by statement (split like
+rum_clickhouse::migrate: on `;` at the end of a line), sample rows go into vitals_raw (the materialized
+view fills vitals_1m), and every file of clickhouse/queries/ runs with its `?` placeholders replaced by
+literals. A query file without parameters below fails the test.
+
+Run with clickhouse/tests/chdb/run (a venv under ~/.cache/rum with chdb-core and pytest), or
+`python -m pytest` / `python -m unittest` where chdb is importable.
+"""
+
+import glob
+import json
+import math
+import os
+import shutil
+import tempfile
+import unittest
+
+from chdb import session
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLICKHOUSE_DIR = os.path.normpath(os.path.join(HERE, "..", ".."))
+MIGRATIONS = sorted(glob.glob(os.path.join(CLICKHOUSE_DIR, "migrations", "*.sql")))
+QUERY_FILES = sorted(glob.glob(os.path.join(CLICKHOUSE_DIR, "queries", "*.sql")))
+
+# The start of an hour (2023-11-14 22:00:00 UTC); the window is [T0, END).
+T0 = 1_699_999_200
+END = T0 + 7200
+# The sketch's bound: (gamma - 1) / (gamma + 1) with gamma = 1.01005.
+ALPHA = 0.01005 / 2.01005
+
+# The ? placeholders of each query file, in order (see each file's header).
+PARAMS = {
+    "p75_by_route_device.sql": ["shop", T0, END],
+    "worst_routes.sql": ["shop", "LCP", T0, END, 1, 10],
+    "rating_shares.sql": ["shop", T0, END],
+    "p75_trend_hourly.sql": ["shop", "LCP", "", "", T0, END],
+}
+
+THRESHOLDS = {"LCP": (2500, 4000), "INP": (200, 500), "CLS": (0.1, 0.25)}
+
+
+def rating(metric, value):
+    good, poor = THRESHOLDS[metric]
+    if value <= good:
+        return "good"
+    if value <= poor:
+        return "needs-improvement"
+    return "poor"
+
+
+def split_statements(sql):
+    """Like rum_clickhouse::migrate: split on `;` at line ends, drop comment-only pieces."""
+    statements, current = [], []
+
+    def push():
+        code = [l for l in current if l.strip() and not l.strip().startswith("--")]
+        if code:
+            statements.append("\n".join(current).strip())
+        current.clear()
+
+    for line in sql.splitlines():
+        line = line.rstrip()
+        if line.endswith(";"):
+            current.append(line[:-1])
+            push()
+        else:
+            current.append(line)
+    push()
+    return statements
+
+
+def literal(value):
+    if isinstance(value, bool):
+        raise TypeError("no booleans")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    raise TypeError(f"unsupported parameter {value!r}")
+
+
+def bind(text, params):
+    """The query without its whole-line comments, each ? replaced by the next parameter as a literal."""
+    body = "\n".join(
+        l for l in text.splitlines() if l.strip() and not l.strip().startswith("--")
+    )
+    pieces = body.split("?")
+    if len(pieces) - 1 != len(params):
+        raise AssertionError(f"{len(pieces) - 1} placeholders, {len(params)} parameters")
+    out = pieces[0]
+    for value, piece in zip(params, pieces[1:]):
+        out += literal(value) + piece
+    return out
+
+
+def sample_rows():
+    """(received_at, site, route, device, metric, value, sample_rate) of the known data set."""
+    rows = []
+    # shop/root/mobile LCP: 100, 200, ..., 6000 ms over 90 minutes: nearest-rank p75 4500.
+    rows += [(T0 + i * 90, "shop", "root", "mobile", "LCP", 100.0 * i, 1.0) for i in range(1, 61)]
+    # shop/product-id/desktop LCP: 500 + 37 i, one a minute.
+    rows += [(T0 + i * 60 + 5, "shop", "product-id", "desktop", "LCP", 500.0 + 37 * i, 1.0) for i in range(40)]
+    # shop/product-id/mobile INP: 50 .. 1000 ms: nearest-rank p75 750.
+    rows += [(T0 + 300 + i, "shop", "product-id", "mobile", "INP", 50.0 * i, 1.0) for i in range(1, 21)]
+    # shop/root/mobile CLS at 25%: ten 0, 0.01 .. 0.10, five 0.3: nearest-rank p75 0.09.
+    cls = [0.0] * 10 + [i / 100 for i in range(1, 11)] + [0.3] * 5
+    rows += [(T0 + 3700 + 7 * i, "shop", "root", "mobile", "CLS", v, 0.25) for i, v in enumerate(cls)]
+    # Another site, and rows outside the window.
+    rows += [(T0 + i, "other", "root", "mobile", "LCP", float(i), 1.0) for i in range(1, 6)]
+    rows += [(t, "shop", "root", "mobile", "LCP", 99999.0, 1.0) for t in (T0 - 60, END, END + 3600)]
+    return rows
+
+
+def nearest_rank(values, q=0.75):
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def close_to(got, exact):
+    if exact == 0:
+        return got == 0
+    return abs(got - exact) / exact <= ALPHA + 1e-9
+
+
+class CurrentClickHouse(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="rum-chdb-")
+        cls.session = session.Session(cls.dir)
+        cls.session.query("SET session_timezone = 'UTC'")
+        cls.version = cls.q1("SELECT version()")
+        cls.session.query("CREATE DATABASE IF NOT EXISTS rum")
+        cls.session.query("USE rum")
+        # Twice: the statements are idempotent (IF NOT EXISTS), as rum migrate relies on.
+        for _ in range(2):
+            for path in MIGRATIONS:
+                with open(path, encoding="utf-8") as f:
+                    statements = split_statements(f.read())
+                assert statements, f"{path}: no statements"
+                for statement in statements:
+                    try:
+                        cls.session.query(statement)
+                    except Exception as e:  # noqa: BLE001 - name the statement that failed
+                        raise AssertionError(f"{os.path.basename(path)}: {e}\n{statement}") from e
+        cls.rows = sample_rows()
+        values = ",\n".join(
+            "({}, {}, {}, {}, 'navigate', {}, {!r}, {}, {}, {!r}, 'rum.beacons.v1', 0, {})".format(
+                t, literal(site), literal(route), literal(device), literal(metric), value,
+                literal(rating(metric, value)), literal(f"id-{n}"), rate, n,
+            )
+            for n, (t, site, route, device, metric, value, rate) in enumerate(cls.rows)
+        )
+        cls.session.query(
+            "INSERT INTO vitals_raw (received_at, site, route, device, nav_type, metric, value, rating, "
+            "metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset) VALUES " + values
+        )
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.session.close()
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    @classmethod
+    def q1(cls, sql):
+        return str(cls.session.query(sql, "TSV")).strip()
+
+    def run_file(self, name):
+        with open(os.path.join(CLICKHOUSE_DIR, "queries", name), encoding="utf-8") as f:
+            sql = bind(f.read(), PARAMS[name])
+        out = str(self.session.query(sql, "JSONEachRow"))
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def inside(self, **match):
+        return [
+            r for r in self.rows
+            if T0 <= r[0] < END and all(r[("site", "route", "device", "metric").index(k) + 1] == v
+                                        for k, v in match.items())
+        ]
+
+    def test_is_a_current_clickhouse(self):
+        major = int(self.version.split(".")[0])
+        self.assertGreaterEqual(major, 23, self.version)
+        print(f"ClickHouse {self.version} (chdb)")
+
+    def test_the_view_fills_vitals_1m(self):
+        self.assertEqual(self.q1("SELECT count() FROM vitals_raw"), str(len(self.rows)))
+        self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m"), str(len(self.rows)))
+        self.assertEqual(self.q1("SELECT maxMerge(max_offset) FROM kafka_offsets"), str(len(self.rows) - 1))
+        # The stored sketch is the one rum_clickhouse::sketch computes: 0 in bucket -32768, v > 0 in
+        # ceil(log(v) / log(1.01005)) (clamped to +-32000), bucket for bucket.
+        for metric in ("LCP", "INP", "CLS"):
+            expected = {}
+            for x in self.rows:
+                if x[4] == metric and x[1] == "shop":
+                    k = -32768 if x[5] <= 0 else max(-32000, min(32000, math.ceil(math.log(x[5]) / math.log(1.01005))))
+                    expected[k] = expected.get(k, 0) + 1
+            got = self.q1(
+                "SELECT arrayStringConcat(arrayMap((k, c) -> concat(toString(k), ':', toString(c)), sk.1, sk.2), ',') "
+                f"FROM (SELECT sumMapMerge(sketch) AS sk FROM vitals_1m WHERE site = 'shop' AND metric = '{metric}')"
+            )
+            self.assertEqual(got, ",".join(f"{k}:{c}" for k, c in sorted(expected.items())), metric)
+
+    def test_every_query_file_has_parameters(self):
+        self.assertEqual(sorted(os.path.basename(p) for p in QUERY_FILES), sorted(PARAMS))
+
+    def test_p75_by_route_device(self):
+        rows = self.run_file("p75_by_route_device.sql")
+        keys = [(r["route"], r["device"], r["metric"]) for r in rows]
+        self.assertEqual(keys, sorted(keys))
+        self.assertEqual(len(rows), 4, rows)
+        for r in rows:
+            self.assertEqual(r["site"], "shop")
+            values = [x[5] for x in self.inside(site="shop", route=r["route"], device=r["device"], metric=r["metric"])]
+            self.assertEqual(int(r["samples"]), len(values), r)
+            self.assertTrue(close_to(r["p75"], nearest_rank(values)), (r, nearest_rank(values)))
+            total = r["good_share"] + r["needs_improvement_share"] + r["poor_share"]
+            self.assertAlmostEqual(total, 1.0, places=9)
+        lcp = next(r for r in rows if r["route"] == "root" and r["metric"] == "LCP")
+        self.assertTrue(close_to(lcp["p75"], 4500), lcp)
+        self.assertAlmostEqual(lcp["good_share"], 25 / 60)
+        self.assertAlmostEqual(lcp["poor_share"], 20 / 60)
+        cls = next(r for r in rows if r["metric"] == "CLS")
+        self.assertTrue(close_to(cls["p75"], 0.09), cls)
+
+    def test_worst_routes(self):
+        rows = self.run_file("worst_routes.sql")
+        self.assertEqual([(r["route"], r["device"]) for r in rows], [("root", "mobile"), ("product-id", "desktop")])
+        self.assertGreater(rows[0]["p75"], rows[1]["p75"])
+        for r in rows:
+            values = [x[5] for x in self.inside(site="shop", route=r["route"], device=r["device"], metric="LCP")]
+            self.assertTrue(close_to(r["p75"], nearest_rank(values)), r)
+            self.assertEqual(int(r["samples"]), len(values))
+
+    def test_rating_shares(self):
+        rows = self.run_file("rating_shares.sql")
+        self.assertEqual([(r["metric"], r["device"]) for r in rows],
+                         [("CLS", "mobile"), ("INP", "mobile"), ("LCP", "desktop"), ("LCP", "mobile")])
+        for r in rows:
+            found = self.inside(site="shop", device=r["device"], metric=r["metric"])
+            self.assertEqual(int(r["samples"]), len(found))
+            self.assertAlmostEqual(r["estimated_page_loads"], sum(1 / x[6] for x in found))
+            self.assertTrue(close_to(r["p75"], nearest_rank([x[5] for x in found])), r)
+            good = sum(1 for x in found if rating(x[4], x[5]) == "good") / len(found)
+            self.assertAlmostEqual(r["good_share"], good)
+        inp = next(r for r in rows if r["metric"] == "INP")
+        self.assertTrue(close_to(inp["p75"], 750), inp)
+
+    def test_p75_trend_hourly(self):
+        rows = self.run_file("p75_trend_hourly.sql")
+        self.assertEqual(
+            [(r["hour"], r["device"]) for r in rows],
+            [("2023-11-14 22:00:00", "desktop"), ("2023-11-14 22:00:00", "mobile"), ("2023-11-14 23:00:00", "mobile")],
+        )
+        for r in rows:
+            hour = T0 if r["hour"].endswith("22:00:00") else T0 + 3600
+            values = [x[5] for x in self.inside(site="shop", device=r["device"], metric="LCP") if hour <= x[0] < hour + 3600]
+            self.assertEqual(int(r["samples"]), len(values))
+            self.assertTrue(close_to(r["p75"], nearest_rank(values)), r)
+
+
+if __name__ == "__main__":
+    unittest.main()
