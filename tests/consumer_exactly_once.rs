@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rum_schemas::{BeaconMessage, Device, MetricName, MetricSample};
-use rum_testkit::{free_port, ClickHouseServer, Tansu};
+use rum_testkit::{free_port, read_topic, ClickHouseServer, Tansu};
 
 const METRICS_PER_BEACON: u64 = 3;
 
@@ -275,4 +275,29 @@ async fn a_clickhouse_outage_of_a_minute_loses_nothing_and_drains_after() {
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(120))
         .await;
+
+    // The poison (one every 500 beacons) went to the dead-letter topic once, with its reason,
+    // even though its batch was retried through the outage.
+    let brokers = stack.tansu.brokers.clone();
+    let dead =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, "rum.beacons.dlq.v1", 1, 8))
+            .await
+            .unwrap();
+    assert_eq!(
+        dead.len(),
+        (N / 500) as usize,
+        "one dead letter per poison message"
+    );
+    for record in &dead {
+        assert_eq!(record.value, b"{not a beacon");
+        let reason = record.headers.iter().find(|(k, _)| k == "rum-dlq-reason");
+        let reason = reason.map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert!(
+            reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("undecodable")),
+            "{:?}",
+            record.headers
+        );
+    }
 }

@@ -83,7 +83,11 @@ async fn every_beacon_answered_204_before_sigterm_is_in_kafka() {
             .await
             .unwrap()
             .into_iter()
-            .map(|(_, value)| BeaconMessage::decode(&value).unwrap().metrics[0].id.clone())
+            .map(|record| {
+                BeaconMessage::decode(&record.value).unwrap().metrics[0]
+                    .id
+                    .clone()
+            })
             .collect();
     let missing: Vec<_> = accepted.difference(&in_kafka).collect();
     assert!(

@@ -15,6 +15,10 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// The password (empty for none).
     pub password: String,
+    /// Days of `vitals_raw` kept; older days are dropped whole by the consumers.
+    pub raw_retention_days: u32,
+    /// Days of `vitals_1m` kept; older months are dropped whole by the consumers.
+    pub rollup_retention_days: u32,
 }
 
 impl Default for ClickHouseConfig {
@@ -24,6 +28,8 @@ impl Default for ClickHouseConfig {
             database: "rum".into(),
             user: "default".into(),
             password: String::new(),
+            raw_retention_days: crate::retention::DEFAULT_RAW_DAYS,
+            rollup_retention_days: crate::retention::DEFAULT_ROLLUP_DAYS,
         }
     }
 }
@@ -54,6 +60,18 @@ impl ClickHouseConfig {
             ));
         }
         require_non_empty("clickhouse.user", &self.user)?;
+        if self.raw_retention_days == 0 {
+            return Err(ConfigError::new(
+                "clickhouse.raw_retention_days",
+                "must be at least 1",
+            ));
+        }
+        if self.rollup_retention_days < self.raw_retention_days {
+            return Err(ConfigError::new(
+                "clickhouse.rollup_retention_days",
+                "must be at least clickhouse.raw_retention_days",
+            ));
+        }
         Ok(())
     }
 

@@ -49,7 +49,37 @@ pub async fn run(
             .with_graceful_shutdown(stopped)
             .await
     });
+    let retention = tokio::spawn(enforce_retention(clickhouse.clone(), stop_rx.clone()));
     let result = consumer.run(stop_rx).await;
     let _ = http.await;
+    retention.abort();
     result
+}
+
+/// Drops expired partitions at start and every hour (idempotent, so every replica may do it).
+async fn enforce_retention(config: ClickHouseConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        match rum_clickhouse::apply_retention(
+            &config,
+            config.raw_retention_days,
+            config.rollup_retention_days,
+            now,
+        )
+        .await
+        {
+            Ok(report) if report == Default::default() => {}
+            Ok(report) => tracing::info!(?report, "retention: dropped expired partitions"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot drop expired partitions (retried in an hour)")
+            }
+        }
+    }
 }

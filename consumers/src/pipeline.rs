@@ -54,6 +54,8 @@ struct Poison {
     error: MessageError,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// Already in the dead-letter topic: a retried batch does not send it again.
+    sent: bool,
 }
 
 /// The consumer was asked to stop while a batch was being written.
@@ -283,8 +285,13 @@ impl Consumer {
                 .inc();
         }
         *batch = keep;
-        for poison in batch.iter().filter_map(|c| c.decoded.as_ref().err()) {
+        let unsent = batch
+            .iter_mut()
+            .filter_map(|c| c.decoded.as_mut().err())
+            .filter(|p| !p.sent);
+        for poison in unsent {
             self.dead_letter(poison).await?;
+            poison.sent = true;
             self.metrics
                 .dead_lettered
                 .with_label_values(&[poison.error.reason()])
@@ -424,6 +431,7 @@ fn decode(msg: &impl Message) -> Consumed {
         error,
         key: msg.key().map(<[u8]>::to_vec),
         payload: payload.to_vec(),
+        sent: false,
     });
     Consumed {
         partition: msg.partition(),

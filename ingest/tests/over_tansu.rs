@@ -123,9 +123,9 @@ impl Harness {
 fn read_topic(brokers: &str, expected: usize) -> Vec<(String, BeaconMessage)> {
     rum_testkit::read_topic(brokers, "rum.beacons.v1", PARTITIONS, expected)
         .into_iter()
-        .map(|(key, value)| {
-            let message = BeaconMessage::decode(&value).expect("valid message");
-            (String::from_utf8(key).unwrap(), message)
+        .map(|record| {
+            let message = BeaconMessage::decode(&record.value).expect("valid message");
+            (String::from_utf8(record.key).unwrap(), message)
         })
         .collect()
 }

@@ -758,7 +758,19 @@ impl Drop for ClickHouseServer {
 // ---------------------------------------------------------------------------------------------------------------------
 // Reading Kafka back
 
-/// Reads every message of `topic` (partitions `0..partitions`) from the beginning, as (key, value),
+/// One message read back from Kafka.
+#[cfg(feature = "kafka")]
+#[derive(Debug, Clone)]
+pub struct KafkaRecord {
+    /// The key (empty when none).
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every message of `topic` (partitions `0..partitions`) from the beginning,
 /// until `expected` were read and the topic stayed quiet for 1.5 s, or nothing came for 20 s.
 #[cfg(feature = "kafka")]
 pub fn read_topic(
@@ -766,9 +778,10 @@ pub fn read_topic(
     topic: &str,
     partitions: i32,
     expected: usize,
-) -> Vec<(Vec<u8>, Vec<u8>)> {
+) -> Vec<KafkaRecord> {
     use rdkafka::config::ClientConfig;
     use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
     use rdkafka::{Message, Offset, TopicPartitionList};
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -789,10 +802,19 @@ pub fn read_topic(
     while out.len() < expected || last.elapsed() < Duration::from_millis(1500) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
-                out.push((
-                    msg.key().unwrap_or_default().to_vec(),
-                    msg.payload().unwrap_or_default().to_vec(),
-                ));
+                let headers = msg
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(KafkaRecord {
+                    key: msg.key().unwrap_or_default().to_vec(),
+                    value: msg.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
                 last = Instant::now();
             }
             Some(Err(e)) => panic!("reading {topic}: {e}"),
