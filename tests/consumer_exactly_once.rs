@@ -276,6 +276,20 @@ async fn a_clickhouse_outage_of_a_minute_loses_nothing_and_drains_after() {
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(120))
         .await;
 
+    // Prometheus saw every stored LCP once: the consumer lived through the outage.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lcp_count: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("rum_web_vitals_lcp_seconds_count{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(lcp_count, N as f64, "one LCP observation per beacon");
+
     // The poison (one every 500 beacons) went to the dead-letter topic once, with its reason,
     // even though its batch was retried through the outage.
     let brokers = stack.tansu.brokers.clone();

@@ -1,14 +1,19 @@
 //! `rum consume`: the Kafka consumer group that moves beacons into ClickHouse.
 //!
 //! One loop per process: fetch a batch, decode each message (poison goes to the dead-letter topic
-//! with its reason), insert the rows into ClickHouse (retrying with backoff while ClickHouse is
-//! down, without fetching more, so memory stays bounded), and only then commit the offsets.
-//! A crash between insert and commit replays the batch: delivery into ClickHouse is at least once.
+//! with its reason, once), insert the rows into ClickHouse in one INSERT (retrying with backoff
+//! while ClickHouse is down, with the partitions paused so memory stays bounded and lag shows), and
+//! only then commit the offsets. Each beacon is stored exactly once: the argument is in
+//! [`ownership`](crate::ownership) — batches are atomic, each partition resumes from the offsets
+//! stored in ClickHouse, and a member writes only the partitions it owns.
+//!
+//! The consumer also exports the vitals as Prometheus histograms on Google's thresholds, and
+//! enforces retention (whole partitions dropped hourly).
 
 mod config;
 mod histograms;
 mod metrics;
-mod ownership;
+pub mod ownership;
 mod pipeline;
 
 use std::future::Future;

@@ -263,3 +263,43 @@ class CurrentClickHouse(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RetentionOnCurrentClickHouse(unittest.TestCase):
+    """The statements rum_clickhouse::retention sends (system.parts listing, DROP PARTITION <number>)."""
+
+    def test_drops_whole_expired_partitions(self):
+        d = tempfile.mkdtemp(prefix="rum-chdb-retention-")
+        s = session.Session(d)
+        try:
+            s.query("SET session_timezone = 'UTC'")
+            s.query("CREATE DATABASE IF NOT EXISTS rum")
+            s.query("USE rum")
+            for path in MIGRATIONS:
+                with open(path, encoding="utf-8") as f:
+                    for statement in split_statements(f.read()):
+                        s.query(statement)
+            now = 1_790_000_000
+            for days_ago in (90, 45, 31, 2, 0):
+                t = now - days_ago * 86400
+                s.query(
+                    "INSERT INTO vitals_raw (received_at, site, route, device, nav_type, metric, value, rating, "
+                    "metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset) VALUES "
+                    f"({t}, 'shop', 'root', 'mobile', 'navigate', 'LCP', 1000, 'good', 'id{days_ago}', 1, 't', 0, {days_ago})"
+                )
+            cutoff_day = int(str(s.query(f"SELECT toYYYYMMDD(toDateTime({now - 30 * 86400}))", "TSV")).strip())
+            parts = str(s.query(
+                "SELECT DISTINCT partition FROM system.parts WHERE database = 'rum' AND table = 'vitals_raw' "
+                "AND active ORDER BY partition", "TSV")).split()
+            self.assertEqual(len(parts), 5, parts)
+            for p in parts:
+                n = int(p.strip("'"))
+                if n < cutoff_day:
+                    s.query(f"ALTER TABLE vitals_raw DROP PARTITION {n}")
+            left = str(s.query("SELECT metric_id FROM vitals_raw ORDER BY kafka_offset", "TSV")).split()
+            self.assertEqual(left, ["id0", "id2"])
+            # The rollups keep their rows: their retention is separate (months).
+            self.assertEqual(str(s.query("SELECT countMerge(samples) FROM vitals_1m", "TSV")).strip(), "5")
+        finally:
+            s.close()
+            shutil.rmtree(d, ignore_errors=True)
