@@ -184,6 +184,10 @@ async fn accepts_both_content_types_and_publishes_normalized_messages() {
 async fn rejects_bad_input_with_a_status_and_a_counted_reason() {
     let h = Harness::start(|_| {}).await;
     let deep = format!("{}1{}", "[".repeat(8_000), "]".repeat(8_000));
+    let too_many = format!(
+        r#"{{"site":"shop","route":"/","metrics":[{}]}}"#,
+        vec![r#"{"name":"LCP","value":1}"#; 33].join(",")
+    );
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
             "application/xml",
@@ -259,6 +263,7 @@ async fn rejects_bad_input_with_a_status_and_a_counted_reason() {
             400,
             "invalid_sample_rate",
         ),
+        ("text/plain", too_many.into_bytes(), 400, "too_many_metrics"),
     ];
     for (content_type, body, status, reason) in &cases {
         let r = h.post(content_type, "", body.clone()).await;
@@ -303,6 +308,8 @@ async fn rejects_bad_input_with_a_status_and_a_counted_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_with_a_secret_needs_a_valid_unexpired_token() {
     let h = Harness::start(|c| {
+        c.only_known_sites = true;
+        c.sites.insert("blog".into(), SiteConfig::default());
         c.sites.insert(
             "shop".into(),
             SiteConfig {
@@ -351,9 +358,15 @@ async fn a_site_with_a_secret_needs_a_valid_unexpired_token() {
         m["rum_beacons_rejected_total{reason=\"token_expired\"}"],
         1.0
     );
-    // Sites without a secret need no token.
+    // Known sites without a secret need no token; unknown sites are refused.
     let other = r#"{"site":"blog","route":"/","metrics":[{"name":"LCP","value":1}]}"#;
     assert_eq!(h.post("text/plain", "", other).await.status(), 204);
+    let unknown = r#"{"site":"nope","route":"/","metrics":[{"name":"LCP","value":1}]}"#;
+    assert_eq!(h.post("text/plain", "", unknown).await.status(), 403);
+    assert_eq!(
+        h.metrics().await["rum_beacons_rejected_total{reason=\"unknown_site\"}"],
+        1.0
+    );
     h.shutdown().await;
 }
 
