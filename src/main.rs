@@ -1,6 +1,7 @@
 //! `rum`: the Real User Monitoring pipeline in one binary.
 
 mod config;
+mod duration;
 mod loadgen;
 mod query;
 mod standalone;
@@ -48,29 +49,8 @@ struct TokenArgs {
     #[arg(long)]
     site: String,
     /// How long the token is valid: seconds, or a number with s, m, h or d.
-    #[arg(long, default_value = "24h", value_parser = parse_duration_secs)]
+    #[arg(long, default_value = "24h", value_parser = duration::parse_positive_secs)]
     ttl: u64,
-}
-
-fn parse_duration_secs(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 3600, 90m, 24h or 7d"))?;
-    let factor = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
-    };
-    match n.checked_mul(factor) {
-        Some(0) | None => Err(format!("`{text}` must be positive and reasonable")),
-        Some(secs) => Ok(secs),
-    }
 }
 
 fn main() -> ExitCode {
