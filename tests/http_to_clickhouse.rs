@@ -58,6 +58,10 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
     );
     assert_eq!(post("text/plain", "", "{not json").await, 400);
     assert_eq!(post("application/xml", "", BEACON).await, 415);
+    // The collector sends a metric again when its value changed (CLS grows); the first value wins.
+    let resent = BEACON.replace(r#""value":0.31"#, r#""value":0.45"#);
+    assert_ne!(resent, BEACON);
+    assert_eq!(post("text/plain", "", &resent).await, 204);
 
     let rows = eventually(
         "3 rows in rum.vitals_raw",
@@ -80,6 +84,29 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
         ]
     );
 
+    let consumer_metrics = format!("http://127.0.0.1:{consumer_port}/metrics");
+    eventually(
+        "the re-sent metrics to be dropped as duplicates",
+        Duration::from_secs(30),
+        async || {
+            let text = http
+                .get(&consumer_metrics)
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l == "rum_consumer_metrics_deduplicated_total 2")
+                .then_some(())
+        },
+    )
+    .await;
+    let stored = clickhouse
+        .query("SELECT count(), sum(value) FROM rum.vitals_raw WHERE metric = 'CLS' FORMAT TSV");
+    assert_eq!(stored.trim(), "1\t0.31", "one CLS row, the first value");
+
     // The ingest counted every request once, as accepted or rejected with a reason.
     let metrics = http
         .get(format!("{base}/metrics"))
@@ -90,11 +117,11 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
         .await
         .unwrap();
     for line in [
-        "rum_beacons_received_total 4",
-        "rum_beacons_accepted_total 2",
+        "rum_beacons_received_total 5",
+        "rum_beacons_accepted_total 3",
         "rum_beacons_rejected_total{reason=\"malformed_json\"} 1",
         "rum_beacons_rejected_total{reason=\"unsupported_media_type\"} 1",
-        "rum_metrics_accepted_total{metric=\"LCP\"} 1",
+        "rum_metrics_accepted_total{metric=\"LCP\"} 2",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

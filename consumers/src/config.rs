@@ -23,6 +23,8 @@ pub struct ConsumerConfig {
     pub retry_max_backoff_ms: u64,
     /// How long the group waits for a silent member before giving its partitions to others.
     pub session_timeout_ms: u64,
+    /// Metric ids remembered to drop client re-sends (about 24 bytes each).
+    pub dedup_capacity: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -36,6 +38,7 @@ impl Default for ConsumerConfig {
             fetch_wait_max_ms: 50,
             retry_max_backoff_ms: 10_000,
             session_timeout_ms: 10_000,
+            dedup_capacity: 1_000_000,
         }
     }
 }
@@ -57,6 +60,7 @@ impl ConsumerConfig {
         require_positive("consumer.batch_max_wait_ms", self.batch_max_wait_ms)?;
         require_positive("consumer.fetch_wait_max_ms", self.fetch_wait_max_ms)?;
         require_positive("consumer.retry_max_backoff_ms", self.retry_max_backoff_ms)?;
+        require_positive("consumer.dedup_capacity", self.dedup_capacity as u64)?;
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             return Err(ConfigError::new(
                 "consumer.session_timeout_ms",

@@ -11,6 +11,7 @@
 //! enforces retention (whole partitions dropped hourly).
 
 mod config;
+pub mod dedup;
 mod histograms;
 mod metrics;
 pub mod ownership;

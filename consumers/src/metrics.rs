@@ -31,6 +31,8 @@ pub struct ConsumerMetrics {
     /// Messages not written because ClickHouse already holds them (replays after a crash), or
     /// because their partition was revoked before they were written.
     pub messages_skipped: IntCounterVec,
+    /// Metrics dropped because their id was stored before (client re-sends).
+    pub metrics_deduplicated: IntCounter,
     /// Messages behind the end of each owned partition.
     pub lag: IntGaugeVec,
     /// The vitals themselves, per site, route and device.
@@ -91,7 +93,12 @@ impl ConsumerMetrics {
             &["partition"],
         )?;
         registry.register(Box::new(messages_consumed.clone()))?;
+        let metrics_deduplicated = IntCounter::new(
+            "rum_consumer_metrics_deduplicated_total",
+            "Metrics dropped because a value with the same site and metric id was stored first.",
+        )?;
         registry.register(Box::new(messages_skipped.clone()))?;
+        registry.register(Box::new(metrics_deduplicated.clone()))?;
         registry.register(Box::new(lag.clone()))?;
         let vitals = VitalsHistograms::register(&registry)?;
         registry.register(Box::new(rows_inserted.clone()))?;
@@ -108,6 +115,7 @@ impl ConsumerMetrics {
             commit_errors,
             batch_duration,
             messages_skipped,
+            metrics_deduplicated,
             lag,
             vitals,
         })
@@ -163,7 +171,7 @@ mod tests {
         .unwrap();
         m.vitals.observe(&msg);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 13);
+        assert_eq!(families.len(), 14);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

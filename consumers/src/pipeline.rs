@@ -1,6 +1,6 @@
 //! The consume loop: batch, decode, dead-letter, insert exactly once, commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
 use rum_schemas::{BeaconMessage, MessageError};
 use tokio::sync::watch;
 
+use crate::dedup::SeenMetricIds;
 use crate::ownership::{Ownership, OwnershipContext};
 use crate::{ConsumerConfig, ConsumerMetrics};
 
@@ -74,6 +75,7 @@ pub struct Consumer {
     batch_max_wait: Duration,
     retry_max_backoff: Duration,
     lag_updated: Mutex<Option<Instant>>,
+    seen: Mutex<SeenMetricIds>,
 }
 
 impl Consumer {
@@ -116,6 +118,7 @@ impl Consumer {
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
             retry_max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
             lag_updated: Mutex::new(None),
+            seen: Mutex::new(SeenMetricIds::new(config.dedup_capacity)),
         })
     }
 
@@ -297,6 +300,15 @@ impl Consumer {
                 .with_label_values(&[poison.error.reason()])
                 .inc();
         }
+        // Client re-sends of a metric id: the first stored value wins (see crate::dedup).
+        let mut batch_ids = HashSet::new();
+        let mut duplicates = 0;
+        {
+            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            for message in batch.iter_mut().filter_map(|c| c.decoded.as_mut().ok()) {
+                duplicates += seen.drop_seen(message, &mut batch_ids);
+            }
+        }
         let rows: Vec<VitalsRawRow> = batch
             .iter()
             .filter_map(|c| Some((c, c.decoded.as_ref().ok()?)))
@@ -312,6 +324,11 @@ impl Consumer {
             .rows_inserted
             .with_label_values(&[VITALS_RAW])
             .inc_by(rows.len() as u64);
+        self.metrics.metrics_deduplicated.inc_by(duplicates as u64);
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(batch_ids);
         let mut ownership = self.ownership();
         for c in batch.iter() {
             ownership.advance(c.partition, c.offset);
