@@ -7,6 +7,7 @@ use std::path::Path;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use rum_alerts::AlertsConfig;
 use rum_clickhouse::ClickHouseConfig;
 use rum_consumers::ConsumerConfig;
 use rum_ingest::IngestConfig;
@@ -14,7 +15,7 @@ use rum_schemas::kafka::KafkaConfig;
 use serde::Deserialize;
 
 /// The sections, also the first word of their environment variables.
-const SECTIONS: [&str; 4] = ["kafka", "ingest", "consumer", "clickhouse"];
+const SECTIONS: [&str; 5] = ["kafka", "ingest", "consumer", "clickhouse", "alerts"];
 
 /// Every setting of every subcommand.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,6 +29,8 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     /// `[clickhouse]`
     pub clickhouse: ClickHouseConfig,
+    /// `[alerts]`
+    pub alerts: AlertsConfig,
 }
 
 /// The environment variable that sets a dotted key: `kafka.brokers` -> `RUM_KAFKA_BROKERS`.
@@ -63,6 +66,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, String> {
         .and_then(|()| config.ingest.validate())
         .and_then(|()| config.consumer.validate())
         .and_then(|()| config.clickhouse.validate())
+        .and_then(|()| config.alerts.validate())
         .map_err(|e| format!("{} ({}): {}", e.key, env_name(&e.key), e.reason))?;
     Ok(config)
 }

@@ -29,6 +29,8 @@ enum Command {
     Ingest,
     /// Consume beacons from Kafka into ClickHouse.
     Consume,
+    /// Evaluate the stored percentiles every interval and notify Alertmanager.
+    Alerts,
     /// Apply the ClickHouse migrations (idempotent).
     Migrate,
     /// Ingest and consumer in one process over an embedded Kafka (rdkafka's MockCluster).
@@ -98,6 +100,10 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Consume => {
             let stop = stopped(stop_channel());
             rum_consumers::run(&config.consumer, &config.kafka, &config.clickhouse, stop).await?;
+        }
+        Command::Alerts => {
+            let stop = stopped(stop_channel());
+            rum_alerts::run(&config.alerts, &config.clickhouse, stop).await?;
         }
         Command::Migrate => {
             let report = rum_clickhouse::migrate(&config.clickhouse).await?;

@@ -4,7 +4,7 @@ mod common;
 
 use common::rum_output;
 
-const SUBCOMMANDS: [&str; 4] = ["ingest", "consume", "migrate", "standalone"];
+const SUBCOMMANDS: [&str; 5] = ["ingest", "consume", "migrate", "standalone", "alerts"];
 
 fn assert_config_error(env: &[(&str, &str)], key: &str, env_name: &str) {
     for sub in SUBCOMMANDS {

@@ -67,7 +67,7 @@ RUM_LOCAL_KAFKA_TOPICS=("rum.beacons.v1:4" "rum.beacons.dlq.v1:1")
 RUM_SERVICES=(clickhouse kafka alertmanager prometheus)
 # The pipeline processes started by ./up.
 # shellcheck disable=SC2034 # used by the scripts that source this file
-RUM_PIPELINE=(standalone ingest consume)
+RUM_PIPELINE=(standalone ingest consume alerts)
 
 for _var in RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_CLICKHOUSE_PORT \
     RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT; do

@@ -1,4 +1,4 @@
-//! The HTTP surface: the beacon endpoint, `/healthz`, `/readyz`, `/metrics`.
+//! The HTTP surface: the beacon endpoint, `/healthz`, `/readyz`, `/metrics`, `/rum.js`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,6 +18,7 @@ use rum_schemas::beacon::RequestContext;
 use rum_schemas::{parse_beacon, Device};
 
 use crate::bots::is_bot;
+use crate::bundle::{CollectorBundle, BUNDLE_PATH};
 use crate::client_ip::ClientIpResolver;
 use crate::config::SiteConfig;
 use crate::limit::ClientRateLimiter;
@@ -37,6 +38,7 @@ pub struct AppState {
     /// The per-client rate limiter, when on.
     pub limiter: Option<Arc<ClientRateLimiter>>,
     policy: Arc<Policy>,
+    bundle: Arc<CollectorBundle>,
 }
 
 /// Settings read on every request.
@@ -80,6 +82,7 @@ impl AppState {
                 allowed_origins: config.allowed_origins.clone(),
                 sites: config.sites.clone(),
             }),
+            bundle: Arc::new(CollectorBundle::load(config.collector_bundle.as_deref())),
         }
     }
 }
@@ -104,6 +107,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            BUNDLE_PATH,
+            get(|State(state): State<AppState>| async move { state.bundle.response() }),
+        )
         .with_state(state)
 }
 

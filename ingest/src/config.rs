@@ -1,6 +1,7 @@
 //! Section `[ingest]` of the config, env `RUM_INGEST_*`.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use rum_schemas::beacon::is_valid_site;
@@ -62,6 +63,9 @@ pub struct IngestConfig {
     pub allowed_origins: Vec<String>,
     /// Per-site settings.
     pub sites: HashMap<String, SiteConfig>,
+    /// The collector's script-tag bundle (`collector/dist/rum.iife.js`), served at `/rum.js`;
+    /// unset, or a file that cannot be read, answers 404 there.
+    pub collector_bundle: Option<PathBuf>,
 }
 
 impl Default for IngestConfig {
@@ -86,6 +90,7 @@ impl Default for IngestConfig {
             only_known_sites: false,
             allowed_origins: Vec::new(),
             sites: HashMap::new(),
+            collector_bundle: None,
         }
     }
 }
@@ -142,6 +147,16 @@ impl IngestConfig {
                 &format!("ingest.sites.{name}.allowed_origins"),
                 &site.allowed_origins,
             )?;
+        }
+        if self
+            .collector_bundle
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new(
+                "ingest.collector_bundle",
+                "is empty: a path to collector/dist/rum.iife.js, or unset",
+            ));
         }
         if self.only_known_sites && self.sites.is_empty() {
             return Err(ConfigError::new(
@@ -249,6 +264,15 @@ mod tests {
         assert_eq!(from_list.trusted_proxies, from_string.trusted_proxies);
         assert_eq!(from_list.trusted_proxies.len(), 2);
         assert!(serde_json::from_str::<IngestConfig>(r#"{"trusted_proxies":"nonsense"}"#).is_err());
+    }
+
+    #[test]
+    fn rejects_an_empty_collector_bundle_path() {
+        let c = IngestConfig {
+            collector_bundle: Some(PathBuf::new()),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "ingest.collector_bundle");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod api;
 mod bots;
+mod bundle;
 mod client_ip;
 mod config;
 mod error;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{router, AppState, BEACON_PATH};
+pub use bundle::{CollectorBundle, BUNDLE_PATH};
 pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
 pub use metrics::IngestMetrics;

@@ -1,5 +1,5 @@
-//! Real services for integration tests: a Kafka-compatible broker ([`Tansu`]) and a ClickHouse server
-//! ([`ClickHouseServer`], Debian's 18.16), each on free loopback ports.
+//! Real services for integration tests: a Kafka-compatible broker ([`Tansu`]), a ClickHouse server
+//! ([`ClickHouseServer`], Debian's 18.16) and an [`Alertmanager`] (Debian's 0.25), each on free loopback ports.
 //!
 //! * Data and logs live under `<repo>/.local/test/<kind>-<pid>-<n>/` and are removed on drop (kept, with a note on
 //!   stderr, when the drop happens while a test panics; leftovers of dead test processes are removed by the next run).
@@ -752,6 +752,113 @@ impl Drop for ClickHouseServer {
     fn drop(&mut self) {
         self.kill();
         remove_dir_unless_panicking(&self.dir, "clickhouse");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Alertmanager
+
+/// An Alertmanager (Debian's `prometheus-alertmanager` 0.25) on a free port, gossip off, with one webhook receiver
+/// (`send_resolved: true`, `group_wait: 1s`, `group_interval: 1s`) that posts to the URL given to
+/// [`start`](Self::start).
+pub struct Alertmanager {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Alertmanager {
+    /// The binary: `RUM_LOCAL_ALERTMANAGER_BIN`, else `/usr/bin/prometheus-alertmanager`, else on PATH.
+    pub fn bin() -> PathBuf {
+        find_binary(
+            "RUM_LOCAL_ALERTMANAGER_BIN",
+            &[PathBuf::from("/usr/bin/prometheus-alertmanager")],
+            "prometheus-alertmanager",
+            "run ./deploy/local/install (apt package prometheus-alertmanager)",
+        )
+    }
+
+    /// Start with a fresh data dir on a free port, notifying `webhook_url`, and wait until `/-/ready` answers.
+    pub fn start(webhook_url: &str) -> Alertmanager {
+        let bin = Self::bin();
+        let dir = fresh_dir("alertmanager");
+        let log = dir.join("alertmanager.log");
+        let config = format!(
+            "route:\n  receiver: webhook\n  group_by: ['...']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: webhook\n    webhook_configs:\n      - url: '{webhook_url}'\n        send_resolved: true\n"
+        );
+        fs::write(dir.join("alertmanager.yml"), config).expect("write alertmanager.yml");
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port();
+            let args = vec![
+                format!("--config.file={}", dir.join("alertmanager.yml").display()),
+                format!("--storage.path={}", dir.join("data").display()),
+                format!("--web.listen-address=127.0.0.1:{port}"),
+                "--cluster.listen-address=".to_string(),
+            ];
+            let mut child = spawn(&bin, &args, &dir, &log);
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok((200, _)) = http(port, "GET", "/-/ready", b"", Duration::from_secs(2)) {
+                    return Alertmanager {
+                        url: format!("http://127.0.0.1:{port}"),
+                        port,
+                        dir,
+                        child: Some(child),
+                    };
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    if attempt < START_ATTEMPTS {
+                        eprintln!("rum-testkit: alertmanager on port {port} exited ({status}), retrying on another port");
+                        break;
+                    }
+                    panic!(
+                        "alertmanager exited during startup ({status}); log {}\n{}",
+                        log.display(),
+                        tail(&log, 30)
+                    );
+                }
+                if Instant::now() >= deadline {
+                    kill(&mut child);
+                    panic!(
+                        "alertmanager did not answer /-/ready on port {port} within {START_TIMEOUT:?}; log {}\n{}",
+                        log.display(),
+                        tail(&log, 30)
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// The alerts Alertmanager holds (`GET /api/v2/alerts`), as JSON text.
+    pub fn alerts_json(&self) -> String {
+        match http(self.port, "GET", "/api/v2/alerts", b"", QUERY_TIMEOUT) {
+            Ok((200, body)) => String::from_utf8_lossy(&body).into_owned(),
+            other => panic!("GET {}/api/v2/alerts: {other:?}", self.url),
+        }
+    }
+
+    /// Its log (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("alertmanager.log")
+    }
+
+    /// Stop it (SIGTERM, SIGKILL after 20 s) and wait. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, STOP_TIMEOUT);
+        }
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        self.stop();
+        remove_dir_unless_panicking(&self.dir, "alertmanager");
     }
 }
 

@@ -1,0 +1,115 @@
+//! The evaluator's settings. Section `[alerts]` of the config, env `RUM_ALERTS_*`.
+
+use std::path::PathBuf;
+
+use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
+use serde::Deserialize;
+
+use crate::rules::Rules;
+
+/// Settings of `rum alerts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The address of `/metrics` and `/healthz`.
+    pub host: String,
+    /// The port of `/metrics` and `/healthz`.
+    pub port: u16,
+    /// Seconds between evaluations; firing alerts are re-sent this often and end 3 intervals later
+    /// unless re-sent.
+    pub interval_secs: u64,
+    /// Alertmanager's base URL; alerts go to `<url>/api/v2/alerts`.
+    pub alertmanager_url: String,
+    /// The rules file (TOML); without one the built-in defaults apply (see [`Rules`]).
+    pub rules_file: Option<PathBuf>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8082,
+            interval_secs: 60,
+            alertmanager_url: "http://127.0.0.1:9093".into(),
+            rules_file: None,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Checks every value, including the rules file (read and checked here, so that a bad file
+    /// stops the process at start); the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        require_non_empty("alerts.host", &self.host)?;
+        if self.port == 0 {
+            return Err(ConfigError::new("alerts.port", "must be greater than 0"));
+        }
+        require_positive("alerts.interval_secs", self.interval_secs)?;
+        if self.interval_secs > 86_400 {
+            return Err(ConfigError::new(
+                "alerts.interval_secs",
+                "must be at most 86400 (one day)",
+            ));
+        }
+        let rest = self
+            .alertmanager_url
+            .strip_prefix("http://")
+            .or_else(|| self.alertmanager_url.strip_prefix("https://"))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "alerts.alertmanager_url",
+                    "must start with http:// or https://",
+                )
+            })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ConfigError::new("alerts.alertmanager_url", "has no host"));
+        }
+        self.rules()?;
+        Ok(())
+    }
+
+    /// The rules: the file's, or the defaults. Errors name `alerts.rules_file`, and the reason names
+    /// the key inside the file.
+    pub fn rules(&self) -> Result<Rules, ConfigError> {
+        match &self.rules_file {
+            None => Ok(Rules::default()),
+            Some(path) => Rules::load(path).map_err(|reason| {
+                ConfigError::new("alerts.rules_file", format!("{}: {reason}", path.display()))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = AlertsConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.port, 8082);
+        assert_eq!(c.interval_secs, 60);
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_key() {
+        let bad = AlertsConfig {
+            interval_secs: 0,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "alerts.interval_secs");
+        let bad = AlertsConfig {
+            alertmanager_url: "127.0.0.1:9093".into(),
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "alerts.alertmanager_url");
+        let bad = AlertsConfig {
+            rules_file: Some("/nonexistent/rules.toml".into()),
+            ..Default::default()
+        };
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.key, "alerts.rules_file");
+        assert!(err.reason.contains("not found"), "{err}");
+    }
+}

@@ -1,0 +1,166 @@
+//! `rum alerts`: evaluates the stored percentiles of `rum.vitals_1m` every interval and notifies
+//! Alertmanager (API v2).
+//!
+//! * [`rules`]: the rules file (thresholds, window, minimum samples, severities, scope).
+//! * [`store`]: the two ClickHouse queries one evaluation reads.
+//! * [`evaluate`]: the decision, a pure function of the stored data and `now` — no state, so a restart
+//!   does not reset a pending alert and replicas send identical alerts (Alertmanager deduplicates).
+//! * [`notify`]: `POST /api/v2/alerts`, retried with backoff, counted, never fatal.
+//! * [`metrics`]: `/metrics` of the evaluator.
+
+pub mod config;
+pub mod evaluate;
+pub mod metrics;
+pub mod notify;
+pub mod rules;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use config::AlertsConfig;
+pub use evaluate::{evaluate, Alert, AlertState};
+pub use metrics::AlertsMetrics;
+pub use notify::{Notifier, NotifyError};
+pub use rules::Rules;
+use rum_clickhouse::ClickHouseConfig;
+pub use store::StoredData;
+
+/// p75 LCP above its threshold for the window.
+pub const LCP_P75_POOR: &str = "WebVitalsLCPP75Poor";
+/// p75 INP above its threshold for the window.
+pub const INP_P75_POOR: &str = "WebVitalsINPP75Poor";
+/// p75 CLS above its threshold for the window.
+pub const CLS_P75_POOR: &str = "WebVitalsCLSP75Poor";
+/// No beacons from a site for the window while the same window a day earlier had some.
+pub const BEACONS_STOPPED: &str = "WebVitalsBeaconsStopped";
+/// The `metric` label of [`BEACONS_STOPPED`] (it concerns every metric of a site).
+pub const BEACONS_METRIC: &str = "beacons";
+/// Every alert name.
+pub const ALERT_NAMES: [&str; 4] = [LCP_P75_POOR, INP_P75_POOR, CLS_P75_POOR, BEACONS_STOPPED];
+
+/// Why `rum alerts` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    /// A configuration value (or the rules file) is unusable.
+    #[error("config: {0}")]
+    Config(#[from] rum_schemas::config::ConfigError),
+    /// The `/metrics` address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// host:port.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The metrics registry could not be built.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// The wall clock in unix seconds.
+pub fn system_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// Reads the stored data and decides; the clock is the caller's (`now`, unix seconds).
+#[derive(Clone)]
+pub struct Evaluator {
+    client: clickhouse::Client,
+    rules: Rules,
+    interval_secs: u32,
+}
+
+impl Evaluator {
+    /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`.
+    pub fn new(clickhouse: &ClickHouseConfig, rules: Rules, interval_secs: u32) -> Self {
+        Self {
+            client: clickhouse.client(),
+            rules,
+            interval_secs,
+        }
+    }
+
+    /// The alerts to send at `now`: firing, and resolved since `now - interval`.
+    pub async fn evaluate_at(&self, now: u32) -> Result<Vec<Alert>, clickhouse::error::Error> {
+        let data = store::fetch(&self.client, &self.rules, now, self.interval_secs).await?;
+        Ok(evaluate(&self.rules, &data, now, self.interval_secs))
+    }
+}
+
+/// Runs the evaluator and its `/metrics` server until `shutdown` completes.
+pub async fn run(
+    config: &AlertsConfig,
+    clickhouse: &ClickHouseConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AlertsError> {
+    let rules = config.rules()?;
+    let interval_secs = u32::try_from(config.interval_secs).unwrap_or(86_400);
+    let metrics = Arc::new(AlertsMetrics::new()?);
+    let notifier = Notifier::new(&config.alertmanager_url)?;
+    let evaluator = Evaluator::new(clickhouse, rules, interval_secs);
+    let addr = format!("{}:{}", config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|source| AlertsError::Bind { addr, source })?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut http_stop = stop_rx.clone();
+    let app = metrics::router(metrics.clone());
+    let http = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+    });
+    tracing::info!(
+        interval_secs,
+        alertmanager = %config.alertmanager_url,
+        "alerts evaluator started"
+    );
+    let mut ticker = tokio::time::interval(Duration::from_secs(u64::from(interval_secs)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+        let started = Instant::now();
+        let result = evaluator.evaluate_at(system_now()).await;
+        metrics.evaluations.inc();
+        metrics
+            .evaluation_duration
+            .observe(started.elapsed().as_secs_f64());
+        let alerts = match result {
+            Ok(alerts) => alerts,
+            Err(e) => {
+                metrics.evaluation_errors.inc();
+                tracing::warn!(error = %e, "evaluation failed: cannot read ClickHouse");
+                continue;
+            }
+        };
+        metrics.record_firing(&alerts);
+        tokio::select! {
+            sent = notifier.send(&alerts, &metrics) => {
+                if let Err(e) = sent {
+                    tracing::error!(error = %e, alerts = alerts.len(), "alerts not delivered; sent again next interval");
+                }
+            }
+            _ = stop_rx.wait_for(|s| *s) => break,
+        }
+    }
+    let _ = http.await;
+    tracing::info!("alerts evaluator stopped");
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The evaluator's Prometheus metrics, in their own registry, and the `/metrics` router.
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+
+use crate::evaluate::{Alert, AlertState};
+
+/// The evaluator's metrics.
+pub struct AlertsMetrics {
+    /// The registry `/metrics` encodes.
+    pub registry: Registry,
+    /// Evaluations run (failed ones included).
+    pub evaluations: IntCounter,
+    /// Evaluations that could not read ClickHouse.
+    pub evaluation_errors: IntCounter,
+    /// Alerts firing after the last evaluation, by alert name.
+    pub firing: IntGaugeVec,
+    /// Alerts delivered to Alertmanager (firing and resolved).
+    pub notifications_sent: IntCounter,
+    /// Failed posts to Alertmanager (each retry counts).
+    pub notification_errors: IntCounter,
+    /// Time of one evaluation (query and decision), notification excluded.
+    pub evaluation_duration: Histogram,
+}
+
+impl AlertsMetrics {
+    /// Builds and registers every metric; a duplicate name is an error, not a panic.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let evaluations = IntCounter::new("rum_alerts_evaluations_total", "Evaluations run.")?;
+        let evaluation_errors = IntCounter::new(
+            "rum_alerts_evaluation_errors_total",
+            "Evaluations that could not read ClickHouse.",
+        )?;
+        let firing = IntGaugeVec::new(
+            Opts::new(
+                "rum_alerts_firing",
+                "Alerts firing after the last evaluation, by alert name.",
+            ),
+            &["alertname"],
+        )?;
+        let notifications_sent = IntCounter::new(
+            "rum_alerts_notifications_sent_total",
+            "Alerts delivered to Alertmanager (firing and resolved).",
+        )?;
+        let notification_errors = IntCounter::new(
+            "rum_alerts_notification_errors_total",
+            "Failed posts to Alertmanager; each retry counts.",
+        )?;
+        let evaluation_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rum_alerts_evaluation_duration_seconds",
+                "Time of one evaluation (ClickHouse queries and the decision).",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )?;
+        registry.register(Box::new(evaluations.clone()))?;
+        registry.register(Box::new(evaluation_errors.clone()))?;
+        registry.register(Box::new(firing.clone()))?;
+        registry.register(Box::new(notifications_sent.clone()))?;
+        registry.register(Box::new(notification_errors.clone()))?;
+        registry.register(Box::new(evaluation_duration.clone()))?;
+        for name in crate::ALERT_NAMES {
+            firing.with_label_values(&[name]).set(0);
+        }
+        Ok(Self {
+            registry,
+            evaluations,
+            evaluation_errors,
+            firing,
+            notifications_sent,
+            notification_errors,
+            evaluation_duration,
+        })
+    }
+
+    /// Sets `rum_alerts_firing` from one evaluation's alerts.
+    pub fn record_firing(&self, alerts: &[Alert]) {
+        for name in crate::ALERT_NAMES {
+            let n = alerts
+                .iter()
+                .filter(|a| a.state == AlertState::Firing && a.name() == name)
+                .count();
+            self.firing.with_label_values(&[name]).set(n as i64);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+/// `/metrics` and `/healthz`.
+pub fn router(metrics: Arc<AlertsMetrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        metrics.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_full_registry_with_rum_names() {
+        let m = AlertsMetrics::new().expect("no duplicate metric names");
+        m.evaluations.inc();
+        m.evaluation_errors.inc();
+        m.notifications_sent.inc();
+        m.notification_errors.inc();
+        m.evaluation_duration.observe(0.2);
+        m.record_firing(&[]);
+        let text = m.encode();
+        for name in [
+            "rum_alerts_evaluations_total",
+            "rum_alerts_evaluation_errors_total",
+            "rum_alerts_notifications_sent_total",
+            "rum_alerts_notification_errors_total",
+            "rum_alerts_evaluation_duration_seconds_bucket",
+            "rum_alerts_firing{alertname=\"WebVitalsLCPP75Poor\"} 0",
+            "rum_alerts_firing{alertname=\"WebVitalsBeaconsStopped\"} 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+        for family in m.registry.gather() {
+            assert!(
+                family.name().starts_with("rum_alerts_"),
+                "{}",
+                family.name()
+            );
+        }
+    }
+}

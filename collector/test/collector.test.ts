@@ -1,0 +1,233 @@
+import { describe, expect, it, vi } from 'vitest';
+import { beaconUrl, init, type Host, type VitalMetric } from '../src/index';
+
+const ENDPOINT = 'https://rum.example/api/v1/observability/web-vitals';
+
+/** A page: its events, its transport, and the metric stream web-vitals would report. */
+function fakePage(over: Partial<Host> = {}) {
+  const win = new EventTarget();
+  const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' as DocumentVisibilityState });
+  let report: (m: VitalMetric) => void = () => {
+    throw new Error('not observed');
+  };
+  const sendBeacon = vi.fn((_url: string, _body: string) => true);
+  const fetch = vi.fn((_url: string, _init: RequestInit) => Promise.resolve({}));
+  const host: Host = {
+    window: win as unknown as Host['window'],
+    document: doc as unknown as Host['document'],
+    path: '/product/12345/reviews',
+    random: () => 0,
+    sendBeacon,
+    fetch,
+    observe: (r) => {
+      report = r;
+    },
+    ...over,
+  };
+  const beacons = () =>
+    [...sendBeacon.mock.calls, ...fetch.mock.calls.map(([url, i]) => [url, i.body as string])].map(
+      ([, body]) => JSON.parse(body as string),
+    );
+  return {
+    host,
+    sendBeacon,
+    fetch,
+    beacons,
+    metric: (name: string, value: number, id = `v6-${name}`) =>
+      report({ name, value, id, rating: 'good', navigationType: 'navigate' }),
+    hide: () => {
+      win.dispatchEvent(new Event('pagehide'));
+      doc.visibilityState = 'hidden';
+      doc.dispatchEvent(new Event('visibilitychange'));
+    },
+    show: () => {
+      doc.visibilityState = 'visible';
+      doc.dispatchEvent(new Event('visibilitychange'));
+    },
+  };
+}
+
+describe('sampling', () => {
+  it('measures everything or nothing, decided once per page load', () => {
+    const random = vi.fn(() => 0.3);
+    const page = fakePage({ random });
+    expect(init({ site: 'shop', endpoint: ENDPOINT, sampleRate: 0.25 }, page.host)).toBeUndefined();
+    expect(random).toHaveBeenCalledTimes(1);
+    expect(() => page.metric('LCP', 1000)).toThrow('not observed');
+    page.hide();
+    expect(page.sendBeacon).not.toHaveBeenCalled();
+    expect(page.fetch).not.toHaveBeenCalled();
+  });
+
+  it('keeps a page load whose draw is under the rate, and sends the rate', () => {
+    const page = fakePage({ random: () => 0.2 });
+    expect(init({ site: 'shop', endpoint: ENDPOINT, sampleRate: 0.25 }, page.host)).toBeDefined();
+    page.metric('LCP', 1000);
+    page.metric('CLS', 0.3);
+    page.hide();
+    const [beacon] = page.beacons();
+    expect(beacon.sample_rate).toBe(0.25);
+    expect(beacon.metrics.map((m: VitalMetric) => m.name)).toEqual(['LCP', 'CLS']);
+  });
+
+  it('keeps about the configured share of page loads', () => {
+    let kept = 0;
+    for (let i = 0; i < 1000; i++) {
+      if (init({ site: 's', endpoint: ENDPOINT, sampleRate: 0.1 }, fakePage({ random: Math.random }).host)) kept++;
+    }
+    expect(kept).toBeGreaterThan(50);
+    expect(kept).toBeLessThan(150);
+  });
+
+  it('defaults to every page load in development and ignores rates outside (0, 1]', () => {
+    const page = fakePage({ random: () => 0.99 });
+    init({ site: 'shop', endpoint: ENDPOINT, sampleRate: 7 }, page.host);
+    page.metric('FCP', 800);
+    page.hide();
+    expect(page.beacons()[0].sample_rate).toBe(1);
+  });
+});
+
+describe('beacons', () => {
+  it('queues metrics and sends one beacon v1 when the page is hidden', () => {
+    const page = fakePage({ mobile: true });
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('TTFB', 120.5);
+    page.metric('FCP', 800);
+    page.metric('LCP', 900);
+    page.metric('LCP', 1500); // a later LCP candidate replaces the first
+    expect(page.sendBeacon).not.toHaveBeenCalled();
+    page.hide();
+    expect(page.sendBeacon).toHaveBeenCalledTimes(1);
+    const [url, body] = page.sendBeacon.mock.calls[0];
+    expect(url).toBe(ENDPOINT);
+    expect(typeof body).toBe('string'); // a string goes as text/plain: no preflight
+    expect(JSON.parse(body)).toEqual({
+      site: 'shop',
+      route: 'product-id-reviews',
+      device: 'mobile',
+      nav_type: 'navigate',
+      sample_rate: 1,
+      metrics: [
+        { name: 'TTFB', value: 120.5, id: 'v6-TTFB', rating: 'good' },
+        { name: 'FCP', value: 800, id: 'v6-FCP', rating: 'good' },
+        { name: 'LCP', value: 1500, id: 'v6-LCP', rating: 'good' },
+      ],
+    });
+  });
+
+  it('flushes on pagehide alone and on visibilitychange to hidden alone', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('FCP', 800);
+    (page.host.window as unknown as EventTarget).dispatchEvent(new Event('pagehide'));
+    expect(page.sendBeacon).toHaveBeenCalledTimes(1);
+    page.metric('LCP', 900);
+    page.show(); // visible: nothing
+    expect(page.sendBeacon).toHaveBeenCalledTimes(1);
+    page.hide();
+    expect(page.beacons().map((b) => b.metrics.map((m: VitalMetric) => m.name))).toEqual([['FCP'], ['LCP']]);
+  });
+
+  it('does not send a metric twice when both flush events fire', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('LCP', 900);
+    page.metric('CLS', 0.1);
+    page.hide(); // pagehide, then visibilitychange
+    page.hide();
+    expect(page.sendBeacon).toHaveBeenCalledTimes(1);
+  });
+
+  it('sends a metric again, with the same id, only when its value changed', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('LCP', 900);
+    page.metric('CLS', 0.1);
+    page.hide();
+    page.show();
+    page.metric('CLS', 0.1); // reported again, same value
+    page.metric('CLS', 0.35);
+    page.hide();
+    const beacons = page.beacons();
+    expect(beacons).toHaveLength(2);
+    expect(beacons[1].metrics).toEqual([{ name: 'CLS', value: 0.35, id: 'v6-CLS', rating: 'good' }]);
+  });
+
+  it('falls back to fetch with keepalive when sendBeacon returns false', () => {
+    const page = fakePage({ sendBeacon: vi.fn(() => false) });
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('INP', 160);
+    page.hide();
+    expect(page.fetch).toHaveBeenCalledTimes(1);
+    const [url, request] = page.fetch.mock.calls[0];
+    expect(url).toBe(ENDPOINT);
+    expect(request).toMatchObject({
+      method: 'POST',
+      keepalive: true,
+      headers: { 'content-type': 'text/plain' },
+    });
+    expect(JSON.parse(request.body as string).metrics[0]).toMatchObject({ name: 'INP', value: 160 });
+  });
+
+  it('falls back to fetch when sendBeacon is missing or throws', () => {
+    for (const sendBeacon of [
+      undefined,
+      () => {
+        throw new TypeError('refused');
+      },
+    ]) {
+      const page = fakePage({ sendBeacon });
+      init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+      page.metric('FCP', 800);
+      page.hide();
+      expect(page.fetch).toHaveBeenCalledTimes(1);
+    }
+  });
+
+  it('sends nothing when there is nothing new', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.hide();
+    expect(page.sendBeacon).not.toHaveBeenCalled();
+    expect(page.fetch).not.toHaveBeenCalled();
+  });
+
+  it('names the device only when the browser says so', () => {
+    for (const [mobile, device] of [
+      [true, 'mobile'],
+      [false, 'desktop'],
+      [undefined, undefined],
+    ] as const) {
+      const page = fakePage({ mobile });
+      init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+      page.metric('FCP', 800);
+      page.hide();
+      expect(page.beacons()[0].device).toBe(device);
+    }
+  });
+
+  it('normalizes a configured route like the server', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT, route: '/users/550e8400-e29b-41d4-a716-446655440000/settings' }, page.host);
+    page.metric('FCP', 800);
+    page.hide();
+    expect(page.beacons()[0].route).toBe('users-id-settings');
+  });
+});
+
+describe('beaconUrl', () => {
+  it('adds a signed token as t and e', () => {
+    expect(beaconUrl(ENDPOINT)).toBe(ENDPOINT);
+    expect(beaconUrl(ENDPOINT, { t: 'a+b/c', e: 1700000000 })).toBe(`${ENDPOINT}?t=a%2Bb%2Fc&e=1700000000`);
+    expect(beaconUrl(`${ENDPOINT}?site=shop`, { t: 'x', e: '1' })).toBe(`${ENDPOINT}?site=shop&t=x&e=1`);
+  });
+
+  it('sends the beacon to the signed URL', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT, token: { t: 'sig', e: 42 } }, page.host);
+    page.metric('FCP', 800);
+    page.hide();
+    expect(page.sendBeacon.mock.calls[0][0]).toBe(`${ENDPOINT}?t=sig&e=42`);
+  });
+});

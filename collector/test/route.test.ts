@@ -1,0 +1,47 @@
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { MAX_ROUTE_LEN, normalizeRoute } from '../src/route';
+
+// The server's own vectors, read in place: one source of truth for both sides.
+const vectorsFile = fileURLToPath(new URL('../../schemas/testdata/routes.json', import.meta.url));
+const vectors: { input: string; expected: string }[] = JSON.parse(readFileSync(vectorsFile, 'utf8'));
+
+const isSlug = (s: string) =>
+  s.length > 0 && s.length <= MAX_ROUTE_LEN && /^[a-z0-9]+(-[a-z0-9]+)*$/.test(s);
+
+describe('normalizeRoute', () => {
+  it('reads the shared vectors', () => {
+    expect(vectors.length).toBeGreaterThanOrEqual(20);
+  });
+
+  it.each(vectors)('matches the server on $input', ({ input, expected }) => {
+    expect(normalizeRoute(input)).toBe(expected);
+  });
+
+  it('is a fixed point on every slug it produces', () => {
+    for (const { input } of vectors) {
+      const slug = normalizeRoute(input);
+      expect(isSlug(slug), slug).toBe(true);
+      expect(normalizeRoute(slug)).toBe(slug);
+    }
+  });
+
+  it('lower-cases ASCII only, as the server does', () => {
+    // U+212A KELVIN SIGN lower-cases to `k` in JS but is not ASCII: a separator on the server.
+    expect(normalizeRoute('/\u212Aey')).toBe('ey');
+    expect(normalizeRoute('/\u0130d')).toBe('d');
+  });
+
+  it('trims what the server trims and nothing else', () => {
+    expect(normalizeRoute('\u00a0/trim/me\u3000')).toBe('trim-me');
+    // U+FEFF is not White_Space in Rust: the scheme is not at the start, so it is part of the path.
+    expect(normalizeRoute('\ufeffhttps://host/x')).toBe('https-host-x');
+  });
+
+  it('stays within the length bound on odd input', () => {
+    for (const input of ['/'.repeat(10_000), 'é/'.repeat(500), 'a-'.repeat(100), '\u0000\uffff']) {
+      expect(isSlug(normalizeRoute(input))).toBe(true);
+    }
+  });
+});
