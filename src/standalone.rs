@@ -24,6 +24,11 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
         .create_topic(&config.kafka.dlq_topic, 1, 1)
         .context("cannot create the dead-letter topic")?;
     config.kafka.brokers = cluster.bootstrap_servers();
+    // The embedded broker starts empty every time: its offsets begin again at 0.
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    config.consumer.topic_incarnation = Some(format!("embedded-{started_ms}"));
     tracing::info!(brokers = %config.kafka.brokers, "embedded Kafka started (in memory; production uses a real Kafka)");
 
     let report = rum_clickhouse::migrate(&config.clickhouse)

@@ -25,6 +25,11 @@ pub struct ConsumerConfig {
     pub session_timeout_ms: u64,
     /// Metric ids remembered to drop client re-sends (about 24 bytes each).
     pub dedup_capacity: usize,
+    /// Which life of the topic this is, when the topic does not outlive the process (the embedded
+    /// broker of `rum standalone`): stored offsets are kept per `topic@incarnation`, so a new
+    /// broker's offsets, which start again at 0, are not mistaken for ones already stored.
+    #[serde(skip)]
+    pub topic_incarnation: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -39,6 +44,7 @@ impl Default for ConsumerConfig {
             retry_max_backoff_ms: 10_000,
             session_timeout_ms: 10_000,
             dedup_capacity: 1_000_000,
+            topic_incarnation: None,
         }
     }
 }

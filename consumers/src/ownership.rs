@@ -12,6 +12,11 @@
 //!    partition's messages still in hand are dropped before the next write, and the new owner reads
 //!    the floor only after the old owner's last INSERT finished.
 //!
+//! The floors assume a topic's offsets only grow. A topic deleted and created again restarts at 0:
+//! give the consumers a new `kafka.topic` then, or they skip the new topic's first messages as
+//! stored. (`rum standalone`, whose embedded broker is new on every start, keeps its floors per
+//! start for this reason: `ConsumerConfig::topic_incarnation`.)
+//!
 //! The remaining window: a process killed while its INSERT is still being processed by ClickHouse,
 //! with the next owner reading the floor before ClickHouse finishes that INSERT. Rejoining the group
 //! takes seconds and an INSERT of a batch milliseconds, so this needs ClickHouse to stall mid-insert

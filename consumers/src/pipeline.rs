@@ -68,6 +68,8 @@ pub struct Consumer {
     ownership: Arc<Mutex<Ownership>>,
     dlq: FutureProducer,
     topic: String,
+    /// The topic name stored with the rows and offsets: its offsets are the floors.
+    stored_topic: String,
     dlq_topic: String,
     clickhouse: rum_clickhouse::Client,
     metrics: Arc<ConsumerMetrics>,
@@ -111,6 +113,10 @@ impl Consumer {
             ownership,
             dlq,
             topic: kafka.topic.clone(),
+            stored_topic: match &config.topic_incarnation {
+                Some(incarnation) => format!("{}@{incarnation}", kafka.topic),
+                None => kafka.topic.clone(),
+            },
             dlq_topic: kafka.dlq_topic.clone(),
             clickhouse: clickhouse.client(),
             metrics,
@@ -253,7 +259,7 @@ impl Consumer {
     async fn try_write(&self, batch: &mut Vec<Consumed>) -> Result<(), String> {
         let missing = self.ownership().floors_missing();
         if !missing.is_empty() {
-            let stored = stored_offsets(&self.clickhouse, &self.topic)
+            let stored = stored_offsets(&self.clickhouse, &self.stored_topic)
                 .await
                 .map_err(|e| {
                     self.metrics.insert_errors.inc();
@@ -312,7 +318,9 @@ impl Consumer {
         let rows: Vec<VitalsRawRow> = batch
             .iter()
             .filter_map(|c| Some((c, c.decoded.as_ref().ok()?)))
-            .flat_map(|(c, msg)| raw_rows(msg, &self.topic, c.partition as u32, c.offset as u64))
+            .flat_map(|(c, msg)| {
+                raw_rows(msg, &self.stored_topic, c.partition as u32, c.offset as u64)
+            })
             .collect();
         insert_raw_rows(&self.clickhouse, &rows)
             .await
