@@ -115,7 +115,7 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
     let mut http_stop = stop_rx.clone();
-    let app = metrics::router(metrics.clone());
+    let app = rum_telemetry::router(metrics.registry.clone());
     let http = tokio::spawn(async move {
         let stopped = async move {
             let _ = http_stop.wait_for(|s| *s).await;

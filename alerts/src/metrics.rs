@@ -1,11 +1,5 @@
 //! The evaluator's Prometheus metrics, in their own registry, and the `/metrics` router.
 
-use std::sync::Arc;
-
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
 
 use crate::evaluate::{Alert, AlertState};
@@ -89,32 +83,6 @@ impl AlertsMetrics {
             self.firing.with_label_values(&[name]).set(n as i64);
         }
     }
-
-    /// The text exposition of every metric.
-    pub fn encode(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-    }
-}
-
-/// `/metrics` and `/healthz`.
-pub fn router(metrics: Arc<AlertsMetrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        metrics.encode(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
 }
 
 #[cfg(test)]
@@ -130,7 +98,7 @@ mod tests {
         m.notification_errors.inc();
         m.evaluation_duration.observe(0.2);
         m.record_firing(&[]);
-        let text = m.encode();
+        let text = rum_telemetry::encode(&m.registry);
         for name in [
             "rum_alerts_evaluations_total",
             "rum_alerts_evaluation_errors_total",

@@ -47,7 +47,7 @@ pub async fn run(
     });
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(async move {
-        let app = metrics::router(metrics);
+        let app = rum_telemetry::router(metrics.registry.clone());
         let stopped = async move {
             let _ = http_stop.wait_for(|s| *s).await;
         };

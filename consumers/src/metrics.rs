@@ -1,11 +1,5 @@
 //! Every metric the consumer exports, registered in one place, and its small HTTP surface.
 
-use std::sync::Arc;
-
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -120,32 +114,6 @@ impl ConsumerMetrics {
             vitals,
         })
     }
-
-    /// The text exposition of every metric.
-    pub fn encode(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-    }
-}
-
-/// `/metrics` and `/healthz`.
-pub fn router(metrics: Arc<ConsumerMetrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-                        metrics.encode(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
 }
 
 #[cfg(test)]

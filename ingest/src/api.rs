@@ -329,11 +329,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .producer_queue_depth
         .set(i64::from(state.publisher.queue_depth()));
-    (
-        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
-        state.metrics.encode(),
-    )
-        .into_response()
+    rum_telemetry::metrics_response(&state.metrics.registry)
 }
 
 #[cfg(test)]

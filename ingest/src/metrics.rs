@@ -107,13 +107,6 @@ impl IngestMetrics {
             ratelimit_resets,
         })
     }
-
-    /// The text exposition of every metric.
-    pub fn encode(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
-    }
 }
 
 #[cfg(test)]
