@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{eventually, rum_output, wait_until_ready, RumProcess};
-use rum_testkit::{free_port, ClickHouseServer, Tansu};
+use common::{eventually, Pipeline};
+use rum_testkit::free_port;
 
 const SITE: &str = "e2e";
 
@@ -92,32 +92,9 @@ fn run_with_timeout(mut command: Command, timeout: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_load_in_chromium_becomes_one_row_per_metric_in_clickhouse() {
     let pre = prerequisites();
-    let tansu = Tansu::start();
-    tansu.create_topic("rum.beacons.v1", 4);
-    tansu.create_topic("rum.beacons.dlq.v1", 1);
-    let clickhouse = ClickHouseServer::start();
-    let ingest_port = free_port().to_string();
-    let consumer_port = free_port().to_string();
     let bundle = pre.bundle.to_str().expect("a UTF-8 path");
-    let env = [
-        ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
-        ("RUM_CLICKHOUSE_URL", clickhouse.url.as_str()),
-        ("RUM_INGEST_PORT", ingest_port.as_str()),
-        ("RUM_INGEST_COLLECTOR_BUNDLE", bundle),
-        ("RUM_CONSUMER_PORT", consumer_port.as_str()),
-        ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
-    ];
-    let migrated = rum_output(&["migrate"], &env);
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
-    let mut ingest = RumProcess::spawn(&["ingest"], &env);
-    let mut consumer = RumProcess::spawn(&["consume"], &env);
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{ingest_port}");
-    wait_until_ready(&http, &base).await;
+    let mut pipeline = Pipeline::start(&[("RUM_INGEST_COLLECTOR_BUNDLE", bundle)]).await;
+    let (http, clickhouse, base) = (&pipeline.http, &pipeline.clickhouse, pipeline.base.clone());
     let script = http.get(format!("{base}/rum.js")).send().await.unwrap();
     assert_eq!(script.status(), 200, "the ingest serves the collector");
 
@@ -204,6 +181,5 @@ async fn a_page_load_in_chromium_becomes_one_row_per_metric_in_clickhouse() {
     let want: Vec<String> = rows.keys().map(|m| format!("{m}\t1")).collect();
     assert_eq!(rollup, want, "vitals_1m has one sample per metric");
 
-    assert!(ingest.terminate(Duration::from_secs(20)).success());
-    assert!(consumer.terminate(Duration::from_secs(20)).success());
+    pipeline.stop();
 }

@@ -5,51 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, rum_output, wait_until_ready, RumProcess};
-use rum_testkit::{free_port, ClickHouseServer, Tansu};
+use common::{eventually, Pipeline};
 
 const BEACON: &str = r#"{"site":"shop","route":"/product/123","device":"mobile","nav_type":"navigate","sample_rate":0.25,"metrics":[{"name":"LCP","value":2310.5,"id":"v5-1700-123","rating":"good"},{"name":"CLS","value":0.31,"id":"v5-1700-124","rating":"good"}]}"#;
 const BARE_METRIC: &str = r#"{"name":"INP","value":612,"rating":"poor","delta":612,"id":"v5-1700-125","navigationType":"reload","route":"/cart/"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_posted_beacon_becomes_rows_in_clickhouse() {
-    let tansu = Tansu::start();
-    tansu.create_topic("rum.beacons.v1", 4);
-    tansu.create_topic("rum.beacons.dlq.v1", 1);
-    let clickhouse = ClickHouseServer::start();
-    let ingest_port = free_port().to_string();
-    let consumer_port = free_port().to_string();
-    let env = [
-        ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
-        ("RUM_CLICKHOUSE_URL", clickhouse.url.as_str()),
-        ("RUM_INGEST_PORT", ingest_port.as_str()),
-        ("RUM_CONSUMER_PORT", consumer_port.as_str()),
-        ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
-    ];
-
-    let migrated = rum_output(&["migrate"], &env);
-    assert!(
-        migrated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&migrated.stderr)
-    );
-    let mut ingest = RumProcess::spawn(&["ingest"], &env);
-    let mut consumer = RumProcess::spawn(&["consume"], &env);
-
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{ingest_port}");
-    wait_until_ready(&http, &base).await;
-
-    let endpoint = format!("{base}/api/v1/observability/web-vitals");
+    let mut pipeline = Pipeline::start(&[]).await;
+    let (http, clickhouse, base) = (&pipeline.http, &pipeline.clickhouse, pipeline.base.clone());
     let post = async |content_type: &str, query: &str, body: &str| {
-        http.post(format!("{endpoint}{query}"))
-            .header("content-type", content_type)
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("POST")
-            .status()
-            .as_u16()
+        pipeline.post(content_type, query, body).await
     };
     assert_eq!(post("text/plain;charset=UTF-8", "", BEACON).await, 204);
     assert_eq!(
@@ -84,7 +50,7 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
         ]
     );
 
-    let consumer_metrics = format!("http://127.0.0.1:{consumer_port}/metrics");
+    let consumer_metrics = pipeline.consumer_metrics.clone();
     eventually(
         "the re-sent metrics to be dropped as duplicates",
         Duration::from_secs(30),
@@ -129,12 +95,5 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
         );
     }
 
-    assert!(
-        ingest.terminate(Duration::from_secs(20)).success(),
-        "ingest exits cleanly on SIGTERM"
-    );
-    assert!(
-        consumer.terminate(Duration::from_secs(20)).success(),
-        "consumer exits cleanly on SIGTERM"
-    );
+    pipeline.stop();
 }

@@ -92,6 +92,88 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -s {name} {pid} failed");
 }
 
+/// The whole pipeline as real processes: tansu (topics created), the ClickHouse server (migrated),
+/// `rum ingest` and `rum consume`, ready to take beacons.
+pub struct Pipeline {
+    pub tansu: rum_testkit::Tansu,
+    pub clickhouse: rum_testkit::ClickHouseServer,
+    pub ingest: RumProcess,
+    pub consumer: RumProcess,
+    pub http: reqwest::Client,
+    /// `http://127.0.0.1:PORT` of the ingest.
+    pub base: String,
+    /// The consumer's `/metrics`.
+    pub consumer_metrics: String,
+}
+
+impl Pipeline {
+    /// Starts everything; `extra_env` adds or overrides `RUM_*` settings of both processes.
+    pub async fn start(extra_env: &[(&str, &str)]) -> Pipeline {
+        let tansu = rum_testkit::Tansu::start();
+        tansu.create_topic("rum.beacons.v1", 4);
+        tansu.create_topic("rum.beacons.dlq.v1", 1);
+        let clickhouse = rum_testkit::ClickHouseServer::start();
+        let ingest_port = rum_testkit::free_port().to_string();
+        let consumer_port = rum_testkit::free_port().to_string();
+        let mut env = vec![
+            ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
+            ("RUM_CLICKHOUSE_URL", clickhouse.url.as_str()),
+            ("RUM_INGEST_PORT", ingest_port.as_str()),
+            ("RUM_CONSUMER_PORT", consumer_port.as_str()),
+            ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
+        ];
+        env.extend_from_slice(extra_env);
+        let migrated = rum_output(&["migrate"], &env);
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+        let ingest = RumProcess::spawn(&["ingest"], &env);
+        let consumer = RumProcess::spawn(&["consume"], &env);
+        let http = reqwest::Client::new();
+        let base = format!("http://127.0.0.1:{ingest_port}");
+        wait_until_ready(&http, &base).await;
+        Pipeline {
+            consumer_metrics: format!("http://127.0.0.1:{consumer_port}/metrics"),
+            tansu,
+            clickhouse,
+            ingest,
+            consumer,
+            http,
+            base,
+        }
+    }
+
+    /// POSTs `body` to the beacon endpoint; the status code.
+    pub async fn post(&self, content_type: &str, query: &str, body: &str) -> u16 {
+        self.http
+            .post(format!(
+                "{}/api/v1/observability/web-vitals{query}",
+                self.base
+            ))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST")
+            .status()
+            .as_u16()
+    }
+
+    /// SIGTERM to the ingest, then the consumer: both must exit 0.
+    pub fn stop(&mut self) {
+        assert!(
+            self.ingest.terminate(Duration::from_secs(20)).success(),
+            "ingest exits cleanly on SIGTERM"
+        );
+        assert!(
+            self.consumer.terminate(Duration::from_secs(20)).success(),
+            "consumer exits cleanly on SIGTERM"
+        );
+    }
+}
+
 /// Waits until the ingest at `base` answers `/readyz` with 200 (Kafka reachable).
 pub async fn wait_until_ready(http: &reqwest::Client, base: &str) {
     eventually(
