@@ -436,10 +436,15 @@ impl Consumer {
             let Offset::Offset(position) = element.offset() else {
                 continue;
             };
-            let watermarks = tokio::task::block_in_place(|| {
+            let fetch = || {
                 self.consumer
                     .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
-            });
+            };
+            // A blocking network call: tell a multi-threaded runtime, which moves other tasks away.
+            let watermarks = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(fetch),
+                _ => fetch(),
+            };
             if let Ok((_, high)) = watermarks {
                 self.metrics
                     .lag
