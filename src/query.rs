@@ -367,19 +367,16 @@ mod tests {
         {
             for v in 1..=100u32 {
                 rows.push(rum_clickhouse::VitalsRawRow {
-                    received_at: (now - 600) as u32 + v,
-                    site: "shop".into(),
-                    route: route.into(),
-                    device: device.into(),
-                    nav_type: "navigate".into(),
-                    metric: "LCP".into(),
-                    value: f64::from(v * 40 * (i as u32 + 1)),
-                    rating: "good".into(),
                     metric_id: format!("{i}-{v}"),
-                    sample_rate: 1.0,
-                    kafka_topic: "rum.beacons.v1".into(),
-                    kafka_partition: 0,
                     kafka_offset: u64::from(v),
+                    ..rum_clickhouse::VitalsRawRow::measured(
+                        "shop",
+                        route,
+                        device,
+                        rum_schemas::MetricName::LCP,
+                        f64::from(v * 40 * (i as u32 + 1)),
+                        (now - 600) as u32 + v,
+                    )
                 });
             }
         }
@@ -434,7 +431,15 @@ mod tests {
             ("product-id", 100)
         );
         assert!((rows[0].p75 - 3000.0).abs() / 3000.0 < 0.005, "{rows:?}");
-        assert_eq!(rows[0].good_share, 1.0);
+        // LCP 40..4000 ms: 62 good (<= 2.5 s), 38 needs improvement, none poor.
+        assert_eq!(
+            (
+                rows[0].good_share,
+                rows[0].needs_improvement_share,
+                rows[0].poor_share
+            ),
+            (0.62, 0.38, 0.0)
+        );
 
         let desktop = query(&["--site", "shop", "--device", "desktop", "--format", "json"])
             .await

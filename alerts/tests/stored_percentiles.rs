@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rum_alerts::{AlertState, AlertsMetrics, Evaluator, Notifier, Rules};
 use rum_clickhouse::{insert_raw_rows, migrate, ClickHouseConfig, VitalsRawRow};
+use rum_schemas::MetricName;
 use rum_testkit::{free_port, Alertmanager, ClickHouseServer};
 
 const STEP: u32 = 300;
@@ -41,19 +42,16 @@ fn samples(
     for minute in (from..to).step_by(MINUTE as usize) {
         for i in 0..per_minute {
             rows.push(VitalsRawRow {
-                received_at: minute + i % MINUTE,
-                site: site.into(),
-                route: route.into(),
-                device: device.into(),
-                nav_type: "navigate".into(),
-                metric: metric.into(),
-                value,
-                rating: "poor".into(),
                 metric_id: format!("v5-{minute}-{i}"),
-                sample_rate: 1.0,
-                kafka_topic: "rum.beacons.v1".into(),
-                kafka_partition: 0,
                 kafka_offset: u64::from(minute) * 100 + u64::from(i),
+                ..VitalsRawRow::measured(
+                    site,
+                    route,
+                    device,
+                    MetricName::parse(metric).expect("a metric name"),
+                    value,
+                    minute + i % MINUTE,
+                )
             });
         }
     }

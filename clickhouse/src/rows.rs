@@ -1,7 +1,8 @@
 //! Row types and inserts.
 
 use clickhouse::Row;
-use rum_schemas::BeaconMessage;
+use rum_schemas::kafka::BEACONS_TOPIC;
+use rum_schemas::{BeaconMessage, MetricName};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -38,6 +39,39 @@ pub struct VitalsRawRow {
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
     pub kafka_offset: u64,
+}
+
+impl VitalsRawRow {
+    /// A row for one metric measured outside a Kafka message (tests, backfills): rating from the
+    /// thresholds, navigation `navigate`, sample rate 1, topic `rum.beacons.v1`, partition and offset 0,
+    /// and an id made of the inputs. Change any field with struct update syntax.
+    pub fn measured(
+        site: &str,
+        route: &str,
+        device: &str,
+        metric: MetricName,
+        value: f64,
+        received_at: u32,
+    ) -> Self {
+        VitalsRawRow {
+            received_at,
+            site: site.into(),
+            route: route.into(),
+            device: device.into(),
+            nav_type: "navigate".into(),
+            metric: metric.as_str().into(),
+            value,
+            rating: metric.rate(value).as_str().into(),
+            metric_id: format!(
+                "{site}-{route}-{device}-{}-{received_at}-{value}",
+                metric.as_str()
+            ),
+            sample_rate: 1.0,
+            kafka_topic: BEACONS_TOPIC.into(),
+            kafka_partition: 0,
+            kafka_offset: 0,
+        }
+    }
 }
 
 /// The rows of one Kafka message, one per metric.

@@ -85,23 +85,16 @@ fn generate() -> (Samples, Vec<VitalsRawRow>) {
                         let at = DAY + minute * 60 + rng.random_range(0..60);
                         values.push(value);
                         rows.push(VitalsRawRow {
-                            received_at: at,
-                            site: "shop".into(),
-                            route: route.into(),
-                            device: device.into(),
-                            nav_type: "navigate".into(),
-                            metric: metric.into(),
-                            value,
-                            rating: MetricName::parse(metric)
-                                .unwrap()
-                                .rate(value)
-                                .as_str()
-                                .into(),
                             metric_id: format!("v5-{}", rows.len()),
-                            sample_rate: 1.0,
-                            kafka_topic: "rum.beacons.v1".into(),
-                            kafka_partition: 0,
                             kafka_offset: rows.len() as u64,
+                            ..VitalsRawRow::measured(
+                                "shop",
+                                route,
+                                device,
+                                MetricName::parse(metric).unwrap(),
+                                value,
+                                at,
+                            )
                         });
                     }
                 }

@@ -31,23 +31,16 @@ fn row_rate(
     sample_rate: f64,
 ) -> VitalsRawRow {
     VitalsRawRow {
-        received_at: at,
-        site: site.into(),
-        route: route.into(),
-        device: device.into(),
-        nav_type: "navigate".into(),
-        metric: metric.into(),
-        value,
-        rating: MetricName::parse(metric)
-            .unwrap()
-            .rate(value)
-            .as_str()
-            .into(),
         metric_id: format!("v5-{at}-{value}"),
         sample_rate,
-        kafka_topic: "rum.beacons.v1".into(),
-        kafka_partition: 0,
-        kafka_offset: 0,
+        ..VitalsRawRow::measured(
+            site,
+            route,
+            device,
+            MetricName::parse(metric).unwrap(),
+            value,
+            at,
+        )
     }
 }
 
