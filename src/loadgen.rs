@@ -4,9 +4,10 @@
 //! slugs), devices are mostly phones, each page load reports 3 to 6 metrics, and values are
 //! log-normal around medians typical of real sites (phones slower than desktops).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
@@ -20,10 +21,18 @@ pub struct Args {
     /// The ingest's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// How many beacons (page loads) to send.
+    /// How many beacons (page loads) to send (ignored with `--duration`).
     #[arg(long, default_value_t = 1000)]
     beacons: u64,
-    /// Requests in flight at once.
+    /// Send for this many seconds instead of a fixed number of beacons.
+    #[arg(long, conflicts_with = "beacons")]
+    duration: Option<f64>,
+    /// Open-loop pacing: start this many beacons a second, on schedule whether or not earlier
+    /// requests have answered (latency counts from the scheduled start). 0: as fast as the
+    /// `--concurrency` connections allow (closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Requests in flight at once (with `--rate`, the most in flight; a late schedule shows as latency).
     #[arg(long, default_value_t = 16)]
     concurrency: u64,
     /// The seed; the same seed sends the same beacons.
@@ -32,6 +41,9 @@ pub struct Args {
     /// The site the beacons belong to.
     #[arg(long, default_value = "demo")]
     site: String,
+    /// Print the summary as one JSON line (rate, counts by status, latency percentiles).
+    #[arg(long)]
+    json: bool,
 }
 
 const PAGES: [&str; 10] = [
@@ -99,10 +111,39 @@ fn round(value: f64) -> f64 {
     (value.min(599_000.0) * 10.0).round() / 10.0
 }
 
+/// What one worker saw.
+#[derive(Default)]
+struct Tally {
+    /// Latency of each 204, in microseconds.
+    accepted_us: Vec<u32>,
+    /// Answers by HTTP status.
+    by_status: BTreeMap<u16, u64>,
+    /// Requests that got no HTTP answer.
+    errors: u64,
+}
+
+/// The `q` quantile (0..=1) of sorted values, nearest rank.
+fn quantile(sorted: &[u32], q: f64) -> Option<u32> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn ms(us: Option<u32>) -> serde_json::Value {
+    us.map_or(serde_json::Value::Null, |us| json!(f64::from(us) / 1000.0))
+}
+
 /// Sends the beacons and prints a one-line summary.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
+    }
+    if let Some(d) = args.duration {
+        if !(d.is_finite() && d > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
     }
     let endpoint = format!(
         "{}/api/v1/observability/web-vitals",
@@ -112,19 +153,36 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     let next = Arc::new(AtomicU64::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    // With --duration and --rate, the schedule itself bounds the count.
+    let limit = match (args.duration, args.rate) {
+        (Some(d), rate) if rate > 0 => (d * rate as f64).ceil() as u64,
+        (Some(_), _) => u64::MAX,
+        (None, _) => args.beacons,
+    };
+    let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency.min(args.beacons.max(1)) {
+    for _ in 0..args.concurrency.min(limit.max(1)) {
         let (client, endpoint, args) = (client.clone(), endpoint.clone(), args.clone());
-        let (next, accepted, failed) = (next.clone(), accepted.clone(), failed.clone());
+        let next = next.clone();
         workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= args.beacons {
+                if n >= limit {
                     break;
                 }
+                let due = if args.rate > 0 {
+                    let due = started + Duration::from_secs_f64(n as f64 / args.rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                } else {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                    now
+                };
                 // Each beacon has its own stream, so the output does not depend on scheduling.
                 let mut rng =
                     StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(n));
@@ -136,34 +194,75 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .send()
                     .await;
                 match sent {
-                    Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => {
-                        accepted.fetch_add(1, Ordering::Relaxed)
-                    }
                     Ok(r) => {
-                        tracing::debug!(status = %r.status(), "beacon not accepted");
-                        failed.fetch_add(1, Ordering::Relaxed)
+                        let status = r.status();
+                        // Read the (small) answer so the connection goes back to the pool.
+                        let _ = r.bytes().await;
+                        if status == reqwest::StatusCode::NO_CONTENT {
+                            let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                            tally.accepted_us.push(us);
+                        } else {
+                            tracing::debug!(status = %status, "beacon not accepted");
+                        }
+                        *tally.by_status.entry(status.as_u16()).or_default() += 1;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "beacon not sent");
-                        failed.fetch_add(1, Ordering::Relaxed)
+                        tally.errors += 1;
                     }
-                };
+                }
             }
+            tally
         }));
     }
+    let mut total = Tally::default();
     for w in workers {
-        w.await.context("a loadgen worker panicked")?;
+        let tally = w.await.context("a loadgen worker panicked")?;
+        total.accepted_us.extend(tally.accepted_us);
+        for (status, count) in tally.by_status {
+            *total.by_status.entry(status).or_default() += count;
+        }
+        total.errors += tally.errors;
     }
     let secs = started.elapsed().as_secs_f64();
-    let (ok, bad) = (
-        accepted.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
-    println!(
-        "loadgen: {ok} beacons accepted (204), {bad} not, in {secs:.2} s ({:.0} beacons/s) to {endpoint}",
-        (ok + bad) as f64 / secs.max(1e-9)
-    );
-    if ok == 0 && args.beacons > 0 {
+    total.accepted_us.sort_unstable();
+    let ok = total.accepted_us.len() as u64;
+    let sent = total.by_status.values().sum::<u64>() + total.errors;
+    let bad = sent - ok;
+    if args.json {
+        let mut status: serde_json::Map<String, serde_json::Value> = total
+            .by_status
+            .iter()
+            .map(|(s, c)| (s.to_string(), json!(c)))
+            .collect();
+        status.insert("error".into(), json!(total.errors));
+        let a = &total.accepted_us;
+        println!(
+            "{}",
+            json!({
+                "url": endpoint,
+                "target_rate": args.rate,
+                "concurrency": args.concurrency,
+                "seconds": secs,
+                "sent": sent,
+                "accepted": ok,
+                "rate": sent as f64 / secs.max(1e-9),
+                "accepted_rate": ok as f64 / secs.max(1e-9),
+                "status": status,
+                "p50_ms": ms(quantile(a, 0.50)),
+                "p90_ms": ms(quantile(a, 0.90)),
+                "p99_ms": ms(quantile(a, 0.99)),
+                "p999_ms": ms(quantile(a, 0.999)),
+                "max_ms": ms(a.last().copied()),
+            })
+        );
+    } else {
+        println!(
+            "loadgen: {ok} beacons accepted (204), {bad} not, in {secs:.2} s ({:.0} beacons/s) to {endpoint}",
+            sent as f64 / secs.max(1e-9)
+        );
+    }
+    if ok == 0 && sent > 0 {
         bail!("no beacon was accepted by {endpoint}");
     }
     Ok(())
@@ -191,5 +290,15 @@ mod tests {
             assert!(v.dropped.is_empty(), "{a}");
             assert!((3..=6).contains(&v.message.metrics.len()), "{a}");
         }
+    }
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50));
+        assert_eq!(quantile(&v, 0.99), Some(99));
+        assert_eq!(quantile(&v, 1.0), Some(100));
+        assert_eq!(quantile(&v, 0.0), Some(1));
+        assert_eq!(quantile(&[], 0.5), None);
     }
 }

@@ -1,5 +1,6 @@
 //! `rum`: the Real User Monitoring pipeline in one binary.
 
+mod bench_floor;
 mod config;
 mod duration;
 mod loadgen;
@@ -42,6 +43,9 @@ enum Command {
     Token(TokenArgs),
     /// Ask ClickHouse for stored percentiles (p75 per route, device and metric).
     Query(query::QueryArgs),
+    /// The floors for `bench/run`: a bare axum 204 handler, or (`--kafka`) a read-and-discard consumer.
+    #[command(hide = true)]
+    BenchFloor(bench_floor::Args),
 }
 
 /// Options of `rum token`.
@@ -119,6 +123,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
         Command::Query(args) => query::run(args, &config.clickhouse).await?,
+        Command::BenchFloor(args) => bench_floor::run(args, stop_channel()).await?,
         Command::Token(args) => {
             let secret = config
                 .ingest

@@ -1,0 +1,112 @@
+//! `rum bench-floor` (hidden): the machine's floor for the ingest benchmark.
+//!
+//! A bare axum handler on the beacon path that reads the whole body and answers 204, with the
+//! same runtime as `rum ingest`. `bench/run` drives it with the same load generator, so the
+//! ratio ingest/floor shows what validation, normalization and Kafka publishing cost.
+//!
+//! With `--kafka BROKERS`, the consumer's floor instead: an rdkafka consumer with the settings of
+//! `rum consume` that reads `--messages N` from the topic, discards them and prints one JSON line.
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::watch;
+
+/// Options of `rum bench-floor`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Listen port.
+    #[arg(long, default_value_t = 8090)]
+    port: u16,
+    /// Read and discard from this Kafka instead of serving HTTP.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// The topic to read (with `--kafka`).
+    #[arg(long, default_value = "rum.beacons.v1")]
+    topic: String,
+    /// Stop after this many messages (with `--kafka`).
+    #[arg(long, default_value_t = 1000)]
+    messages: u64,
+    /// `fetch.wait.max.ms` (with `--kafka`; `rum consume`'s default).
+    #[arg(long, default_value_t = 50)]
+    fetch_wait_max_ms: u64,
+}
+
+async fn accept(body: Bytes) -> StatusCode {
+    std::hint::black_box(body.len());
+    StatusCode::NO_CONTENT
+}
+
+/// Reads `args.messages` messages and discards them; prints rate and timing as one JSON line.
+fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("rum-bench-floor-{}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", args.fetch_wait_max_ms.to_string())
+        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.min.messages", "20000")
+        .create()
+        .context("cannot create the Kafka consumer")?;
+    consumer
+        .subscribe(&[&args.topic])
+        .context("cannot subscribe")?;
+    let (mut count, mut bytes, mut first) = (0u64, 0u64, None);
+    while count < args.messages {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
+                count += 1;
+                bytes += rdkafka::Message::payload(&m).map_or(0, |p| p.len() as u64);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "kafka error"),
+            None => {}
+        }
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!(
+        "{}",
+        serde_json::json!({
+            "messages": count,
+            "bytes": bytes,
+            "seconds_from_first_message": secs,
+            "seconds_from_start": started.elapsed().as_secs_f64(),
+            "rate": count as f64 / secs.max(1e-9),
+        })
+    );
+    Ok(())
+}
+
+/// Serves until SIGINT or SIGTERM (or, with `--kafka`, reads and discards).
+pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if let Some(brokers) = args.kafka.clone() {
+        return tokio::task::spawn_blocking(move || read_and_discard(&brokers, &args))
+            .await
+            .context("the floor consumer panicked")?;
+    }
+    let app = Router::new().route(rum_ingest::BEACON_PATH, post(accept));
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    tracing::info!(addr = %listener.local_addr()?, "bench floor listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("bench floor server failed")
+}
