@@ -18,8 +18,8 @@ pub use config::ClickHouseConfig;
 pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
 pub use offsets::stored_offsets;
 pub use queries::{
-    p75_by_route_device, AnalystQuery, P75Row, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES,
-    RATING_SHARES, WORST_ROUTES,
+    p75_by_route_device, AnalystQuery, P75Row, RatingSharesRow, P75_BY_ROUTE_DEVICE,
+    P75_TREND_HOURLY, QUERIES, RATING_SHARES, WORST_ROUTES,
 };
 pub use retention::{
     active_partitions, apply_retention, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,

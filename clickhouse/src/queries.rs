@@ -75,6 +75,27 @@ fn strip_comments(text: &str) -> String {
         .join("\n")
 }
 
+/// A row of `rating_shares.sql`, in its column order: per metric and device.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct RatingSharesRow {
+    /// The metric name.
+    pub metric: String,
+    /// The device class.
+    pub device: String,
+    /// Samples in the window.
+    pub samples: u64,
+    /// Samples re-weighted by their sample rate: the page loads they stand for.
+    pub estimated_page_loads: f64,
+    /// The share (0..1) of samples rated good.
+    pub good_share: f64,
+    /// The share (0..1) of samples rated needs-improvement.
+    pub needs_improvement_share: f64,
+    /// The share (0..1) of samples rated poor.
+    pub poor_share: f64,
+    /// The p75 from the merged sketches.
+    pub p75: f64,
+}
+
 /// A row of [`p75_by_route_device`] (and of `p75_by_route_device.sql`, in the same column order).
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct P75Row {

@@ -11,8 +11,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Pareto};
 use rum_clickhouse::{
-    exact_quantile, insert_raw_rows, migrate, ClickHouseConfig, P75Row, VitalsRawRow,
-    GAMMA_LITERAL, P75_BY_ROUTE_DEVICE, RATING_SHARES, ZERO_BUCKET,
+    exact_quantile, insert_raw_rows, migrate, ClickHouseConfig, P75Row, RatingSharesRow,
+    VitalsRawRow, GAMMA_LITERAL, P75_BY_ROUTE_DEVICE, RATING_SHARES, ZERO_BUCKET,
 };
 use rum_schemas::MetricName;
 use rum_testkit::ClickHouseServer;
@@ -167,18 +167,6 @@ struct MinuteP75 {
     p75: f64,
 }
 
-#[derive(Debug, Row, Deserialize)]
-struct SharesRow {
-    metric: String,
-    device: String,
-    samples: u64,
-    estimated_page_loads: f64,
-    good_share: f64,
-    needs_improvement_share: f64,
-    poor_share: f64,
-    p75: f64,
-}
-
 #[tokio::test]
 async fn p75_from_sketches_is_within_one_percent_of_the_exact_p75() {
     let (samples, rows) = generate();
@@ -279,7 +267,7 @@ async fn p75_from_sketches_is_within_one_percent_of_the_exact_p75() {
     }
 
     // The whole day with routes merged too (rating_shares.sql: per metric and device).
-    let shares: Vec<SharesRow> = client
+    let shares: Vec<RatingSharesRow> = client
         .query(&RATING_SHARES.sql())
         .bind("shop")
         .bind(DAY)

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use clickhouse::Row;
 use rum_clickhouse::{
     insert_raw_rows, migrate, p75_by_route_device, quantile, sketch_of, AnalystQuery,
-    ClickHouseConfig, P75Row, VitalsRawRow, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES,
-    RATING_SHARES, WORST_ROUTES,
+    ClickHouseConfig, P75Row, RatingSharesRow, VitalsRawRow, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY,
+    QUERIES, RATING_SHARES, WORST_ROUTES,
 };
 use rum_schemas::MetricName;
 use rum_testkit::ClickHouseServer;
@@ -169,18 +169,6 @@ struct WorstRow {
 }
 
 #[derive(Debug, Row, Deserialize)]
-struct SharesRow {
-    metric: String,
-    device: String,
-    samples: u64,
-    estimated_page_loads: f64,
-    good_share: f64,
-    needs_improvement_share: f64,
-    poor_share: f64,
-    p75: f64,
-}
-
-#[derive(Debug, Row, Deserialize)]
 struct TrendRow {
     hour: u32,
     device: String,
@@ -310,7 +298,7 @@ async fn every_query_file_answers_correctly_on_known_data() {
     assert_eq!(top[0].route, "root");
 
     // rating_shares.sql: site, start, end.
-    let shares: Vec<SharesRow> = run(&RATING_SHARES)
+    let shares: Vec<RatingSharesRow> = run(&RATING_SHARES)
         .bind("shop")
         .bind(T0)
         .bind(END)
