@@ -16,6 +16,7 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
 use rum_schemas::{parse_beacon, Device};
+use tokio::sync::Semaphore;
 
 use crate::bots::is_bot;
 use crate::bundle::{CollectorBundle, BUNDLE_PATH};
@@ -37,12 +38,15 @@ pub struct AppState {
     pub metrics: Arc<IngestMetrics>,
     /// The per-client rate limiter, when on.
     pub limiter: Option<Arc<ClientRateLimiter>>,
+    /// One permit per beacon request being processed (`ingest.max_in_flight`).
+    in_flight: Arc<Semaphore>,
     policy: Arc<Policy>,
     bundle: Arc<CollectorBundle>,
 }
 
 /// Settings read on every request.
 struct Policy {
+    max_in_flight: u32,
     max_body_bytes: usize,
     retry_after_secs: u32,
     client_ip: ClientIpResolver,
@@ -72,7 +76,9 @@ impl AppState {
             publisher,
             metrics,
             limiter,
+            in_flight: Arc::new(Semaphore::new(config.max_in_flight as usize)),
             policy: Arc::new(Policy {
+                max_in_flight: config.max_in_flight,
                 max_body_bytes: config.max_body_bytes,
                 retry_after_secs: config.retry_after_secs,
                 client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
@@ -162,9 +168,14 @@ async fn accept(
     query: Option<&HashMap<String, String>>,
     body: Body,
 ) -> Result<String, IngestError> {
+    let policy = &state.policy;
+    // Shed before any work: the permit is held until Kafka has answered.
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| IngestError::Overloaded(policy.retry_after_secs))?;
     let headers = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let policy = &state.policy;
     if let Some(limiter) = &state.limiter {
         let peer = parts
             .extensions
@@ -329,6 +340,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .producer_queue_depth
         .set(i64::from(state.publisher.queue_depth()));
+    let free = state.in_flight.available_permits() as i64;
+    state
+        .metrics
+        .requests_in_flight
+        .set(i64::from(state.policy.max_in_flight) - free);
     rum_telemetry::metrics_response(&state.metrics.registry)
 }
 

@@ -41,6 +41,10 @@ pub struct IngestConfig {
     pub shutdown_flush_ms: u64,
     /// The `Retry-After` seconds sent with 503.
     pub retry_after_secs: u32,
+    /// Beacon requests processed at once; beyond it a request is answered 503 (`overloaded`) at
+    /// once, so overload sheds work instead of queueing it: latency and memory stay bounded.
+    /// Size it about 2 x peak beacons/s x Kafka's acknowledgement time (1,024 covers ~50k/s at 10 ms).
+    pub max_in_flight: u32,
     /// Beacons a second per client address (IPv6: per /64); 0 turns rate limiting off.
     /// Generous by default: carrier-grade NAT puts many phones behind one address.
     pub rate_limit_per_second: u32,
@@ -80,6 +84,7 @@ impl Default for IngestConfig {
             batch_max_messages: 10_000,
             shutdown_flush_ms: 10_000,
             retry_after_secs: 5,
+            max_in_flight: 1_024,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             rate_limit_max_clients: 200_000,
@@ -112,6 +117,7 @@ impl IngestConfig {
             u64::from(self.queue_max_messages),
         )?;
         require_positive("ingest.shutdown_flush_ms", self.shutdown_flush_ms)?;
+        require_positive("ingest.max_in_flight", u64::from(self.max_in_flight))?;
         if self.linger_ms > 1_000 {
             return Err(ConfigError::new("ingest.linger_ms", "must be at most 1000"));
         }

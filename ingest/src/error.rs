@@ -22,6 +22,9 @@ pub enum IngestError {
     /// The query string is not `key=value` pairs.
     #[error("invalid query string")]
     InvalidQuery,
+    /// More than `ingest.max_in_flight` requests are being processed; retry after the given seconds.
+    #[error("overloaded: too many requests in flight")]
+    Overloaded(u32),
     /// The client sent more than its share; retry after the given seconds.
     #[error("rate limit reached")]
     RateLimited(u32),
@@ -50,6 +53,7 @@ impl IngestError {
             IngestError::BodyTooLarge(_) => "body_too_large",
             IngestError::BodyRead(_) => "body_read_error",
             IngestError::InvalidQuery => "invalid_query",
+            IngestError::Overloaded(_) => "overloaded",
             IngestError::RateLimited(_) => "rate_limited",
             IngestError::Bot => "bot",
             IngestError::UnknownSite => "unknown_site",
@@ -68,7 +72,9 @@ impl IngestError {
             IngestError::BodyRead(_) | IngestError::InvalidQuery | IngestError::Beacon(_) => {
                 StatusCode::BAD_REQUEST
             }
-            IngestError::Publish(..) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Publish(..) | IngestError::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             IngestError::Bot => StatusCode::NO_CONTENT,
             IngestError::UnknownSite | IngestError::Token(_) => StatusCode::FORBIDDEN,
@@ -86,7 +92,10 @@ impl IntoResponse for IngestError {
         message.truncate(200);
         let body = serde_json::json!({ "error": self.reason(), "message": message });
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let IngestError::Publish(_, retry_after) | IngestError::RateLimited(retry_after) = self {
+        if let IngestError::Publish(_, retry_after)
+        | IngestError::RateLimited(retry_after)
+        | IngestError::Overloaded(retry_after) = self
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

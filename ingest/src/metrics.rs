@@ -20,6 +20,8 @@ pub struct IngestMetrics {
     pub kafka_produce_errors: IntCounter,
     /// Messages in the producer's queue, sampled at scrape time.
     pub producer_queue_depth: IntGauge,
+    /// Beacon requests being processed, sampled at scrape time (bounded by `ingest.max_in_flight`).
+    pub requests_in_flight: IntGauge,
     /// Time from request to answer on the beacon path.
     pub request_duration: Histogram,
     /// Client addresses the rate limiter remembers.
@@ -66,6 +68,10 @@ impl IngestMetrics {
             "rum_kafka_producer_queue_depth",
             "Messages enqueued in the producer and not yet acknowledged.",
         )?;
+        let requests_in_flight = IntGauge::new(
+            "rum_ingest_requests_in_flight",
+            "Beacon requests being processed (at most ingest.max_in_flight; beyond it 503 overloaded).",
+        )?;
         let request_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "rum_ingest_request_duration_seconds",
@@ -90,6 +96,7 @@ impl IngestMetrics {
         registry.register(Box::new(metrics_dropped.clone()))?;
         registry.register(Box::new(kafka_produce_errors.clone()))?;
         registry.register(Box::new(producer_queue_depth.clone()))?;
+        registry.register(Box::new(requests_in_flight.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(ratelimit_clients.clone()))?;
         registry.register(Box::new(ratelimit_resets.clone()))?;
@@ -102,6 +109,7 @@ impl IngestMetrics {
             metrics_dropped,
             kafka_produce_errors,
             producer_queue_depth,
+            requests_in_flight,
             request_duration,
             ratelimit_clients,
             ratelimit_resets,
@@ -125,7 +133,7 @@ mod tests {
             .inc();
         m.request_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 10);
+        assert_eq!(families.len(), 11);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

@@ -584,3 +584,82 @@ async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
+    let h = Harness::start(|c| {
+        c.max_in_flight = 3;
+        c.delivery_timeout_ms = 3_000;
+    })
+    .await;
+    assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
+    h.tansu.pause();
+    // Three requests hold every permit while they wait for the hung broker...
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let (http, endpoint) = (h.http.clone(), h.endpoint(""));
+            tokio::spawn(async move {
+                http.post(endpoint)
+                    .header("content-type", "text/plain")
+                    .body(beacon(&format!("held{i}")))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    let mut in_flight = 0.0;
+    for _ in 0..50 {
+        in_flight = h.metrics().await["rum_ingest_requests_in_flight"];
+        if in_flight == 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(in_flight, 3.0, "three requests hold the permits");
+    // ...so the next ones are shed (the reason shows it was not a delivery timeout).
+    for i in 0..2 {
+        let shed = h.post("text/plain", "", beacon(&format!("shed{i}"))).await;
+        assert_eq!(shed.status(), 503);
+        assert!(shed.headers().contains_key("retry-after"));
+        let body: serde_json::Value = serde_json::from_slice(&shed.bytes().await.unwrap()).unwrap();
+        assert_eq!(body["error"], "overloaded");
+    }
+    let m = h.metrics().await;
+    assert_eq!(m["rum_beacons_rejected_total{reason=\"overloaded\"}"], 2.0);
+    h.tansu.resume();
+    let mut held_accepted = 0;
+    for w in waiting {
+        let status = w.await.unwrap();
+        assert!(status == 204 || status == 503, "held: {status}");
+        held_accepted += usize::from(status == 204);
+    }
+    // The permits are free again: the ingest accepts, and every 204 is in Kafka, no shed one is.
+    let mut after = false;
+    for attempt in 0..50 {
+        let status = h
+            .post("text/plain", "", beacon(&format!("after{attempt}")))
+            .await
+            .status();
+        if status == 204 {
+            after = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(after, "the ingest accepts again once Kafka is back");
+    let ids: HashSet<String> = h
+        .messages(2 + held_accepted)
+        .into_iter()
+        .map(|(_, m)| m.metrics[0].id.clone())
+        .collect();
+    assert!(ids.contains("warm"), "{ids:?}");
+    assert!(!ids.iter().any(|id| id.starts_with("shed")), "{ids:?}");
+    assert_eq!(
+        ids.iter().filter(|id| id.starts_with("held")).count(),
+        held_accepted,
+        "{ids:?}"
+    );
+    h.shutdown().await;
+}
