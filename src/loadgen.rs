@@ -5,15 +5,23 @@
 //! log-normal around medians typical of real sites (phones slower than desktops).
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper::{header, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal};
+use rum_ingest::BEACON_PATH;
 use serde_json::json;
+use tokio::net::TcpStream;
 
 /// Options of `rum loadgen`.
 #[derive(clap::Args, Debug, Clone)]
@@ -59,12 +67,14 @@ const PAGES: [&str; 10] = [
     "/help/shipping",
 ];
 
-/// One synthetic page load as a beacon v1 body.
-pub fn beacon(rng: &mut impl Rng, site: &str) -> serde_json::Value {
+/// One synthetic page load as a beacon v1 body, appended to `out`. `site_json` is the site as a
+/// JSON string literal. Written directly rather than through `serde_json::Value`, so the generator
+/// costs a fraction of what the server under test does.
+pub fn write_beacon(rng: &mut impl Rng, site_json: &str, out: &mut String) {
     // Popularity falls off with the page's rank (a rough Zipf).
     let rank = ((rng.random::<f64>().powi(2)) * PAGES.len() as f64) as usize;
-    let route = PAGES[rank.min(PAGES.len() - 1)]
-        .replace("{id}", &rng.random_range(1..50_000u32).to_string());
+    let page = PAGES[rank.min(PAGES.len() - 1)];
+    let id: u32 = rng.random_range(1..50_000);
     let device = match rng.random_range(0..100) {
         0..60 => "mobile",
         60..95 => "desktop",
@@ -72,12 +82,33 @@ pub fn beacon(rng: &mut impl Rng, site: &str) -> serde_json::Value {
     };
     let slow = if device == "mobile" { 1.5 } else { 1.0 };
     let id_base: u64 = rng.random();
-    let metric = |name: &str, value: f64| json!({ "name": name, "value": value, "id": format!("v5-{id_base:x}-{name}") });
-    let mut metrics = vec![
-        metric("TTFB", round(lognormal(rng, 350.0 * slow, 0.6))),
-        metric("FCP", round(lognormal(rng, 1100.0 * slow, 0.5))),
-        metric("LCP", round(lognormal(rng, 1900.0 * slow, 0.55))),
-    ];
+    let _ = write!(out, r#"{{"site":{site_json},"route":""#);
+    match page.split_once("{id}") {
+        Some((before, after)) => {
+            let _ = write!(out, "{before}{id}{after}");
+        }
+        None => out.push_str(page),
+    }
+    let _ = write!(out, r#"","device":"{device}","#);
+    let nav_type = if rng.random_bool(0.9) {
+        "navigate"
+    } else {
+        "reload"
+    };
+    let _ = write!(
+        out,
+        r#""nav_type":"{nav_type}","sample_rate":1.0,"metrics":["#
+    );
+    let mut metric = |name: &str, value: f64, first: bool| {
+        let comma = if first { "" } else { "," };
+        let _ = write!(
+            out,
+            r#"{comma}{{"name":"{name}","value":{value},"id":"v5-{id_base:x}-{name}"}}"#
+        );
+    };
+    metric("TTFB", round(lognormal(rng, 350.0 * slow, 0.6)), true);
+    metric("FCP", round(lognormal(rng, 1100.0 * slow, 0.5)), false);
+    metric("LCP", round(lognormal(rng, 1900.0 * slow, 0.55)), false);
     if rng.random_bool(0.8) {
         // CLS: most pages do not shift at all.
         let cls = if rng.random_bool(0.55) {
@@ -85,22 +116,23 @@ pub fn beacon(rng: &mut impl Rng, site: &str) -> serde_json::Value {
         } else {
             lognormal(rng, 0.05, 1.0).min(5.0)
         };
-        metrics.push(metric("CLS", (cls * 10_000.0).round() / 10_000.0));
+        metric("CLS", (cls * 10_000.0).round() / 10_000.0, false);
     }
     if rng.random_bool(0.6) {
-        metrics.push(metric("INP", round(lognormal(rng, 120.0 * slow, 0.8))));
+        metric("INP", round(lognormal(rng, 120.0 * slow, 0.8)), false);
     }
     if rng.random_bool(0.05) {
-        metrics.push(metric("FID", round(lognormal(rng, 20.0 * slow, 0.9))));
+        metric("FID", round(lognormal(rng, 20.0 * slow, 0.9)), false);
     }
-    json!({
-        "site": site,
-        "route": route,
-        "device": device,
-        "nav_type": if rng.random_bool(0.9) { "navigate" } else { "reload" },
-        "sample_rate": 1.0,
-        "metrics": metrics,
-    })
+    out.push_str("]}");
+}
+
+/// Beacon `n` of a seeded run: each beacon has its own random stream, so the output does not
+/// depend on scheduling.
+fn nth_beacon(seed: u64, n: u64, site_json: &str, out: &mut String) {
+    out.clear();
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(n));
+    write_beacon(&mut rng, site_json, out);
 }
 
 fn lognormal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
@@ -135,6 +167,71 @@ fn ms(us: Option<u32>) -> serde_json::Value {
     us.map_or(serde_json::Value::Null, |us| json!(f64::from(us) / 1000.0))
 }
 
+/// The target of the requests: where to connect and what to send as the request target and `Host`.
+struct Target {
+    addr: String,
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> anyhow::Result<Target> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("--url {url:?} is not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!("--url {url:?}: only http:// is supported");
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("--url {url:?} has no host"))?;
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Target {
+            addr: format!("{}:{port}", authority.host()),
+            authority: authority.to_string(),
+            path: format!("{}{BEACON_PATH}", uri.path().trim_end_matches('/')),
+        })
+    }
+}
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+
+/// One keep-alive HTTP/1.1 connection (hyper's low-level client: no pool, no per-request setup).
+async fn connect(addr: &str) -> anyhow::Result<Sender> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// POSTs one beacon on `conn` (connecting first when there is none) and reads the answer.
+async fn post(
+    conn: &mut Option<Sender>,
+    target: &Target,
+    body: Bytes,
+) -> anyhow::Result<StatusCode> {
+    let mut sender = match conn.take() {
+        Some(mut s) => match s.ready().await {
+            Ok(()) => s,
+            Err(_) => connect(&target.addr).await?,
+        },
+        None => connect(&target.addr).await?,
+    };
+    let request = Request::post(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8")
+        .body(Full::new(body))?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    // Read the (small) answer so the connection can carry the next request.
+    response.into_body().collect().await?;
+    *conn = Some(sender);
+    Ok(status)
+}
+
 /// Sends the beacons and prints a one-line summary.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
@@ -145,13 +242,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bail!("--duration must be a positive number of seconds");
         }
     }
-    let endpoint = format!(
-        "{}/api/v1/observability/web-vitals",
-        args.url.trim_end_matches('/')
-    );
-    let client = reqwest::Client::builder()
-        .build()
-        .context("cannot build the HTTP client")?;
+    let target = Arc::new(Target::parse(&args.url)?);
+    let site_json: Arc<str> = serde_json::to_string(&args.site)?.into();
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     // With --duration and --rate, the schedule itself bounds the count.
@@ -163,17 +255,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency.min(limit.max(1)) {
-        let (client, endpoint, args) = (client.clone(), endpoint.clone(), args.clone());
-        let next = next.clone();
+        let (target, site_json, next) = (target.clone(), site_json.clone(), next.clone());
+        let (rate, seed) = (args.rate, args.seed);
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();
+            let mut conn = None;
+            let mut body = String::with_capacity(1024);
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= limit {
                     break;
                 }
-                let due = if args.rate > 0 {
-                    let due = started + Duration::from_secs_f64(n as f64 / args.rate as f64);
+                nth_beacon(seed, n, &site_json, &mut body);
+                let due = if rate > 0 {
+                    let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                     due
                 } else {
@@ -183,32 +278,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     now
                 };
-                // Each beacon has its own stream, so the output does not depend on scheduling.
-                let mut rng =
-                    StdRng::seed_from_u64(args.seed.wrapping_mul(1_000_003).wrapping_add(n));
-                let body = beacon(&mut rng, &args.site).to_string();
-                let sent = client
-                    .post(&endpoint)
-                    .header("content-type", "text/plain;charset=UTF-8")
-                    .body(body)
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) => {
-                        let status = r.status();
-                        // Read the (small) answer so the connection goes back to the pool.
-                        let _ = r.bytes().await;
-                        if status == reqwest::StatusCode::NO_CONTENT {
+                match post(&mut conn, &target, Bytes::from(body.clone())).await {
+                    Ok(status) => {
+                        if status == StatusCode::NO_CONTENT {
                             let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                             tally.accepted_us.push(us);
                         } else {
-                            tracing::debug!(status = %status, "beacon not accepted");
+                            tracing::debug!(%status, "beacon not accepted");
                         }
                         *tally.by_status.entry(status.as_u16()).or_default() += 1;
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "beacon not sent");
                         tally.errors += 1;
+                        // A refused connection must not turn the closed loop into a busy loop.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
@@ -229,6 +313,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ok = total.accepted_us.len() as u64;
     let sent = total.by_status.values().sum::<u64>() + total.errors;
     let bad = sent - ok;
+    let endpoint = format!("http://{}{}", target.authority, target.path);
     if args.json {
         let mut status: serde_json::Map<String, serde_json::Value> = total
             .by_status
@@ -274,21 +359,28 @@ mod tests {
 
     #[test]
     fn same_seed_same_beacon_and_every_beacon_is_valid() {
+        let (mut a, mut b) = (String::new(), String::new());
+        let mut ids = std::collections::HashSet::new();
         for n in 0..500u64 {
-            let a = beacon(&mut StdRng::seed_from_u64(n), "demo");
-            let b = beacon(&mut StdRng::seed_from_u64(n), "demo");
+            nth_beacon(42, n, r#""demo""#, &mut a);
+            nth_beacon(42, n, r#""demo""#, &mut b);
             assert_eq!(a, b);
+            let json: serde_json::Value = serde_json::from_str(&a).expect("valid JSON");
+            assert_eq!(json["site"], "demo");
             let ctx = rum_schemas::beacon::RequestContext {
                 query_site: None,
                 header_device: rum_schemas::Device::Unknown,
                 received_at_ms: 0,
             };
-            let v = rum_schemas::parse_beacon(a.to_string().as_bytes())
+            let v = rum_schemas::parse_beacon(a.as_bytes())
                 .unwrap()
                 .validate(&ctx)
                 .unwrap();
             assert!(v.dropped.is_empty(), "{a}");
             assert!((3..=6).contains(&v.message.metrics.len()), "{a}");
+            for m in &v.message.metrics {
+                assert!(ids.insert(m.id.clone()), "metric ids are unique: {}", m.id);
+            }
         }
     }
 
