@@ -32,6 +32,10 @@ pub struct Args {
     /// Stop after this many messages (with `--kafka`).
     #[arg(long, default_value_t = 1000)]
     messages: u64,
+    /// Also stop once no message has come for this many seconds (with `--kafka`; 0: wait for
+    /// `--messages`). With a large `--messages`, this counts what the topic holds.
+    #[arg(long, default_value_t = 0.0)]
+    idle_secs: f64,
     /// `fetch.wait.max.ms` (with `--kafka`; `rum consume`'s default).
     #[arg(long, default_value_t = 50)]
     fetch_wait_max_ms: u64,
@@ -66,10 +70,19 @@ fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
         .subscribe(&[&args.topic])
         .context("cannot subscribe")?;
     let (mut count, mut bytes, mut first) = (0u64, 0u64, None);
-    while count < args.messages {
+    let idle = (args.idle_secs > 0.0).then(|| Duration::from_secs_f64(args.idle_secs));
+    let mut last = Instant::now();
+    // Before the first message the group is still joining: allow it 30 s more.
+    let quiet_too_long = |idle: Duration, last: Instant, seen: bool| {
+        last.elapsed() >= if seen { idle } else { idle + Duration::from_secs(30) }
+    };
+    while count < args.messages
+        && !idle.is_some_and(|idle| quiet_too_long(idle, last, first.is_some()))
+    {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                first.get_or_insert(last);
                 count += 1;
                 bytes += rdkafka::Message::payload(&m).map_or(0, |p| p.len() as u64);
             }
@@ -77,7 +90,7 @@ fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
             None => {}
         }
     }
-    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     println!(
         "{}",
         serde_json::json!({

@@ -148,6 +148,11 @@ fn round(value: f64) -> f64 {
 struct Tally {
     /// Latency of each 204, in microseconds.
     accepted_us: Vec<u32>,
+    /// Latency of each 204 from the moment it was sent (differs from `accepted_us` when a paced
+    /// generator falls behind its schedule: that lag is the generator's, not the server's).
+    service_us: Vec<u32>,
+    /// Connections opened (more than one a worker: the server closed some).
+    connections: u64,
     /// Answers by HTTP status.
     by_status: BTreeMap<u16, u64>,
     /// Requests that got no HTTP answer.
@@ -161,6 +166,10 @@ fn quantile(sorted: &[u32], q: f64) -> Option<u32> {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     Some(sorted[rank - 1])
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
 fn ms(us: Option<u32>) -> serde_json::Value {
@@ -212,13 +221,18 @@ async fn post(
     conn: &mut Option<Sender>,
     target: &Target,
     body: Bytes,
+    connections: &mut u64,
 ) -> anyhow::Result<StatusCode> {
-    let mut sender = match conn.take() {
-        Some(mut s) => match s.ready().await {
-            Ok(()) => s,
-            Err(_) => connect(&target.addr).await?,
-        },
-        None => connect(&target.addr).await?,
+    let reusable = match conn.take() {
+        Some(mut s) => s.ready().await.is_ok().then_some(s),
+        None => None,
+    };
+    let mut sender = match reusable {
+        Some(s) => s,
+        None => {
+            *connections += 1;
+            connect(&target.addr).await?
+        }
     };
     let request = Request::post(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
@@ -278,11 +292,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                     now
                 };
-                match post(&mut conn, &target, Bytes::from(body.clone())).await {
+                let sent = Instant::now();
+                let body = Bytes::from(body.clone());
+                match post(&mut conn, &target, body, &mut tally.connections).await {
                     Ok(status) => {
                         if status == StatusCode::NO_CONTENT {
-                            let us = due.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                            tally.accepted_us.push(us);
+                            tally.accepted_us.push(micros(due.elapsed()));
+                            tally.service_us.push(micros(sent.elapsed()));
                         } else {
                             tracing::debug!(%status, "beacon not accepted");
                         }
@@ -303,6 +319,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for w in workers {
         let tally = w.await.context("a loadgen worker panicked")?;
         total.accepted_us.extend(tally.accepted_us);
+        total.service_us.extend(tally.service_us);
+        total.connections += tally.connections;
         for (status, count) in tally.by_status {
             *total.by_status.entry(status).or_default() += count;
         }
@@ -310,6 +328,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     total.accepted_us.sort_unstable();
+    total.service_us.sort_unstable();
     let ok = total.accepted_us.len() as u64;
     let sent = total.by_status.values().sum::<u64>() + total.errors;
     let bad = sent - ok;
@@ -339,6 +358,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "p99_ms": ms(quantile(a, 0.99)),
                 "p999_ms": ms(quantile(a, 0.999)),
                 "max_ms": ms(a.last().copied()),
+                "sent_p50_ms": ms(quantile(&total.service_us, 0.50)),
+                "sent_p99_ms": ms(quantile(&total.service_us, 0.99)),
+                "connections": total.connections,
             })
         );
     } else {
