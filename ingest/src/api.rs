@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
-use rum_schemas::{parse_beacon, Device};
+use rum_schemas::{parse_beacon, BeaconMessage, Device};
 use tokio::sync::Semaphore;
 
 use crate::bots::is_bot;
@@ -125,35 +125,33 @@ async fn post_beacon(State(state): State<AppState>, request: Request) -> Respons
     state.metrics.beacons_received.inc();
     let (parts, body) = request.into_parts();
     let query: Option<Query<HashMap<String, String>>> = Query::try_from_uri(&parts.uri).ok();
-    let query_site = query
-        .as_ref()
-        .and_then(|q| q.get("site"))
-        .map(String::as_str);
-    let (site, mut response) =
-        match accept(&state, &parts, query.as_ref().map(|q| &q.0), body).await {
-            Ok(site) => {
-                state.metrics.beacons_accepted.inc();
-                (Some(site), StatusCode::NO_CONTENT.into_response())
+    // Only what the answer needs outlives the request's head: CORS is for browsers that sent an Origin.
+    let cors = parts.headers.get(header::ORIGIN).map(|origin| {
+        let query_site = query.as_ref().and_then(|q| q.get("site")).cloned();
+        (origin.clone(), query_site)
+    });
+    let (site, mut response) = match accept(&state, parts, query, body).await {
+        Ok(site) => {
+            state.metrics.beacons_accepted.inc();
+            (Some(site), StatusCode::NO_CONTENT.into_response())
+        }
+        Err(e) => {
+            state
+                .metrics
+                .beacons_rejected
+                .with_label_values(&[e.reason()])
+                .inc();
+            if matches!(e, IngestError::Publish(..)) {
+                state.metrics.kafka_produce_errors.inc();
+                tracing::warn!(error = %e, "beacon not published");
             }
-            Err(e) => {
-                state
-                    .metrics
-                    .beacons_rejected
-                    .with_label_values(&[e.reason()])
-                    .inc();
-                if matches!(e, IngestError::Publish(..)) {
-                    state.metrics.kafka_produce_errors.inc();
-                    tracing::warn!(error = %e, "beacon not published");
-                }
-                (None, e.into_response())
-            }
-        };
-    add_cors_headers(
-        &state.policy,
-        site.as_deref().or(query_site),
-        &parts.headers,
-        &mut response,
-    );
+            (None, e.into_response())
+        }
+    };
+    if let Some((origin, query_site)) = cors {
+        let site = site.as_deref().or(query_site.as_deref());
+        add_cors_headers(&state.policy, site, &origin, &mut response);
+    }
     state
         .metrics
         .request_duration
@@ -164,8 +162,8 @@ async fn post_beacon(State(state): State<AppState>, request: Request) -> Respons
 /// Validates and publishes one beacon; returns its site.
 async fn accept(
     state: &AppState,
-    parts: &Parts,
-    query: Option<&HashMap<String, String>>,
+    parts: Parts,
+    query: Option<Query<HashMap<String, String>>>,
     body: Body,
 ) -> Result<String, IngestError> {
     let policy = &state.policy;
@@ -174,6 +172,28 @@ async fn accept(
         .in_flight
         .try_acquire()
         .map_err(|_| IngestError::Overloaded(policy.retry_after_secs))?;
+    let message = validate(state, &parts, query.as_ref().map(|q| &q.0), body).await?;
+    // The request's head is not needed while Kafka acknowledges: free it while it is warm in cache.
+    drop((parts, query));
+    state
+        .publisher
+        .publish(&message.key(), &message.encode())
+        .await
+        .map_err(|e| IngestError::Publish(e, policy.retry_after_secs))?;
+    for m in &message.metrics {
+        state.metrics.metric_accepted(m.name);
+    }
+    Ok(message.site)
+}
+
+/// Checks one request (rate limit, content type, bots, body, token, route cap) into the message to publish.
+async fn validate(
+    state: &AppState,
+    parts: &Parts,
+    query: Option<&HashMap<String, String>>,
+    body: Body,
+) -> Result<BeaconMessage, IngestError> {
+    let policy = &state.policy;
     let headers = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(limiter) = &state.limiter {
@@ -229,19 +249,7 @@ async fn accept(
     message.route = policy
         .route_cap
         .apply(&message.site, std::mem::take(&mut message.route));
-    state
-        .publisher
-        .publish(&message.key(), &message.encode())
-        .await
-        .map_err(|e| IngestError::Publish(e, policy.retry_after_secs))?;
-    for m in &message.metrics {
-        state
-            .metrics
-            .metrics_accepted
-            .with_label_values(&[m.name.as_str()])
-            .inc();
-    }
-    Ok(message.site)
+    Ok(message)
 }
 
 /// Answers a CORS preflight for `application/json` beacons: allowed origins get the headers
@@ -252,11 +260,14 @@ async fn preflight(State(state): State<AppState>, uri: Uri, headers: HeaderMap) 
         .as_ref()
         .and_then(|q| q.get("site"))
         .map(String::as_str);
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    match origin {
-        Some(origin) if state.policy.allows_origin(site, origin) => {
+    match headers.get(header::ORIGIN) {
+        Some(origin)
+            if origin
+                .to_str()
+                .is_ok_and(|o| state.policy.allows_origin(site, o)) =>
+        {
             let mut response = StatusCode::NO_CONTENT.into_response();
-            add_cors_headers(&state.policy, site, &headers, &mut response);
+            add_cors_headers(&state.policy, site, origin, &mut response);
             let h = response.headers_mut();
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -280,12 +291,9 @@ async fn preflight(State(state): State<AppState>, uri: Uri, headers: HeaderMap) 
 fn add_cors_headers(
     policy: &Policy,
     site: Option<&str>,
-    request: &HeaderMap,
+    origin: &HeaderValue,
     response: &mut Response,
 ) {
-    let Some(origin) = request.get(header::ORIGIN) else {
-        return;
-    };
     let allowed = origin.to_str().is_ok_and(|o| policy.allows_origin(site, o));
     let h = response.headers_mut();
     h.insert(header::VARY, HeaderValue::from_static("Origin"));

@@ -4,6 +4,8 @@
 //! values matter: every metric is validated on its own and dropped with a reason, and a beacon
 //! with nothing valid left is rejected with a reason.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 use crate::device::Device;
@@ -18,53 +20,97 @@ pub const MAX_METRIC_ID_LEN: usize = 128;
 /// The longest site name.
 pub const MAX_SITE_LEN: usize = 64;
 
-/// One metric as sent, before validation.
+/// One metric as sent, before validation. Strings borrow from the body unless JSON escapes
+/// forced a copy.
 #[derive(Debug, Clone, Deserialize)]
-pub struct RawMetric {
+pub struct RawMetric<'a> {
     /// `LCP`, `INP`, `CLS`, `FCP`, `TTFB` or `FID`.
-    pub name: String,
+    #[serde(borrow)]
+    pub name: Text<'a>,
     /// Milliseconds, or unitless for CLS.
     pub value: f64,
     /// The page-load-unique id `web-vitals` gives each metric; used to remove client duplicates.
-    #[serde(default)]
-    pub id: String,
-    /// The client's rating; the server recomputes it from the thresholds.
-    #[serde(default)]
-    pub rating: Option<String>,
+    #[serde(default, borrow)]
+    pub id: Text<'a>,
+    /// The client's rating (must be a string when present); the server recomputes it from the thresholds.
+    #[serde(default, borrow)]
+    pub rating: Option<Text<'a>>,
 }
 
-/// A parsed beacon in either accepted form, before validation.
+/// A parsed beacon in either accepted form, before validation. Strings borrow from the body.
 #[derive(Debug, Clone, Default)]
-pub struct Beacon {
+pub struct Beacon<'a> {
     /// The site; may also come from the query string.
-    pub site: Option<String>,
+    pub site: Option<Text<'a>>,
     /// The page path or URL, normalized into a slug.
-    pub route: Option<String>,
+    pub route: Option<Text<'a>>,
     /// A device hint from the collector.
-    pub device: Option<String>,
+    pub device: Option<Text<'a>>,
     /// The navigation type (`navigate`, `reload`, ...).
-    pub nav_type: Option<String>,
+    pub nav_type: Option<Text<'a>>,
     /// The share of page loads the collector sampled, in (0, 1].
     pub sample_rate: Option<f64>,
     /// The metrics, unvalidated.
-    pub metrics: Vec<RawMetric>,
+    pub metrics: Vec<RawMetric<'a>>,
+}
+
+/// A JSON string that borrows from the body when it has no escapes (serde's own `Cow<str>` always
+/// copies inside an `Option` or a `Vec`): parsing a beacon allocates for its metrics, not its strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// Both wire forms in one shape: beacon v1 has `metrics`, a bare Metric has `name` and `value`.
 #[derive(Deserialize)]
-struct WireBeacon {
-    site: Option<String>,
-    route: Option<String>,
-    device: Option<String>,
-    nav_type: Option<String>,
-    #[serde(rename = "navigationType")]
-    navigation_type: Option<String>,
+struct WireBeacon<'a> {
+    #[serde(borrow)]
+    site: Option<Text<'a>>,
+    #[serde(borrow)]
+    route: Option<Text<'a>>,
+    #[serde(borrow)]
+    device: Option<Text<'a>>,
+    #[serde(borrow)]
+    nav_type: Option<Text<'a>>,
+    #[serde(rename = "navigationType", borrow)]
+    navigation_type: Option<Text<'a>>,
     sample_rate: Option<f64>,
-    metrics: Option<Vec<RawMetric>>,
-    name: Option<String>,
+    #[serde(borrow)]
+    metrics: Option<Vec<RawMetric<'a>>>,
+    #[serde(borrow)]
+    name: Option<Text<'a>>,
     value: Option<f64>,
-    id: Option<String>,
-    rating: Option<String>,
+    #[serde(borrow)]
+    id: Option<Text<'a>>,
+    #[serde(borrow)]
+    rating: Option<Text<'a>>,
 }
 
 /// Why a whole beacon was rejected.
@@ -160,7 +206,7 @@ pub struct Validated {
 }
 
 /// Parses a body in either wire form. Unknown fields are ignored.
-pub fn parse_beacon(body: &[u8]) -> Result<Beacon, BeaconError> {
+pub fn parse_beacon(body: &[u8]) -> Result<Beacon<'_>, BeaconError> {
     let wire: WireBeacon =
         serde_json::from_slice(body).map_err(|e| BeaconError::Malformed(e.to_string()))?;
     let metrics = match (wire.metrics, wire.name, wire.value) {
@@ -183,7 +229,7 @@ pub fn parse_beacon(body: &[u8]) -> Result<Beacon, BeaconError> {
     })
 }
 
-impl Beacon {
+impl Beacon<'_> {
     /// Validates and normalizes into the message published to Kafka.
     pub fn validate(self, ctx: &RequestContext<'_>) -> Result<Validated, BeaconError> {
         let site = self
@@ -241,7 +287,7 @@ impl Beacon {
 }
 
 /// Checks one metric and recomputes its rating.
-pub fn validate_metric(raw: RawMetric) -> Result<MetricSample, MetricRejection> {
+pub fn validate_metric(raw: RawMetric<'_>) -> Result<MetricSample, MetricRejection> {
     let name = MetricName::parse(&raw.name).ok_or(MetricRejection::UnknownMetric)?;
     check_value(name, raw.value)?;
     if raw.id.len() > MAX_METRIC_ID_LEN {
@@ -251,7 +297,7 @@ pub fn validate_metric(raw: RawMetric) -> Result<MetricSample, MetricRejection> 
         name,
         value: raw.value,
         rating: name.rate(raw.value),
-        id: raw.id,
+        id: raw.id.0.into_owned(),
     })
 }
 

@@ -67,13 +67,23 @@ impl MessageError {
 impl BeaconMessage {
     /// The Kafka key: `site|route|device`, so one route's beacons stay on one partition.
     pub fn key(&self) -> String {
-        format!("{}|{}|{}", self.site, self.route, self.device.as_str())
+        let device = self.device.as_str();
+        let mut key = String::with_capacity(self.site.len() + self.route.len() + device.len() + 2);
+        key.push_str(&self.site);
+        key.push('|');
+        key.push_str(&self.route);
+        key.push('|');
+        key.push_str(device);
+        key
     }
 
     /// Serializes to the message value.
     pub fn encode(&self) -> Vec<u8> {
+        // Sized for a typical message up front: growing the buffer copied it three times.
+        let mut out = Vec::with_capacity(160 + 96 * self.metrics.len());
         // A struct of strings, numbers and enums always serializes.
-        serde_json::to_vec(self).expect("BeaconMessage serializes")
+        serde_json::to_writer(&mut out, self).expect("BeaconMessage serializes");
+        out
     }
 
     /// Decodes a message value and checks its invariants.
