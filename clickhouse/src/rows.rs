@@ -2,7 +2,7 @@
 
 use clickhouse::Row;
 use rum_schemas::kafka::BEACONS_TOPIC;
-use rum_schemas::{BeaconMessage, MetricName};
+use rum_schemas::{BeaconMessage, MetricName, MetricSample};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -74,6 +74,96 @@ impl VitalsRawRow {
     }
 }
 
+/// A row of `vitals_raw` that borrows its strings from the message: what the consumer writes, with
+/// no allocation per row. The same columns in the same order as [`VitalsRawRow`].
+#[derive(Debug, Clone, Copy, PartialEq, Row, Serialize)]
+pub struct VitalsRawRowRef<'a> {
+    /// Unix seconds (ClickHouse `DateTime`) at which the ingest received the beacon.
+    pub received_at: u32,
+    /// The site.
+    pub site: &'a str,
+    /// The route slug.
+    pub route: &'a str,
+    /// The device class.
+    pub device: &'a str,
+    /// The navigation type.
+    pub nav_type: &'a str,
+    /// The metric name.
+    pub metric: &'a str,
+    /// Milliseconds, or unitless for CLS.
+    pub value: f64,
+    /// good, needs-improvement or poor.
+    pub rating: &'a str,
+    /// The client's metric id.
+    pub metric_id: &'a str,
+    /// The collector's sample rate.
+    pub sample_rate: f64,
+    /// The Kafka topic of the message.
+    pub kafka_topic: &'a str,
+    /// The Kafka partition of the message.
+    pub kafka_partition: u32,
+    /// The Kafka offset of the message.
+    pub kafka_offset: u64,
+}
+
+impl VitalsRawRowRef<'_> {
+    /// The owned row.
+    pub fn to_row(&self) -> VitalsRawRow {
+        VitalsRawRow {
+            received_at: self.received_at,
+            site: self.site.into(),
+            route: self.route.into(),
+            device: self.device.into(),
+            nav_type: self.nav_type.into(),
+            metric: self.metric.into(),
+            value: self.value,
+            rating: self.rating.into(),
+            metric_id: self.metric_id.into(),
+            sample_rate: self.sample_rate,
+            kafka_topic: self.kafka_topic.into(),
+            kafka_partition: self.kafka_partition,
+            kafka_offset: self.kafka_offset,
+        }
+    }
+}
+
+/// The row of one metric of a Kafka message, borrowing from it.
+fn raw_row_ref<'a>(
+    msg: &'a BeaconMessage,
+    metric: &'a MetricSample,
+    topic: &'a str,
+    partition: u32,
+    offset: u64,
+) -> VitalsRawRowRef<'a> {
+    VitalsRawRowRef {
+        received_at: u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX),
+        site: &msg.site,
+        route: &msg.route,
+        device: msg.device.as_str(),
+        nav_type: &msg.nav_type,
+        metric: metric.name.as_str(),
+        value: metric.value,
+        rating: metric.rating.as_str(),
+        metric_id: &metric.id,
+        sample_rate: msg.sample_rate,
+        kafka_topic: topic,
+        kafka_partition: partition,
+        kafka_offset: offset,
+    }
+}
+
+/// The rows of one Kafka message, one per metric, borrowing from it.
+pub fn raw_row_refs<'a>(
+    msg: &'a BeaconMessage,
+    topic: &'a str,
+    partition: u32,
+    offset: u64,
+) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
+    msg.metrics
+        .iter()
+        .map(move |m| raw_row_ref(msg, m, topic, partition, offset))
+}
+
 /// The rows of one Kafka message, one per metric.
 pub fn raw_rows<'a>(
     msg: &'a BeaconMessage,
@@ -81,22 +171,7 @@ pub fn raw_rows<'a>(
     partition: u32,
     offset: u64,
 ) -> impl Iterator<Item = VitalsRawRow> + 'a {
-    let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
-    msg.metrics.iter().map(move |m| VitalsRawRow {
-        received_at,
-        site: msg.site.clone(),
-        route: msg.route.clone(),
-        device: msg.device.as_str().to_string(),
-        nav_type: msg.nav_type.clone(),
-        metric: m.name.as_str().to_string(),
-        value: m.value,
-        rating: m.rating.as_str().to_string(),
-        metric_id: m.id.clone(),
-        sample_rate: msg.sample_rate,
-        kafka_topic: topic.to_string(),
-        kafka_partition: partition,
-        kafka_offset: offset,
-    })
+    raw_row_refs(msg, topic, partition, offset).map(|row| row.to_row())
 }
 
 /// Inserts rows into `vitals_raw` in one request.
@@ -115,10 +190,38 @@ pub async fn insert_raw_rows(
     Ok(())
 }
 
+/// A Kafka message to store: the beacon, its partition and its offset.
+pub type RawMessage<'a> = (&'a BeaconMessage, u32, u64);
+
+/// Inserts the rows of `messages` (of `topic`) into `vitals_raw` in one request, each serialized
+/// straight from its message (no row is allocated); returns how many rows were written. Nothing is
+/// sent when there is none.
+pub async fn insert_raw_messages(
+    client: &clickhouse::Client,
+    topic: &str,
+    messages: &[RawMessage<'_>],
+) -> Result<u64, StorageError> {
+    if messages.iter().all(|(msg, _, _)| msg.metrics.is_empty()) {
+        return Ok(0);
+    }
+    let mut insert = client.insert::<VitalsRawRowRef<'_>>(VITALS_RAW).await?;
+    let mut written = 0;
+    for &(msg, partition, offset) in messages {
+        for metric in &msg.metrics {
+            insert
+                .write(&raw_row_ref(msg, metric, topic, partition, offset))
+                .await?;
+            written += 1;
+        }
+    }
+    insert.end().await?;
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rum_schemas::{Device, MetricName, MetricSample, Rating};
+    use rum_schemas::{Device, Rating};
 
     #[test]
     fn one_row_per_metric_with_the_message_position() {
@@ -153,5 +256,18 @@ mod tests {
         );
         assert_eq!((rows[1].kafka_partition, rows[1].kafka_offset), (3, 42));
         assert_eq!(rows[0].device, "tablet");
+        let refs: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", 3, 42).collect();
+        assert_eq!(
+            refs.iter().map(VitalsRawRowRef::to_row).collect::<Vec<_>>(),
+            rows
+        );
+    }
+
+    #[test]
+    fn borrowed_and_owned_rows_have_the_same_columns() {
+        assert_eq!(
+            <VitalsRawRowRef<'_> as Row>::COLUMN_NAMES,
+            <VitalsRawRow as Row>::COLUMN_NAMES
+        );
     }
 }

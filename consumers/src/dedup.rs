@@ -8,14 +8,39 @@
 //! is enough.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 
 use rum_schemas::BeaconMessage;
+
+/// A set of metric-id keys. The keys are already 64-bit hashes, so the set uses them as they are
+/// instead of hashing them again.
+pub type MetricIdSet = HashSet<u64, BuildHasherDefault<KeyHasher>>;
+
+/// The hasher of [`MetricIdSet`]: a `u64` key is its own hash.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+
+    /// Only `u64` keys are hashed here; other input is folded in, never ignored.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+}
 
 /// Recently stored metric ids, as 64-bit hashes of `(site, id)`.
 pub struct SeenMetricIds {
     capacity: usize,
-    set: HashSet<u64>,
+    set: MetricIdSet,
     order: VecDeque<u64>,
 }
 
@@ -24,13 +49,21 @@ impl SeenMetricIds {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            set: HashSet::with_capacity(capacity.min(1 << 20)),
+            set: MetricIdSet::with_capacity_and_hasher(capacity.min(1 << 20), Default::default()),
             order: VecDeque::with_capacity(capacity.min(1 << 20)),
         }
     }
 
+    /// An empty set for the ids of one batch, sized for `metrics` ids (no rehash while it fills).
+    pub fn batch_set(metrics: usize) -> MetricIdSet {
+        MetricIdSet::with_capacity_and_hasher(metrics, Default::default())
+    }
+
+    /// The key of `(site, id)`: SipHash with fixed keys (`DefaultHasher::new()`), 64 bits. It lives
+    /// in memory only. [`SeenMetricIds::drop_seen`] hashes the site once per message and continues
+    /// from a copy of that state for each id, which gives the same key.
+    #[cfg(test)]
     fn key(site: &str, id: &str) -> u64 {
-        // DefaultHasher::new() has fixed keys: the same id hashes the same in every process.
         let mut h = DefaultHasher::new();
         (site, id).hash(&mut h);
         h.finish()
@@ -38,21 +71,25 @@ impl SeenMetricIds {
 
     /// Removes from `message` the metrics stored before or already kept in this batch (`batch`);
     /// returns how many were removed. Metrics without an id are always kept.
-    pub fn drop_seen(&self, message: &mut BeaconMessage, batch: &mut HashSet<u64>) -> usize {
+    pub fn drop_seen(&self, message: &mut BeaconMessage, batch: &mut MetricIdSet) -> usize {
         let before = message.metrics.len();
-        let site = message.site.clone();
+        // `(site, id).hash()` is `site.hash()` then `id.hash()`: the site's part is done once.
+        let mut site = DefaultHasher::new();
+        message.site.hash(&mut site);
         message.metrics.retain(|m| {
             if m.id.is_empty() {
                 return true;
             }
-            let key = Self::key(&site, &m.id);
+            let mut h = site.clone();
+            m.id.hash(&mut h);
+            let key = h.finish();
             !self.set.contains(&key) && batch.insert(key)
         });
         before - message.metrics.len()
     }
 
     /// Remembers the ids of a stored batch.
-    pub fn remember(&mut self, batch: HashSet<u64>) {
+    pub fn remember(&mut self, batch: MetricIdSet) {
         for key in batch {
             if self.set.insert(key) {
                 self.order.push_back(key);
@@ -104,7 +141,7 @@ mod tests {
     #[test]
     fn the_first_value_of_an_id_wins_within_and_across_batches() {
         let mut seen = SeenMetricIds::new(100);
-        let mut batch = HashSet::new();
+        let mut batch = MetricIdSet::default();
         let mut first = message("shop", &["a", "b", ""]);
         let mut again = message("shop", &["a", ""]);
         assert_eq!(seen.drop_seen(&mut first, &mut batch), 0);
@@ -113,15 +150,32 @@ mod tests {
         seen.remember(batch);
         let mut later = message("shop", &["b", "c"]);
         assert_eq!(
-            seen.drop_seen(&mut later, &mut HashSet::new()),
+            seen.drop_seen(&mut later, &mut MetricIdSet::default()),
             1,
             "a later batch"
         );
         let mut other_site = message("blog", &["a"]);
         assert_eq!(
-            seen.drop_seen(&mut other_site, &mut HashSet::new()),
+            seen.drop_seen(&mut other_site, &mut MetricIdSet::default()),
             0,
             "ids are per site"
+        );
+    }
+
+    #[test]
+    fn the_key_is_the_hash_of_site_and_id() {
+        let seen = SeenMetricIds::new(10);
+        let mut batch = SeenMetricIds::batch_set(2);
+        seen.drop_seen(&mut message("shop", &["a", "b"]), &mut batch);
+        let mut expected = MetricIdSet::default();
+        expected.extend([
+            SeenMetricIds::key("shop", "a"),
+            SeenMetricIds::key("shop", "b"),
+        ]);
+        assert_eq!(batch, expected);
+        assert_ne!(
+            SeenMetricIds::key("shop", "ab"),
+            SeenMetricIds::key("shopa", "b")
         );
     }
 
@@ -129,18 +183,18 @@ mod tests {
     fn forgets_the_oldest_ids_beyond_its_capacity() {
         let mut seen = SeenMetricIds::new(2);
         for id in ["a", "b", "c"] {
-            let mut batch = HashSet::new();
+            let mut batch = MetricIdSet::default();
             seen.drop_seen(&mut message("s", &[id]), &mut batch);
             seen.remember(batch);
         }
         assert_eq!(seen.len(), 2);
         assert_eq!(
-            seen.drop_seen(&mut message("s", &["a"]), &mut HashSet::new()),
+            seen.drop_seen(&mut message("s", &["a"]), &mut MetricIdSet::default()),
             0,
             "forgotten"
         );
         assert_eq!(
-            seen.drop_seen(&mut message("s", &["c"]), &mut HashSet::new()),
+            seen.drop_seen(&mut message("s", &["c"]), &mut MetricIdSet::default()),
             1
         );
     }

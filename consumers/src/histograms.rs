@@ -2,8 +2,10 @@
 //! "p75 above the poor threshold" is exact from the buckets: `histogram_quantile` interpolates
 //! only inside a bucket, and a threshold is always a bucket edge.
 
-use prometheus::{HistogramOpts, HistogramVec, Registry};
-use rum_schemas::{BeaconMessage, MetricName};
+use std::collections::HashMap;
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, Registry};
+use rum_schemas::{BeaconMessage, Device, MetricName};
 
 /// The histogram of one metric: its name, unit scale and bucket edges (in the exported unit).
 struct Spec {
@@ -61,6 +63,9 @@ pub struct VitalsHistograms {
     families: Vec<(MetricName, f64, HistogramVec)>,
 }
 
+/// The histograms of one label set, one slot per family, filled when first observed.
+type Children = Vec<Option<Histogram>>;
+
 impl VitalsHistograms {
     /// Builds and registers the five histograms.
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -78,12 +83,31 @@ impl VitalsHistograms {
 
     /// Observes every metric of a stored beacon (FID has no histogram).
     pub fn observe(&self, message: &BeaconMessage) {
-        for sample in &message.metrics {
-            if let Some((_, scale, family)) =
-                self.families.iter().find(|(m, _, _)| *m == sample.name)
-            {
-                family
-                    .with_label_values(&[&message.site, &message.route, message.device.as_str()])
+        self.observe_all([message]);
+    }
+
+    /// Observes every metric of stored beacons. A label set's histograms are looked up in their
+    /// families once per call, not once per metric.
+    pub fn observe_all<'a>(&self, messages: impl IntoIterator<Item = &'a BeaconMessage>) {
+        let mut children: HashMap<(&str, &str, Device), Children> = HashMap::new();
+        for message in messages {
+            let labels = (
+                message.site.as_str(),
+                message.route.as_str(),
+                message.device,
+            );
+            let slots = children
+                .entry(labels)
+                .or_insert_with(|| vec![None; self.families.len()]);
+            for sample in &message.metrics {
+                let Some(i) = self.families.iter().position(|(m, _, _)| *m == sample.name) else {
+                    continue;
+                };
+                let (_, scale, family) = &self.families[i];
+                slots[i]
+                    .get_or_insert_with(|| {
+                        family.with_label_values(&[labels.0, labels.1, labels.2.as_str()])
+                    })
                     .observe(sample.value * scale);
             }
         }

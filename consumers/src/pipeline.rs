@@ -1,7 +1,7 @@
 //! The consume loop: batch, decode, dead-letter, insert exactly once, commit.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -11,7 +11,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use rum_clickhouse::{
-    insert_raw_rows, raw_rows, stored_offsets, ClickHouseConfig, VitalsRawRow, VITALS_RAW,
+    insert_raw_messages, stored_offsets, ClickHouseConfig, RawMessage, VITALS_RAW,
 };
 use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
 use rum_schemas::{BeaconMessage, MessageError};
@@ -66,7 +66,11 @@ struct Stopped;
 pub struct Consumer {
     consumer: StreamConsumer<OwnershipContext>,
     ownership: Arc<Mutex<Ownership>>,
-    dlq: FutureProducer,
+    /// The dead-letter producer's settings, checked at start.
+    dlq_config: ClientConfig,
+    /// The dead-letter producer, created on the first dead letter: an idle producer's poll thread
+    /// still costs CPU, and most runs never see poison.
+    dlq: OnceLock<FutureProducer>,
     topic: String,
     /// The topic name stored with the rows and offsets: its offsets are the floors.
     stored_topic: String,
@@ -104,14 +108,17 @@ impl Consumer {
             .create_with_context(context)?;
         // Not idempotent: a fenced idempotent producer is dead for good, and a dead letter
         // written twice harms nobody.
-        let dlq: FutureProducer = ClientConfig::new()
+        let mut dlq_config = ClientConfig::new();
+        dlq_config
             .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all")
-            .create()?;
+            .set("acks", "all");
+        // A bad setting stops the start, as when the producer was created here.
+        dlq_config.create_native_config()?;
         Ok(Self {
             consumer,
             ownership,
-            dlq,
+            dlq_config,
+            dlq: OnceLock::new(),
             topic: kafka.topic.clone(),
             stored_topic: match &config.topic_incarnation {
                 Some(incarnation) => format!("{}@{incarnation}", kafka.topic),
@@ -161,35 +168,47 @@ impl Consumer {
     /// Collects messages until the batch is full, its first message waited long enough, or stop.
     async fn next_batch(&self, stop: &mut watch::Receiver<bool>) -> (Vec<Consumed>, Instant) {
         let mut batch = Vec::new();
-        let mut started = Instant::now();
         let idle_poll = Duration::from_millis(500);
-        loop {
+        // The first message: no batch yet, so no deadline.
+        let first = loop {
             if *stop.borrow() {
-                break;
-            }
-            let wait = if batch.is_empty() {
-                idle_poll
-            } else {
-                self.batch_max_wait.saturating_sub(started.elapsed())
-            };
-            if wait.is_zero() {
-                break;
+                return (batch, Instant::now());
             }
             tokio::select! {
                 _ = stop.changed() => continue,
-                received = self.receive(wait) => match received {
-                    None if batch.is_empty() => continue,
-                    None => break,
-                    Some(consumed) => {
-                        if batch.is_empty() {
-                            started = Instant::now();
-                        }
-                        batch.push(consumed);
-                        if batch.len() >= self.batch_max_messages {
-                            break;
-                        }
-                    }
+                received = self.receive(idle_poll) => match received {
+                    None => continue,
+                    Some(consumed) => break consumed,
                 }
+            }
+        };
+        let started = Instant::now();
+        batch.push(first);
+        // One deadline for the batch. Messages already fetched are taken without arming a timer
+        // or reading the clock; the clock is read every 64 of them in case they never stop coming.
+        let deadline = started + self.batch_max_wait;
+        let timer = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(timer);
+        while batch.len() < self.batch_max_messages && !*stop.borrow() {
+            if timer.is_elapsed() || (batch.len() % 64 == 0 && Instant::now() >= deadline) {
+                break;
+            }
+            tokio::select! {
+                biased;
+                received = self.consumer.recv() => match received {
+                    Ok(msg) => {
+                        self.metrics.messages_consumed.inc();
+                        batch.push(decode(&msg));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka receive error");
+                        let pause = deadline.min(Instant::now() + Duration::from_millis(200));
+                        tokio::time::sleep_until(pause.into()).await;
+                        break;
+                    }
+                },
+                _ = stop.changed() => {}
+                _ = &mut timer => break,
             }
         }
         (batch, started)
@@ -307,7 +326,12 @@ impl Consumer {
                 .inc();
         }
         // Client re-sends of a metric id: the first stored value wins (see crate::dedup).
-        let mut batch_ids = HashSet::new();
+        let metrics: usize = batch
+            .iter()
+            .filter_map(|c| c.decoded.as_ref().ok())
+            .map(|m| m.metrics.len())
+            .sum();
+        let mut batch_ids = SeenMetricIds::batch_set(metrics);
         let mut duplicates = 0;
         {
             let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,14 +339,19 @@ impl Consumer {
                 duplicates += seen.drop_seen(message, &mut batch_ids);
             }
         }
-        let rows: Vec<VitalsRawRow> = batch
+        // Rows borrow from the batch and are serialized straight into the INSERT; a retry builds
+        // them again from the messages.
+        let messages: Vec<RawMessage<'_>> = batch
             .iter()
-            .filter_map(|c| Some((c, c.decoded.as_ref().ok()?)))
-            .flat_map(|(c, msg)| {
-                raw_rows(msg, &self.stored_topic, c.partition as u32, c.offset as u64)
+            .filter_map(|c| {
+                Some((
+                    c.decoded.as_ref().ok()?,
+                    c.partition as u32,
+                    c.offset as u64,
+                ))
             })
             .collect();
-        insert_raw_rows(&self.clickhouse, &rows)
+        let inserted = insert_raw_messages(&self.clickhouse, &self.stored_topic, &messages)
             .await
             .map_err(|e| {
                 self.metrics.insert_errors.inc();
@@ -331,7 +360,7 @@ impl Consumer {
         self.metrics
             .rows_inserted
             .with_label_values(&[VITALS_RAW])
-            .inc_by(rows.len() as u64);
+            .inc_by(inserted);
         self.metrics.metrics_deduplicated.inc_by(duplicates as u64);
         self.seen
             .lock()
@@ -340,10 +369,11 @@ impl Consumer {
         let mut ownership = self.ownership();
         for c in batch.iter() {
             ownership.advance(c.partition, c.offset);
-            if let Ok(message) = &c.decoded {
-                self.metrics.vitals.observe(message);
-            }
         }
+        drop(ownership);
+        self.metrics
+            .vitals
+            .observe_all(batch.iter().filter_map(|c| c.decoded.as_ref().ok()));
         Ok(())
     }
 
@@ -358,11 +388,24 @@ impl Consumer {
         if let Some(key) = &poison.key {
             record = record.key(key);
         }
-        self.dlq
+        self.dlq_producer()?
             .send(record, Duration::from_secs(10))
             .await
             .map(|_| ())
             .map_err(|(e, _)| format!("dead-letter: {e}"))
+    }
+
+    /// The dead-letter producer, created on first use. Failing to create it fails this attempt,
+    /// which is retried like any other.
+    fn dlq_producer(&self) -> Result<&FutureProducer, String> {
+        if let Some(producer) = self.dlq.get() {
+            return Ok(producer);
+        }
+        let producer: FutureProducer = self
+            .dlq_config
+            .create()
+            .map_err(|e| format!("dead-letter producer: {e}"))?;
+        Ok(self.dlq.get_or_init(|| producer))
     }
 
     fn owned_list(&self) -> TopicPartitionList {
