@@ -74,7 +74,12 @@ fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
     let mut last = Instant::now();
     // Before the first message the group is still joining: allow it 30 s more.
     let quiet_too_long = |idle: Duration, last: Instant, seen: bool| {
-        last.elapsed() >= if seen { idle } else { idle + Duration::from_secs(30) }
+        last.elapsed()
+            >= if seen {
+                idle
+            } else {
+                idle + Duration::from_secs(30)
+            }
     };
     while count < args.messages
         && !idle.is_some_and(|idle| quiet_too_long(idle, last, first.is_some()))
