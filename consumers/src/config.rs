@@ -25,10 +25,10 @@ pub struct ConsumerConfig {
     pub session_timeout_ms: u64,
     /// Metric ids remembered to drop client re-sends (about 24 bytes each).
     pub dedup_capacity: usize,
-    /// Which life of the topic this is, when the topic does not outlive the process (the embedded
-    /// broker of `rum standalone`): stored offsets are kept per `topic@incarnation`, so a new
-    /// broker's offsets, which start again at 0, are not mistaken for ones already stored.
-    #[serde(skip)]
+    /// Which life of the topic this is. Set a new value after the topic was deleted and created
+    /// again (its offsets start again at 0), and `rum standalone` sets one for its embedded broker:
+    /// stored offsets are kept per `topic@incarnation`, so the new topic's offsets are not mistaken
+    /// for ones already stored. `[a-z0-9._-]`, at most 64 characters.
     pub topic_incarnation: Option<String>,
 }
 
@@ -67,6 +67,18 @@ impl ConsumerConfig {
         require_positive("consumer.fetch_wait_max_ms", self.fetch_wait_max_ms)?;
         require_positive("consumer.retry_max_backoff_ms", self.retry_max_backoff_ms)?;
         require_positive("consumer.dedup_capacity", self.dedup_capacity as u64)?;
+        if let Some(incarnation) = &self.topic_incarnation {
+            let valid = (1..=64).contains(&incarnation.len())
+                && incarnation.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                });
+            if !valid {
+                return Err(ConfigError::new(
+                    "consumer.topic_incarnation",
+                    "must be [a-z0-9._-], 1 to 64 characters",
+                ));
+            }
+        }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             return Err(ConfigError::new(
                 "consumer.session_timeout_ms",
@@ -89,5 +101,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "consumer.batch_max_messages");
+        for bad in ["", "Two Words", &"x".repeat(65)] {
+            let c = ConsumerConfig {
+                topic_incarnation: Some(bad.to_string()),
+                ..Default::default()
+            };
+            assert_eq!(c.validate().unwrap_err().key, "consumer.topic_incarnation");
+        }
+        let c = ConsumerConfig {
+            topic_incarnation: Some("2026-11-28.b".into()),
+            ..Default::default()
+        };
+        c.validate().unwrap();
     }
 }
