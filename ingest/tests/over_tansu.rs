@@ -108,6 +108,32 @@ impl Harness {
             .collect()
     }
 
+    /// POSTs the beacon with metric id `id` in a task of its own (for requests that wait on a hung broker).
+    fn spawn_post(&self, id: String) -> tokio::task::JoinHandle<reqwest::StatusCode> {
+        let (http, endpoint) = (self.http.clone(), self.endpoint(""));
+        tokio::spawn(async move {
+            http.post(endpoint)
+                .header("content-type", "text/plain")
+                .body(beacon(&id))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    }
+
+    /// POSTs beacons `{prefix}0`, `{prefix}1`, ... until one is accepted (for up to 10 s); returns its id.
+    async fn post_until_accepted(&self, prefix: &str) -> Option<String> {
+        for attempt in 0..50 {
+            let id = format!("{prefix}{attempt}");
+            if self.post("text/plain", "", beacon(&id)).await.status() == 204 {
+                return Some(id);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        None
+    }
+
     /// Every message on the beacons topic, read until `expected` are seen or the topic is quiet.
     fn messages(&self, expected: usize) -> Vec<(String, BeaconMessage)> {
         read_topic(&self.tansu.brokers, expected)
@@ -510,19 +536,10 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
     assert_eq!(during.status(), 503);
     assert!(during.headers().contains_key("retry-after"));
     h.tansu.resume();
-    let mut after = None;
-    for attempt in 0..50 {
-        let status = h
-            .post("text/plain", "", beacon(&format!("after{attempt}")))
-            .await
-            .status();
-        if status == 204 {
-            after = Some(format!("after{attempt}"));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let after = after.expect("the ingest accepts again once Kafka is back");
+    let after = h
+        .post_until_accepted("after")
+        .await
+        .expect("the ingest accepts again once Kafka is back");
     let ids: HashSet<String> = h
         .messages(2)
         .into_iter()
@@ -548,21 +565,7 @@ async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
     assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
     h.tansu.pause();
     // Two beacons wait in the producer's queue for the hung broker...
-    let waiting: Vec<_> = (0..2)
-        .map(|i| {
-            let (http, endpoint) = (h.http.clone(), h.endpoint(""));
-            tokio::spawn(async move {
-                let body = beacon(&format!("queued{i}"));
-                http.post(endpoint)
-                    .header("content-type", "text/plain")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
-        .collect();
+    let waiting: Vec<_> = (0..2).map(|i| h.spawn_post(format!("queued{i}"))).collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // ...so the next one is refused at once instead of queueing without bound.
     let full = h.post("text/plain", "", beacon("refused")).await;
@@ -595,20 +598,7 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
     assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
     h.tansu.pause();
     // Three requests hold every permit while they wait for the hung broker...
-    let waiting: Vec<_> = (0..3)
-        .map(|i| {
-            let (http, endpoint) = (h.http.clone(), h.endpoint(""));
-            tokio::spawn(async move {
-                http.post(endpoint)
-                    .header("content-type", "text/plain")
-                    .body(beacon(&format!("held{i}")))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-            })
-        })
-        .collect();
+    let waiting: Vec<_> = (0..3).map(|i| h.spawn_post(format!("held{i}"))).collect();
     let mut in_flight = 0.0;
     for _ in 0..50 {
         in_flight = h.metrics().await["rum_ingest_requests_in_flight"];
@@ -636,19 +626,10 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
         held_accepted += usize::from(status == 204);
     }
     // The permits are free again: the ingest accepts, and every 204 is in Kafka, no shed one is.
-    let mut after = false;
-    for attempt in 0..50 {
-        let status = h
-            .post("text/plain", "", beacon(&format!("after{attempt}")))
-            .await
-            .status();
-        if status == 204 {
-            after = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(after, "the ingest accepts again once Kafka is back");
+    assert!(
+        h.post_until_accepted("after").await.is_some(),
+        "the ingest accepts again once Kafka is back"
+    );
     let ids: HashSet<String> = h
         .messages(2 + held_accepted)
         .into_iter()
