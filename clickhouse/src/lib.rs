@@ -25,8 +25,8 @@ pub use retention::{
     active_partitions, apply_retention, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
 };
 pub use rows::{
-    insert_raw_messages, insert_raw_rows, raw_row_refs, raw_rows, RawMessage, VitalsRawRow,
-    VitalsRawRowRef, VITALS_RAW,
+    insert_raw_messages, insert_raw_rows, raw_row_refs, RawMessage, VitalsRawRow, VitalsRawRowRef,
+    VITALS_RAW,
 };
 pub use sketch::{
     bucket_of, exact_quantile, quantile, sketch_of, value_of_bucket, GAMMA, GAMMA_LITERAL,

@@ -2,7 +2,7 @@
 
 use clickhouse::Row;
 use rum_schemas::kafka::BEACONS_TOPIC;
-use rum_schemas::{BeaconMessage, MetricName, MetricSample};
+use rum_schemas::{BeaconMessage, MetricName};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -106,37 +106,16 @@ pub struct VitalsRawRowRef<'a> {
     pub kafka_offset: u64,
 }
 
-impl VitalsRawRowRef<'_> {
-    /// The owned row.
-    pub fn to_row(&self) -> VitalsRawRow {
-        VitalsRawRow {
-            received_at: self.received_at,
-            site: self.site.into(),
-            route: self.route.into(),
-            device: self.device.into(),
-            nav_type: self.nav_type.into(),
-            metric: self.metric.into(),
-            value: self.value,
-            rating: self.rating.into(),
-            metric_id: self.metric_id.into(),
-            sample_rate: self.sample_rate,
-            kafka_topic: self.kafka_topic.into(),
-            kafka_partition: self.kafka_partition,
-            kafka_offset: self.kafka_offset,
-        }
-    }
-}
-
-/// The row of one metric of a Kafka message, borrowing from it.
-fn raw_row_ref<'a>(
+/// The rows of one Kafka message, one per metric, borrowing from it.
+pub fn raw_row_refs<'a>(
     msg: &'a BeaconMessage,
-    metric: &'a MetricSample,
     topic: &'a str,
     partition: u32,
     offset: u64,
-) -> VitalsRawRowRef<'a> {
-    VitalsRawRowRef {
-        received_at: u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX),
+) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
+    let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
+    msg.metrics.iter().map(move |metric| VitalsRawRowRef {
+        received_at,
         site: &msg.site,
         route: &msg.route,
         device: msg.device.as_str(),
@@ -149,29 +128,7 @@ fn raw_row_ref<'a>(
         kafka_topic: topic,
         kafka_partition: partition,
         kafka_offset: offset,
-    }
-}
-
-/// The rows of one Kafka message, one per metric, borrowing from it.
-pub fn raw_row_refs<'a>(
-    msg: &'a BeaconMessage,
-    topic: &'a str,
-    partition: u32,
-    offset: u64,
-) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
-    msg.metrics
-        .iter()
-        .map(move |m| raw_row_ref(msg, m, topic, partition, offset))
-}
-
-/// The rows of one Kafka message, one per metric.
-pub fn raw_rows<'a>(
-    msg: &'a BeaconMessage,
-    topic: &'a str,
-    partition: u32,
-    offset: u64,
-) -> impl Iterator<Item = VitalsRawRow> + 'a {
-    raw_row_refs(msg, topic, partition, offset).map(|row| row.to_row())
+    })
 }
 
 /// Inserts rows into `vitals_raw` in one request.
@@ -207,10 +164,8 @@ pub async fn insert_raw_messages(
     let mut insert = client.insert::<VitalsRawRowRef<'_>>(VITALS_RAW).await?;
     let mut written = 0;
     for &(msg, partition, offset) in messages {
-        for metric in &msg.metrics {
-            insert
-                .write(&raw_row_ref(msg, metric, topic, partition, offset))
-                .await?;
+        for row in raw_row_refs(msg, topic, partition, offset) {
+            insert.write(&row).await?;
             written += 1;
         }
     }
@@ -221,7 +176,7 @@ pub async fn insert_raw_messages(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rum_schemas::{Device, Rating};
+    use rum_schemas::{Device, MetricSample, Rating};
 
     #[test]
     fn one_row_per_metric_with_the_message_position() {
@@ -247,20 +202,13 @@ mod tests {
                 },
             ],
         };
-        let rows: Vec<_> = raw_rows(&msg, "rum.beacons.v1", 3, 42).collect();
+        let rows: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", 3, 42).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].received_at, 1_700_000_000);
-        assert_eq!(
-            (rows[1].metric.as_str(), rows[1].rating.as_str()),
-            ("CLS", "poor")
-        );
+        assert_eq!((rows[1].metric, rows[1].rating), ("CLS", "poor"));
         assert_eq!((rows[1].kafka_partition, rows[1].kafka_offset), (3, 42));
         assert_eq!(rows[0].device, "tablet");
-        let refs: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", 3, 42).collect();
-        assert_eq!(
-            refs.iter().map(VitalsRawRowRef::to_row).collect::<Vec<_>>(),
-            rows
-        );
+        assert_eq!((rows[0].metric_id, rows[1].metric_id), ("a", "b"));
     }
 
     #[test]

@@ -81,13 +81,8 @@ impl VitalsHistograms {
         Ok(Self { families })
     }
 
-    /// Observes every metric of a stored beacon (FID has no histogram).
-    pub fn observe(&self, message: &BeaconMessage) {
-        self.observe_all([message]);
-    }
-
-    /// Observes every metric of stored beacons. A label set's histograms are looked up in their
-    /// families once per call, not once per metric.
+    /// Observes every metric of stored beacons (FID has no histogram). A label set's histograms
+    /// are looked up in their families once per call, not once per metric.
     pub fn observe_all<'a>(&self, messages: impl IntoIterator<Item = &'a BeaconMessage>) {
         let mut children: HashMap<(&str, &str, Device), Children> = HashMap::new();
         for message in messages {

@@ -137,7 +137,7 @@ mod tests {
                 {"name":"TTFB","value":1,"id":"e","rating":"good"}]}"#,
         )
         .unwrap();
-        m.vitals.observe(&msg);
+        m.vitals.observe_all([&msg]);
         let families = m.registry.gather();
         assert_eq!(families.len(), 14);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));

@@ -122,9 +122,7 @@ impl IngestMetrics {
             ratelimit_resets,
         })
     }
-}
 
-impl IngestMetrics {
     /// Counts one published metric.
     pub fn metric_accepted(&self, name: MetricName) {
         self.metrics_accepted_by_name[name as usize].inc();
