@@ -45,19 +45,16 @@ unreachable, a query fails, the tables are missing, or no group reached --min-sa
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 import urllib.error
-import urllib.parse
-import urllib.request
+
+from benchlib import ClickHouse, QueryError, nearest_rank, sql_string
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUERY_FILE = os.path.join(REPO, "clickhouse", "queries", "p75_by_route_device.sql")
 HTTP_TIMEOUT = 600.0
-# Direct connections only: an http_proxy in the environment must not capture 127.0.0.1.
-urllib.request.install_opener(urllib.request.build_opener(urllib.request.ProxyHandler({})))
 # The exact nearest-rank p75 (rum_clickhouse::exact_quantile), per group.
 EXACT_P75 = "arraySort(groupArray(value))[toUInt64(ceil(0.75 * count()))]"
 
@@ -67,29 +64,15 @@ def die(msg):
     sys.exit(1)
 
 
-def sql_string(s):
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-class ClickHouse:
-    def __init__(self, url):
-        self.base = url
-        self.url = url.rstrip("/") + "/?" + urllib.parse.urlencode({"database": "rum"})
-
-    def rows(self, sql):
-        """Runs sql (without a FORMAT clause); returns a list of dicts (JSONEachRow)."""
-        req = urllib.request.Request(
-            self.url, data=(sql + "\nFORMAT JSONEachRow").encode(), method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace").strip()
-            die(f"ClickHouse query failed (HTTP {e.code}): {detail[:600]}\n  query: {sql[:400]}")
-        except (urllib.error.URLError, OSError) as e:
-            die(f"ClickHouse at {self.base} is unreachable: {getattr(e, 'reason', e)}")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+def rows(ch, sql):
+    """Runs sql (without a FORMAT clause) on ch; returns a list of dicts (JSONEachRow)."""
+    try:
+        text = ch.query(sql + "\nFORMAT JSONEachRow", timeout=HTTP_TIMEOUT)
+    except QueryError as e:
+        die(f"ClickHouse query failed (HTTP {e.code}): {e.detail[:600]}\n  query: {sql[:400]}")
+    except (urllib.error.URLError, OSError) as e:
+        die(f"ClickHouse at {ch.base} is unreachable: {getattr(e, 'reason', e)}")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def product_query():
@@ -113,13 +96,6 @@ def bind(sql, *values):
         out.append(sql_string(value) if isinstance(value, str) else str(int(value)))
         out.append(part)
     return "".join(out)
-
-
-def nearest_rank(sorted_values, q):
-    if not sorted_values:
-        return None
-    rank = min(max(math.ceil(q * len(sorted_values)), 1), len(sorted_values))
-    return sorted_values[rank - 1]
 
 
 class Tally:
@@ -187,10 +163,10 @@ def main():
     if args.min_samples < 1 or args.min_samples_minute < 1:
         parser.error("--min-samples and --min-samples-minute must be at least 1")
 
-    ch = ClickHouse(args.clickhouse)
+    ch = ClickHouse(args.clickhouse, database="rum")
     tables = {
         r["name"]
-        for r in ch.rows("SELECT name FROM system.tables WHERE database = 'rum'")
+        for r in rows(ch, "SELECT name FROM system.tables WHERE database = 'rum'")
     }
     missing = {"vitals_raw", "vitals_1m"} - tables
     if missing:
@@ -200,7 +176,7 @@ def main():
 
     spans = {
         r["site"]: (int(r["first"]), int(r["last"]))
-        for r in ch.rows(
+        for r in rows(ch, 
             "SELECT site, toUInt32(min(minute)) AS first, toUInt32(max(minute)) AS last "
             "FROM vitals_1m GROUP BY site ORDER BY site"
         )
@@ -217,14 +193,14 @@ def main():
         whole.windows += 1
         exact = {
             (r["route"], r["device"], r["metric"]): (int(r["n"]), float(r["p75"]))
-            for r in ch.rows(
+            for r in rows(ch, 
                 f"SELECT route, device, metric, count() AS n, {EXACT_P75} AS p75 FROM vitals_raw "
                 f"WHERE site = {sql_string(site)} AND received_at >= toDateTime({start}) "
                 f"AND received_at < toDateTime({end}) "
                 f"GROUP BY route, device, metric HAVING n >= {args.min_samples}"
             )
         }
-        for r in ch.rows(bind(query, site, start, end)):
+        for r in rows(ch, bind(query, site, start, end)):
             key = (r["route"], r["device"], r["metric"])
             if key in exact:
                 n, p75 = exact.pop(key)
@@ -235,7 +211,7 @@ def main():
         # Single minutes: the same query file once per stored minute, against one exact pass per minute.
         exact = {
             (int(r["m"]), r["route"], r["device"], r["metric"]): (int(r["n"]), float(r["p75"]))
-            for r in ch.rows(
+            for r in rows(ch, 
                 f"SELECT toUInt32(toStartOfMinute(received_at)) AS m, route, device, metric, count() AS n, "
                 f"{EXACT_P75} AS p75 FROM vitals_raw "
                 f"WHERE site = {sql_string(site)} AND received_at >= toDateTime({start}) "
@@ -245,7 +221,7 @@ def main():
         }
         for m in sorted({k[0] for k in exact}):
             minutes.windows += 1
-            for r in ch.rows(bind(query, site, m, m + 60)):
+            for r in rows(ch, bind(query, site, m, m + 60)):
                 key = (m, r["route"], r["device"], r["metric"])
                 if key in exact:
                     n, p75 = exact.pop(key)

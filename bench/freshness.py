@@ -39,7 +39,6 @@ ClickHouse is unreachable or not ready, rum.vitals_1m does not exist, or no prob
 
 import argparse
 import json
-import math
 import random
 import sys
 import threading
@@ -47,11 +46,11 @@ import time
 import urllib.error
 import urllib.request
 
+from benchlib import ClickHouse, nearest_rank, sql_string
+
 BEACON_PATH = "/api/v1/observability/web-vitals"
 USER_AGENT = "rum-bench-freshness/1"  # no bot marker: the ingest drops known bots' beacons
 HTTP_TIMEOUT = 10.0
-# Direct connections only: an http_proxy in the environment must not capture 127.0.0.1.
-urllib.request.install_opener(urllib.request.build_opener(urllib.request.ProxyHandler({})))
 
 
 def die(msg):
@@ -66,31 +65,6 @@ def letters(n, width):
         n, r = divmod(n, 26)
         out.append(chr(ord("a") + r))
     return "".join(reversed(out))
-
-
-def nearest_rank(sorted_values, q):
-    if not sorted_values:
-        return None
-    rank = min(max(math.ceil(q * len(sorted_values)), 1), len(sorted_values))
-    return sorted_values[rank - 1]
-
-
-def sql_string(s):
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-class ClickHouse:
-    def __init__(self, url):
-        self.url = url.rstrip("/") + "/"
-
-    def query(self, sql, timeout=HTTP_TIMEOUT):
-        req = urllib.request.Request(self.url, data=sql.encode(), method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return resp.read().decode()
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace").strip().splitlines()
-            raise RuntimeError(f"HTTP {e.code}: {detail[0] if detail else ''}") from None
 
 
 def post_probe(url, body):
