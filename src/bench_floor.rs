@@ -117,7 +117,8 @@ pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<
             .context("the floor consumer panicked")?;
     }
     let app = Router::new().route(rum_ingest::BEACON_PATH, post(accept));
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+    // The same backlog as the ingest's, so both see the same connection bursts.
+    let listener = rum_ingest::listen(&format!("{}:{}", args.host, args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     tracing::info!(addr = %listener.local_addr()?, "bench floor listening");

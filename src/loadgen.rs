@@ -246,6 +246,15 @@ async fn post(
     Ok(status)
 }
 
+/// How many beacons a run sends at most (with `--duration` and `--rate`, the schedule's count).
+fn limit_of(args: &Args) -> u64 {
+    match (args.duration, args.rate) {
+        (Some(d), rate) if rate > 0 => (d * rate as f64).ceil() as u64,
+        (Some(_), _) => u64::MAX,
+        (None, _) => args.beacons,
+    }
+}
+
 /// Sends the beacons and prints a one-line summary.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.concurrency == 0 {
@@ -259,21 +268,33 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let target = Arc::new(Target::parse(&args.url)?);
     let site_json: Arc<str> = serde_json::to_string(&args.site)?.into();
     let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    // With --duration and --rate, the schedule itself bounds the count.
-    let limit = match (args.duration, args.rate) {
-        (Some(d), rate) if rate > 0 => (d * rate as f64).ceil() as u64,
-        (Some(_), _) => u64::MAX,
-        (None, _) => args.beacons,
+    let workers = args.concurrency.min(limit_of(&args).max(1));
+    // Every connection is opened before the clock starts: a storm of handshakes is the generator's
+    // start-up, not the server's steady state (a paced run would count it as latency).
+    let mut opened = Vec::with_capacity(workers as usize);
+    for handshake in (0..workers)
+        .map(|_| {
+            let target = target.clone();
+            tokio::spawn(async move { connect(&target.addr).await.ok() })
+        })
+        .collect::<Vec<_>>()
+    {
+        opened.push(handshake.await.ok().flatten());
+    }
+    let mut total = Tally {
+        connections: opened.iter().filter(|c| c.is_some()).count() as u64,
+        ..Tally::default()
     };
+    let started = Instant::now();
+    let limit = limit_of(&args);
     let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency.min(limit.max(1)) {
+    let mut running = Vec::new();
+    for conn in opened {
         let (target, site_json, next) = (target.clone(), site_json.clone(), next.clone());
         let (rate, seed) = (args.rate, args.seed);
-        workers.push(tokio::spawn(async move {
+        running.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            let mut conn = None;
+            let mut conn = conn;
             let mut body = String::with_capacity(1024);
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
@@ -316,8 +337,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tally
         }));
     }
-    let mut total = Tally::default();
-    for w in workers {
+    for w in running {
         let tally = w.await.context("a loadgen worker panicked")?;
         total.accepted_us.extend(tally.accepted_us);
         total.service_us.extend(tally.service_us);

@@ -1,12 +1,22 @@
 //! Publishing to Kafka: mechanism only. The key and value are decided upstream.
+//!
+//! Delivery reports are served on the ingest's own tokio runtime, not on a polling thread: librdkafka
+//! writes a byte to a socket when its event queue becomes non-empty, and a task woken by that socket
+//! serves the queue. A request's task is then woken from the runtime it runs on, without a
+//! thread hop per batch of acknowledgements (see `bench/RESULTS.md` for what that saves).
 
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rdkafka::bindings as rdsys;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use rum_schemas::kafka::KafkaConfig;
+use tokio::sync::oneshot;
 
 use crate::IngestConfig;
 
@@ -21,6 +31,135 @@ pub enum PublishError {
     Unavailable(String),
 }
 
+type Acknowledgement = oneshot::Sender<Result<(), KafkaError>>;
+
+/// Hands each delivery report to the request waiting for it.
+struct DeliveryContext;
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Acknowledgement>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ack: Self::DeliveryOpaque) {
+        // The request may have given up waiting (its client went away): nothing to tell then.
+        let _ = ack.send(result.as_ref().map(|_| ()).map_err(|(e, _)| e.clone()));
+    }
+}
+
+/// A producer and the socket librdkafka wakes its event task through.
+struct Producer {
+    /// librdkafka's main event queue (our reference to it), where delivery reports arrive. Declared
+    /// first so it is dropped first: librdkafka wants queue references gone before the client.
+    queue: EventQueue,
+    inner: BaseProducer<DeliveryContext>,
+    /// Written by librdkafka when the queue becomes non-empty; read by the event task.
+    wake_rx: tokio::net::UnixStream,
+    _wake_tx: std::os::unix::net::UnixStream,
+    /// Set once a fresh producer replaced this one: its task ends when its last message is answered.
+    retired: AtomicBool,
+}
+
+/// An owned reference to a librdkafka queue.
+struct EventQueue(*mut rdsys::rd_kafka_queue_t);
+
+// SAFETY: librdkafka queues are thread safe; the pointer is only used through librdkafka's API.
+unsafe impl Send for EventQueue {}
+// SAFETY: as above.
+unsafe impl Sync for EventQueue {}
+
+impl EventQueue {
+    fn len(&self) -> usize {
+        // SAFETY: the queue reference is valid until `drop`.
+        unsafe { rdsys::rd_kafka_queue_length(self.0) }
+    }
+}
+
+impl Drop for EventQueue {
+    fn drop(&mut self) {
+        // SAFETY: stop the wake-ups before the socket closes, then release our reference.
+        unsafe {
+            rdsys::rd_kafka_queue_io_event_enable(self.0, -1, std::ptr::null(), 0);
+            rdsys::rd_kafka_queue_destroy(self.0);
+        }
+    }
+}
+
+impl Producer {
+    /// Creates the producer and starts the task serving its events on the current tokio runtime.
+    fn start(config: &ClientConfig) -> Result<Arc<Producer>, KafkaError> {
+        let inner: BaseProducer<DeliveryContext> = config.create_with_context(DeliveryContext)?;
+        let io = |e: std::io::Error| KafkaError::ClientCreation(format!("event socket: {e}"));
+        let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair().map_err(io)?;
+        wake_tx.set_nonblocking(true).map_err(io)?;
+        wake_rx.set_nonblocking(true).map_err(io)?;
+        let wake_rx = tokio::net::UnixStream::from_std(wake_rx).map_err(io)?;
+        // SAFETY: the client pointer is valid while `inner` lives; `queue` is dropped before `inner`
+        // and `_wake_tx` (field order) and turns the wake-ups off first.
+        let queue = unsafe {
+            let queue = EventQueue(rdsys::rd_kafka_queue_get_main(inner.client().native_ptr()));
+            rdsys::rd_kafka_queue_io_event_enable(
+                queue.0,
+                wake_tx.as_raw_fd(),
+                b"!".as_ptr().cast(),
+                1,
+            );
+            queue
+        };
+        let producer = Arc::new(Producer {
+            queue,
+            inner,
+            wake_rx,
+            _wake_tx: wake_tx,
+            retired: AtomicBool::new(false),
+        });
+        tokio::spawn(serve_events(producer.clone()));
+        Ok(producer)
+    }
+}
+
+/// Serves the producer's events (delivery reports, errors, logs) whenever librdkafka signals some,
+/// until the producer is retired and has nothing left in flight.
+async fn serve_events(producer: Arc<Producer>) {
+    let mut drain = [0u8; 256];
+    // Set if the wake-up socket ever fails (it should not): events are then served on a timer.
+    let mut on_timer = false;
+    loop {
+        // Read the wake-up bytes before serving: an event enqueued after the queue is seen empty
+        // writes a new byte, so none is missed.
+        while !on_timer {
+            match producer.wake_rx.try_read(&mut drain) {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                failed => {
+                    tracing::error!(result = ?failed, "kafka event socket failed: serving delivery reports every 5 ms instead");
+                    on_timer = true;
+                }
+            }
+        }
+        // Bounded, so a queue that never empties cannot starve the runtime.
+        for _ in 0..4096 {
+            if producer.queue.len() == 0 {
+                break;
+            }
+            producer.inner.poll(Duration::ZERO);
+        }
+        if producer.retired.load(Ordering::Relaxed) && producer.inner.in_flight_count() == 0 {
+            return;
+        }
+        if producer.queue.len() > 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if on_timer {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        // The timeout is a backstop (and how a retired producer notices it is done), not the pace.
+        let _ = tokio::time::timeout(Duration::from_secs(1), producer.wake_rx.readable()).await;
+    }
+}
+
 /// An idempotent, acks=all producer to the beacons topic.
 ///
 /// An idempotent producer whose in-flight message timed out bumps its epoch, and brokers without
@@ -28,14 +167,15 @@ pub enum PublishError {
 /// producer useless forever. The publisher then replaces it with a new one (a new producer id).
 /// Messages of the old producer fail, their requests were answered 503, so nothing accepted is lost.
 pub struct KafkaPublisher {
-    producer: RwLock<Arc<FutureProducer>>,
+    producer: RwLock<Arc<Producer>>,
     client_config: ClientConfig,
     topic: String,
     delivery_timeout: Duration,
 }
 
 impl KafkaPublisher {
-    /// Creates the producer; it connects lazily.
+    /// Creates the producer; it connects lazily. Must be called on a tokio runtime, which serves
+    /// the producer's events.
     pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, KafkaError> {
         let client_config = ClientConfig::new()
             .set("bootstrap.servers", &kafka.brokers)
@@ -50,9 +190,8 @@ impl KafkaPublisher {
                 ingest.queue_max_messages.to_string(),
             )
             .clone();
-        let producer: FutureProducer = client_config.create()?;
         Ok(Self {
-            producer: RwLock::new(Arc::new(producer)),
+            producer: RwLock::new(Producer::start(&client_config)?),
             client_config,
             topic: kafka.topic.clone(),
             delivery_timeout: Duration::from_millis(ingest.delivery_timeout_ms),
@@ -72,7 +211,7 @@ impl KafkaPublisher {
                         | RDKafkaErrorCode::OutOfOrderSequenceNumber
                 )
             );
-            if fenced || producer.client().fatal_error().is_some() {
+            if fenced || producer.inner.client().fatal_error().is_some() {
                 self.replace(&producer, &e);
             }
             match e {
@@ -84,26 +223,25 @@ impl KafkaPublisher {
         })
     }
 
-    fn current(&self) -> Arc<FutureProducer> {
+    fn current(&self) -> Arc<Producer> {
         self.producer
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    async fn send(
-        &self,
-        producer: &FutureProducer,
-        key: &str,
-        payload: &[u8],
-    ) -> Result<(), KafkaError> {
-        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
-        let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+    async fn send(&self, producer: &Producer, key: &str, payload: &[u8]) -> Result<(), KafkaError> {
+        let (ack, acknowledged) = oneshot::channel();
+        let record = BaseRecord::with_opaque_to(&self.topic, Box::new(ack))
+            .key(key)
+            .payload(payload);
+        producer.inner.send(record).map_err(|(e, _)| e)?;
         // librdkafka times the message out itself (message.timeout.ms); this bound is a backstop.
-        match tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), delivery).await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err((e, _)))) => Err(e),
-            Ok(Err(_canceled)) => Err(KafkaError::Canceled),
+        match tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), acknowledged)
+            .await
+        {
+            Ok(Ok(result)) => result,
+            Ok(Err(_dropped)) => Err(KafkaError::Canceled),
             Err(_elapsed) => Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::MessageTimedOut,
             )),
@@ -111,14 +249,15 @@ impl KafkaPublisher {
     }
 
     /// Replaces `failed` with a new producer (unless another request already did).
-    fn replace(&self, failed: &Arc<FutureProducer>, error: &KafkaError) {
+    fn replace(&self, failed: &Arc<Producer>, error: &KafkaError) {
         let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
         if !Arc::ptr_eq(&current, failed) {
             return;
         }
-        match self.client_config.create::<FutureProducer>() {
+        match Producer::start(&self.client_config) {
             Ok(fresh) => {
-                *current = Arc::new(fresh);
+                failed.retired.store(true, Ordering::Relaxed);
+                *current = fresh;
                 tracing::error!(%error, "kafka producer fenced or failed fatally: replaced it with a new one");
             }
             Err(e) => {
@@ -129,12 +268,13 @@ impl KafkaPublisher {
 
     /// Messages enqueued and not yet acknowledged.
     pub fn queue_depth(&self) -> i32 {
-        self.current().in_flight_count()
+        self.current().inner.in_flight_count()
     }
 
     /// True when the broker answers a metadata request for the topic within `timeout`. Blocking.
     pub fn is_ready(&self, timeout: Duration) -> bool {
         self.current()
+            .inner
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .is_ok_and(|md| {
@@ -147,6 +287,7 @@ impl KafkaPublisher {
     /// Waits up to `timeout` for every queued message to be acknowledged. Blocking.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         self.current()
+            .inner
             .flush(timeout)
             .map_err(|e| PublishError::Unavailable(e.to_string()))
     }
