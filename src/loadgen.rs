@@ -36,7 +36,8 @@ pub struct Args {
     #[arg(long, conflicts_with = "beacons")]
     duration: Option<f64>,
     /// Open-loop pacing: start this many beacons a second, on schedule whether or not earlier
-    /// requests have answered (latency counts from the scheduled start). 0: as fast as the
+    /// requests have answered (latency counts from the scheduled start, or from the send when a
+    /// request left up to a millisecond early, the timer's resolution). 0: as fast as the
     /// `--concurrency` connections allow (closed loop).
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -246,6 +247,9 @@ async fn post(
     Ok(status)
 }
 
+/// The resolution of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
 /// How many beacons a run sends at most (with `--duration` and `--rate`, the schedule's count).
 fn limit_of(args: &Args) -> u64 {
     match (args.duration, args.rate) {
@@ -309,12 +313,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let due = if rate > 0 {
                     let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
+                    // tokio's timer fires on the millisecond tick at or after its deadline: aim one
+                    // tick early, so the generator's timer is not charged to the server.
+                    let wake = due.checked_sub(TIMER_TICK).unwrap_or(due);
+                    tokio::time::sleep_until(wake.into()).await;
                     due
                 } else {
                     Instant::now()
                 };
                 let sent = Instant::now();
+                // Latency counts from the schedule, or from the send when the early wake-up sent it
+                // before its time.
+                let due = due.min(sent);
                 let body = Bytes::from(body.clone());
                 match post(&mut conn, &target, body, &mut tally.connections).await {
                     Ok(status) => {

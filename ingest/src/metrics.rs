@@ -82,7 +82,7 @@ impl IngestMetrics {
                 "Time from request to answer on the beacon endpoint.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
             ]),
         )?;
         let ratelimit_clients = IntGauge::new(
