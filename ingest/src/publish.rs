@@ -182,6 +182,7 @@ impl KafkaPublisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
+            .set("socket.nagle.disable", "true")
             .set("linger.ms", ingest.linger_ms.to_string())
             .set("message.timeout.ms", ingest.delivery_timeout_ms.to_string())
             .set("batch.num.messages", ingest.batch_max_messages.to_string())
