@@ -272,7 +272,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let target = Arc::new(Target::parse(&args.url)?);
     let site_json: Arc<str> = serde_json::to_string(&args.site)?.into();
     let next = Arc::new(AtomicU64::new(0));
-    let workers = args.concurrency.min(limit_of(&args).max(1));
+    let limit = limit_of(&args);
+    let workers = args.concurrency.min(limit.max(1));
     // Every connection is opened before the clock starts: a storm of handshakes is the generator's
     // start-up, not the server's steady state (a paced run would count it as latency).
     let mut opened = Vec::with_capacity(workers as usize);
@@ -290,7 +291,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Tally::default()
     };
     let started = Instant::now();
-    let limit = limit_of(&args);
     let deadline = args.duration.map(|d| started + Duration::from_secs_f64(d));
     let mut running = Vec::new();
     for conn in opened {

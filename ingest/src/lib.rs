@@ -154,3 +154,20 @@ impl Ingest {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn listens_on_a_resolved_address_and_names_what_failed() {
+        let listener = listen("127.0.0.1:0").await.expect("binds a free port");
+        let addr = listener.local_addr().unwrap();
+        assert!(addr.ip().is_loopback() && addr.port() != 0);
+        // The same port again is taken: the OS error comes back, not a panic.
+        let taken = listen(&addr.to_string()).await.unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        // No port: refused before any lookup.
+        assert!(listen("127.0.0.1").await.is_err());
+    }
+}
