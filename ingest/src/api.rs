@@ -175,11 +175,16 @@ async fn accept(
     let message = validate(state, &parts, query.as_ref().map(|q| &q.0), body).await?;
     // The request's head is not needed while Kafka acknowledges: free it while it is warm in cache.
     drop((parts, query));
+    let handed = Instant::now();
     state
         .publisher
         .publish(&message.key(), &message.encode())
         .await
         .map_err(|e| IngestError::Publish(e, policy.retry_after_secs))?;
+    state
+        .metrics
+        .kafka_ack_duration
+        .observe(handed.elapsed().as_secs_f64());
     for m in &message.metrics {
         state.metrics.metric_accepted(m.name);
     }

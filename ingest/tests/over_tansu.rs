@@ -317,6 +317,9 @@ async fn rejects_bad_input_with_a_status_and_a_counted_reason() {
     }
     assert_eq!(m["rum_beacons_received_total"], cases.len() as f64 + 1.0);
     assert_eq!(m["rum_beacons_accepted_total"], 1.0);
+    // Only the acknowledged beacon is timed, and its acknowledgement took some time.
+    assert_eq!(m["rum_kafka_ack_duration_seconds_count"], 1.0);
+    assert!(m["rum_kafka_ack_duration_seconds_sum"] > 0.0);
     assert_eq!(
         m["rum_metrics_dropped_total{reason=\"negative_value\"}"],
         1.0
