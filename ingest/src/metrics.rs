@@ -167,8 +167,9 @@ mod tests {
             .with_label_values(&["negative_value"])
             .inc();
         m.request_duration.observe(0.001);
+        m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 11);
+        assert_eq!(families.len(), 12);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

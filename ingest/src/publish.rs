@@ -145,6 +145,9 @@ async fn serve_events(producer: Arc<Producer>) {
             producer.inner.poll(Duration::ZERO);
         }
         if producer.retired.load(Ordering::Relaxed) && producer.inner.in_flight_count() == 0 {
+            // Dropping a producer purges, flushes (up to 500 ms) and joins librdkafka's threads:
+            // blocking work, kept off the runtime's threads.
+            tokio::task::spawn_blocking(move || drop(producer));
             return;
         }
         if producer.queue.len() > 0 {
@@ -243,8 +246,9 @@ impl KafkaPublisher {
         {
             Ok(Ok(result)) => result,
             Ok(Err(_dropped)) => Err(KafkaError::Canceled),
+            // Not librdkafka's MessageTimedOut: no report came at all, which is worth telling apart.
             Err(_elapsed) => Err(KafkaError::MessageProduction(
-                RDKafkaErrorCode::MessageTimedOut,
+                RDKafkaErrorCode::OperationTimedOut,
             )),
         }
     }
@@ -291,5 +295,83 @@ impl KafkaPublisher {
             .inner
             .flush(timeout)
             .map_err(|e| PublishError::Unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::Weak;
+    use std::task::Poll;
+
+    use super::*;
+
+    /// Waits up to `within` for every strong reference to the producer to be gone.
+    async fn dropped(producer: &Weak<Producer>, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while producer.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn a_replaced_producer_answers_what_it_holds_then_its_task_ends() {
+        // A "broker" that accepts connections and never answers: a message can only time out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let kafka = KafkaConfig {
+            brokers: silent.local_addr().expect("addr").to_string(),
+            ..KafkaConfig::default()
+        };
+        let ingest = IngestConfig {
+            delivery_timeout_ms: 1_000,
+            ..IngestConfig::default()
+        };
+        let publisher = KafkaPublisher::new(&kafka, &ingest).expect("producer");
+        let first = publisher.current();
+        let retired = {
+            let mut pending = pin!(publisher.send(&first, "site|/|mobile", b"{}"));
+            // The first poll hands the message to the producer; then it waits for the report.
+            std::future::poll_fn(|cx| {
+                assert!(pending.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+            assert_eq!(first.inner.in_flight_count(), 1);
+
+            publisher.replace(&first, &KafkaError::Canceled);
+            assert!(
+                !Arc::ptr_eq(&first, &publisher.current()),
+                "a new producer took over"
+            );
+
+            // Only the retired producer's task serves its queue: librdkafka's report (MessageTimedOut,
+            // not the backstop's OperationTimedOut) proves it still does.
+            let report = tokio::time::timeout(Duration::from_secs(10), pending)
+                .await
+                .expect("the message the retired producer holds is answered");
+            assert!(
+                matches!(
+                    report,
+                    Err(KafkaError::MessageProduction(
+                        RDKafkaErrorCode::MessageTimedOut
+                    ))
+                ),
+                "{report:?}"
+            );
+            Arc::downgrade(&first)
+        };
+        drop(first);
+        // With nothing left in flight its task ends and releases the producer.
+        assert!(
+            dropped(&retired, Duration::from_secs(5)).await,
+            "the retired producer's task ended"
+        );
+        // The new producer is still served: its task holds a reference besides the publisher's.
+        assert_eq!(Arc::strong_count(&publisher.current()), 3);
     }
 }
