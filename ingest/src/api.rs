@@ -6,6 +6,14 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::admission::Admission;
+use crate::bots::is_bot;
+use crate::bundle::{CollectorBundle, BUNDLE_PATH};
+use crate::client_ip::ClientIpResolver;
+use crate::config::SiteConfig;
+use crate::limit::ClientRateLimiter;
+use crate::routes::RouteCap;
+use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::request::Parts;
@@ -16,15 +24,6 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
 use rum_schemas::{parse_beacon, BeaconMessage, Device};
-use tokio::sync::Semaphore;
-
-use crate::bots::is_bot;
-use crate::bundle::{CollectorBundle, BUNDLE_PATH};
-use crate::client_ip::ClientIpResolver;
-use crate::config::SiteConfig;
-use crate::limit::ClientRateLimiter;
-use crate::routes::RouteCap;
-use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
 
 /// The beacon endpoint's path (a contract).
 pub const BEACON_PATH: &str = "/api/v1/observability/web-vitals";
@@ -38,15 +37,14 @@ pub struct AppState {
     pub metrics: Arc<IngestMetrics>,
     /// The per-client rate limiter, when on.
     pub limiter: Option<Arc<ClientRateLimiter>>,
-    /// One permit per beacon request being processed (`ingest.max_in_flight`).
-    in_flight: Arc<Semaphore>,
+    /// The slots for beacon requests being processed, and the line waiting for them.
+    admission: Arc<Admission>,
     policy: Arc<Policy>,
     bundle: Arc<CollectorBundle>,
 }
 
 /// Settings read on every request.
 struct Policy {
-    max_in_flight: u32,
     max_body_bytes: usize,
     retry_after_secs: u32,
     client_ip: ClientIpResolver,
@@ -76,9 +74,12 @@ impl AppState {
             publisher,
             metrics,
             limiter,
-            in_flight: Arc::new(Semaphore::new(config.max_in_flight as usize)),
+            admission: Arc::new(Admission::new(
+                config.max_in_flight as usize,
+                config.max_queued as usize,
+                Duration::from_millis(config.queue_timeout_ms),
+            )),
             policy: Arc::new(Policy {
-                max_in_flight: config.max_in_flight,
                 max_body_bytes: config.max_body_bytes,
                 retry_after_secs: config.retry_after_secs,
                 client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
@@ -167,10 +168,11 @@ async fn accept(
     body: Body,
 ) -> Result<String, IngestError> {
     let policy = &state.policy;
-    // Shed before any work: the permit is held until Kafka has answered.
-    let _permit = state
-        .in_flight
-        .try_acquire()
+    // Admitted (or shed) before any work: the slot is held until Kafka has answered.
+    let _slot = state
+        .admission
+        .enter()
+        .await
         .map_err(|_| IngestError::Overloaded(policy.retry_after_secs))?;
     let message = validate(state, &parts, query.as_ref().map(|q| &q.0), body).await?;
     // The request's head is not needed while Kafka acknowledges: free it while it is warm in cache.
@@ -353,11 +355,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .metrics
         .producer_queue_depth
         .set(i64::from(state.publisher.queue_depth()));
-    let free = state.in_flight.available_permits() as i64;
+    let admission = &state.admission;
     state
         .metrics
         .requests_in_flight
-        .set(i64::from(state.policy.max_in_flight) - free);
+        .set(admission.in_flight() as i64);
+    state.metrics.requests_queued.set(admission.queued() as i64);
     rum_telemetry::metrics_response(&state.metrics.registry)
 }
 

@@ -41,10 +41,17 @@ pub struct IngestConfig {
     pub shutdown_flush_ms: u64,
     /// The `Retry-After` seconds sent with 503.
     pub retry_after_secs: u32,
-    /// Beacon requests processed at once; beyond it a request is answered 503 (`overloaded`) at
-    /// once, so overload sheds work instead of queueing it: latency and memory stay bounded.
-    /// Size it about 2 x peak beacons/s x Kafka's acknowledgement time (1,024 covers ~50k/s at 10 ms).
+    /// Beacon requests processed at once (each until Kafka has answered). Size it about
+    /// 2 x peak beacons/s x Kafka's acknowledgement time (1,024 covers ~50k/s at 10 ms).
     pub max_in_flight: u32,
+    /// Beacon requests that may wait for one of the `max_in_flight` slots; beyond it a request is
+    /// answered 503 (`overloaded`) at once. 0 (the default): never wait, shed at once. Behind a
+    /// load balancer with a bounded connection pool, the pool's size: overload then queues (up to
+    /// `queue_timeout_ms`) instead of being refused, and the ingest keeps accepting at its capacity,
+    /// at the cost of the waiting requests' memory (see `bench/RESULTS.md`).
+    pub max_queued: u32,
+    /// How long a request waits for a slot before it is answered 503 (`overloaded`).
+    pub queue_timeout_ms: u64,
     /// Beacons a second per client address (IPv6: per /64); 0 turns rate limiting off.
     /// Generous by default: carrier-grade NAT puts many phones behind one address.
     pub rate_limit_per_second: u32,
@@ -85,6 +92,8 @@ impl Default for IngestConfig {
             shutdown_flush_ms: 10_000,
             retry_after_secs: 5,
             max_in_flight: 1_024,
+            max_queued: 0,
+            queue_timeout_ms: 1_000,
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             rate_limit_max_clients: 200_000,
@@ -118,6 +127,15 @@ impl IngestConfig {
         )?;
         require_positive("ingest.shutdown_flush_ms", self.shutdown_flush_ms)?;
         require_positive("ingest.max_in_flight", u64::from(self.max_in_flight))?;
+        if self.max_queued > 0 {
+            require_positive("ingest.queue_timeout_ms", self.queue_timeout_ms)?;
+        }
+        if self.queue_timeout_ms > 60_000 {
+            return Err(ConfigError::new(
+                "ingest.queue_timeout_ms",
+                "must be at most 60000",
+            ));
+        }
         if self.linger_ms > 1_000 {
             return Err(ConfigError::new("ingest.linger_ms", "must be at most 1000"));
         }
@@ -228,6 +246,25 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         IngestConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_line_needs_a_bounded_positive_wait() {
+        let line = |max_queued, queue_timeout_ms| IngestConfig {
+            max_queued,
+            queue_timeout_ms,
+            ..Default::default()
+        };
+        line(4_096, 1_000).validate().unwrap();
+        line(0, 0).validate().unwrap();
+        assert_eq!(
+            line(1, 0).validate().unwrap_err().key,
+            "ingest.queue_timeout_ms"
+        );
+        assert_eq!(
+            line(1, 60_001).validate().unwrap_err().key,
+            "ingest.queue_timeout_ms"
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub enum IngestError {
     /// The query string is not `key=value` pairs.
     #[error("invalid query string")]
     InvalidQuery,
-    /// More than `ingest.max_in_flight` requests are being processed; retry after the given seconds.
+    /// Every `ingest.max_in_flight` slot stayed taken (with the waiting line full, or for
+    /// `ingest.queue_timeout_ms`); retry after the given seconds.
     #[error("overloaded: too many requests in flight")]
     Overloaded(u32),
     /// The client sent more than its share; retry after the given seconds.

@@ -5,6 +5,7 @@
 //! so a 204 means the beacon is durable. Every request to the beacon path is counted exactly once,
 //! as accepted or as rejected with a reason.
 
+mod admission;
 mod api;
 mod bots;
 mod bundle;

@@ -26,6 +26,8 @@ pub struct IngestMetrics {
     pub producer_queue_depth: IntGauge,
     /// Beacon requests being processed, sampled at scrape time (bounded by `ingest.max_in_flight`).
     pub requests_in_flight: IntGauge,
+    /// Beacon requests waiting for a slot, sampled at scrape time (bounded by `ingest.max_queued`).
+    pub requests_queued: IntGauge,
     /// Time from request to answer on the beacon path.
     pub request_duration: Histogram,
     /// Time from handing a beacon to the producer to Kafka's acknowledgement (acknowledged only).
@@ -76,7 +78,12 @@ impl IngestMetrics {
         )?;
         let requests_in_flight = IntGauge::new(
             "rum_ingest_requests_in_flight",
-            "Beacon requests being processed (at most ingest.max_in_flight; beyond it 503 overloaded).",
+            "Beacon requests being processed (at most ingest.max_in_flight).",
+        )?;
+        let requests_queued = IntGauge::new(
+            "rum_ingest_requests_queued",
+            "Beacon requests waiting for a slot (at most ingest.max_queued, each up to \
+             ingest.queue_timeout_ms; beyond either 503 overloaded).",
         )?;
         // Latency buckets around the producer's linger (5 ms by default) and the 10 ms objective.
         let latency_buckets = vec![
@@ -115,6 +122,7 @@ impl IngestMetrics {
         registry.register(Box::new(kafka_produce_errors.clone()))?;
         registry.register(Box::new(producer_queue_depth.clone()))?;
         registry.register(Box::new(requests_in_flight.clone()))?;
+        registry.register(Box::new(requests_queued.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(kafka_ack_duration.clone()))?;
         registry.register(Box::new(ratelimit_clients.clone()))?;
@@ -130,6 +138,7 @@ impl IngestMetrics {
             kafka_produce_errors,
             producer_queue_depth,
             requests_in_flight,
+            requests_queued,
             request_duration,
             kafka_ack_duration,
             ratelimit_clients,
@@ -169,7 +178,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 12);
+        assert_eq!(families.len(), 13);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

@@ -649,3 +649,75 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
     );
     h.shutdown().await;
 }
+
+/// Waits until the ingest's gauge `name` reads `value` (it is sampled at scrape time).
+async fn until_gauge(h: &Harness, name: &str, value: f64) {
+    let mut seen = f64::NAN;
+    for _ in 0..100 {
+        seen = h.metrics().await[name];
+        if seen == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} stayed {seen}, expected {value}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_line_a_busy_ingest_serves_waiting_requests_and_refuses_beyond_the_line() {
+    let h = Harness::start(|c| {
+        c.max_in_flight = 2;
+        c.max_queued = 1;
+        c.queue_timeout_ms = 3_000;
+        c.delivery_timeout_ms = 10_000;
+    })
+    .await;
+    assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
+
+    // Kafka hangs: two requests hold both slots, a third waits in the line...
+    h.tansu.pause();
+    let held: Vec<_> = (0..2).map(|i| h.spawn_post(format!("held{i}"))).collect();
+    until_gauge(&h, "rum_ingest_requests_in_flight", 2.0).await;
+    let queued = h.spawn_post("queued".into());
+    until_gauge(&h, "rum_ingest_requests_queued", 1.0).await;
+    // ...and the line is full: the next one is refused at once, while the queued one still waits.
+    let beyond = h.post("text/plain", "", beacon("shed-full")).await;
+    assert_eq!(beyond.status(), 503);
+    assert!(!queued.is_finished(), "the queued request is still waiting");
+    // Kafka answers within the line's timeout: the held requests answer, the queued one gets a slot.
+    h.tansu.resume();
+    for w in held {
+        assert_eq!(w.await.unwrap(), 204);
+    }
+    assert_eq!(queued.await.unwrap(), 204, "the queued request was served");
+    until_gauge(&h, "rum_ingest_requests_queued", 0.0).await;
+
+    // Kafka hangs longer than the line's timeout: the waiting request is refused when it is over.
+    h.tansu.pause();
+    let held: Vec<_> = (0..2).map(|i| h.spawn_post(format!("again{i}"))).collect();
+    until_gauge(&h, "rum_ingest_requests_in_flight", 2.0).await;
+    let waited = h.spawn_post("shed-timeout".into());
+    assert_eq!(waited.await.unwrap(), 503, "refused after queue_timeout_ms");
+    assert_eq!(h.metrics().await["rum_ingest_requests_queued"], 0.0);
+    h.tansu.resume();
+    for w in held {
+        assert_eq!(w.await.unwrap(), 204);
+    }
+
+    let m = h.metrics().await;
+    assert_eq!(m["rum_beacons_rejected_total{reason=\"overloaded\"}"], 2.0);
+    // Every 204 is in Kafka, exactly once; no refused one is.
+    let ids: Vec<String> = h
+        .messages(6)
+        .into_iter()
+        .map(|(_, m)| m.metrics[0].id.clone())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        ["again0", "again1", "held0", "held1", "queued", "warm"],
+        "{ids:?}"
+    );
+    h.shutdown().await;
+}
