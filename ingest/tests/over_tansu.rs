@@ -560,6 +560,19 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
     h.shutdown().await;
 }
 
+/// Waits until the ingest's gauge `name` reads `value` (it is sampled at scrape time).
+async fn until_gauge(h: &Harness, name: &str, value: f64) {
+    let mut seen = f64::NAN;
+    for _ in 0..100 {
+        seen = h.metrics().await[name];
+        if seen == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} stayed {seen}, expected {value}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
     let h = Harness::start(|c| {
@@ -571,7 +584,7 @@ async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
     h.tansu.pause();
     // Two beacons wait in the producer's queue for the hung broker...
     let waiting: Vec<_> = (0..2).map(|i| h.spawn_post(format!("queued{i}"))).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_gauge(&h, "rum_kafka_producer_queue_depth", 2.0).await;
     // ...so the next one is refused at once instead of queueing without bound.
     let full = h.post("text/plain", "", beacon("refused")).await;
     assert_eq!(full.status(), 503);
@@ -604,15 +617,7 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
     h.tansu.pause();
     // Three requests hold every permit while they wait for the hung broker...
     let waiting: Vec<_> = (0..3).map(|i| h.spawn_post(format!("held{i}"))).collect();
-    let mut in_flight = 0.0;
-    for _ in 0..50 {
-        in_flight = h.metrics().await["rum_ingest_requests_in_flight"];
-        if in_flight == 3.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(in_flight, 3.0, "three requests hold the permits");
+    until_gauge(&h, "rum_ingest_requests_in_flight", 3.0).await;
     // ...so the next ones are shed (the reason shows it was not a delivery timeout).
     for i in 0..2 {
         let shed = h.post("text/plain", "", beacon(&format!("shed{i}"))).await;
@@ -648,19 +653,6 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
         "{ids:?}"
     );
     h.shutdown().await;
-}
-
-/// Waits until the ingest's gauge `name` reads `value` (it is sampled at scrape time).
-async fn until_gauge(h: &Harness, name: &str, value: f64) {
-    let mut seen = f64::NAN;
-    for _ in 0..100 {
-        seen = h.metrics().await[name];
-        if seen == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{name} stayed {seen}, expected {value}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
