@@ -5,14 +5,15 @@
 //! with at most `ingest.max_queued` requests waiting; beyond either bound it is answered 503
 //! `overloaded` at once.
 //!
-//! By default nothing waits (`max_queued` 0): overload is shed at once. Why a deployment may want a
-//! line: refusing is not free. A refused request is read, parsed and answered, about half the
-//! cost of an accepted one, and a client refused at once comes back at once. Under a 2x overload
-//! the refusals took most of the CPU, and each request holding a slot waited behind thousands of
-//! them for its turn to answer, so the ingest accepted a fraction of its capacity
-//! (`bench/RESULTS.md`). A waiting request costs no CPU until a slot frees, and a beacon refused
-//! is a beacon lost (browsers do not resend): with a line the ingest keeps accepting at its
-//! capacity. The price is the waiting requests' memory; the bounds keep it and latency bounded.
+//! By default nothing waits (`max_queued` 0): overload is shed at once, connection and all (the
+//! 503 closes it, see `IngestError::into_response`). Why a deployment may want a line: refusing is
+//! not free. A refused request is read, parsed and answered, about half the cost of an accepted
+//! one, and the refused client comes back. Under a 2x overload the refusals took most of the CPU,
+//! and each request holding a slot waited behind thousands of them for its turn to answer, so
+//! the ingest accepted a fraction of its capacity (`bench/RESULTS.md`). A waiting request costs
+//! no CPU until a slot frees, and a beacon refused is a beacon lost (browsers do not resend):
+//! with a line the ingest keeps accepting at its capacity. The price is the waiting requests'
+//! memory; the bounds keep it and latency bounded.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

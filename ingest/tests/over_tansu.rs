@@ -540,6 +540,8 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
     let during = h.post("text/plain", "", beacon("during")).await;
     assert_eq!(during.status(), 503);
     assert!(during.headers().contains_key("retry-after"));
+    // Kafka's trouble is not the ingest's overload: the connection stays open.
+    assert!(!during.headers().contains_key("connection"));
     h.tansu.resume();
     let after = h
         .post_until_accepted("after")
@@ -623,6 +625,11 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
         let shed = h.post("text/plain", "", beacon(&format!("shed{i}"))).await;
         assert_eq!(shed.status(), 503);
         assert!(shed.headers().contains_key("retry-after"));
+        assert_eq!(
+            shed.headers()["connection"],
+            "close",
+            "the connection is shed too"
+        );
         let body: serde_json::Value = serde_json::from_slice(&shed.bytes().await.unwrap()).unwrap();
         assert_eq!(body["error"], "overloaded");
     }
@@ -675,6 +682,7 @@ async fn with_a_line_a_busy_ingest_serves_waiting_requests_and_refuses_beyond_th
     // ...and the line is full: the next one is refused at once, while the queued one still waits.
     let beyond = h.post("text/plain", "", beacon("shed-full")).await;
     assert_eq!(beyond.status(), 503);
+    assert_eq!(beyond.headers()["connection"], "close");
     assert!(!queued.is_finished(), "the queued request is still waiting");
     // Kafka answers within the line's timeout: the held requests answer, the queued one gets a slot.
     h.tansu.resume();
