@@ -6,14 +6,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::admission::Admission;
-use crate::bots::is_bot;
-use crate::bundle::{CollectorBundle, BUNDLE_PATH};
-use crate::client_ip::ClientIpResolver;
-use crate::config::SiteConfig;
-use crate::limit::ClientRateLimiter;
-use crate::routes::RouteCap;
-use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::request::Parts;
@@ -24,6 +16,15 @@ use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
 use rum_schemas::{parse_beacon, BeaconMessage, Device};
+
+use crate::admission::Admission;
+use crate::bots::is_bot;
+use crate::bundle::{CollectorBundle, BUNDLE_PATH};
+use crate::client_ip::ClientIpResolver;
+use crate::config::SiteConfig;
+use crate::limit::ClientRateLimiter;
+use crate::routes::RouteCap;
+use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
 
 /// The beacon endpoint's path (a contract).
 pub const BEACON_PATH: &str = "/api/v1/observability/web-vitals";

@@ -97,8 +97,8 @@ impl IntoResponse for IngestError {
             // Shed the connection too (as Envoy's overload manager does): a client refused on a
             // kept-alive connection comes straight back on it, and the refusals then take the CPU
             // the accepted requests need to answer. One that must reconnect first comes back
-            // slower. Under a 2x overload this took the ingest from ~6k to ~21k beacons/s
-            // accepted, with no more memory (bench/RESULTS.md).
+            // slower. Under a 2x overload this took the ingest from ~6k to ~20k beacons/s
+            // accepted, at about the same memory (bench/RESULTS.md).
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
