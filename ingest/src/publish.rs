@@ -163,6 +163,9 @@ async fn serve_events(producer: Arc<Producer>) {
     }
 }
 
+/// How much longer than `ingest.delivery_timeout_ms` a request waits for librdkafka's report.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+
 /// An idempotent, acks=all producer to the beacons topic.
 ///
 /// An idempotent producer whose in-flight message timed out bumps its epoch, and brokers without
@@ -240,10 +243,11 @@ impl KafkaPublisher {
             .key(key)
             .payload(payload);
         producer.inner.send(record).map_err(|(e, _)| e)?;
-        // librdkafka times the message out itself (message.timeout.ms); this bound is a backstop.
-        match tokio::time::timeout(self.delivery_timeout + Duration::from_secs(1), acknowledged)
-            .await
-        {
+        // librdkafka times the message out itself (message.timeout.ms); this bound is a backstop
+        // for a report that never comes. librdkafka scans for timed-out messages once a second and
+        // its report then waits for the event task: on a busy machine it came more than 1 s late,
+        // so the margin is generous (it only matters if librdkafka never reports).
+        match tokio::time::timeout(self.delivery_timeout + BACKSTOP_MARGIN, acknowledged).await {
             Ok(Ok(result)) => result,
             Ok(Err(_dropped)) => Err(KafkaError::Canceled),
             // Not librdkafka's MessageTimedOut: no report came at all, which is worth telling apart.
