@@ -38,7 +38,37 @@ show_log_tail() {
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Configuration (environment variables with defaults)
+# Configuration: deploy/local/stack.env, then environment variables with defaults
+
+# load_stack_env FILE: the KEY=VALUE lines of FILE as shell variables; a variable already set in the environment wins.
+load_stack_env() {
+    local file=$1 line n=0
+    [[ -r $file ]] || die "$file is missing"
+    while IFS= read -r line || [[ -n $line ]]; do
+        n=$((n + 1))
+        [[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+        [[ $line =~ ^(RUM_[A-Z0-9_]+)=([^[:space:]]*)$ ]] || die "$file:$n: not a RUM_KEY=value line: $line"
+        if [[ -z ${!BASH_REMATCH[1]:-} ]]; then
+            printf -v "${BASH_REMATCH[1]}" '%s' "${BASH_REMATCH[2]}"
+        fi
+    done <"$file"
+}
+load_stack_env "$RUM_LOCAL_LIB_DIR/stack.env"
+for _var in RUM_KAFKA_VERSION RUM_KAFKA_LOG4J_VERSION; do
+    [[ ${!_var:-} =~ ^[0-9]+(\.[0-9]+)*$ ]] || die "$_var='${!_var:-}' is not a version (set in $RUM_LOCAL_LIB_DIR/stack.env)"
+done
+for _var in RUM_KAFKA_TOPIC RUM_KAFKA_DLQ_TOPIC; do
+    [[ ${!_var:-} =~ ^[A-Za-z0-9._-]+$ ]] || die "$_var='${!_var:-}' is not a Kafka topic name ([A-Za-z0-9._-])"
+done
+for _var in RUM_KAFKA_TOPIC_PARTITIONS RUM_KAFKA_DLQ_TOPIC_PARTITIONS; do
+    [[ ${!_var:-} =~ ^[1-9][0-9]*$ ]] || die "$_var='${!_var:-}' is not a number of partitions"
+done
+# Where the Kafka jars are fetched (lib/ inside): outside the checkout, so a fresh clone (CI) reuses them.
+RUM_KAFKA_HOME="${RUM_KAFKA_HOME:-$HOME/.cache/rum/kafka-$RUM_KAFKA_VERSION}"
+# rum reads every RUM_KAFKA_* variable of its environment as a key of [kafka] and refuses unknown ones: the
+# processes these scripts start must not inherit these (deploy/local/test hands RUM_KAFKA_HOME to cargo test).
+export -n RUM_KAFKA_VERSION RUM_KAFKA_LOG4J_VERSION RUM_KAFKA_TOPIC_PARTITIONS RUM_KAFKA_DLQ_TOPIC_PARTITIONS \
+    RUM_KAFKA_HOME
 
 RUM_LOCAL_DIR="${RUM_LOCAL_DIR:-$REPO/.local}"
 if [[ $RUM_LOCAL_DIR != /* ]]; then
@@ -46,42 +76,55 @@ if [[ $RUM_LOCAL_DIR != /* ]]; then
 fi
 RUM_INGEST_PORT="${RUM_INGEST_PORT:-8080}"
 RUM_CONSUMER_PORT="${RUM_CONSUMER_PORT:-8081}"
+# Kafka, one broker (`up --kafka kafka`): its client port and its KRaft controller port.
 RUM_LOCAL_KAFKA_PORT="${RUM_LOCAL_KAFKA_PORT:-9092}"
+RUM_LOCAL_KAFKA_CONTROLLER_PORT="${RUM_LOCAL_KAFKA_CONTROLLER_PORT:-19092}"
+# Kafka, the three-broker cluster (`up --kafka cluster`): brokers kafka-1, kafka-2, kafka-3.
+RUM_LOCAL_KAFKA_PORT_1="${RUM_LOCAL_KAFKA_PORT_1:-9092}"
+RUM_LOCAL_KAFKA_PORT_2="${RUM_LOCAL_KAFKA_PORT_2:-9093}"
+RUM_LOCAL_KAFKA_PORT_3="${RUM_LOCAL_KAFKA_PORT_3:-9094}"
+RUM_LOCAL_KAFKA_CONTROLLER_PORT_1="${RUM_LOCAL_KAFKA_CONTROLLER_PORT_1:-19092}"
+RUM_LOCAL_KAFKA_CONTROLLER_PORT_2="${RUM_LOCAL_KAFKA_CONTROLLER_PORT_2:-19093}"
+RUM_LOCAL_KAFKA_CONTROLLER_PORT_3="${RUM_LOCAL_KAFKA_CONTROLLER_PORT_3:-19094}"
+# Each broker's JVM heap, in MiB.
+RUM_LOCAL_KAFKA_HEAP_MB="${RUM_LOCAL_KAFKA_HEAP_MB:-384}"
 RUM_LOCAL_CLICKHOUSE_PORT="${RUM_LOCAL_CLICKHOUSE_PORT:-8123}"
 RUM_LOCAL_CLICKHOUSE_TCP_PORT="${RUM_LOCAL_CLICKHOUSE_TCP_PORT:-9000}"
 RUM_LOCAL_PROMETHEUS_PORT="${RUM_LOCAL_PROMETHEUS_PORT:-9090}"
-RUM_LOCAL_ALERTMANAGER_PORT="${RUM_LOCAL_ALERTMANAGER_PORT:-9093}"
-# Seconds to wait for a service to become ready.
+# Not Alertmanager's usual 9093: that is kafka-2's client port in the three-broker cluster.
+RUM_LOCAL_ALERTMANAGER_PORT="${RUM_LOCAL_ALERTMANAGER_PORT:-9095}"
+# Seconds to wait for a service to become ready; Kafka gets longer (three JVMs on two cores take tens of seconds).
 RUM_LOCAL_START_TIMEOUT="${RUM_LOCAL_START_TIMEOUT:-60}"
+RUM_LOCAL_KAFKA_START_TIMEOUT="${RUM_LOCAL_KAFKA_START_TIMEOUT:-180}"
 
-RUM_TANSU_VERSION=0.6.0
-RUM_TANSU_ROOT="${RUM_TANSU_ROOT:-$HOME/.cache/rum/tansu-$RUM_TANSU_VERSION}"
-RUM_TANSU_DEFAULT_BIN="$RUM_TANSU_ROOT/bin/tansu"
-RUM_TANSU_BIN="${RUM_TANSU_BIN:-$RUM_TANSU_DEFAULT_BIN}"
 RUM_LOCAL_CLICKHOUSE_BIN="${RUM_LOCAL_CLICKHOUSE_BIN:-/usr/sbin/clickhouse-server}"
 
-# Kafka topics of the pipeline (name:partitions).
-RUM_LOCAL_KAFKA_TOPICS=("rum.beacons.v1:4" "rum.beacons.dlq.v1:1")
-
-# The services this folder manages, in start order.
+# The services this folder manages, in start order. `kafka` is the local Kafka of the mode `up` chose: one broker,
+# or the three brokers kafka-1, kafka-2 and kafka-3 (RUM_KAFKA_CLUSTER), each also a service of its own.
 RUM_SERVICES=(clickhouse kafka alertmanager prometheus)
+RUM_KAFKA_CLUSTER=(kafka-1 kafka-2 kafka-3)
 # The pipeline processes started by ./up.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 RUM_PIPELINE=(standalone ingest consume alerts)
 
-for _var in RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_CLICKHOUSE_PORT \
-    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT; do
+RUM_LOCAL_PORT_VARS=(RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_KAFKA_CONTROLLER_PORT
+    RUM_LOCAL_KAFKA_PORT_1 RUM_LOCAL_KAFKA_PORT_2 RUM_LOCAL_KAFKA_PORT_3 RUM_LOCAL_KAFKA_CONTROLLER_PORT_1
+    RUM_LOCAL_KAFKA_CONTROLLER_PORT_2 RUM_LOCAL_KAFKA_CONTROLLER_PORT_3 RUM_LOCAL_CLICKHOUSE_PORT
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT)
+for _var in "${RUM_LOCAL_PORT_VARS[@]}"; do
     if ! [[ ${!_var} =~ ^[0-9]+$ ]] || ((${!_var} < 1 || ${!_var} > 65535)); then
         die "$_var='${!_var}' is not a port number (1-65535)"
     fi
 done
-unset _var
-if ! [[ $RUM_LOCAL_START_TIMEOUT =~ ^[0-9]+$ ]]; then
-    die "RUM_LOCAL_START_TIMEOUT='$RUM_LOCAL_START_TIMEOUT' is not a number of seconds"
+for _var in RUM_LOCAL_START_TIMEOUT RUM_LOCAL_KAFKA_START_TIMEOUT; do
+    [[ ${!_var} =~ ^[1-9][0-9]*$ ]] || die "$_var='${!_var}' is not a number of seconds"
+done
+if ! [[ $RUM_LOCAL_KAFKA_HEAP_MB =~ ^[1-9][0-9]*$ ]] || ((RUM_LOCAL_KAFKA_HEAP_MB < 128)); then
+    die "RUM_LOCAL_KAFKA_HEAP_MB='$RUM_LOCAL_KAFKA_HEAP_MB' is not a heap size in MiB (128 or more)"
 fi
+unset _var
 
-export RUM_LOCAL_DIR RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_CLICKHOUSE_PORT \
-    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT RUM_TANSU_ROOT
+export RUM_LOCAL_DIR "${RUM_LOCAL_PORT_VARS[@]}"
 
 # Cargo's target dir (the pipeline binary lives there).
 rum_target_dir() {
@@ -208,66 +251,16 @@ RUM_BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev cmake curl 
 RUM_SERVER_PACKAGES=(clickhouse-server clickhouse-client)
 RUM_MONITORING_PACKAGES=(prometheus prometheus-alertmanager)
 
-# rum_install [--with-tansu]: everything the stack needs; tansu (a ~13 min build, cached) only when asked.
+# rum_install: everything the stack and the tests need: apt packages, Java 17 and Maven, Apache Kafka's jars.
 rum_install() {
-    local with_tansu=""
-    while (($#)); do
-        case $1 in
-        --with-tansu) with_tansu=1 ;;
-        *) die "rum_install: unknown option '$1'" ;;
-        esac
-        shift
-    done
     apt_ensure "${RUM_BUILD_PACKAGES[@]}"
     apt_ensure_servers "${RUM_SERVER_PACKAGES[@]}"
     apt_ensure_servers --no-install-recommends "${RUM_MONITORING_PACKAGES[@]}"
+    ensure_java
     ensure_cargo
     [[ -x $RUM_LOCAL_CLICKHOUSE_BIN ]] ||
         die "clickhouse-server not found at $RUM_LOCAL_CLICKHOUSE_BIN (RUM_LOCAL_CLICKHOUSE_BIN)"
-    if [[ -n $with_tansu ]]; then
-        ensure_tansu
-    fi
-}
-
-# ensure_tansu: build tansu once into $RUM_TANSU_ROOT (outside the checkout, so fresh clones reuse it).
-ensure_tansu() {
-    if [[ -x $RUM_TANSU_BIN ]]; then
-        return 0
-    fi
-    if [[ $RUM_TANSU_BIN != "$RUM_TANSU_DEFAULT_BIN" ]]; then
-        die "RUM_TANSU_BIN=$RUM_TANSU_BIN is not an executable; unset it to build tansu into $RUM_TANSU_ROOT"
-    fi
-    apt_ensure "${RUM_BUILD_PACKAGES[@]}"
-    ensure_cargo
-    mkdir -p "$(dirname "$RUM_TANSU_ROOT")"
-    local lock="$RUM_TANSU_ROOT.lock" build_log="$RUM_TANSU_ROOT.build.log"
-    # One build at a time, even across concurrent scripts.
-    exec {RUM_TANSU_LOCK_FD}>"$lock"
-    if ! flock -n "$RUM_TANSU_LOCK_FD"; then
-        log "another process is building tansu (lock $lock); waiting for it"
-        flock "$RUM_TANSU_LOCK_FD"
-    fi
-    if [[ ! -x $RUM_TANSU_BIN ]]; then
-        log "building tansu $RUM_TANSU_VERSION once (~13 min on 2 cores) into $RUM_TANSU_ROOT; log: $build_log"
-        cargo install "tansu@$RUM_TANSU_VERSION" --locked --features dynostore --root "$RUM_TANSU_ROOT" \
-            >"$build_log" 2>&1 &
-        local cargo_pid=$! started=$SECONDS next=$((SECONDS + 30))
-        while kill -0 "$cargo_pid" 2>/dev/null; do
-            if ((SECONDS >= next)); then
-                log "still building tansu ($((SECONDS - started)) s): $(grep -E '^ *(Compiling|Installing|Finished)' "$build_log" | tail -n 1 | sed 's/^ *//')"
-                next=$((SECONDS + 30))
-            fi
-            sleep 2
-        done
-        if ! wait "$cargo_pid"; then
-            show_log_tail "$build_log" 30
-            die "building tansu failed; see $build_log"
-        fi
-        [[ -x $RUM_TANSU_BIN ]] || die "cargo install finished but $RUM_TANSU_BIN does not exist; see $build_log"
-        log "tansu built in $((SECONDS - started)) s: $RUM_TANSU_BIN"
-    fi
-    flock -u "$RUM_TANSU_LOCK_FD"
-    exec {RUM_TANSU_LOCK_FD}>&-
+    ensure_kafka
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -324,50 +317,89 @@ proc_pid() {
     return 1
 }
 
-# start_process NAME CWD CMD [ARGS...]: start CMD in the background in its own session, stdin from /dev/null,
-# stdout and stderr appended to log/NAME.log, pid in run/NAME.pid.
+# start_process NAME CWD [VAR=VALUE...] CMD [ARGS...]: start CMD (with the variables in its environment) in the
+# background in its own session, stdin from /dev/null, stdout and stderr appended to log/NAME.log, pid in
+# run/NAME.pid and in STARTED_PID.
 start_process() {
-    local name=$1 cwd=$2 cmd=$3
+    local name=$1 cwd=$2
     shift 2
+    local envs=()
+    while (($#)) && [[ $1 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do
+        envs+=("$1")
+        shift
+    done
+    (($#)) || die "start_process $name: no command"
     local path
-    path=$(command -v "$cmd") || die "$name: command not found: $cmd"
+    path=$(command -v "$1") || die "$name: command not found: $1"
     path=$(readlink -f "$path")
     mkdir -p "$RUM_LOCAL_DIR/run" "$RUM_LOCAL_DIR/log" "$cwd"
     local lf
     lf=$(log_file "$name")
     printf '\n=== %s: starting %s (from %s)\n' "$(date -u +%FT%TZ)" "$*" "$RUM_SCRIPT_NAME" >>"$lf"
-    # setsid: a Ctrl-C in the terminal that ran this script must not reach the service.
-    (cd "$cwd" && exec setsid "$@" >>"$lf" 2>&1 </dev/null) &
-    local pid=$!
-    printf '%s\n' "$pid" >"$(pid_file "$name")"
+    # setsid: a Ctrl-C in the terminal that ran this script must not reach the service. env and setsid exec the
+    # command in the same process, so the pid is the command's.
+    (cd "$cwd" && exec env "${envs[@]}" setsid "$@" >>"$lf" 2>&1 </dev/null) &
+    STARTED_PID=$!
+    printf '%s\n' "$STARTED_PID" >"$(pid_file "$name")"
     printf '%s\n' "$path" >"$(exe_file "$name")"
-    log "$name: started (pid $pid), log: $lf"
+    log "$name: started (pid $STARTED_PID), log: $lf"
+}
+
+# stop_processes TIMEOUT NAME...: SIGTERM to each at once, wait up to TIMEOUT seconds for all, then SIGKILL the
+# rest; remove their pid files. (At once: the brokers of a cluster shut down together, not one by one.)
+stop_processes() {
+    local timeout=$1 name pid
+    shift
+    local names=() pids=()
+    for name in "$@"; do
+        if pid=$(proc_pid "$name"); then
+            log "$name: stopping (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            names+=("$name")
+            pids+=("$pid")
+        fi
+    done
+    local i deadline=$((SECONDS + timeout)) killed=""
+    for i in "${!pids[@]}"; do
+        while pid_alive "${pids[i]}"; do
+            if ((SECONDS >= deadline)) && [[ -z $killed ]]; then
+                killed=1
+                local j
+                for j in "${!pids[@]}"; do
+                    if pid_alive "${pids[j]}"; then
+                        warn "${names[j]}: still running ${timeout} s after SIGTERM, sending SIGKILL"
+                        kill -KILL "${pids[j]}" 2>/dev/null || true
+                    fi
+                done
+                deadline=$((SECONDS + 5))
+            elif ((SECONDS >= deadline)); then
+                die "${names[i]}: pid ${pids[i]} survived SIGKILL"
+            fi
+            sleep 0.1
+        done
+        rm -f "$(pid_file "${names[i]}")" "$(exe_file "${names[i]}")"
+        log "${names[i]}: stopped"
+    done
 }
 
 # stop_process NAME [TIMEOUT]: SIGTERM, wait up to TIMEOUT seconds (default 10), then SIGKILL; remove the pid file.
-stop_process() {
-    local name=$1 timeout=${2:-10} pid
+stop_process() { stop_processes "${2:-10}" "$1"; }
+
+# kill_process NAME: SIGKILL (a crash, on purpose), wait until it is gone; remove the pid file.
+kill_process() {
+    local name=$1 pid deadline
     if ! pid=$(proc_pid "$name"); then
+        log "$name: not running"
         return 0
     fi
-    log "$name: stopping (pid $pid)"
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + timeout))
+    kill -KILL "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + 5))
     while pid_alive "$pid"; do
-        if ((SECONDS >= deadline)); then
-            warn "$name: still running ${timeout} s after SIGTERM, sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            deadline=$((SECONDS + 5))
-            while pid_alive "$pid"; do
-                ((SECONDS < deadline)) || die "$name: pid $pid survived SIGKILL"
-                sleep 0.1
-            done
-            break
-        fi
+        ((SECONDS < deadline)) || die "$name: pid $pid survived SIGKILL"
         sleep 0.1
     done
     rm -f "$(pid_file "$name")" "$(exe_file "$name")"
-    log "$name: stopped"
+    log "$name: killed (SIGKILL to pid $pid)"
 }
 
 # port_listener PORT: print the listening sockets on PORT (empty when the port is free).
@@ -390,7 +422,8 @@ require_port_free() {
 }
 
 # wait_ready NAME WHAT EXTRA_LOG CHECK...: run CHECK until it succeeds; die (pointing at log/NAME.log and, when not
-# empty, EXTRA_LOG) when the process exits or RUM_LOCAL_START_TIMEOUT passes (a process that timed out is stopped).
+# empty, EXTRA_LOG) when the process exits or RUM_LOCAL_START_TIMEOUT seconds pass since it was started (a process
+# that timed out is stopped).
 wait_ready() {
     local name=$1 what=$2 extra=$3
     shift 3
@@ -399,16 +432,20 @@ wait_ready() {
     if [[ -n $extra ]]; then
         lf="$lf and $extra"
     fi
-    local deadline=$((SECONDS + RUM_LOCAL_START_TIMEOUT)) pid
-    pid=$(<"$(pid_file "$name")")
+    local pf started deadline pid
+    pf=$(pid_file "$name")
+    [[ -f $pf ]] || die "$name is not running (no $pf)"
+    pid=$(<"$pf")
+    started=$(stat -c %Y "$pf")
+    deadline=$((started + RUM_LOCAL_START_TIMEOUT))
     while ! "$@" >/dev/null 2>&1; do
         if ! pid_alive "$pid"; then
-            rm -f "$(pid_file "$name")" "$(exe_file "$name")"
+            rm -f "$pf" "$(exe_file "$name")"
             show_log_tail "$(log_file "$name")"
             [[ -z $extra ]] || show_log_tail "$extra"
             die "$name exited during startup (waiting for $what); see $lf"
         fi
-        if ((SECONDS >= deadline)); then
+        if (($(date +%s) >= deadline)); then
             show_log_tail "$(log_file "$name")"
             [[ -z $extra ]] || show_log_tail "$extra"
             stop_process "$name" 5 || true
@@ -428,12 +465,21 @@ http_ok() {
 # tcp_open PORT: something accepts connections on 127.0.0.1:PORT.
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Services: kafka (tansu), clickhouse, prometheus, alertmanager
+# free_port: a loopback port that is free now (for processes of the benchmark; the stack's ports come from env).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Services: kafka (Apache Kafka, deploy/local/kafka.sh), clickhouse, prometheus, alertmanager
+
+# shellcheck source=deploy/local/kafka.sh
+source "$RUM_LOCAL_LIB_DIR/kafka.sh"
+
+# is_service NAME: a service of this folder (the brokers of the cluster count too).
 is_service() {
     local s
-    for s in "${RUM_SERVICES[@]}"; do
+    for s in "${RUM_SERVICES[@]}" "${RUM_KAFKA_CLUSTER[@]}"; do
         [[ $s == "$1" ]] && return 0
     done
     return 1
@@ -442,57 +488,15 @@ is_service() {
 # service_url NAME: where the service answers.
 service_url() {
     case $1 in
-    kafka) printf 'tcp://127.0.0.1:%s\n' "$RUM_LOCAL_KAFKA_PORT" ;;
+    kafka | kafka-[123]) printf '127.0.0.1:%s (controller :%s)\n' "$(kafka_port "$1")" "$(kafka_controller_port "$1")" ;;
     clickhouse) printf 'http://127.0.0.1:%s (native tcp :%s)\n' "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" ;;
     prometheus) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_PROMETHEUS_PORT" ;;
     alertmanager) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_ALERTMANAGER_PORT" ;;
     standalone | ingest) printf 'http://127.0.0.1:%s\n' "$RUM_INGEST_PORT" ;;
     consume) printf 'http://127.0.0.1:%s/metrics\n' "$RUM_CONSUMER_PORT" ;;
+    alerts) printf 'http://127.0.0.1:%s/metrics\n' "${RUM_ALERTS_PORT:-8082}" ;;
     *) printf '\n' ;;
     esac
-}
-
-# service_ports NAME: the ports a service listens on.
-service_ports() {
-    case $1 in
-    kafka) printf '%s\n' "$RUM_LOCAL_KAFKA_PORT" ;;
-    clickhouse) printf '%s\n' "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" ;;
-    prometheus) printf '%s\n' "$RUM_LOCAL_PROMETHEUS_PORT" ;;
-    alertmanager) printf '%s\n' "$RUM_LOCAL_ALERTMANAGER_PORT" ;;
-    esac
-}
-
-# kafka_create_topic NAME PARTITIONS: create a topic on the local tansu; an existing topic is fine.
-kafka_create_topic() {
-    local topic=$1 partitions=$2 out
-    if out=$("$RUM_TANSU_BIN" topic create --broker "tcp://127.0.0.1:$RUM_LOCAL_KAFKA_PORT" \
-        --partitions "$partitions" "$topic" 2>&1); then
-        log "kafka: created topic $topic ($partitions partitions)"
-    elif grep -qiE 'TopicAlreadyExists|already exists' <<<"$out"; then
-        log "kafka: topic $topic already exists"
-    else
-        printf '%s\n' "$out" | sed 's/^/    | /' >&2
-        die "kafka: could not create topic $topic"
-    fi
-}
-
-kafka_start() {
-    ensure_tansu
-    if ! proc_pid kafka >/dev/null; then
-        require_port_free kafka "$RUM_LOCAL_KAFKA_PORT" RUM_LOCAL_KAFKA_PORT
-        local url="tcp://127.0.0.1:$RUM_LOCAL_KAFKA_PORT"
-        # cwd is the data dir: tansu reads a .env file from its working directory.
-        start_process kafka "$(data_dir kafka)" "$RUM_TANSU_BIN" broker \
-            --listener-url "$url" --advertised-listener-url "$url" --storage-engine memory://tansu/
-        wait_ready kafka "$url" "" tcp_open "$RUM_LOCAL_KAFKA_PORT"
-        log "kafka: ready at $url (tansu, memory storage: data is lost when it stops)"
-    else
-        log "kafka: already running (pid $(proc_pid kafka))"
-    fi
-    local spec
-    for spec in "${RUM_LOCAL_KAFKA_TOPICS[@]}"; do
-        kafka_create_topic "${spec%%:*}" "${spec##*:}"
-    done
 }
 
 # render_clickhouse_config DIR HTTP_PORT TCP_PORT: write DIR/config.xml and DIR/users.xml from the templates in
@@ -616,29 +620,64 @@ alertmanager_start() {
     log "alertmanager: ready at http://127.0.0.1:$RUM_LOCAL_ALERTMANAGER_PORT"
 }
 
+# service_names NAME...: the processes behind the names (`kafka` is the brokers of the current mode), in order.
+service_names() {
+    local name
+    for name in "$@"; do
+        if [[ $name == kafka ]]; then
+            kafka_names
+        else
+            printf '%s\n' "$name"
+        fi
+    done
+}
+
+# service_check NAME: die unless NAME can be managed now (a broker of the cluster only in cluster mode).
+service_check() {
+    is_service "$1" || die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]})"
+    if [[ $1 == kafka-[123] && $(kafka_mode) != cluster ]]; then
+        die "$1 is a broker of the three-broker cluster, but the local Kafka is one broker (kafka); start the cluster with ./deploy/local/up --kafka cluster"
+    fi
+}
+
 service_start() {
     case $1 in
-    kafka) kafka_start ;;
+    kafka)
+        if [[ $(kafka_mode) == cluster ]]; then
+            kafka_cluster_start
+        else
+            kafka_start
+        fi
+        ;;
+    kafka-[123]) kafka_cluster_member_start "$1" ;;
     clickhouse) clickhouse_start ;;
     prometheus) prometheus_start ;;
     alertmanager) alertmanager_start ;;
-    *) die "unknown service '$1' (known: ${RUM_SERVICES[*]})" ;;
+    *) die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]})" ;;
     esac
 }
 
+# service_stop NAME: SIGTERM by pid (`kafka`: all its brokers at once), SIGKILL past a timeout.
 service_stop() {
-    local timeout=10
-    [[ $1 == clickhouse ]] && timeout=20 # flushes tables on shutdown (~2 s idle)
-    stop_process "$1" "$timeout"
+    local names=()
+    mapfile -t names < <(service_names "$1")
+    case $1 in
+    clickhouse) stop_processes 20 "${names[@]}" ;; # flushes tables on shutdown (~2 s idle)
+    kafka*) stop_processes 30 "${names[@]}" ;;     # a controlled shutdown moves partition leaders first
+    *) stop_processes 10 "${names[@]}" ;;
+    esac
 }
 
-# service_status NAME: one line; returns 0 when running.
+# service_status NAME: one line a process; returns 0 when all run.
 service_status() {
-    local name=$1 pid
-    if pid=$(proc_pid "$name" 2>/dev/null); then
-        printf '%-13s running  pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
-        return 0
-    fi
-    printf '%-13s stopped\n' "$name"
-    return 1
+    local name pid rc=0
+    while read -r name; do
+        if pid=$(proc_pid "$name" 2>/dev/null); then
+            printf '%-13s running  pid %-8s %s\n' "$name" "$pid" "$(service_url "$name")"
+        else
+            printf '%-13s stopped\n' "$name"
+            rc=1
+        fi
+    done < <(service_names "$1")
+    return "$rc"
 }
