@@ -80,7 +80,7 @@ ensure_kafka() {
     fi
     if [[ ! -f $marker || $(<"$marker") != "$want" || ! -d $lib ]]; then
         local tmp=$RUM_KAFKA_HOME/lib.partial fetch_log=$RUM_KAFKA_HOME/fetch.log started=$SECONDS
-        log "kafka: fetching Apache Kafka $RUM_KAFKA_VERSION with Maven into $lib (once, ~15 s); log: $fetch_log"
+        log "kafka: fetching Apache Kafka $RUM_KAFKA_VERSION with Maven into $lib (once, 15-35 s); log: $fetch_log"
         rm -rf "$tmp" "$marker"
         if ! mvn -q -B -f "$RUM_KAFKA_CONF_DIR/pom.xml" -Dmaven.repo.local="$HOME/.cache/rum/m2" \
             -Dkafka.version="$RUM_KAFKA_VERSION" -Dlog4j.version="$RUM_KAFKA_LOG4J_VERSION" \
