@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use rum_alerts::AlertsConfig;
 use rum_clickhouse::ClickHouseConfig;
@@ -33,9 +33,15 @@ pub struct Config {
     pub alerts: AlertsConfig,
 }
 
-/// The environment variable that sets a dotted key: `kafka.brokers` -> `RUM_KAFKA_BROKERS`.
+/// Keys whose environment variable is taken as written: figment would read `0123` as the number
+/// 123 and unquote `"..."`, which would change a password.
+const RAW_KEYS: [&str; 2] = ["kafka.sasl_password", "clickhouse.password"];
+
+/// The environment variable that sets a dotted key: `kafka.brokers` -> `RUM_KAFKA_BROKERS`. A key
+/// inside a table (`kafka.librdkafka_options.client.rack`) is set by its table's variable.
 pub fn env_name(key: &str) -> String {
-    format!("RUM_{}", key.replace('.', "_").to_ascii_uppercase())
+    let section_and_key = key.splitn(3, '.').take(2).collect::<Vec<_>>().join("_");
+    format!("RUM_{}", section_and_key.to_ascii_uppercase())
 }
 
 /// Loads the file (if given) and the environment, and checks every value.
@@ -53,16 +59,25 @@ pub fn load(file: Option<&Path>) -> Result<Config, String> {
             .filter_map(|key| {
                 let (section, rest) = key.as_str().split_once('_')?;
                 let section = section.to_ascii_lowercase();
-                SECTIONS
-                    .contains(&section.as_str())
-                    .then(|| format!("{section}.{}", rest.to_ascii_lowercase()).into())
+                let key = format!("{section}.{}", rest.to_ascii_lowercase());
+                (SECTIONS.contains(&section.as_str()) && !RAW_KEYS.contains(&key.as_str()))
+                    .then(|| key.into())
             })
             .lowercase(false),
     );
+    for key in RAW_KEYS {
+        if let Some(value) = std::env::var_os(env_name(key)) {
+            let value = value
+                .into_string()
+                .map_err(|_| format!("{key} (from {}): not UTF-8", env_name(key)))?;
+            figment = figment.merge(Serialized::default(key, value));
+        }
+    }
     let config: Config = figment.extract().map_err(|e| describe(&e))?;
     config
         .kafka
         .validate()
+        .and_then(|()| rum_kafka::check(&config.kafka))
         .and_then(|()| config.ingest.validate())
         .and_then(|()| config.consumer.validate())
         .and_then(|()| config.clickhouse.validate())
@@ -176,6 +191,87 @@ mod tests {
             jail.set_env("RUM_LOG", "debug");
             jail.set_env("RUM_LOCAL_KAFKA_PORT", "9092");
             assert!(load(None).is_ok());
+            Ok(())
+        });
+    }
+    #[test]
+    fn an_unknown_librdkafka_option_names_the_option() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "rum.toml",
+                "[kafka.librdkafka_options]\n\"client.rack\" = \"eu-1a\"\n\"foo.bar\" = 1\n",
+            )?;
+            let err = load(Some(Path::new("rum.toml"))).unwrap_err();
+            assert_eq!(
+                err,
+                "kafka.librdkafka_options.foo.bar (RUM_KAFKA_LIBRDKAFKA_OPTIONS): unknown librdkafka property"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn librdkafka_options_come_from_the_file_or_one_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "RUM_KAFKA_LIBRDKAFKA_OPTIONS",
+                r#"{"client.rack"="eu-1a","socket.keepalive.enable"=true}"#,
+            );
+            let c = load(None).unwrap();
+            assert_eq!(c.kafka.librdkafka_options.0["client.rack"], "eu-1a");
+            assert_eq!(
+                c.kafka.librdkafka_options.0["socket.keepalive.enable"],
+                "true"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_from_the_environment_is_taken_as_written_and_never_shown() {
+        Jail::expect_with(|jail| {
+            jail.set_env("RUM_KAFKA_SECURITY_PROTOCOL", "sasl_ssl");
+            jail.set_env("RUM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256");
+            jail.set_env("RUM_KAFKA_SASL_USERNAME", "rum");
+            jail.set_env("RUM_KAFKA_SASL_PASSWORD", "0123");
+            jail.set_env("RUM_CLICKHOUSE_PASSWORD", r#""quoted""#);
+            let c = load(None).unwrap();
+            let password = c.kafka.sasl_password().unwrap().unwrap();
+            assert_eq!(password.expose(), "0123");
+            assert_eq!(c.clickhouse.password.expose(), r#""quoted""#);
+            let shown = format!("{c:?}");
+            assert!(
+                !shown.contains("0123") && !shown.contains("quoted"),
+                "{shown}"
+            );
+            // An error elsewhere does not show it either.
+            jail.set_env("RUM_KAFKA_SASL_MECHANISM", "MD5");
+            let err = load(None).unwrap_err();
+            assert!(
+                err.starts_with(
+                    "kafka.sasl_mechanism (from RUM_KAFKA_SASL_MECHANISM): `MD5` is not one of"
+                ),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sasl_without_a_password_names_both_ways_to_give_one() {
+        Jail::expect_with(|jail| {
+            jail.set_env("RUM_KAFKA_SECURITY_PROTOCOL", "sasl_ssl");
+            jail.set_env("RUM_KAFKA_SASL_MECHANISM", "PLAIN");
+            jail.set_env("RUM_KAFKA_SASL_USERNAME", "rum");
+            let err = load(None).unwrap_err();
+            assert_eq!(err, "kafka.sasl_password (RUM_KAFKA_SASL_PASSWORD): required with kafka.security_protocol sasl_ssl (or kafka.sasl_password_file)");
+            jail.create_file("password", "from-a-file\n")?;
+            jail.set_env("RUM_KAFKA_SASL_PASSWORD_FILE", "password");
+            let c = load(None).unwrap();
+            assert_eq!(
+                c.kafka.sasl_password().unwrap().unwrap().expose(),
+                "from-a-file"
+            );
             Ok(())
         });
     }

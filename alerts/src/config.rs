@@ -18,8 +18,11 @@ pub struct AlertsConfig {
     /// Seconds between evaluations; firing alerts are re-sent this often and end 3 intervals later
     /// unless re-sent.
     pub interval_secs: u64,
-    /// Alertmanager's base URL; alerts go to `<url>/api/v2/alerts`.
+    /// Alertmanager's base URL; alerts go to `<url>/api/v2/alerts`. `https://` uses TLS.
     pub alertmanager_url: String,
+    /// PEM file of the CA certificates that sign Alertmanager's certificate (`https://` only);
+    /// unset: Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
     /// The rules file (TOML); without one the built-in defaults apply (see [`Rules`]).
     pub rules_file: Option<PathBuf>,
 }
@@ -31,6 +34,7 @@ impl Default for AlertsConfig {
             port: 8082,
             interval_secs: 60,
             alertmanager_url: "http://127.0.0.1:9093".into(),
+            ca_file: None,
             rules_file: None,
         }
     }
@@ -64,8 +68,22 @@ impl AlertsConfig {
         if rest.is_empty() || rest.starts_with('/') {
             return Err(ConfigError::new("alerts.alertmanager_url", "has no host"));
         }
+        if self.ca_file.is_some() && !self.alertmanager_url.starts_with("https://") {
+            return Err(ConfigError::new(
+                "alerts.ca_file",
+                "is set but alerts.alertmanager_url is not https://",
+            ));
+        }
+        if self.alertmanager_url.starts_with("https://") {
+            self.tls()?;
+        }
         self.rules()?;
         Ok(())
+    }
+
+    /// The TLS settings of the link to Alertmanager: the CA file's certificates, or Mozilla's roots.
+    pub fn tls(&self) -> Result<rustls::ClientConfig, ConfigError> {
+        rum_clickhouse::tls::client_tls_config("alerts.ca_file", self.ca_file.as_deref())
     }
 
     /// The rules: the file's, or the defaults. Errors name `alerts.rules_file`, and the reason names
@@ -111,5 +129,28 @@ mod tests {
         let err = bad.validate().unwrap_err();
         assert_eq!(err.key, "alerts.rules_file");
         assert!(err.reason.contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_https_and_must_exist() {
+        let http_with_ca = AlertsConfig {
+            ca_file: Some("/etc/hostname".into()),
+            ..Default::default()
+        };
+        assert_eq!(http_with_ca.validate().unwrap_err().key, "alerts.ca_file");
+        let missing = AlertsConfig {
+            alertmanager_url: "https://127.0.0.1:9093".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing.validate().unwrap_err().to_string(),
+            "alerts.ca_file: cannot read /nonexistent/ca.pem: not found"
+        );
+        let https = AlertsConfig {
+            alertmanager_url: "https://alertmanager.example".into(),
+            ..Default::default()
+        };
+        https.validate().unwrap();
     }
 }

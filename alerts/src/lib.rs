@@ -103,7 +103,7 @@ pub async fn run(
     let rules = config.rules()?;
     let interval_secs = u32::try_from(config.interval_secs).unwrap_or(86_400);
     let metrics = Arc::new(AlertsMetrics::new()?);
-    let notifier = Notifier::new(&config.alertmanager_url)?;
+    let notifier = Notifier::with_tls(&config.alertmanager_url, config.tls()?)?;
     let evaluator = Evaluator::new(clickhouse, rules, interval_secs);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)

@@ -63,9 +63,18 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// A notifier for the Alertmanager at `base_url` (e.g. `http://127.0.0.1:9093`).
+    /// A notifier for the Alertmanager at `base_url` (e.g. `http://127.0.0.1:9093`); an
+    /// `https://` one is trusted on Mozilla's roots.
     pub fn new(base_url: &str) -> Result<Self, reqwest::Error> {
+        Self::with_tls(base_url, rum_clickhouse::tls::public_roots_tls_config())
+    }
+
+    /// A notifier trusting `tls` for an `https://` Alertmanager (see [`AlertsConfig::tls`]).
+    ///
+    /// [`AlertsConfig::tls`]: crate::AlertsConfig::tls
+    pub fn with_tls(base_url: &str, tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(REQUEST_TIMEOUT)
             .build()?;
         Ok(Self {

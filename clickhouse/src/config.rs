@@ -1,20 +1,29 @@
 //! How to reach ClickHouse. Section `[clickhouse]` of the config, env `RUM_CLICKHOUSE_*`.
 
-use rum_schemas::config::{require_non_empty, ConfigError};
+use std::path::PathBuf;
+
+use rum_schemas::config::{require_non_empty, ConfigError, Secret};
 use serde::Deserialize;
+
+use crate::tls;
 
 /// ClickHouse connection settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClickHouseConfig {
-    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`, or `https://...:8443` (TLS).
     pub url: String,
     /// The database holding `rum`'s tables.
     pub database: String,
     /// The user.
     pub user: String,
     /// The password (empty for none).
-    pub password: String,
+    pub password: Secret,
+    /// A file holding the password instead (read at start, one trailing newline trimmed).
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign the server's certificate (`https://` only);
+    /// unset: Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
     /// Days of `vitals_raw` kept; older days are dropped whole by the consumers.
     pub raw_retention_days: u32,
     /// Days of `vitals_1m` kept; older months are dropped whole by the consumers.
@@ -27,7 +36,9 @@ impl Default for ClickHouseConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "rum".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
+            password_file: None,
+            ca_file: None,
             raw_retention_days: crate::retention::DEFAULT_RAW_DAYS,
             rollup_retention_days: crate::retention::DEFAULT_ROLLUP_DAYS,
         }
@@ -60,6 +71,22 @@ impl ClickHouseConfig {
             ));
         }
         require_non_empty("clickhouse.user", &self.user)?;
+        if self.password_file.is_some() && !self.password.is_empty() {
+            return Err(ConfigError::new(
+                "clickhouse.password_file",
+                "set together with clickhouse.password: set one of them",
+            ));
+        }
+        self.password()?;
+        if self.ca_file.is_some() && !self.is_https() {
+            return Err(ConfigError::new(
+                "clickhouse.ca_file",
+                "is set but clickhouse.url is not https://",
+            ));
+        }
+        if self.is_https() {
+            tls::client_tls_config("clickhouse.ca_file", self.ca_file.as_deref())?;
+        }
         if self.raw_retention_days == 0 {
             return Err(ConfigError::new(
                 "clickhouse.raw_retention_days",
@@ -75,12 +102,37 @@ impl ClickHouseConfig {
         Ok(())
     }
 
+    fn is_https(&self) -> bool {
+        self.url.starts_with("https://")
+    }
+
+    /// The password: the value, or the file's content (read now).
+    pub fn password(&self) -> Result<Secret, ConfigError> {
+        match &self.password_file {
+            Some(path) => Secret::from_file("clickhouse.password_file", path),
+            None => Ok(self.password.clone()),
+        }
+    }
+
     /// A client bound to the server, without a database (for `CREATE DATABASE`).
+    ///
+    /// The password file and the CA file were checked at start; should one have become unreadable
+    /// since, the error is logged and requests fail (no password: 401; no trusted CA: the TLS
+    /// handshake fails), rather than falling back to something weaker.
     pub fn server_client(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
+        let password = self.password().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "clickhouse: no password");
+            Secret::default()
+        });
+        let tls = tls::client_tls_config("clickhouse.ca_file", self.ca_file.as_deref())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "clickhouse: no trusted CA, https requests will fail");
+                tls::untrusting_tls_config()
+            });
+        clickhouse::Client::with_http_client(tls::http_client(tls))
             .with_url(&self.url)
             .with_user(&self.user)
-            .with_password(&self.password)
+            .with_password(password.expose())
             .with_validation(false)
     }
 
@@ -111,5 +163,51 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad_db.validate().unwrap_err().key, "clickhouse.database");
+    }
+
+    #[test]
+    fn a_ca_file_needs_https_and_must_exist() {
+        let http_with_ca = ClickHouseConfig {
+            ca_file: Some("/etc/hostname".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            http_with_ca.validate().unwrap_err().to_string(),
+            "clickhouse.ca_file: is set but clickhouse.url is not https://"
+        );
+        let missing = ClickHouseConfig {
+            url: "https://127.0.0.1:8443".into(),
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing.validate().unwrap_err().to_string(),
+            "clickhouse.ca_file: cannot read /nonexistent/ca.pem: not found"
+        );
+        let https = ClickHouseConfig {
+            url: "https://clickhouse.example:8443".into(),
+            ..Default::default()
+        };
+        https.validate().unwrap();
+    }
+
+    #[test]
+    fn the_password_comes_from_the_value_or_a_file_never_both_and_never_shows() {
+        let both = ClickHouseConfig {
+            password: Secret::new("pw-in-config"),
+            password_file: Some("/nonexistent/pw".into()),
+            ..Default::default()
+        };
+        let err = both.validate().unwrap_err();
+        assert_eq!(err.key, "clickhouse.password_file");
+        assert!(!format!("{both:?} {err}").contains("pw-in-config"));
+        let missing = ClickHouseConfig {
+            password_file: Some("/nonexistent/pw".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            missing.validate().unwrap_err().to_string(),
+            "clickhouse.password_file: cannot read /nonexistent/pw: not found"
+        );
     }
 }

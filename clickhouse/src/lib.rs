@@ -1,5 +1,6 @@
-//! ClickHouse storage for `rum`: connection settings, schema migrations, the row types, the quantile
-//! sketch of `vitals_1m`, the analyst queries (`clickhouse/queries/`) and retention.
+//! ClickHouse storage for `rum`: connection settings (http or https with a CA file, see [`tls`]),
+//! schema migrations, the row types, the quantile sketch of `vitals_1m`, the analyst queries
+//! (`clickhouse/queries/`) and retention.
 //!
 //! Works against ClickHouse 18.16 (Debian's) and current releases: the client runs with
 //! `with_validation(false)` because 18.16 lacks `RowBinaryWithNamesAndTypes`, and every
@@ -12,6 +13,7 @@ mod queries;
 mod retention;
 mod rows;
 mod sketch;
+pub mod tls;
 
 pub use clickhouse::Client;
 pub use config::ClickHouseConfig;

@@ -1,0 +1,153 @@
+//! TLS of the `https://` links (ClickHouse, and Alertmanager in `rum-alerts`): rustls with ring.
+//!
+//! With a CA file, only its certificates are trusted: a private CA is the reason to give one, and
+//! adding the public roots would let any publicly trusted certificate pass for the server. Without
+//! one, Mozilla's roots (compiled in, `webpki-roots`), as a managed service's certificate needs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use rum_schemas::config::{io_reason, require_readable_file, ConfigError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+/// TCP keepalive of the connections to ClickHouse (the `clickhouse` crate's own choice).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Idle connections are closed before ClickHouse's `keep_alive_timeout` (3 s by default) does it.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The certificates of a PEM file, checked as trust anchors. Errors name `key` and the path.
+pub fn load_ca_file(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
+    require_readable_file(key, path)?;
+    let unusable = |reason: String| ConfigError::new(key, format!("{}: {reason}", path.display()));
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unusable(pem_reason(&e)))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unusable(pem_reason(&e)))?;
+    if certificates.is_empty() {
+        return Err(unusable("holds no PEM certificate".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|e| unusable(format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(roots)
+}
+
+fn pem_reason(error: &rustls::pki_types::pem::Error) -> String {
+    match error {
+        rustls::pki_types::pem::Error::Io(e) => io_reason(e),
+        other => format!("not PEM ({other:?})"),
+    }
+}
+
+/// The TLS settings of a client: the CA file's certificates, or Mozilla's roots without one.
+pub fn client_tls_config(key: &str, ca_file: Option<&Path>) -> Result<ClientConfig, ConfigError> {
+    match ca_file {
+        Some(path) => Ok(trusting(load_ca_file(key, path)?)),
+        None => Ok(public_roots_tls_config()),
+    }
+}
+
+/// TLS settings trusting Mozilla's roots, as a public service's certificate needs.
+pub fn public_roots_tls_config() -> ClientConfig {
+    trusting(RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
+}
+
+/// TLS settings that trust no server: what a client gets when its CA file became unreadable
+/// after start (every https request then fails; nothing is trusted by mistake).
+pub fn untrusting_tls_config() -> ClientConfig {
+    trusting(RootCertStore::empty())
+}
+
+/// TLS 1.2 and 1.3 (rustls' safe defaults; ClickHouse 18.16 serves both) with ring, trusting `roots`.
+fn trusting(roots: RootCertStore) -> ClientConfig {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// An HTTP/1.1 client for `http://` and `https://` URLs, trusting `tls`.
+pub fn http_client<B>(tls: ClientConfig) -> HyperClient<HttpsConnector<HttpConnector>, B>
+where
+    B: hyper::body::Body + Send,
+    B::Data: Send,
+{
+    let mut tcp = HttpConnector::new();
+    tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA certificate (`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes
+    /// -subj /CN=test-ca -days 36500`), for parsing only.
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBezCCASGgAwIBAgIUBo85KwaE4oSZg8kxIwvdhWik8A0wCgYIKoZIzj0EAwIw
+EjEQMA4GA1UEAwwHdGVzdC1jYTAgFw0yNjEyMDIwNjU5NDdaGA8yMTI2MTEwODA2
+NTk0N1owEjEQMA4GA1UEAwwHdGVzdC1jYTBZMBMGByqGSM49AgEGCCqGSM49AwEH
+A0IABCK01amTchUwzB/mA2QcGpKMG63pbLYr0wlfHfF4Gq0TmCA9Mud1J+mSKncx
+hTNuWnW7Ze0SFJV00QzWATlz/byjUzBRMB0GA1UdDgQWBBQ+Ex1+OxapwYTEaoCh
+o6NUh+zDeDAfBgNVHSMEGDAWgBQ+Ex1+OxapwYTEaoCho6NUh+zDeDAPBgNVHRMB
+Af8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQDPHmfgZGQ38gVmBSIv3Gopzsdc
+wKMNs2vw6CC0OnA01QIgFh8izaNzBtcH/zsgEyKq1uKcwNcNY6ryzpKvHzqkzYw=
+-----END CERTIFICATE-----
+";
+
+    fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rum-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_empty_or_not_pem_names_the_key() {
+        let err = load_ca_file("clickhouse.ca_file", Path::new("/nonexistent/ca.pem")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "clickhouse.ca_file: cannot read /nonexistent/ca.pem: not found"
+        );
+        let empty = temp_file("empty.pem", "");
+        let err = load_ca_file("clickhouse.ca_file", &empty).unwrap_err();
+        assert!(err.reason.ends_with("holds no PEM certificate"), "{err}");
+        let garbage = temp_file(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+        );
+        let err = load_ca_file("alerts.ca_file", &garbage).unwrap_err();
+        assert_eq!(err.key, "alerts.ca_file");
+        assert!(err.reason.contains("not a usable CA certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_pem_ca_file_and_the_default_roots_build_a_tls_config() {
+        let ca = temp_file("ca.pem", CA_PEM);
+        assert_eq!(load_ca_file("k", &ca).unwrap().len(), 1);
+        client_tls_config("k", Some(&ca)).unwrap();
+        client_tls_config("k", None).unwrap();
+    }
+}

@@ -1,0 +1,13 @@
+//! How `rum`'s Kafka clients are set up.
+//!
+//! - [`client_config`](client_config::client_config): the one librdkafka configuration every client
+//!   is built from (brokers, TLS, SASL, the client's own properties, then `kafka.librdkafka_options`),
+//!   and [`check`](client_config::check), which asks librdkafka itself about it at start.
+//! - [`logging`]: librdkafka's errors and log lines as `tracing` events, each failure once, not once
+//!   every reconnection.
+
+pub mod client_config;
+pub mod logging;
+
+pub use client_config::{check, client_config, OWNED};
+pub use logging::{KafkaLog, LoggingContext};
