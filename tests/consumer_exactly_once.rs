@@ -1,30 +1,29 @@
-//! Exactly once into ClickHouse, with real processes: tansu, the ClickHouse server and `rum consume`,
+//! Exactly once into ClickHouse, with real processes: Apache Kafka, the ClickHouse server and `rum consume`,
 //! through SIGKILLs at random moments, a rebalance between two members, and a ClickHouse outage.
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{rum_output, RumProcess};
+use common::{rum_output, settled_counts, stored_counts, RumProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rum_schemas::{BeaconMessage, Device, MetricName, MetricSample};
-use rum_testkit::{free_port, read_topic, ClickHouseServer, Tansu};
+use rum_testkit::{free_port, read_topic, ClickHouseServer, Kafka};
 
 const METRICS_PER_BEACON: u64 = 3;
 
 struct Stack {
-    tansu: Tansu,
+    kafka: Kafka,
     clickhouse: ClickHouseServer,
 }
 
 impl Stack {
     fn start() -> Stack {
-        let tansu = Tansu::start();
-        tansu.create_topic("rum.beacons.v1", 4);
-        tansu.create_topic("rum.beacons.dlq.v1", 1);
+        let kafka = Kafka::start();
+        kafka.create_pipeline_topics();
         let clickhouse = ClickHouseServer::start();
         let out = rum_output(
             &["migrate"],
@@ -35,7 +34,7 @@ impl Stack {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Stack { tansu, clickhouse }
+        Stack { kafka, clickhouse }
     }
 
     fn consumer(&self, metrics_port: u16) -> RumProcess {
@@ -43,7 +42,7 @@ impl Stack {
         RumProcess::spawn(
             &["consume"],
             &[
-                ("RUM_KAFKA_BROKERS", self.tansu.brokers.as_str()),
+                ("RUM_KAFKA_BROKERS", self.kafka.brokers.as_str()),
                 ("RUM_CLICKHOUSE_URL", self.clickhouse.url.as_str()),
                 ("RUM_CONSUMER_PORT", port.as_str()),
                 ("RUM_CONSUMER_BATCH_MAX_MESSAGES", "100"),
@@ -56,13 +55,12 @@ impl Stack {
 
     /// Publishes beacons `range` (3 metrics each) and a poison message every 500th.
     async fn produce(&self, range: std::ops::Range<u64>) {
-        // One record per batch: tansu 0.6.0 cannot fetch from an offset inside a multi-record batch
-        // (the fetch comes back empty and reports a high watermark of 1), so a consumer resuming from
-        // a committed offset mid-batch would stall. Apache Kafka serves such fetches.
+        // Batched as a production producer batches: the consumer resumes from committed offsets in the middle
+        // of batches.
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.tansu.brokers)
+            .set("bootstrap.servers", &self.kafka.brokers)
             .set("enable.idempotence", "true")
-            .set("batch.num.messages", "1")
+            .set("linger.ms", "20")
             .create()
             .unwrap();
         let now = std::time::SystemTime::now()
@@ -126,7 +124,7 @@ impl Stack {
     fn kafka_positions(&self) -> Vec<(i32, String, i64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.tansu.brokers)
+            .set("bootstrap.servers", &self.kafka.brokers)
             .set("group.id", "rum-consumers")
             .create()
             .unwrap();
@@ -151,32 +149,9 @@ impl Stack {
             .collect()
     }
 
-    /// (rows in vitals_raw, distinct metric ids there, samples summed over vitals_1m).
-    fn counts(&self) -> Option<(u64, u64, u64)> {
-        let raw = self
-            .clickhouse
-            .try_query("SELECT count(), uniqExact(metric_id) FROM rum.vitals_raw FORMAT TSV")
-            .ok()?;
-        let rollup = self
-            .clickhouse
-            .try_query("SELECT countMerge(samples) FROM rum.vitals_1m FORMAT TSV")
-            .ok()?;
-        let mut raw = raw.split_whitespace().map(|v| v.parse::<u64>().unwrap());
-        Some((raw.next()?, raw.next()?, rollup.trim().parse().unwrap_or(0)))
-    }
-
     /// Waits until `expected` rows are stored, then checks nothing more arrives and nothing is doubled.
     async fn assert_exactly(&self, expected: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let counts = self.counts();
-            if counts.is_some_and(|(raw, _, _)| raw >= expected) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let (raw, distinct, rollup) = self.counts().expect("ClickHouse answers");
+        let (raw, distinct, rollup) = settled_counts(&self.clickhouse, expected, within).await;
         let per_partition = self.clickhouse.query(
             "SELECT kafka_partition, min(kafka_offset), max(kafka_offset), uniqExact(kafka_offset), count() \
              FROM rum.vitals_raw GROUP BY kafka_partition ORDER BY kafka_partition FORMAT TSV",
@@ -206,7 +181,7 @@ async fn sigkills_at_random_moments_neither_lose_nor_double_count() {
         consumer.kill();
         eprintln!(
             "round {round}: SIGKILL after {after:?}, stored so far {:?}",
-            stack.counts()
+            stored_counts(&stack.clickhouse)
         );
     }
     let _last = stack.consumer(free_port());
@@ -227,7 +202,7 @@ async fn a_rebalance_between_two_members_neither_loses_nor_double_counts() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     eprintln!(
         "before the SIGKILL of the first member: {:?}",
-        stack.counts()
+        stored_counts(&stack.clickhouse)
     );
     first.kill();
     stack
@@ -292,7 +267,7 @@ async fn a_clickhouse_outage_of_a_minute_loses_nothing_and_drains_after() {
 
     // The poison (one every 500 beacons) went to the dead-letter topic once, with its reason,
     // even though its batch was retried through the outage.
-    let brokers = stack.tansu.brokers.clone();
+    let brokers = stack.kafka.brokers.clone();
     let dead =
         tokio::task::spawn_blocking(move || read_topic(&brokers, "rum.beacons.dlq.v1", 1, 8))
             .await

@@ -1,5 +1,5 @@
 //! The first real path, end to end with real processes: an HTTP POST to `rum ingest`, through the
-//! tansu broker, `rum consume`, into the ClickHouse server's `rum.vitals_raw`.
+//! Apache Kafka broker, `rum consume`, into the ClickHouse server's `rum.vitals_raw`.
 
 mod common;
 

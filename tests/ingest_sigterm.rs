@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use common::{eventually, wait_until_ready, RumProcess};
 use rum_schemas::BeaconMessage;
-use rum_testkit::{free_port, read_topic, Tansu};
+use rum_testkit::{free_port, read_topic, Kafka};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_beacon_answered_204_before_sigterm_is_in_kafka() {
-    let tansu = Tansu::start();
-    tansu.create_topic("rum.beacons.v1", 4);
+    let kafka = Kafka::start();
+    kafka.create_pipeline_topics();
     let port = free_port().to_string();
     let mut ingest = RumProcess::spawn(
         &["ingest"],
         &[
-            ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
+            ("RUM_KAFKA_BROKERS", kafka.brokers.as_str()),
             ("RUM_INGEST_PORT", port.as_str()),
             ("RUM_INGEST_RATE_LIMIT_PER_SECOND", "0"),
         ],
@@ -76,7 +76,7 @@ async fn every_beacon_answered_204_before_sigterm_is_in_kafka() {
         refused > 0,
         "SIGTERM came while beacons were still in flight"
     );
-    let brokers = tansu.brokers.clone();
+    let brokers = kafka.brokers.clone();
     let expected = accepted.len();
     let in_kafka: HashSet<String> =
         tokio::task::spawn_blocking(move || read_topic(&brokers, "rum.beacons.v1", 4, expected))

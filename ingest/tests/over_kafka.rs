@@ -1,4 +1,4 @@
-//! The ingest against a real Kafka-protocol broker (tansu): what it accepts lands in Kafka,
+//! The ingest against a real Apache Kafka broker: what it accepts lands in Kafka,
 //! what it rejects is refused with the right status and counted with its reason.
 
 use std::collections::{HashMap, HashSet};
@@ -7,14 +7,14 @@ use std::time::Duration;
 use rum_ingest::{token, Ingest, IngestConfig, SiteConfig, BEACON_PATH};
 use rum_schemas::kafka::KafkaConfig;
 use rum_schemas::BeaconMessage;
-use rum_testkit::{free_port, Tansu};
+use rum_testkit::{free_port, Kafka};
 use tokio::sync::oneshot;
 
 const PARTITIONS: i32 = 4;
 const SECRET: &str = "a-secret-of-the-shop-site";
 
 struct Harness {
-    tansu: Tansu,
+    kafka: Kafka,
     base: String,
     http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -23,8 +23,8 @@ struct Harness {
 
 impl Harness {
     async fn start(configure: impl FnOnce(&mut IngestConfig)) -> Harness {
-        let tansu = Tansu::start();
-        tansu.create_topic("rum.beacons.v1", PARTITIONS as u32);
+        let broker = Kafka::start();
+        broker.create_topic("rum.beacons.v1", PARTITIONS as u32);
         let mut config = IngestConfig {
             port: free_port(),
             delivery_timeout_ms: 1_500,
@@ -34,7 +34,7 @@ impl Harness {
         configure(&mut config);
         config.validate().expect("test config is valid");
         let kafka = KafkaConfig {
-            brokers: tansu.brokers.clone(),
+            brokers: broker.brokers.clone(),
             ..KafkaConfig::default()
         };
         let ingest = Ingest::bind(&config, &kafka).await.expect("ingest binds");
@@ -49,7 +49,7 @@ impl Harness {
                 .expect("ingest runs");
         });
         let h = Harness {
-            tansu,
+            kafka: broker,
             base,
             http: reqwest::Client::new(),
             stop: Some(stop),
@@ -136,13 +136,13 @@ impl Harness {
 
     /// Every message on the beacons topic, read until `expected` are seen or the topic is quiet.
     fn messages(&self, expected: usize) -> Vec<(String, BeaconMessage)> {
-        read_topic(&self.tansu.brokers, expected)
+        read_topic(&self.kafka.brokers, expected)
     }
 
-    async fn shutdown(mut self) -> Tansu {
+    async fn shutdown(mut self) -> Kafka {
         let _ = self.stop.take().unwrap().send(());
         self.server.take().unwrap().await.expect("server task");
-        self.tansu
+        self.kafka
     }
 }
 
@@ -536,13 +536,13 @@ async fn answers_503_while_kafka_hangs_and_loses_nothing_it_accepted() {
         .post_until_accepted("before")
         .await
         .expect("the ingest accepts while Kafka is up");
-    h.tansu.pause();
+    h.kafka.pause();
     let during = h.post("text/plain", "", beacon("during")).await;
     assert_eq!(during.status(), 503);
     assert!(during.headers().contains_key("retry-after"));
     // Kafka's trouble is not the ingest's overload: the connection stays open.
     assert!(!during.headers().contains_key("connection"));
-    h.tansu.resume();
+    h.kafka.resume();
     let after = h
         .post_until_accepted("after")
         .await
@@ -583,7 +583,7 @@ async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
     })
     .await;
     assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
-    h.tansu.pause();
+    h.kafka.pause();
     // Two beacons wait in the producer's queue for the hung broker...
     let waiting: Vec<_> = (0..2).map(|i| h.spawn_post(format!("queued{i}"))).collect();
     until_gauge(&h, "rum_kafka_producer_queue_depth", 2.0).await;
@@ -597,7 +597,7 @@ async fn a_full_producer_queue_refuses_with_503_instead_of_growing() {
         m["rum_beacons_rejected_total{reason=\"producer_queue_full\"}"],
         1.0
     );
-    h.tansu.resume();
+    h.kafka.resume();
     for w in waiting {
         let status = w.await.unwrap();
         assert!(
@@ -616,7 +616,7 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
     })
     .await;
     assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
-    h.tansu.pause();
+    h.kafka.pause();
     // Three requests hold every permit while they wait for the hung broker...
     let waiting: Vec<_> = (0..3).map(|i| h.spawn_post(format!("held{i}"))).collect();
     until_gauge(&h, "rum_ingest_requests_in_flight", 3.0).await;
@@ -635,7 +635,7 @@ async fn sheds_requests_beyond_max_in_flight_with_503_overloaded() {
     }
     let m = h.metrics().await;
     assert_eq!(m["rum_beacons_rejected_total{reason=\"overloaded\"}"], 2.0);
-    h.tansu.resume();
+    h.kafka.resume();
     let mut held_accepted = 0;
     for w in waiting {
         let status = w.await.unwrap();
@@ -674,7 +674,7 @@ async fn with_a_line_a_busy_ingest_serves_waiting_requests_and_refuses_beyond_th
     assert_eq!(h.post("text/plain", "", beacon("warm")).await.status(), 204);
 
     // Kafka hangs: two requests hold both slots, a third waits in the line...
-    h.tansu.pause();
+    h.kafka.pause();
     let held: Vec<_> = (0..2).map(|i| h.spawn_post(format!("held{i}"))).collect();
     until_gauge(&h, "rum_ingest_requests_in_flight", 2.0).await;
     let queued = h.spawn_post("queued".into());
@@ -685,7 +685,7 @@ async fn with_a_line_a_busy_ingest_serves_waiting_requests_and_refuses_beyond_th
     assert_eq!(beyond.headers()["connection"], "close");
     assert!(!queued.is_finished(), "the queued request is still waiting");
     // Kafka answers within the line's timeout: the held requests answer, the queued one gets a slot.
-    h.tansu.resume();
+    h.kafka.resume();
     for w in held {
         assert_eq!(w.await.unwrap(), 204);
     }
@@ -693,13 +693,13 @@ async fn with_a_line_a_busy_ingest_serves_waiting_requests_and_refuses_beyond_th
     until_gauge(&h, "rum_ingest_requests_queued", 0.0).await;
 
     // Kafka hangs longer than the line's timeout: the waiting request is refused when it is over.
-    h.tansu.pause();
+    h.kafka.pause();
     let held: Vec<_> = (0..2).map(|i| h.spawn_post(format!("again{i}"))).collect();
     until_gauge(&h, "rum_ingest_requests_in_flight", 2.0).await;
     let waited = h.spawn_post("shed-timeout".into());
     assert_eq!(waited.await.unwrap(), 503, "refused after queue_timeout_ms");
     assert_eq!(h.metrics().await["rum_ingest_requests_queued"], 0.0);
-    h.tansu.resume();
+    h.kafka.resume();
     for w in held {
         assert_eq!(w.await.unwrap(), 204);
     }

@@ -92,10 +92,10 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -s {name} {pid} failed");
 }
 
-/// The whole pipeline as real processes: tansu (topics created), the ClickHouse server (migrated),
+/// The whole pipeline as real processes: Apache Kafka (topics created), the ClickHouse server (migrated),
 /// `rum ingest` and `rum consume`, ready to take beacons.
 pub struct Pipeline {
-    pub tansu: rum_testkit::Tansu,
+    pub kafka: rum_testkit::Kafka,
     pub clickhouse: rum_testkit::ClickHouseServer,
     pub ingest: RumProcess,
     pub consumer: RumProcess,
@@ -104,19 +104,24 @@ pub struct Pipeline {
     pub base: String,
     /// The consumer's `/metrics`.
     pub consumer_metrics: String,
+    /// The `RUM_*` environment both processes run with (to start more members like them).
+    pub env: Vec<(String, String)>,
 }
 
 impl Pipeline {
-    /// Starts everything; `extra_env` adds or overrides `RUM_*` settings of both processes.
+    /// Starts everything on one Kafka broker; `extra_env` adds or overrides `RUM_*` settings of both processes.
     pub async fn start(extra_env: &[(&str, &str)]) -> Pipeline {
-        let tansu = rum_testkit::Tansu::start();
-        tansu.create_topic("rum.beacons.v1", 4);
-        tansu.create_topic("rum.beacons.dlq.v1", 1);
+        Self::start_on(rum_testkit::Kafka::start(), extra_env).await
+    }
+
+    /// Starts everything on `kafka` (one broker or a cluster), creating the pipeline's topics there.
+    pub async fn start_on(kafka: rum_testkit::Kafka, extra_env: &[(&str, &str)]) -> Pipeline {
+        kafka.create_pipeline_topics();
         let clickhouse = rum_testkit::ClickHouseServer::start();
         let ingest_port = rum_testkit::free_port().to_string();
         let consumer_port = rum_testkit::free_port().to_string();
         let mut env = vec![
-            ("RUM_KAFKA_BROKERS", tansu.brokers.as_str()),
+            ("RUM_KAFKA_BROKERS", kafka.brokers.as_str()),
             ("RUM_CLICKHOUSE_URL", clickhouse.url.as_str()),
             ("RUM_INGEST_PORT", ingest_port.as_str()),
             ("RUM_CONSUMER_PORT", consumer_port.as_str()),
@@ -134,9 +139,14 @@ impl Pipeline {
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{ingest_port}");
         wait_until_ready(&http, &base).await;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Pipeline {
             consumer_metrics: format!("http://127.0.0.1:{consumer_port}/metrics"),
-            tansu,
+            env,
+            kafka,
             clickhouse,
             ingest,
             consumer,
@@ -159,6 +169,31 @@ impl Pipeline {
             .expect("POST")
             .status()
             .as_u16()
+    }
+
+    /// Starts another `rum consume` like the pipeline's (same group), with its metrics on `port`.
+    pub fn spawn_consumer(&self, port: u16) -> RumProcess {
+        let port = port.to_string();
+        let mut env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("RUM_CONSUMER_PORT", port.as_str()));
+        RumProcess::spawn(&["consume"], &env)
+    }
+
+    /// POSTs a text/plain beacon until it is accepted (204), backing off on 503, for at most `within`.
+    pub async fn post_until_accepted(&self, body: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            match self.post("text/plain", "", body).await {
+                204 => return true,
+                503 => tokio::time::sleep(Duration::from_millis(250)).await,
+                status => panic!("unexpected HTTP {status} for {body}"),
+            }
+        }
+        false
     }
 
     /// SIGTERM to the ingest, then the consumer: both must exit 0.
@@ -204,4 +239,52 @@ pub async fn eventually<T>(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What ClickHouse holds: rows in `vitals_raw`, distinct metric ids there, samples summed over `vitals_1m`.
+/// None while ClickHouse does not answer.
+pub fn stored_counts(clickhouse: &rum_testkit::ClickHouseServer) -> Option<(u64, u64, u64)> {
+    let raw = clickhouse
+        .try_query("SELECT count(), uniqExact(metric_id) FROM rum.vitals_raw FORMAT TSV")
+        .ok()?;
+    let rollup = clickhouse
+        .try_query("SELECT countMerge(samples) FROM rum.vitals_1m FORMAT TSV")
+        .ok()?;
+    let mut raw = raw.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((raw.next()??, raw.next()??, rollup.trim().parse().ok()?))
+}
+
+/// Waits (at most `within`) until `vitals_raw` holds at least `expected` rows, then 2 s more for stragglers;
+/// returns the counts of [`stored_counts`].
+pub async fn settled_counts(
+    clickhouse: &rum_testkit::ClickHouseServer,
+    expected: u64,
+    within: Duration,
+) -> (u64, u64, u64) {
+    let deadline = Instant::now() + within;
+    while !stored_counts(clickhouse).is_some_and(|(raw, _, _)| raw >= expected)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stored_counts(clickhouse).expect("ClickHouse answers")
+}
+
+/// The metric ids stored in `vitals_raw`.
+pub fn stored_ids(clickhouse: &rum_testkit::ClickHouseServer) -> std::collections::HashSet<String> {
+    clickhouse
+        .query("SELECT metric_id FROM rum.vitals_raw FORMAT TSV")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
