@@ -5,14 +5,18 @@
 //! ratio ingest/floor shows what validation, normalization and Kafka publishing cost.
 //!
 //! With `--kafka BROKERS`, the consumer's floor instead: an rdkafka consumer with the settings of
-//! `rum consume` that reads `--messages N` from the topic, discards them and prints one JSON line.
+//! `rum consume` (`[kafka]` of the config included: TLS, SASL, librdkafka options) that reads
+//! `--messages N` from the topic, discards them and prints one JSON line.
 
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
+use rum_consumers::ConsumerConfig;
 use tokio::sync::watch;
+
+use crate::config::Config;
 
 /// Options of `rum bench-floor`.
 #[derive(clap::Args, Debug, Clone)]
@@ -36,9 +40,9 @@ pub struct Args {
     /// `--messages`). With a large `--messages`, this counts what the topic holds.
     #[arg(long, default_value_t = 0.0)]
     idle_secs: f64,
-    /// `fetch.wait.max.ms` (with `--kafka`; `rum consume`'s default).
-    #[arg(long, default_value_t = 50)]
-    fetch_wait_max_ms: u64,
+    /// `fetch.wait.max.ms` (with `--kafka`; default: `consumer.fetch_wait_max_ms` of the config).
+    #[arg(long)]
+    fetch_wait_max_ms: Option<u64>,
 }
 
 async fn accept(body: Bytes) -> StatusCode {
@@ -47,25 +51,22 @@ async fn accept(body: Bytes) -> StatusCode {
 }
 
 /// Reads `args.messages` messages and discards them; prints rate and timing as one JSON line.
-fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
+fn read_and_discard(config: &Config, args: &Args) -> anyhow::Result<()> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::ClientConfig;
+    use rum_kafka::LoggingContext;
     use std::time::{Duration, Instant};
     let started = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("rum-bench-floor-{}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", args.fetch_wait_max_ms.to_string())
-        .set("queued.max.messages.kbytes", "16384")
-        .set("queued.min.messages", "20000")
-        .create()
-        .context("cannot create the Kafka consumer")?;
+    let consumer_config = ConsumerConfig {
+        group_id: format!("rum-bench-floor-{}", std::process::id()),
+        fetch_wait_max_ms: args
+            .fetch_wait_max_ms
+            .unwrap_or(config.consumer.fetch_wait_max_ms),
+        ..config.consumer.clone()
+    };
+    let consumer: BaseConsumer<LoggingContext> =
+        rum_consumers::consumer_config(&config.kafka, &consumer_config)?
+            .create_with_context(LoggingContext::new("bench floor consumer"))
+            .context("cannot create the Kafka consumer")?;
     consumer
         .subscribe(&[&args.topic])
         .context("cannot subscribe")?;
@@ -110,9 +111,14 @@ fn read_and_discard(brokers: &str, args: &Args) -> anyhow::Result<()> {
 }
 
 /// Serves until SIGINT or SIGTERM (or, with `--kafka`, reads and discards).
-pub async fn run(args: Args, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    args: Args,
+    mut config: Config,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     if let Some(brokers) = args.kafka.clone() {
-        return tokio::task::spawn_blocking(move || read_and_discard(&brokers, &args))
+        config.kafka.brokers = brokers;
+        return tokio::task::spawn_blocking(move || read_and_discard(&config, &args))
             .await
             .context("the floor consumer panicked")?;
     }

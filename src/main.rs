@@ -123,7 +123,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
         Command::Query(args) => query::run(args, &config.clickhouse).await?,
-        Command::BenchFloor(args) => bench_floor::run(args, stop_channel()).await?,
+        Command::BenchFloor(args) => bench_floor::run(args, config, stop_channel()).await?,
         Command::Token(args) => {
             let secret = config
                 .ingest

@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use rdkafka::mocking::MockCluster;
+use rum_schemas::kafka::SecurityProtocol;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -16,6 +17,12 @@ const PARTITIONS: i32 = 4;
 
 /// Runs the embedded broker, migrations, ingest and consumer until `stop` turns true.
 pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    if config.kafka.security_protocol != SecurityProtocol::Plaintext {
+        anyhow::bail!(
+            "kafka.security_protocol is {}: rum standalone's embedded Kafka speaks plaintext only (a secured Kafka is for rum ingest and rum consume)",
+            config.kafka.security_protocol
+        );
+    }
     let cluster = MockCluster::new(1).context("cannot start the embedded Kafka")?;
     cluster
         .create_topic(&config.kafka.topic, PARTITIONS, 1)

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub use config::ConsumerConfig;
 pub use metrics::ConsumerMetrics;
-pub use pipeline::{Consumer, ConsumerError};
+pub use pipeline::{consumer_config, Consumer, ConsumerError};
 use rum_clickhouse::ClickHouseConfig;
 use rum_schemas::kafka::KafkaConfig;
 

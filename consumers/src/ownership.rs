@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::ClientContext;
+use rum_kafka::KafkaLog;
 
 /// Partitions owned, and the next offset each may write (`None` until read from ClickHouse).
 #[derive(Debug, Default)]
@@ -113,12 +114,13 @@ impl Ownership {
     }
 }
 
-/// The consumer's context: keeps [`Ownership`] in step with the group's rebalances.
-#[derive(Clone)]
+/// The consumer's context: keeps [`Ownership`] in step with the group's rebalances, and logs
+/// librdkafka's errors.
 pub struct OwnershipContext {
     topic: String,
     /// Shared with the consume loop.
     pub ownership: Arc<Mutex<Ownership>>,
+    log: KafkaLog,
 }
 
 impl OwnershipContext {
@@ -127,6 +129,7 @@ impl OwnershipContext {
         Self {
             topic: topic.to_string(),
             ownership: Arc::new(Mutex::new(Ownership::default())),
+            log: KafkaLog::new("consumer"),
         }
     }
 
@@ -143,7 +146,15 @@ impl OwnershipContext {
     }
 }
 
-impl ClientContext for OwnershipContext {}
+impl ClientContext for OwnershipContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
 
 impl ConsumerContext for OwnershipContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

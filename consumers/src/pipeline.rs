@@ -13,6 +13,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use rum_clickhouse::{
     insert_raw_messages, stored_offsets, ClickHouseConfig, RawMessage, VITALS_RAW,
 };
+use rum_kafka::LoggingContext;
+use rum_schemas::config::ConfigError;
 use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
 use rum_schemas::{BeaconMessage, MessageError};
 use tokio::sync::watch;
@@ -38,6 +40,9 @@ pub enum ConsumerError {
     /// Kafka refused the configuration or the subscription.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A setting could not be used (a password file unreadable since the start).
+    #[error("config: {0}")]
+    Config(#[from] ConfigError),
     /// The metrics registry could not be built.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -70,7 +75,7 @@ pub struct Consumer {
     dlq_config: ClientConfig,
     /// The dead-letter producer, created on the first dead letter: an idle producer's poll thread
     /// still costs CPU, and most runs never see poison.
-    dlq: OnceLock<FutureProducer>,
+    dlq: OnceLock<FutureProducer<LoggingContext>>,
     topic: String,
     /// The topic name stored with the rows and offsets: its offsets are the floors.
     stored_topic: String,
@@ -94,24 +99,11 @@ impl Consumer {
     ) -> Result<Self, ConsumerError> {
         let context = OwnershipContext::new(&kafka.topic);
         let ownership = context.ownership.clone();
-        let consumer: StreamConsumer<OwnershipContext> = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .set("session.timeout.ms", config.session_timeout_ms.to_string())
-            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-            // Bounds what is prefetched while ClickHouse is down and the partitions are paused.
-            .set("queued.max.messages.kbytes", "16384")
-            .set("queued.min.messages", "20000")
-            .create_with_context(context)?;
+        let consumer: StreamConsumer<OwnershipContext> =
+            consumer_config(kafka, config)?.create_with_context(context)?;
         // Not idempotent: a fenced idempotent producer is dead for good, and a dead letter
         // written twice harms nobody.
-        let mut dlq_config = ClientConfig::new();
-        dlq_config
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("acks", "all");
+        let dlq_config = rum_kafka::client_config(kafka, &[("acks", "all")])?;
         // A bad setting stops the start, as when the producer was created here.
         dlq_config.create_native_config()?;
         Ok(Self {
@@ -397,13 +389,13 @@ impl Consumer {
 
     /// The dead-letter producer, created on first use. Failing to create it fails this attempt,
     /// which is retried like any other.
-    fn dlq_producer(&self) -> Result<&FutureProducer, String> {
+    fn dlq_producer(&self) -> Result<&FutureProducer<LoggingContext>, String> {
         if let Some(producer) = self.dlq.get() {
             return Ok(producer);
         }
-        let producer: FutureProducer = self
+        let producer: FutureProducer<LoggingContext> = self
             .dlq_config
-            .create()
+            .create_with_context(LoggingContext::new("dead-letter producer"))
             .map_err(|e| format!("dead-letter producer: {e}"))?;
         Ok(self.dlq.get_or_init(|| producer))
     }
@@ -496,6 +488,28 @@ impl Consumer {
             }
         }
     }
+}
+
+/// The consumer's librdkafka settings: the group, manual commits, and bounded prefetching. The
+/// benchmark's floor consumer (`rum bench-floor --kafka`) uses the same.
+pub fn consumer_config(
+    kafka: &KafkaConfig,
+    config: &ConsumerConfig,
+) -> Result<ClientConfig, ConfigError> {
+    rum_kafka::client_config(
+        kafka,
+        &[
+            ("group.id", &config.group_id),
+            ("enable.auto.commit", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("session.timeout.ms", &config.session_timeout_ms.to_string()),
+            ("fetch.wait.max.ms", &config.fetch_wait_max_ms.to_string()),
+            // Bounds what is prefetched while ClickHouse is down and the partitions are paused.
+            ("queued.max.messages.kbytes", "16384"),
+            ("queued.min.messages", "20000"),
+        ],
+    )
 }
 
 fn decode(msg: &impl Message) -> Consumed {

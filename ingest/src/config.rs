@@ -34,8 +34,7 @@ pub struct IngestConfig {
     pub linger_ms: u64,
     /// The most messages the producer queues in memory; beyond it requests get 503.
     pub queue_max_messages: u32,
-    /// The most messages in one produce batch (`batch.num.messages`). 1 for brokers that cannot
-    /// serve a fetch from inside a batch (tansu 0.6).
+    /// The most messages in one produce batch (`batch.num.messages`).
     pub batch_max_messages: u32,
     /// How long shutdown waits for the producer to deliver what it holds.
     pub shutdown_flush_ms: u64,

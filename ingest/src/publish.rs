@@ -15,6 +15,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
+use rum_kafka::KafkaLog;
 use rum_schemas::kafka::KafkaConfig;
 use tokio::sync::oneshot;
 
@@ -33,10 +34,20 @@ pub enum PublishError {
 
 type Acknowledgement = oneshot::Sender<Result<(), KafkaError>>;
 
-/// Hands each delivery report to the request waiting for it.
-struct DeliveryContext;
+/// Hands each delivery report to the request waiting for it; logs librdkafka's errors.
+struct DeliveryContext {
+    log: KafkaLog,
+}
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Acknowledgement>;
@@ -88,7 +99,10 @@ impl Drop for EventQueue {
 impl Producer {
     /// Creates the producer and starts the task serving its events on the current tokio runtime.
     fn start(config: &ClientConfig) -> Result<Arc<Producer>, KafkaError> {
-        let inner: BaseProducer<DeliveryContext> = config.create_with_context(DeliveryContext)?;
+        let context = DeliveryContext {
+            log: KafkaLog::new("ingest producer"),
+        };
+        let inner: BaseProducer<DeliveryContext> = config.create_with_context(context)?;
         let io = |e: std::io::Error| KafkaError::ClientCreation(format!("event socket: {e}"));
         let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair().map_err(io)?;
         wake_tx.set_nonblocking(true).map_err(io)?;
@@ -168,10 +182,11 @@ const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// An idempotent, acks=all producer to the beacons topic.
 ///
-/// An idempotent producer whose in-flight message timed out bumps its epoch, and brokers without
-/// that support (tansu, older Kafka) answer `ProducerFenced`: a fatal error that would leave the
-/// producer useless forever. The publisher then replaces it with a new one (a new producer id).
-/// Messages of the old producer fail, their requests were answered 503, so nothing accepted is lost.
+/// An idempotent producer whose in-flight message timed out bumps its epoch; a broker without that
+/// support (Kafka before 2.5, some Kafka-compatible brokers) answers `ProducerFenced`, and other
+/// idempotence errors are fatal too: the producer would stay useless forever. The publisher then
+/// replaces it with a new one (a new producer id). Messages of the old producer fail, their
+/// requests were answered 503, so nothing accepted is lost.
 pub struct KafkaPublisher {
     producer: RwLock<Arc<Producer>>,
     client_config: ClientConfig,
@@ -183,20 +198,27 @@ impl KafkaPublisher {
     /// Creates the producer; it connects lazily. Must be called on a tokio runtime, which serves
     /// the producer's events.
     pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, KafkaError> {
-        let client_config = ClientConfig::new()
-            .set("bootstrap.servers", &kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("socket.nagle.disable", "true")
-            .set("linger.ms", ingest.linger_ms.to_string())
-            .set("message.timeout.ms", ingest.delivery_timeout_ms.to_string())
-            .set("batch.num.messages", ingest.batch_max_messages.to_string())
-            .set(
-                "queue.buffering.max.messages",
-                ingest.queue_max_messages.to_string(),
-            )
-            .clone();
+        let client_config = rum_kafka::client_config(
+            kafka,
+            &[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "lz4"),
+                ("socket.nagle.disable", "true"),
+                ("linger.ms", &ingest.linger_ms.to_string()),
+                (
+                    "message.timeout.ms",
+                    &ingest.delivery_timeout_ms.to_string(),
+                ),
+                ("batch.num.messages", &ingest.batch_max_messages.to_string()),
+                (
+                    "queue.buffering.max.messages",
+                    &ingest.queue_max_messages.to_string(),
+                ),
+            ],
+        )
+        // Only a password file that became unreadable since the start can fail here.
+        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         Ok(Self {
             producer: RwLock::new(Producer::start(&client_config)?),
             client_config,
