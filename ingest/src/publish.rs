@@ -177,8 +177,14 @@ async fn serve_events(producer: Arc<Producer>) {
     }
 }
 
-/// How much longer than `ingest.delivery_timeout_ms` a request waits for librdkafka's report.
-const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+/// librdkafka's own `message.timeout.ms` for a request deadline of `ingest.delivery_timeout_ms`: shorter by up to
+/// a second, since librdkafka scans for timed-out messages once a second, so that its report (and the end of the
+/// message's life in the producer) usually comes before the request's deadline. Never 0 (librdkafka's "forever")
+/// and above `linger_ms` (librdkafka refuses less).
+fn message_timeout_ms(delivery_timeout_ms: u64, linger_ms: u64) -> u64 {
+    let scan_margin = (delivery_timeout_ms / 2).min(1_000);
+    (delivery_timeout_ms - scan_margin).max(linger_ms + 1)
+}
 
 /// An idempotent, acks=all producer to the beacons topic.
 ///
@@ -208,7 +214,7 @@ impl KafkaPublisher {
                 ("linger.ms", &ingest.linger_ms.to_string()),
                 (
                     "message.timeout.ms",
-                    &ingest.delivery_timeout_ms.to_string(),
+                    &message_timeout_ms(ingest.delivery_timeout_ms, ingest.linger_ms).to_string(),
                 ),
                 ("batch.num.messages", &ingest.batch_max_messages.to_string()),
                 (
@@ -265,14 +271,15 @@ impl KafkaPublisher {
             .key(key)
             .payload(payload);
         producer.inner.send(record).map_err(|(e, _)| e)?;
-        // librdkafka times the message out itself (message.timeout.ms); this bound is a backstop
-        // for a report that never comes. librdkafka scans for timed-out messages once a second and
-        // its report then waits for the event task: on a busy machine it came more than 1 s late,
-        // so the margin is generous (it only matters if librdkafka never reports).
-        match tokio::time::timeout(self.delivery_timeout + BACKSTOP_MARGIN, acknowledged).await {
+        // The request's deadline is the contract (`ingest.delivery_timeout_ms`): librdkafka times the
+        // message out a little earlier itself, but its report can come late (it scans once a second,
+        // and in-flight requests to a broker that just died wait for the leader's election), and a
+        // client must not wait for that. A message answered 503 here may still reach Kafka later:
+        // the client's retry carries the same metric ids, which the consumer stores once.
+        match tokio::time::timeout(self.delivery_timeout, acknowledged).await {
             Ok(Ok(result)) => result,
             Ok(Err(_dropped)) => Err(KafkaError::Canceled),
-            // Not librdkafka's MessageTimedOut: no report came at all, which is worth telling apart.
+            // Not librdkafka's MessageTimedOut: no report came in time, which is worth telling apart.
             Err(_elapsed) => Err(KafkaError::MessageProduction(
                 RDKafkaErrorCode::OperationTimedOut,
             )),
@@ -345,6 +352,17 @@ mod tests {
         true
     }
 
+    #[test]
+    fn librdkafka_times_a_message_out_before_the_request_deadline() {
+        assert_eq!(message_timeout_ms(5_000, 5), 4_000);
+        assert_eq!(message_timeout_ms(1_000, 5), 500);
+        assert_eq!(
+            message_timeout_ms(1, 5),
+            6,
+            "never 0 (forever) and above linger.ms"
+        );
+    }
+
     #[tokio::test]
     async fn a_replaced_producer_answers_what_it_holds_then_its_task_ends() {
         // A "broker" that accepts connections and never answers: a message can only time out.
@@ -375,8 +393,7 @@ mod tests {
                 "a new producer took over"
             );
 
-            // Only the retired producer's task serves its queue: librdkafka's report (MessageTimedOut,
-            // not the backstop's OperationTimedOut) proves it still does.
+            // The request is answered by its deadline whatever the producer does.
             let report = tokio::time::timeout(Duration::from_secs(10), pending)
                 .await
                 .expect("the message the retired producer holds is answered");
@@ -384,7 +401,7 @@ mod tests {
                 matches!(
                     report,
                     Err(KafkaError::MessageProduction(
-                        RDKafkaErrorCode::MessageTimedOut
+                        RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::OperationTimedOut
                     ))
                 ),
                 "{report:?}"
@@ -392,7 +409,9 @@ mod tests {
             Arc::downgrade(&first)
         };
         drop(first);
-        // With nothing left in flight its task ends and releases the producer.
+        // Only the retired producer's task serves its queue: librdkafka's timeout report takes the message
+        // out of flight only when it is served, and with nothing left in flight the task ends and releases
+        // the producer.
         assert!(
             dropped(&retired, Duration::from_secs(5)).await,
             "the retired producer's task ended"
