@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rum: {e:#}");
+            eprintln!("rum: {}", rum_telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -65,8 +65,10 @@ pub async fn run(mut config: Config, stop: watch::Receiver<bool>) -> anyhow::Res
     });
     let ingest_result = ingest.run(stopped(stop_rx)).await;
     let consumer_result = consumer.await.context("consumer task panicked")?;
-    // The cluster must outlive both clients.
-    drop(cluster);
+    // The cluster must outlive both clients, and the ingest producer's event task holds its producer
+    // until the runtime stops, after this returns: the cluster stays until the process exits (else
+    // the producer logs "all brokers are down" on every clean stop).
+    std::mem::forget(cluster);
     ingest_result?;
     consumer_result?;
     Ok(())

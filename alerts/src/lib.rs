@@ -146,7 +146,7 @@ pub async fn run(
             Ok(alerts) => alerts,
             Err(e) => {
                 metrics.evaluation_errors.inc();
-                tracing::warn!(error = %e, "evaluation failed: cannot read ClickHouse");
+                tracing::warn!(error = %rum_telemetry::error_chain(&e), "evaluation failed: cannot read ClickHouse");
                 continue;
             }
         };

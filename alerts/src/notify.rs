@@ -109,7 +109,9 @@ impl Notifier {
                     let text = response.text().await.unwrap_or_default();
                     format!("HTTP {status}: {}", text.trim())
                 }
-                Err(e) => e.to_string(),
+                // reqwest's own message stops at "error sending request": the cause (refused,
+                // an untrusted certificate) is in its sources.
+                Err(e) => rum_telemetry::error_chain(&e),
             };
             metrics.notification_errors.inc();
             tracing::warn!(url = %self.url, attempt, error = %reason, "alertmanager notification failed");

@@ -84,7 +84,7 @@ async fn enforce_retention(config: ClickHouseConfig, mut stop: tokio::sync::watc
             Ok(report) if report == Default::default() => {}
             Ok(report) => tracing::info!(?report, "retention: dropped expired partitions"),
             Err(e) => {
-                tracing::warn!(error = %e, "retention: cannot drop expired partitions (retried in an hour)")
+                tracing::warn!(error = %rum_telemetry::error_chain(&e), "retention: cannot drop expired partitions (retried in an hour)")
             }
         }
     }

@@ -274,7 +274,7 @@ impl Consumer {
                 .await
                 .map_err(|e| {
                     self.metrics.insert_errors.inc();
-                    format!("reading stored offsets: {e}")
+                    format!("reading stored offsets: {}", rum_telemetry::error_chain(&e))
                 })?;
             let mut ownership = self.ownership();
             for partition in missing {
@@ -347,7 +347,7 @@ impl Consumer {
             .await
             .map_err(|e| {
                 self.metrics.insert_errors.inc();
-                e.to_string()
+                rum_telemetry::error_chain(&e)
             })?;
         self.metrics
             .rows_inserted
