@@ -3,8 +3,9 @@
 //! librdkafka retries a failing connection every `reconnect.backoff.ms` (100 ms at first) and
 //! reports each failure: a wrong password or an untrusted certificate would fill the log with the
 //! same line. Each kind of failure is logged once at error level, then again at most every
-//! [`REPEAT_EVERY`] while it goes on, with the count of the repeats left out. Events have the
-//! target `librdkafka` (`RUM_LOG=info,librdkafka=debug` shows librdkafka's debug lines).
+//! [`REPEAT_EVERY`] while it goes on, with the count of the repeats left out ("all brokers are
+//! down", which follows the error that says why, is a warning). Events have the target `librdkafka`
+//! (`RUM_LOG=info,librdkafka=debug` shows librdkafka's debug lines).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -84,6 +85,11 @@ impl KafkaLog {
             return;
         };
         let hint = hint(error);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // Follows the error that took the last broker down, which says why.
+            tracing::warn!(target: "librdkafka", client = self.client, repeated, "kafka: {reason}");
+            return;
+        }
         tracing::error!(
             target: "librdkafka",
             client = self.client,
@@ -94,8 +100,14 @@ impl KafkaLog {
     }
 
     /// A log line of librdkafka. Errors also reach [`KafkaLog::error`], which logs them at error
-    /// level: here they are warnings, once per facility and level like errors.
+    /// level: here they are warnings, once per facility and level like errors; a broker's failure
+    /// (facility `FAIL`) is the same event as the error it reports, so it is a debug line.
     pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let level = if facility == "FAIL" {
+            RDKafkaLogLevel::Debug
+        } else {
+            level
+        };
         match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
