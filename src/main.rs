@@ -129,7 +129,8 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
                 .ingest
                 .sites
                 .get(&args.site)
-                .and_then(|s| s.token_secret.as_deref())
+                .and_then(|s| s.token_secret.as_ref())
+                .map(rum_schemas::config::Secret::expose)
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "site `{}` has no ingest.sites.{}.token_secret in the config",

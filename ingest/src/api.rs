@@ -239,7 +239,7 @@ async fn validate(
             token_secret: Some(secret),
             ..
         }) => token::verify(
-            secret,
+            secret.expose(),
             parts.uri.path(),
             query.get("t").map(String::as_str),
             query.get("e").map(String::as_str),

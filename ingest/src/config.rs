@@ -5,15 +5,15 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use rum_schemas::beacon::is_valid_site;
-use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
+use rum_schemas::config::{require_non_empty, require_positive, ConfigError, Secret};
 use serde::{Deserialize, Deserializer};
 
 /// Settings of one site: `[ingest.sites.NAME]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SiteConfig {
-    /// When set, beacons need a signed token (`?t=...&e=...`, see `rum token`).
-    pub token_secret: Option<String>,
+    /// When set, beacons need a signed token (`?t=...&e=...`, see `rum token`). Never shown.
+    pub token_secret: Option<Secret>,
     /// Origins allowed to send `application/json` beacons with CORS (`https://shop.example`; `*` for any).
     pub allowed_origins: Vec<String>,
 }
@@ -159,7 +159,7 @@ impl IngestConfig {
                 ));
             }
             if let Some(secret) = &site.token_secret {
-                if secret.len() < 16 {
+                if secret.expose().len() < 16 {
                     return Err(ConfigError::new(
                         format!("ingest.sites.{name}.token_secret"),
                         "must be at least 16 characters",
@@ -279,6 +279,10 @@ mod tests {
         assert_eq!(
             c.validate().unwrap_err().key,
             "ingest.sites.shop.token_secret"
+        );
+        assert!(
+            !format!("{c:?}").contains("short"),
+            "a secret is never shown"
         );
         let mut c = IngestConfig::default();
         c.sites.insert(
