@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, metric_sum, settled_counts, stored_ids, Pipeline};
@@ -22,7 +22,7 @@ const DELIVERY_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_BOUND: Duration = Duration::from_millis(DELIVERY_TIMEOUT_MS + 3_000);
 
 /// Three brokers and two ClickHouse-bound processes at once are a lot for two cores: one test at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn beacon(id: &str) -> String {
     format!(
@@ -142,7 +142,7 @@ fn cluster_env() -> Vec<(&'static str, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_under_load_loses_no_accepted_beacon() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = cluster_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut pipeline = Pipeline::start_on(Kafka::start_cluster(3), &env).await;
@@ -222,7 +222,7 @@ async fn post_accepted(pipeline: &Pipeline, prefix: &str, n: usize) -> HashSet<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_group_survives_losing_its_coordinator() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = cluster_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut pipeline = Pipeline::start_on(Kafka::start_cluster(3), &env).await;
@@ -266,7 +266,7 @@ async fn the_consumer_group_survives_losing_its_coordinator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_three_brokers_stopped_and_restarted_lose_nothing_and_double_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let env = cluster_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut pipeline = Pipeline::start_on(Kafka::start_cluster(3), &env).await;

@@ -247,7 +247,7 @@ ensure_cargo() {
         die "cargo not found: install a Rust toolchain (https://rustup.rs, rust-version 1.89 or newer), then run this again"
 }
 
-RUM_BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev cmake curl iproute2 jq python3 python3-venv)
+RUM_BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev cmake curl openssl iproute2 jq python3 python3-venv)
 RUM_SERVER_PACKAGES=(clickhouse-server clickhouse-client)
 RUM_MONITORING_PACKAGES=(prometheus prometheus-alertmanager)
 

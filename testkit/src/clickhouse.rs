@@ -11,6 +11,7 @@ use crate::process::{
     find_binary, free_port, fresh_dir, kill, launch, remove_dir_unless_panicking, render_template,
     start_with_retry, terminate, Launch, LaunchError, STOP_TIMEOUT,
 };
+use crate::tls::TestCa;
 
 const CLICKHOUSE_CONFIG_TEMPLATE: &str = include_str!(concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -29,6 +30,8 @@ pub struct ClickHouseServer {
     pub http_port: u16,
     /// The native protocol port (`clickhouse-client --port`).
     pub tcp_port: u16,
+    /// The HTTPS port, when started with [`ClickHouseOptions::tls`].
+    pub https_port: Option<u16>,
     bin: PathBuf,
     dir: PathBuf,
     child: Option<Child>,
@@ -47,17 +50,29 @@ impl ClickHouseServer {
 
     /// Start a server with a fresh data dir on free ports and wait until `GET /ping` answers.
     pub fn start() -> ClickHouseServer {
+        Self::start_with(&ClickHouseOptions::default())
+    }
+
+    /// Start a server with HTTPS and users of `options` besides the defaults.
+    pub fn start_with(options: &ClickHouseOptions<'_>) -> ClickHouseServer {
         let bin = Self::bin();
         let dir = fresh_dir("clickhouse");
         start_with_retry("clickhouse-server", || {
             let http_port = free_port();
             let tcp_port = free_port();
             write_clickhouse_config(&dir, http_port, tcp_port);
+            let https_port = options.tls.map(|ca| {
+                let port = free_port();
+                write_https_config(&dir, port, ca);
+                port
+            });
+            write_users(&dir, &options.users);
             let child = launch_clickhouse(&bin, &dir, http_port)?;
             Ok(ClickHouseServer {
                 url: format!("http://127.0.0.1:{http_port}"),
                 http_port,
                 tcp_port,
+                https_port,
                 bin: bin.clone(),
                 dir: dir.clone(),
                 child: Some(child),
@@ -76,6 +91,14 @@ impl ClickHouseServer {
             Ok(child) => self.child = Some(child),
             Err(e) => panic!("{}", e.report),
         }
+    }
+
+    /// `https://127.0.0.1:PORT` (panics when started without [`ClickHouseOptions::tls`]).
+    pub fn https_url(&self) -> String {
+        let port = self
+            .https_port
+            .expect("started without ClickHouseOptions::tls");
+        format!("https://127.0.0.1:{port}")
     }
 
     /// The data dir (config, data, logs).
@@ -154,6 +177,51 @@ fn write_clickhouse_config(dir: &Path, http_port: u16, tcp_port: u16) {
     fs::write(dir.join("users.xml"), CLICKHOUSE_USERS).expect("write users.xml");
 }
 
+/// HTTPS on `port` with the server certificate of `ca` (`config.d/https.xml`, which ClickHouse merges into
+/// `config.xml`). No DH parameters: TLS 1.3 and ECDHE suites need none.
+fn write_https_config(dir: &Path, port: u16, ca: &TestCa) {
+    let config = format!(
+        "<yandex>\n    <https_port>{port}</https_port>\n    <openSSL><server>\n        \
+         <certificateFile>{}</certificateFile>\n        <privateKeyFile>{}</privateKeyFile>\n        \
+         <verificationMode>none</verificationMode>\n        <loadDefaultCAFile>false</loadDefaultCAFile>\n        \
+         <cacheSessions>true</cacheSessions>\n        <disableProtocols>sslv2,sslv3</disableProtocols>\n        \
+         <preferServerCiphers>true</preferServerCiphers>\n    </server></openSSL>\n</yandex>\n",
+        ca.server_cert().display(),
+        ca.server_key().display()
+    );
+    fs::create_dir_all(dir.join("config.d")).expect("create config.d");
+    fs::write(dir.join("config.d").join("https.xml"), config).expect("write config.d/https.xml");
+}
+
+/// Users with passwords besides `default` (`users.d/test-users.xml`, merged into `users.xml`).
+fn write_users(dir: &Path, users: &[(String, String)]) {
+    let mut xml = String::from("<yandex>\n    <users>\n");
+    for (name, password) in users {
+        assert!(
+            !format!("{name}{password}").contains(['&', '<', '>', '"', '\'']),
+            "user {name}: XML special characters"
+        );
+        xml.push_str(&format!(
+            "        <{name}>\n            <password>{password}</password>\n            \
+             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>\n            \
+             <profile>default</profile>\n            <quota>default</quota>\n        </{name}>\n"
+        ));
+    }
+    xml.push_str("    </users>\n</yandex>\n");
+    fs::create_dir_all(dir.join("users.d")).expect("create users.d");
+    fs::write(dir.join("users.d").join("test-users.xml"), xml)
+        .expect("write users.d/test-users.xml");
+}
+
+/// What [`ClickHouseServer::start_with`] adds to the default server.
+#[derive(Default)]
+pub struct ClickHouseOptions<'a> {
+    /// Serve HTTPS too (on [`ClickHouseServer::https_port`]) with this CA's server certificate.
+    pub tls: Option<&'a TestCa>,
+    /// Users (name, plain password) besides the password-less `default`.
+    pub users: Vec<(String, String)>,
+}
+
 /// Spawn clickhouse-server on the config in `dir` and wait for `/ping`; on failure the child is gone and the error
 /// carries the tails of its logs.
 fn launch_clickhouse(bin: &Path, dir: &Path, http_port: u16) -> Result<Child, LaunchError> {
@@ -188,6 +256,7 @@ impl Drop for ClickHouseServer {
 mod tests {
     use super::*;
     use crate::process::{find_placeholder, port_open};
+    use crate::tls::TestCa;
 
     #[test]
     fn the_template_has_the_placeholders_testkit_fills() {
@@ -229,6 +298,36 @@ mod tests {
 
         drop(ch);
         assert!(!dir.exists(), "the data dir is removed on drop");
+    }
+
+    #[test]
+    fn serves_https_with_the_test_ca_and_password_users() {
+        let ca = TestCa::generate();
+        let ch = ClickHouseServer::start_with(&ClickHouseOptions {
+            tls: Some(&ca),
+            users: vec![("analyst".into(), "an4lyst-pw".into())],
+        });
+        let curl = |args: &[&str]| {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(args)
+                .output()
+                .expect("curl runs");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let query = format!("{}/?query=SELECT%201", ch.https_url());
+        let ca_file = ca.ca_pem().display().to_string();
+        assert_eq!(
+            curl(&["--cacert", &ca_file, "-u", "analyst:an4lyst-pw", &query]),
+            (Some(0), "1\n".to_string())
+        );
+        // Untrusted without the CA (curl: 60, certificate problem); a wrong password is refused.
+        assert_eq!(curl(&[&query]).0, Some(60));
+        let (_, body) = curl(&["--cacert", &ca_file, "-u", "analyst:wrong", &query]);
+        assert!(body.contains("Wrong password"), "{body}");
     }
 
     #[test]

@@ -74,6 +74,37 @@ impl Default for KafkaOptions {
     }
 }
 
+impl KafkaOptions {
+    /// Adds a `SASL_SSL` listener on every node's extra port ([`Kafka::secure_brokers`]): TLS with the server
+    /// certificate of `ca`, SASL with SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN, each knowing `users` (name, password).
+    /// The plaintext listener stays for the brokers' own traffic and the tests' admin client.
+    pub fn with_sasl_ssl(mut self, ca: &crate::TestCa, users: &[(&str, &str)]) -> KafkaOptions {
+        let plain_users: String = users
+            .iter()
+            .map(|(name, password)| format!(" user_{name}=\"{password}\""))
+            .collect();
+        self.extra_properties.extend([
+            "listeners=PLAINTEXT://127.0.0.1:@PORT@,CONTROLLER://127.0.0.1:@CONTROLLER_PORT@,SASL_SSL://127.0.0.1:@EXTRA_PORT@".to_string(),
+            "advertised.listeners=PLAINTEXT://127.0.0.1:@PORT@,SASL_SSL://127.0.0.1:@EXTRA_PORT@".to_string(),
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL".to_string(),
+            "sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN".to_string(),
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_string(),
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;".to_string(),
+            format!("listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};"),
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM".to_string(),
+            format!("listener.name.sasl_ssl.ssl.keystore.location={}", ca.server_keystore_pem().display()),
+        ]);
+        for (name, password) in users {
+            for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+                self.format_args.push("--add-scram".to_string());
+                self.format_args
+                    .push(format!("{mechanism}=[name={name},password={password}]"));
+            }
+        }
+        self
+    }
+}
+
 /// One node of a [`Kafka`].
 struct Node {
     id: u32,
@@ -213,6 +244,16 @@ impl Kafka {
         });
         kafka.dir = dir;
         kafka
+    }
+
+    /// Every node's `127.0.0.1:EXTRA_PORT`, comma-separated: the `SASL_SSL` listener of
+    /// [`KafkaOptions::with_sasl_ssl`].
+    pub fn secure_brokers(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.extra_port))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The number of nodes.
@@ -782,6 +823,37 @@ mod tests {
         assert!(log.is_file());
         drop(kafka);
         assert!(!log.exists(), "the kafka dir is removed on drop");
+    }
+
+    #[test]
+    fn a_sasl_ssl_listener_takes_scram_and_plain_users_over_tls() {
+        let ca = crate::TestCa::generate();
+        let kafka =
+            Kafka::start_with(KafkaOptions::default().with_sasl_ssl(&ca, &[("rum", "s3cret-pw")]));
+        kafka.create_topic("rum.testkit.tls", 1);
+        let ca_file = ca.ca_pem().display().to_string();
+        let client = |mechanism: &str, password: &str| {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", kafka.secure_brokers())
+                .set("security.protocol", "SASL_SSL")
+                .set("sasl.mechanism", mechanism)
+                .set("sasl.username", "rum")
+                .set("sasl.password", password)
+                .set("ssl.ca.location", &ca_file)
+                .set("log_level", "0");
+            let consumer: BaseConsumer = config.create().expect("client");
+            consumer
+                .fetch_metadata(Some("rum.testkit.tls"), Duration::from_secs(10))
+                .map(|m| m.topics().len())
+        };
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] {
+            assert_eq!(client(mechanism, "s3cret-pw").ok(), Some(1), "{mechanism}");
+        }
+        assert!(
+            client("SCRAM-SHA-256", "wrong").is_err(),
+            "a wrong password is refused"
+        );
     }
 
     #[test]

@@ -20,9 +20,11 @@ mod http;
 mod kafka;
 mod process;
 pub mod stack;
+mod tls;
 
 pub use alertmanager::Alertmanager;
-pub use clickhouse::ClickHouseServer;
+pub use clickhouse::{ClickHouseOptions, ClickHouseServer};
 #[cfg(feature = "kafka")]
 pub use kafka::{read_topic, Kafka, KafkaOptions, KafkaRecord};
 pub use process::{free_port, port_open, repo_root, send_signal, test_dir};
+pub use tls::TestCa;

@@ -48,8 +48,29 @@ impl RumProcess {
         }
     }
 
+    /// Like [`spawn`](Self::spawn), with stdout and stderr written to `log` (to read what it logged).
+    pub fn spawn_logged(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> RumProcess {
+        let file = std::fs::File::create(log).expect("create the log file");
+        let child = rum()
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(file.try_clone().expect("dup the log file"))
+            .stderr(file)
+            .spawn()
+            .expect("rum starts");
+        RumProcess {
+            name: args.join(" "),
+            child,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends SIGTERM and waits for the exit, at most `timeout`.
@@ -262,7 +283,7 @@ pub async fn settled_counts(
     within: Duration,
 ) -> (u64, u64, u64) {
     let deadline = Instant::now() + within;
-    while !stored_counts(clickhouse).is_some_and(|(raw, _, _)| raw >= expected)
+    while stored_counts(clickhouse).is_none_or(|(raw, _, _)| raw < expected)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
