@@ -1,5 +1,5 @@
 //! `rum ingest` and `rum consume` against Apache Kafka over TLS with SASL (SCRAM-SHA-256/512, PLAIN), with a CA of
-//! the test's own: exact counts through the pipeline; a wrong password and an untrusted certificate are one clear
+//! the test's own: exact counts through the pipeline (with ClickHouse over HTTPS and a password too); a wrong password and an untrusted certificate are one clear
 //! log line and `/readyz` 503, never a hang, a crash loop or the password in a log.
 
 mod common;
@@ -7,10 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{eventually, settled_counts, stored_ids, Pipeline, RumProcess};
-use rum_testkit::{free_port, Kafka, KafkaOptions, TestCa};
+use rum_testkit::{free_port, ClickHouseOptions, ClickHouseServer, Kafka, KafkaOptions, TestCa};
 
 const USER: &str = "rum-pipeline";
 const PASSWORD: &str = "pw-7f3a9c1e-never-logged";
+const CLICKHOUSE_PASSWORD: &str = "ch-pw-41c0de";
 
 fn beacon(id: &str) -> String {
     format!(
@@ -51,7 +52,18 @@ async fn the_pipeline_over_tls_and_scram_stores_every_beacon_once() {
         "RUM_KAFKA_SASL_PASSWORD_FILE",
         password_file.display().to_string(),
     ));
-    let mut pipeline = Pipeline::start_on(kafka, &borrowed(&env)).await;
+    // ClickHouse over HTTPS with a password too: every link of the pipeline is secured.
+    let clickhouse = ClickHouseServer::start_with(&ClickHouseOptions {
+        tls: Some(&ca),
+        users: vec![("rum".into(), CLICKHOUSE_PASSWORD.into())],
+    });
+    env.extend([
+        ("RUM_CLICKHOUSE_URL", clickhouse.https_url()),
+        ("RUM_CLICKHOUSE_USER", "rum".into()),
+        ("RUM_CLICKHOUSE_PASSWORD", CLICKHOUSE_PASSWORD.into()),
+        ("RUM_CLICKHOUSE_CA_FILE", ca_file.clone()),
+    ]);
+    let mut pipeline = Pipeline::start_with(kafka, clickhouse, &borrowed(&env)).await;
 
     let mut ids = Vec::new();
     for i in 0..200 {

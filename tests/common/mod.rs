@@ -137,8 +137,16 @@ impl Pipeline {
 
     /// Starts everything on `kafka` (one broker or a cluster), creating the pipeline's topics there.
     pub async fn start_on(kafka: rum_testkit::Kafka, extra_env: &[(&str, &str)]) -> Pipeline {
+        Self::start_with(kafka, rum_testkit::ClickHouseServer::start(), extra_env).await
+    }
+
+    /// Starts the pipeline's processes on `kafka` (creating its topics) and `clickhouse` (migrating it).
+    pub async fn start_with(
+        kafka: rum_testkit::Kafka,
+        clickhouse: rum_testkit::ClickHouseServer,
+        extra_env: &[(&str, &str)],
+    ) -> Pipeline {
         kafka.create_pipeline_topics();
-        let clickhouse = rum_testkit::ClickHouseServer::start();
         let ingest_port = rum_testkit::free_port().to_string();
         let consumer_port = rum_testkit::free_port().to_string();
         let mut env = vec![
