@@ -16,6 +16,17 @@ impl TestCa {
     /// Generates an RSA 2048 CA (`CN=rum-test-ca`) and a server key and certificate for `IP:127.0.0.1` and
     /// `DNS:localhost` (serverAuth), valid for a day.
     pub fn generate() -> TestCa {
+        Self::generate_named("rum-test-ca")
+    }
+
+    /// A second, unrelated CA (for "an untrusted certificate" tests): its `ca.pem` does not sign this server, and
+    /// its name (`CN=rum-other-ca`) differs, so a verifier finds no issuer (`UnknownIssuer`), not a bad signature.
+    pub fn other() -> TestCa {
+        Self::generate_named("rum-other-ca")
+    }
+
+    fn generate_named(name: &str) -> TestCa {
+        let subject = format!("/CN={name}");
         let dir = fresh_dir("tls");
         let ext = dir.join("server.ext");
         fs::write(
@@ -26,19 +37,8 @@ impl TestCa {
         openssl(
             &dir,
             &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=rum-test-ca",
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+                "ca.pem", "-days", "1", "-subj", &subject,
             ],
         );
         // -nodes with `req -newkey` writes an unencrypted PKCS#8 key, which Kafka's PEM keystore reads.
@@ -83,11 +83,6 @@ impl TestCa {
         fs::write(dir.join("server-keystore.pem"), format!("{key}{cert}"))
             .expect("write server-keystore.pem");
         TestCa { dir }
-    }
-
-    /// A second, unrelated CA (for "an untrusted certificate" tests): its `ca.pem` does not sign this server.
-    pub fn other() -> TestCa {
-        Self::generate()
     }
 
     /// The CA certificate (what clients trust).
