@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 use common::{eventually, metric_sum, settled_counts, stored_ids, Pipeline};
 use rum_testkit::{free_port, ClickHouseServer, Kafka};
 
-/// `ingest.delivery_timeout_ms` of these tests: a request never waits longer than this for Kafka (plus librdkafka's
-/// one-second timeout scan and the ingest's backstop margin).
+/// `ingest.delivery_timeout_ms` of these tests: the ingest answers every request by then.
 const DELIVERY_TIMEOUT_MS: u64 = 3_000;
-/// What a request may take at most: the delivery timeout, librdkafka's 1 s scan, and slack for a loaded machine.
+/// What a request may take at most as the test sees it: the ingest's deadline plus slack for the client and the
+/// scheduler of a loaded 2-core machine (a JVM restarting beside the load).
 const REQUEST_BOUND: Duration = Duration::from_millis(DELIVERY_TIMEOUT_MS + 3_000);
+/// Longer than the brokers' `broker.session.timeout.ms` (9 s): the controller fences a dead broker and moves its
+/// partitions' leadership only after that.
+const FENCING: Duration = Duration::from_secs(30);
 
 /// Three brokers and two ClickHouse-bound processes at once are a lot for two cores: one test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -155,7 +158,13 @@ async fn a_broker_killed_under_load_loses_no_accepted_beacon() {
     let victim = pipeline.kafka.index_of(leader);
     eprintln!("SIGKILL kafka node {leader} under load");
     pipeline.kafka.kill_node(victim);
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // A leader election: partition 0 gets a new leader among the two brokers left, and takes beacons again.
+    let kafka = &mut pipeline.kafka;
+    tokio::task::block_in_place(|| kafka.wait_for_leaders("rum.beacons.v1", 4, FENCING));
+    let new_leader = pipeline.kafka.partition_leaders("rum.beacons.v1")[&0];
+    eprintln!("partition 0: leader {leader} -> {new_leader}");
+    assert_ne!(new_leader, leader);
+    tokio::time::sleep(Duration::from_secs(4)).await;
     eprintln!("starting kafka node {leader} again");
     let kafka = &mut pipeline.kafka;
     tokio::task::block_in_place(|| kafka.start_node(victim));
@@ -201,23 +210,49 @@ async fn a_broker_killed_under_load_loses_no_accepted_beacon() {
         "503s counted by reason:\n{metrics}"
     );
     assert_accepted_stored_once(&pipeline.clickhouse, &report.accepted).await;
+    assert_no_duplicates_dropped(&pipeline.http, &pipeline.consumer_metrics).await;
     pipeline.stop();
 }
 
-/// POSTs beacons `{prefix}-0..n`, each until accepted; returns their ids.
+/// POSTs `n` beacons, each until one is accepted; returns the accepted ids. A retry after a 503 carries a new id
+/// (`{prefix}-{i}-{attempt}`), so that a refused beacon that still reached Kafka is never a duplicate of an
+/// accepted one: any metric the consumer drops as a duplicate is then a duplicate of the pipeline's own making.
 async fn post_accepted(pipeline: &Pipeline, prefix: &str, n: usize) -> HashSet<String> {
     let mut accepted = HashSet::new();
     for i in 0..n {
-        let id = format!("{prefix}-{i}");
-        assert!(
-            pipeline
-                .post_until_accepted(&beacon(&id), Duration::from_secs(90))
-                .await,
-            "{id} was not accepted within 90 s"
-        );
-        accepted.insert(id);
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut attempt = 0;
+        loop {
+            let id = format!("{prefix}-{i}-{attempt}");
+            match pipeline.post("text/plain", "", &beacon(&id)).await {
+                204 => {
+                    accepted.insert(id);
+                    break;
+                }
+                503 => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "beacon {prefix}-{i} not accepted within 90 s"
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                status => panic!("{id}: unexpected HTTP {status}"),
+            }
+        }
     }
     accepted
+}
+
+/// No metric was dropped as a duplicate by the consumer whose `/metrics` is at `url` (every beacon these tests
+/// send has ids of its own).
+async fn assert_no_duplicates_dropped(http: &reqwest::Client, url: &str) {
+    let metrics = exposition(http, url).await;
+    assert_eq!(
+        metric_sum(&metrics, "rum_consumer_metrics_deduplicated_total"),
+        0.0,
+        "the consumer dropped duplicates the pipeline made:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +261,9 @@ async fn the_consumer_group_survives_losing_its_coordinator() {
     let env = cluster_env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut pipeline = Pipeline::start_on(Kafka::start_cluster(3), &env).await;
-    let second = pipeline.spawn_consumer(free_port());
+    let second_port = free_port();
+    let second = pipeline.spawn_consumer(second_port);
+    let second_metrics = format!("http://127.0.0.1:{second_port}/metrics");
 
     let mut accepted = post_accepted(&pipeline, "before", 300).await;
     let clickhouse = &pipeline.clickhouse;
@@ -245,18 +282,37 @@ async fn the_consumer_group_survives_losing_its_coordinator() {
     eprintln!("SIGKILL kafka node {coordinator}, the coordinator of group rum-consumers");
     pipeline.kafka.kill_node(victim);
     accepted.extend(post_accepted(&pipeline, "coordinator-lost", 300).await);
+    // The group moves to a new coordinator and goes on storing while the old one is down.
+    let moved = eventually("a new group coordinator", FENCING, async || {
+        pipeline
+            .kafka
+            .group_coordinator("rum-consumers")
+            .filter(|c| *c != coordinator)
+    })
+    .await;
+    eprintln!("group coordinator {coordinator} -> {moved}");
+    let clickhouse = &pipeline.clickhouse;
+    let stored_while_down = async |n: u64| {
+        eventually(
+            "beacons stored while the old coordinator is down",
+            Duration::from_secs(90),
+            async || common::stored_counts(clickhouse).filter(|(raw, _, _)| *raw >= n),
+        )
+        .await
+    };
+    stored_while_down(600).await;
 
-    // A member leaves while the group has a new coordinator: the other one takes every partition.
+    // A member leaves while the group has its new coordinator: the other one takes every partition.
     eprintln!("SIGKILL the first consumer");
     pipeline.consumer.kill();
     accepted.extend(post_accepted(&pipeline, "one-member", 300).await);
+    stored_while_down(900).await;
     let kafka = &mut pipeline.kafka;
     tokio::task::block_in_place(|| kafka.start_node(victim));
     accepted.extend(post_accepted(&pipeline, "after", 100).await);
 
     assert_accepted_stored_once(&pipeline.clickhouse, &accepted).await;
-    let moved = pipeline.kafka.group_coordinator("rum-consumers");
-    eprintln!("coordinator before {coordinator}, after {moved:?}");
+    assert_no_duplicates_dropped(&pipeline.http, &second_metrics).await;
     drop(second);
     assert!(
         pipeline.ingest.terminate(Duration::from_secs(20)).success(),
@@ -307,5 +363,6 @@ async fn all_three_brokers_stopped_and_restarted_lose_nothing_and_double_nothing
     accepted.extend(post_accepted(&pipeline, "after", 300).await);
 
     assert_accepted_stored_once(&pipeline.clickhouse, &accepted).await;
+    assert_no_duplicates_dropped(&pipeline.http, &pipeline.consumer_metrics).await;
     pipeline.stop();
 }

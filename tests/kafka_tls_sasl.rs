@@ -93,7 +93,10 @@ async fn every_sasl_mechanism_gets_the_ingest_ready() {
     let kafka = secure_kafka(&ca);
     kafka.create_pipeline_topics();
     let ca_file = ca.ca_pem().display().to_string();
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
         let port = free_port().to_string();
         let mut env = security_env(&kafka, &ca_file, mechanism);
@@ -125,7 +128,10 @@ async fn ingest_that_cannot_connect(
     env.push(("RUM_INGEST_PORT", port.clone()));
     env.push(("RUM_INGEST_DELIVERY_TIMEOUT_MS", "2000".into()));
     let ingest = RumProcess::spawn_logged(&["ingest"], &borrowed(&env), log);
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     // The ingest serves /healthz while Kafka refuses it: alive, not ready.
     eventually(

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # deploy/local/kafka.sh: Apache Kafka (KRaft) for the local stack and the benchmark. Sourced by lib.sh, not run.
 #
-# The jars come from Maven Central (deploy/local/kafka/pom.xml, versions in stack.env) into $RUM_KAFKA_HOME/lib,
+# The jars come from Maven Central (deploy/local/kafka/pom.xml, versions in stack.env) into $RUM_LOCAL_KAFKA_HOME/lib,
 # once. A broker is `java ... kafka.Kafka server.properties`, its config rendered from
 # deploy/local/kafka/server.properties.in (rum-testkit renders the same template the same way), its data dir
 # formatted once with StorageTool and kept across restarts. Every node is broker and controller:
@@ -60,26 +60,26 @@ ensure_java() {
     require_java
 }
 
-# ensure_kafka: fetch Apache Kafka's jars once into $RUM_KAFKA_HOME/lib (Maven, from deploy/local/kafka/pom.xml).
+# ensure_kafka: fetch Apache Kafka's jars once into $RUM_LOCAL_KAFKA_HOME/lib (Maven, from deploy/local/kafka/pom.xml).
 # lib/ appears whole or not at all (fetched beside it, then renamed); the marker `fetched` names the versions, so a
 # changed stack.env fetches again; a lock keeps two scripts from fetching at once.
 ensure_kafka() {
-    local lib=$RUM_KAFKA_HOME/lib marker=$RUM_KAFKA_HOME/fetched want
+    local lib=$RUM_LOCAL_KAFKA_HOME/lib marker=$RUM_LOCAL_KAFKA_HOME/fetched want
     want="kafka $RUM_KAFKA_VERSION log4j $RUM_KAFKA_LOG4J_VERSION"
     if [[ -f $marker && $(<"$marker") == "$want" && -d $lib ]]; then
         return 0
     fi
     command -v mvn >/dev/null 2>&1 ||
         die "kafka: Apache Kafka $RUM_KAFKA_VERSION is not in $lib and mvn is missing: run ./deploy/local/install"
-    mkdir -p "$RUM_KAFKA_HOME" || die "kafka: cannot create $RUM_KAFKA_HOME (RUM_KAFKA_HOME)"
+    mkdir -p "$RUM_LOCAL_KAFKA_HOME" || die "kafka: cannot create $RUM_LOCAL_KAFKA_HOME (RUM_LOCAL_KAFKA_HOME)"
     local lock_fd
-    exec {lock_fd}>"$RUM_KAFKA_HOME/lock"
+    exec {lock_fd}>"$RUM_LOCAL_KAFKA_HOME/lock"
     if ! flock -n "$lock_fd"; then
-        log "kafka: another process is fetching Apache Kafka into $RUM_KAFKA_HOME; waiting for it"
+        log "kafka: another process is fetching Apache Kafka into $RUM_LOCAL_KAFKA_HOME; waiting for it"
         flock "$lock_fd"
     fi
     if [[ ! -f $marker || $(<"$marker") != "$want" || ! -d $lib ]]; then
-        local tmp=$RUM_KAFKA_HOME/lib.partial fetch_log=$RUM_KAFKA_HOME/fetch.log started=$SECONDS
+        local tmp=$RUM_LOCAL_KAFKA_HOME/lib.partial fetch_log=$RUM_LOCAL_KAFKA_HOME/fetch.log started=$SECONDS
         log "kafka: fetching Apache Kafka $RUM_KAFKA_VERSION with Maven into $lib (once, 15-35 s); log: $fetch_log"
         rm -rf "$tmp" "$marker"
         if ! mvn -q -B -f "$RUM_KAFKA_CONF_DIR/pom.xml" -Dmaven.repo.local="$HOME/.cache/rum/m2" \
@@ -101,7 +101,7 @@ ensure_kafka() {
 
 # kafka_tool CLASS ARGS...: one of Kafka's command-line tools (warnings only, on stderr).
 kafka_tool() {
-    "$(kafka_java)" -cp "$RUM_KAFKA_HOME/lib/*" -Dlog4j2.configurationFile="$RUM_KAFKA_CONF_DIR/tools-log4j2.properties" \
+    "$(kafka_java)" -cp "$RUM_LOCAL_KAFKA_HOME/lib/*" -Dlog4j2.configurationFile="$RUM_KAFKA_CONF_DIR/tools-log4j2.properties" \
         "$@"
 }
 
@@ -136,7 +136,7 @@ kafka_render_config() {
 }
 
 # kafka_cluster_id DIR...: the cluster id of the first DIR already formatted, else a new one (22 characters,
-# base64url of 16 random bytes), so a node formatted later joins the cluster of the others.
+# base64url of 16 random bytes, not starting with '-'), so a node formatted later joins the cluster of the others.
 kafka_cluster_id() {
     local dir id
     for dir in "$@"; do
@@ -148,8 +148,9 @@ kafka_cluster_id() {
             fi
         fi
     done
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
-    printf '\n'
+    # An id that starts with '-' is taken for an option by kafka-storage's argument parser: draw again.
+    while id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n') && [[ $id == -* ]]; do :; done
+    printf '%s\n' "$id"
 }
 
 # kafka_format NAME DIR CLUSTER_ID: format DIR's log dir once (meta.properties missing); the data stays afterwards.
@@ -170,7 +171,7 @@ kafka_node_start() {
     kafka_render_config "$dir" "$3" "$4" "$5" "$6" "$7" "$8"
     kafka_format "$name" "$dir" "$9"
     start_process "$name" "$dir" "$(kafka_java)" "-Xmx${RUM_LOCAL_KAFKA_HEAP_MB}m" "${KAFKA_JVM_OPTS[@]}" \
-        -Dlog4j2.configurationFile="$RUM_KAFKA_CONF_DIR/log4j2.properties" -cp "$RUM_KAFKA_HOME/lib/*" \
+        -Dlog4j2.configurationFile="$RUM_KAFKA_CONF_DIR/log4j2.properties" -cp "$RUM_LOCAL_KAFKA_HOME/lib/*" \
         kafka.Kafka "$dir/server.properties"
 }
 

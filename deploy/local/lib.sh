@@ -64,11 +64,10 @@ for _var in RUM_KAFKA_TOPIC_PARTITIONS RUM_KAFKA_DLQ_TOPIC_PARTITIONS; do
     [[ ${!_var:-} =~ ^[1-9][0-9]*$ ]] || die "$_var='${!_var:-}' is not a number of partitions"
 done
 # Where the Kafka jars are fetched (lib/ inside): outside the checkout, so a fresh clone (CI) reuses them.
-RUM_KAFKA_HOME="${RUM_KAFKA_HOME:-$HOME/.cache/rum/kafka-$RUM_KAFKA_VERSION}"
+RUM_LOCAL_KAFKA_HOME="${RUM_LOCAL_KAFKA_HOME:-$HOME/.cache/rum/kafka-$RUM_KAFKA_VERSION}"
 # rum reads every RUM_KAFKA_* variable of its environment as a key of [kafka] and refuses unknown ones: the
-# processes these scripts start must not inherit these (deploy/local/test hands RUM_KAFKA_HOME to cargo test).
-export -n RUM_KAFKA_VERSION RUM_KAFKA_LOG4J_VERSION RUM_KAFKA_TOPIC_PARTITIONS RUM_KAFKA_DLQ_TOPIC_PARTITIONS \
-    RUM_KAFKA_HOME
+# processes these scripts start must not inherit stack.env's names (rum ignores RUM_LOCAL_*, the scripts' own).
+export -n RUM_KAFKA_VERSION RUM_KAFKA_LOG4J_VERSION RUM_KAFKA_TOPIC_PARTITIONS RUM_KAFKA_DLQ_TOPIC_PARTITIONS
 
 RUM_LOCAL_DIR="${RUM_LOCAL_DIR:-$REPO/.local}"
 if [[ $RUM_LOCAL_DIR != /* ]]; then

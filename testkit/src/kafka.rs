@@ -2,7 +2,7 @@
 //! three that tests can kill, stop, pause and restart node by node, with the log kept on disk in between.
 //!
 //! The jars come from `deploy/local/install` (Maven, `deploy/local/kafka/pom.xml`, the version pinned in
-//! `deploy/local/stack.env`), in `$RUM_KAFKA_HOME/lib`, else `~/.cache/rum/kafka-VERSION/lib`. Each node's
+//! `deploy/local/stack.env`), in `$RUM_LOCAL_KAFKA_HOME/lib`, else `~/.cache/rum/kafka-VERSION/lib`. Each node's
 //! `server.properties` is rendered from `deploy/local/kafka/server.properties.in`, as `deploy/local/lib.sh` does.
 
 use std::collections::HashMap;
@@ -126,9 +126,9 @@ pub struct Kafka {
 }
 
 impl Kafka {
-    /// The Kafka jars: `$RUM_KAFKA_HOME/lib`, else `~/.cache/rum/kafka-VERSION/lib`; panics when missing.
+    /// The Kafka jars: `$RUM_LOCAL_KAFKA_HOME/lib`, else `~/.cache/rum/kafka-VERSION/lib`; panics when missing.
     pub fn lib_dir() -> PathBuf {
-        let home = std::env::var_os("RUM_KAFKA_HOME")
+        let home = std::env::var_os("RUM_LOCAL_KAFKA_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .or_else(|| {
@@ -138,7 +138,7 @@ impl Kafka {
                         .join(format!("kafka-{}", stack::kafka_version()))
                 })
             })
-            .expect("neither RUM_KAFKA_HOME nor HOME is set");
+            .expect("neither RUM_LOCAL_KAFKA_HOME nor HOME is set");
         let lib = home.join("lib");
         let has_broker = fs::read_dir(&lib).is_ok_and(|entries| {
             entries
@@ -147,7 +147,7 @@ impl Kafka {
         });
         assert!(
             has_broker,
-            "Apache Kafka {} is not installed in {} (RUM_KAFKA_HOME); run ./deploy/local/install",
+            "Apache Kafka {} is not installed in {} (RUM_LOCAL_KAFKA_HOME); run ./deploy/local/install",
             stack::kafka_version(),
             lib.display()
         );
@@ -329,7 +329,8 @@ impl Kafka {
                 Err((topic, code)) => panic!("create topic {topic}: {code}"),
             }
         }
-        self.wait_for_leaders(name, partitions as usize, Duration::from_secs(60));
+        let nodes: Vec<i32> = self.nodes.iter().map(|n| n.id as i32).collect();
+        self.wait_for_leaders_among(name, partitions as usize, Duration::from_secs(60), &nodes);
     }
 
     /// Creates the pipeline's topics of `deploy/local/stack.env` (beacons and dead letters).
@@ -339,21 +340,48 @@ impl Kafka {
         }
     }
 
-    /// Waits until all `partitions` of `topic` have a leader (as the metadata of any live node says).
-    pub fn wait_for_leaders(&self, topic: &str, partitions: usize, timeout: Duration) {
+    /// Waits until all `partitions` of `topic` have a leader among the running nodes (right after a node died,
+    /// the metadata still names it until the controller fences it).
+    pub fn wait_for_leaders(&mut self, topic: &str, partitions: usize, timeout: Duration) {
+        let running = self.running_ids();
+        self.wait_for_leaders_among(topic, partitions, timeout, &running);
+    }
+
+    fn wait_for_leaders_among(
+        &self,
+        topic: &str,
+        partitions: usize,
+        timeout: Duration,
+        nodes: &[i32],
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let led = self.partition_leaders(topic);
-            if led.len() == partitions && led.values().all(|leader| *leader >= 0) {
+            if led.len() == partitions && led.values().all(|leader| nodes.contains(leader)) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{topic}: {} of {partitions} partitions have a leader after {timeout:?}: {led:?}",
-                led.values().filter(|l| **l >= 0).count()
+                "{topic}: {} of {partitions} partitions have a leader among nodes {nodes:?} after {timeout:?}: {led:?}",
+                led.values().filter(|l| nodes.contains(l)).count()
             );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The node ids of the running nodes.
+    pub fn running_ids(&mut self) -> Vec<i32> {
+        let mut running = Vec::new();
+        for node in &mut self.nodes {
+            if node
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+            {
+                running.push(node.id as i32);
+            }
+        }
+        running
     }
 
     /// Partition -> leader node id (-1: none) of `topic`, from the cluster's metadata (empty when unreachable).
@@ -492,16 +520,7 @@ impl Kafka {
         let deadline = Instant::now() + START_TIMEOUT;
         let port = self.nodes[i].port;
         loop {
-            let mut running = Vec::new();
-            for node in &mut self.nodes {
-                if node
-                    .child
-                    .as_mut()
-                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-                {
-                    running.push(node.id as i32);
-                }
-            }
+            let running = self.running_ids();
             if port_open(port) && node_sees(port, &running) {
                 return Ok(());
             }
@@ -628,8 +647,18 @@ fn node_sees(port: u16, expected: &[i32]) -> bool {
     expected.iter().all(|id| listed.contains(id))
 }
 
-/// A fresh KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 characters).
+/// A fresh KRaft cluster id: 16 bytes, URL-safe base64 without padding (22 characters), not starting with `-`
+/// (kafka-storage's argument parser takes such an id for an option).
 fn cluster_id() -> String {
+    loop {
+        let id = random_cluster_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut bytes = Vec::with_capacity(16);
     for salt in 0..2u64 {
@@ -660,12 +689,13 @@ fn base64url(bytes: &[u8]) -> String {
     out
 }
 
-/// The `__consumer_offsets` partition of `group`: Java's `String.hashCode`, made non-negative, modulo 50.
+/// The `__consumer_offsets` partition of `group`, as the group coordinator computes it:
+/// `Utils.abs(groupId.hashCode()) % 50`, where `Utils.abs(Integer.MIN_VALUE)` is 0.
 fn offsets_partition(group: &str) -> i32 {
     let hash = group
         .encode_utf16()
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
-    (hash & 0x7fff_ffff) % OFFSETS_TOPIC_PARTITIONS
+    hash.checked_abs().unwrap_or(0) % OFFSETS_TOPIC_PARTITIONS
 }
 
 /// Runs an rdkafka future (admin calls) to completion on a small runtime of its own, on a thread of its own (the
@@ -770,19 +800,14 @@ mod tests {
         assert_ne!(cluster_id(), id);
         assert_eq!(base64url(b"\xfb\xff"), "-_8");
         assert_eq!(base64url(b"Man"), "TWFu");
+        assert!((0..200).all(|_| !cluster_id().starts_with('-')));
     }
 
     #[test]
     fn offsets_partition_matches_java_string_hash_code() {
-        // The values Java's String.hashCode gives (jshell), made non-negative, modulo 50.
-        assert_eq!(
-            offsets_partition("rum-consumers"),
-            (-138775622i32 & 0x7fff_ffff) % 50
-        );
-        assert_eq!(
-            offsets_partition("rum-fault-group-é"),
-            (-1965939091i32 & 0x7fff_ffff) % 50
-        );
+        // Java's String.hashCode (jshell): "rum-consumers" -138775622, "rum-fault-group-é" -1965939091.
+        assert_eq!(offsets_partition("rum-consumers"), 22);
+        assert_eq!(offsets_partition("rum-fault-group-é"), 41);
         assert_eq!(offsets_partition(""), 0);
         assert_eq!(offsets_partition("a"), 97 % 50);
     }

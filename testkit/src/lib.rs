@@ -9,7 +9,7 @@
 //! * Configs come from the same templates as `deploy/local/` (`deploy/local/clickhouse/`, `deploy/local/kafka/`), and
 //!   versions and topic names from `deploy/local/stack.env`.
 //!
-//! Binaries: `RUM_KAFKA_HOME` (the Kafka jars, else `~/.cache/rum/kafka-VERSION`) with `java` from `JAVA_HOME` or
+//! Binaries: `RUM_LOCAL_KAFKA_HOME` (the Kafka jars, else `~/.cache/rum/kafka-VERSION`) with `java` from `JAVA_HOME` or
 //! PATH, `RUM_LOCAL_CLICKHOUSE_BIN` (else `/usr/sbin/clickhouse-server`), `RUM_LOCAL_ALERTMANAGER_BIN`.
 //! `./deploy/local/install` installs them all.
 

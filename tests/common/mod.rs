@@ -105,14 +105,6 @@ impl Drop for RumProcess {
     }
 }
 
-fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args(["-s", name, &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -s {name} {pid} failed");
-}
-
 /// The whole pipeline as real processes: Apache Kafka (topics created), the ClickHouse server (migrated),
 /// `rum ingest` and `rum consume`, ready to take beacons.
 pub struct Pipeline {
@@ -165,7 +157,11 @@ impl Pipeline {
         );
         let ingest = RumProcess::spawn(&["ingest"], &env);
         let consumer = RumProcess::spawn(&["consume"], &env);
-        let http = reqwest::Client::new();
+        // Bounded: a hung ingest fails the test instead of hanging it.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("http client");
         let base = format!("http://127.0.0.1:{ingest_port}");
         wait_until_ready(&http, &base).await;
         let env = env
