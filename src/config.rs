@@ -98,11 +98,53 @@ fn describe(error: &figment::Error) -> String {
             _ => m.name.to_string(),
         })
         .unwrap_or_default();
-    let kind = error.kind.to_string().replace('\n', " ");
+    let kind = if may_hold_secret(&key) {
+        without_value(&error.kind)
+    } else {
+        error.kind.to_string()
+    };
+    let kind = kind.replace('\n', " ");
     match (key.is_empty(), source.is_empty()) {
         (true, _) => format!("config: {kind}"),
         (false, true) => format!("{key}: {kind}"),
         (false, false) => format!("{key} ({source}): {kind}"),
+    }
+}
+
+/// Keys whose value is, or may hold, a secret: never echoed in an error. A section (or the whole
+/// config) holds its keys, and a malformed table given as one variable
+/// (`RUM_KAFKA_LIBRDKAFKA_OPTIONS`, `RUM_INGEST_SITES`) is a string holding all of its values.
+fn may_hold_secret(key: &str) -> bool {
+    !key.contains('.')
+        || key.starts_with("kafka.librdkafka_options")
+        || key.starts_with("ingest.sites")
+        || ["password", "secret", "token"]
+            .iter()
+            .any(|word| key.contains(word))
+}
+
+/// figment's reason without the value it quotes (`found string "..."` becomes `found a string`).
+fn without_value(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let what = |actual: &Actual| match actual {
+        Actual::Bool(_) => "a boolean".to_string(),
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer".to_string(),
+        Actual::Float(_) => "a number".to_string(),
+        Actual::Char(_) | Actual::Str(_) => "a string".to_string(),
+        Actual::Bytes(_) => "bytes".to_string(),
+        Actual::Other(_) => "a value".to_string(),
+        // The rest name a shape, not a value: "map", "sequence", ...
+        shape => shape.to_string(),
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", what(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {expected}", what(actual))
+        }
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "integer out of range".into(),
+        other => other.to_string(),
     }
 }
 
@@ -223,6 +265,43 @@ mod tests {
                 c.kafka.librdkafka_options.0["socket.keepalive.enable"],
                 "true"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_malformed_table_variable_is_refused_without_echoing_its_values() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "RUM_KAFKA_LIBRDKAFKA_OPTIONS",
+                r#"{"ssl.key.password"="hunter2", "client.rack"="eu"#,
+            );
+            let err = load(None).unwrap_err();
+            assert!(
+                err.starts_with("kafka.librdkafka_options (from RUM_KAFKA_LIBRDKAFKA_OPTIONS): invalid type: found a string, expected"),
+                "{err}"
+            );
+            assert!(!err.contains("hunter2"), "{err}");
+            jail.clear_env();
+            jail.set_env("RUM_INGEST_SITES", r#"{shop={token_secret="s3cr3t-t0ken""#);
+            let err = load(None).unwrap_err();
+            assert!(
+                err.starts_with(
+                    "ingest.sites (from RUM_INGEST_SITES): invalid type: found a string"
+                ),
+                "{err}"
+            );
+            assert!(!err.contains("s3cr3t-t0ken"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_value_of_another_key_is_still_quoted() {
+        Jail::expect_with(|jail| {
+            jail.set_env("RUM_INGEST_PORT", "eighty");
+            let err = load(None).unwrap_err();
+            assert!(err.contains("\"eighty\""), "{err}");
             Ok(())
         });
     }
