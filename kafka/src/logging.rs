@@ -100,7 +100,7 @@ impl KafkaLog {
     }
 
     /// A log line of librdkafka. Errors also reach [`KafkaLog::error`], which logs them at error
-    /// level: here they are warnings, once per facility and level like errors; a broker's failure
+    /// level: here they are warnings, each distinct message (its numbers aside) once like errors; a broker's failure
     /// (facility `FAIL`) is the same event as the error it reports, so it is a debug line.
     pub fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let level = if facility == "FAIL" {
@@ -114,7 +114,7 @@ impl KafkaLog {
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error
             | RDKafkaLogLevel::Warning => {
-                let kind = format!("{level:?} {facility}");
+                let kind = format!("{level:?} {facility} {}", without_numbers(message));
                 if let Some(repeated) = self.due(&kind, Instant::now()) {
                     tracing::warn!(target: "librdkafka", client = self.client, facility, repeated, "{message}");
                 }
@@ -127,6 +127,19 @@ impl KafkaLog {
             }
         }
     }
+}
+
+/// A log line with its numbers (counts, milliseconds, ports) as `#`: what tells its repeats apart.
+fn without_numbers(message: &str) -> String {
+    let mut kind = String::with_capacity(message.len());
+    for c in message.chars() {
+        if !c.is_ascii_digit() {
+            kind.push(c);
+        } else if !kind.ends_with('#') {
+            kind.push('#');
+        }
+    }
+    kind
 }
 
 /// What to check, for the failures a setting of `rum` causes.
@@ -187,6 +200,60 @@ mod tests {
             Some(0),
             "another kind of failure is logged at once"
         );
+    }
+
+    #[test]
+    fn a_second_distinct_warning_of_a_facility_is_logged_and_a_repeat_is_not() {
+        let log = KafkaLog::new("test");
+        let captured = capture(|| {
+            log.log(
+                RDKafkaLogLevel::Warning,
+                "CONFWARN",
+                "Configuration property fetch.min.bytes is a consumer property and will be ignored",
+            );
+            log.log(
+                RDKafkaLogLevel::Warning,
+                "CONFWARN",
+                "Configuration property queued.min.messages is a consumer property and will be ignored",
+            );
+            log.log(
+                RDKafkaLogLevel::Warning,
+                "REQTMOUT",
+                "kafka-1:9092/1: Timed out 3 in-flight requests",
+            );
+            log.log(
+                RDKafkaLogLevel::Warning,
+                "REQTMOUT",
+                "kafka-1:9092/1: Timed out 12 in-flight requests",
+            );
+        });
+        assert!(captured.contains("fetch.min.bytes"), "{captured}");
+        assert!(captured.contains("queued.min.messages"), "{captured}");
+        assert_eq!(captured.matches("Timed out").count(), 1, "{captured}");
+    }
+
+    /// What `f` logs, as text.
+    fn capture(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
     }
 
     #[test]
