@@ -77,9 +77,19 @@ pub fn load(file: Option<&Path>) -> Result<Config, String> {
     config
         .kafka
         .validate()
-        .and_then(|()| rum_kafka::check(&config.kafka))
         .and_then(|()| config.ingest.validate())
         .and_then(|()| config.consumer.validate())
+        // The very clients `rum` runs, built from the settings checked above.
+        .and_then(|()| {
+            rum_kafka::check(
+                &config.kafka,
+                &[
+                    rum_ingest::producer_properties(&config.ingest),
+                    rum_consumers::consumer_properties(&config.consumer),
+                    rum_consumers::dlq_producer_properties(),
+                ],
+            )
+        })
         .and_then(|()| config.clickhouse.validate())
         .and_then(|()| config.alerts.validate())
         .map_err(|e| format!("{} ({}): {}", e.key, env_name(&e.key), e.reason))?;
@@ -302,6 +312,37 @@ mod tests {
             jail.set_env("RUM_INGEST_PORT", "eighty");
             let err = load(None).unwrap_err();
             assert!(err.contains("\"eighty\""), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_librdkafka_option_is_checked_against_the_clients_rum_runs() {
+        Jail::expect_with(|jail| {
+            jail.set_env(
+                "RUM_KAFKA_LIBRDKAFKA_OPTIONS",
+                r#"{"max.in.flight.requests.per.connection"=10}"#,
+            );
+            let err = load(None).unwrap_err();
+            assert!(
+                err.starts_with("kafka.librdkafka_options.max.in.flight.requests.per.connection (RUM_KAFKA_LIBRDKAFKA_OPTIONS): librdkafka cannot build the ingest producer with it"),
+                "{err}"
+            );
+            jail.set_env(
+                "RUM_KAFKA_LIBRDKAFKA_OPTIONS",
+                r#"{"group.protocol"="consumer"}"#,
+            );
+            let err = load(None).unwrap_err();
+            assert!(
+                err.starts_with("kafka.librdkafka_options.group.protocol (RUM_KAFKA_LIBRDKAFKA_OPTIONS): librdkafka cannot build the consumer with it"),
+                "{err}"
+            );
+            // Above consumer.session_timeout_ms (10 s), below librdkafka's default (45 s).
+            jail.set_env(
+                "RUM_KAFKA_LIBRDKAFKA_OPTIONS",
+                r#"{"max.poll.interval.ms"=20000}"#,
+            );
+            load(None).unwrap();
             Ok(())
         });
     }

@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 pub use config::ConsumerConfig;
 pub use metrics::ConsumerMetrics;
-pub use pipeline::{consumer_config, Consumer, ConsumerError};
+pub use pipeline::{
+    consumer_config, consumer_properties, dlq_producer_properties, Consumer, ConsumerError,
+};
 use rum_clickhouse::ClickHouseConfig;
 use rum_schemas::kafka::KafkaConfig;
 

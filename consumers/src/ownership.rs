@@ -26,7 +26,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
-use rdkafka::ClientContext;
 use rum_kafka::KafkaLog;
 
 /// Partitions owned, and the next offset each may write (`None` until read from ClickHouse).
@@ -146,15 +145,7 @@ impl OwnershipContext {
     }
 }
 
-impl ClientContext for OwnershipContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.log.log(level, fac, log_message);
-    }
-
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        self.log.error(&error, reason);
-    }
-}
+rum_kafka::log_through!(OwnershipContext, log);
 
 impl ConsumerContext for OwnershipContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

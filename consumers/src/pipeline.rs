@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rum_clickhouse::{
     insert_raw_messages, stored_offsets, ClickHouseConfig, RawMessage, VITALS_RAW,
 };
-use rum_kafka::LoggingContext;
+use rum_kafka::{ClientKind, ClientProperties, LoggingContext};
 use rum_schemas::config::ConfigError;
 use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
 use rum_schemas::{BeaconMessage, MessageError};
@@ -101,9 +101,7 @@ impl Consumer {
         let ownership = context.ownership.clone();
         let consumer: StreamConsumer<OwnershipContext> =
             consumer_config(kafka, config)?.create_with_context(context)?;
-        // Not idempotent: a fenced idempotent producer is dead for good, and a dead letter
-        // written twice harms nobody.
-        let dlq_config = rum_kafka::client_config(kafka, &[("acks", "all")])?;
+        let dlq_config = rum_kafka::client_config(kafka, &dlq_producer_properties())?;
         // A bad setting stops the start, as when the producer was created here.
         dlq_config.create_native_config()?;
         Ok(Self {
@@ -496,20 +494,37 @@ pub fn consumer_config(
     kafka: &KafkaConfig,
     config: &ConsumerConfig,
 ) -> Result<ClientConfig, ConfigError> {
-    rum_kafka::client_config(
-        kafka,
-        &[
-            ("group.id", &config.group_id),
-            ("enable.auto.commit", "false"),
-            ("auto.offset.reset", "earliest"),
-            ("enable.partition.eof", "false"),
-            ("session.timeout.ms", &config.session_timeout_ms.to_string()),
-            ("fetch.wait.max.ms", &config.fetch_wait_max_ms.to_string()),
+    rum_kafka::client_config(kafka, &consumer_properties(config))
+}
+
+/// The consumer's own librdkafka properties. `rum_kafka::check` builds the consumer from these at
+/// start.
+pub fn consumer_properties(config: &ConsumerConfig) -> ClientProperties {
+    ClientProperties {
+        client: "consumer",
+        kind: ClientKind::Consumer,
+        properties: vec![
+            ("group.id", config.group_id.clone()),
+            ("enable.auto.commit", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            ("enable.partition.eof", "false".into()),
+            ("session.timeout.ms", config.session_timeout_ms.to_string()),
+            ("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string()),
             // Bounds what is prefetched while ClickHouse is down and the partitions are paused.
-            ("queued.max.messages.kbytes", "16384"),
-            ("queued.min.messages", "20000"),
+            ("queued.max.messages.kbytes", "16384".into()),
+            ("queued.min.messages", "20000".into()),
         ],
-    )
+    }
+}
+
+/// The dead-letter producer's own librdkafka properties. Not idempotent: a fenced idempotent
+/// producer is dead for good, and a dead letter written twice harms nobody.
+pub fn dlq_producer_properties() -> ClientProperties {
+    ClientProperties {
+        client: "dead-letter producer",
+        kind: ClientKind::Producer,
+        properties: vec![("acks", "all".into())],
+    }
 }
 
 fn decode(msg: &impl Message) -> Consumed {

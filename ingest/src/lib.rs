@@ -28,7 +28,7 @@ pub use bundle::{CollectorBundle, BUNDLE_PATH};
 pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
 pub use metrics::IngestMetrics;
-pub use publish::{KafkaPublisher, PublishError};
+pub use publish::{producer_properties, KafkaPublisher, PublishError};
 use rum_schemas::kafka::KafkaConfig;
 
 /// Why the ingest could not start or stop cleanly.

@@ -11,11 +11,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
-use rum_kafka::KafkaLog;
+use rum_kafka::{ClientKind, ClientProperties, KafkaLog};
 use rum_schemas::kafka::KafkaConfig;
 use tokio::sync::oneshot;
 
@@ -39,15 +38,7 @@ struct DeliveryContext {
     log: KafkaLog,
 }
 
-impl ClientContext for DeliveryContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.log.log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.log.error(&error, reason);
-    }
-}
+rum_kafka::log_through!(DeliveryContext, log);
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Acknowledgement>;
@@ -186,6 +177,31 @@ fn message_timeout_ms(delivery_timeout_ms: u64, linger_ms: u64) -> u64 {
     (delivery_timeout_ms - scan_margin).max(linger_ms + 1)
 }
 
+/// The ingest producer's own librdkafka properties: idempotent, acks=all, and the batching of
+/// `[ingest]`. `rum_kafka::check` builds the producer from these at start.
+pub fn producer_properties(ingest: &IngestConfig) -> ClientProperties {
+    ClientProperties {
+        client: "ingest producer",
+        kind: ClientKind::Producer,
+        properties: vec![
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("compression.type", "lz4".into()),
+            ("socket.nagle.disable", "true".into()),
+            ("linger.ms", ingest.linger_ms.to_string()),
+            (
+                "message.timeout.ms",
+                message_timeout_ms(ingest.delivery_timeout_ms, ingest.linger_ms).to_string(),
+            ),
+            ("batch.num.messages", ingest.batch_max_messages.to_string()),
+            (
+                "queue.buffering.max.messages",
+                ingest.queue_max_messages.to_string(),
+            ),
+        ],
+    }
+}
+
 /// An idempotent, acks=all producer to the beacons topic.
 ///
 /// An idempotent producer whose in-flight message timed out bumps its epoch; a broker without that
@@ -204,27 +220,9 @@ impl KafkaPublisher {
     /// Creates the producer; it connects lazily. Must be called on a tokio runtime, which serves
     /// the producer's events.
     pub fn new(kafka: &KafkaConfig, ingest: &IngestConfig) -> Result<Self, KafkaError> {
-        let client_config = rum_kafka::client_config(
-            kafka,
-            &[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("compression.type", "lz4"),
-                ("socket.nagle.disable", "true"),
-                ("linger.ms", &ingest.linger_ms.to_string()),
-                (
-                    "message.timeout.ms",
-                    &message_timeout_ms(ingest.delivery_timeout_ms, ingest.linger_ms).to_string(),
-                ),
-                ("batch.num.messages", &ingest.batch_max_messages.to_string()),
-                (
-                    "queue.buffering.max.messages",
-                    &ingest.queue_max_messages.to_string(),
-                ),
-            ],
-        )
-        // Only a password file that became unreadable since the start can fail here.
-        .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
+        let client_config = rum_kafka::client_config(kafka, &producer_properties(ingest))
+            // Only a password file that became unreadable since the start can fail here.
+            .map_err(|e| KafkaError::ClientCreation(e.to_string()))?;
         Ok(Self {
             producer: RwLock::new(Producer::start(&client_config)?),
             client_config,

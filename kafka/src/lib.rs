@@ -9,5 +9,5 @@
 pub mod client_config;
 pub mod logging;
 
-pub use client_config::{check, client_config, OWNED};
+pub use client_config::{check, client_config, ClientKind, ClientProperties, ALIASES, OWNED};
 pub use logging::{KafkaLog, LoggingContext};

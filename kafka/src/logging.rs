@@ -11,10 +11,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
+// Public for `log_through!`.
+pub use rdkafka::client::ClientContext;
+pub use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+pub use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaErrorCode;
 
 /// How often a failure that goes on is logged again.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
@@ -155,6 +157,23 @@ fn hint(error: &KafkaError) -> &'static str {
     }
 }
 
+/// Implements [`ClientContext`] for a context type by handing librdkafka's log lines and errors to
+/// its [`KafkaLog`] field: `rum_kafka::log_through!(DeliveryContext, log);`.
+#[macro_export]
+macro_rules! log_through {
+    ($context:ty, $field:tt) => {
+        impl $crate::logging::ClientContext for $context {
+            fn log(&self, level: $crate::logging::RDKafkaLogLevel, facility: &str, message: &str) {
+                self.$field.log(level, facility, message);
+            }
+
+            fn error(&self, error: $crate::logging::KafkaError, reason: &str) {
+                self.$field.error(&error, reason);
+            }
+        }
+    };
+}
+
 /// A context that only logs, for clients that need nothing else (the dead-letter producer, the
 /// benchmark's floor consumer).
 pub struct LoggingContext(pub KafkaLog);
@@ -166,15 +185,7 @@ impl LoggingContext {
     }
 }
 
-impl ClientContext for LoggingContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.0.log(level, fac, log_message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(&error, reason);
-    }
-}
+crate::log_through!(LoggingContext, 0);
 
 impl ConsumerContext for LoggingContext {}
 
