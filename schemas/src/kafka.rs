@@ -35,7 +35,8 @@ pub struct KafkaConfig {
     pub sasl_mechanism: Option<SaslMechanism>,
     /// The SASL user; required with SASL.
     pub sasl_username: Option<String>,
-    /// The SASL password; with SASL, exactly one of this and [`Self::sasl_password_file`].
+    /// The SASL password; with SASL, exactly one of this and [`Self::sasl_password_file`] (an empty
+    /// value counts as unset).
     pub sasl_password: Option<Secret>,
     /// A file holding the SASL password (read at start, one trailing newline trimmed).
     pub sasl_password_file: Option<PathBuf>,
@@ -124,7 +125,7 @@ impl KafkaConfig {
                 }
                 Some(user) => require_non_empty("kafka.sasl_username", user)?,
             }
-            match (&self.sasl_password, &self.sasl_password_file) {
+            match (self.sasl_password_value(), &self.sasl_password_file) {
                 (Some(_), Some(_)) => {
                     return Err(ConfigError::new(
                         "kafka.sasl_password_file",
@@ -137,16 +138,13 @@ impl KafkaConfig {
                         format!("required with kafka.security_protocol {protocol} (or kafka.sasl_password_file)"),
                     ))
                 }
-                (Some(password), None) if password.is_empty() => {
-                    return Err(ConfigError::new("kafka.sasl_password", "must not be empty"))
-                }
                 _ => {}
             }
         } else {
             let sasl_keys = [
                 ("kafka.sasl_mechanism", self.sasl_mechanism.is_some()),
                 ("kafka.sasl_username", self.sasl_username.is_some()),
-                ("kafka.sasl_password", self.sasl_password.is_some()),
+                ("kafka.sasl_password", self.sasl_password_value().is_some()),
                 (
                     "kafka.sasl_password_file",
                     self.sasl_password_file.is_some(),
@@ -165,12 +163,18 @@ impl KafkaConfig {
         Ok(())
     }
 
+    /// `kafka.sasl_password` unless empty: an empty value counts as unset (as
+    /// `clickhouse.password`), so that `RUM_KAFKA_SASL_PASSWORD=` leaves the file in charge.
+    fn sasl_password_value(&self) -> Option<&Secret> {
+        self.sasl_password.as_ref().filter(|p| !p.is_empty())
+    }
+
     /// The SASL password: the value, or the file's content (read now). `None` without SASL.
     pub fn sasl_password(&self) -> Result<Option<Secret>, ConfigError> {
         if !self.security_protocol.uses_sasl() {
             return Ok(None);
         }
-        match (&self.sasl_password, &self.sasl_password_file) {
+        match (self.sasl_password_value(), &self.sasl_password_file) {
             (Some(password), _) => Ok(Some(password.clone())),
             (None, Some(path)) => Secret::from_file("kafka.sasl_password_file", path).map(Some),
             (None, None) => Ok(None),
@@ -495,6 +499,35 @@ mod tests {
         let err = both.validate().unwrap_err();
         assert_eq!(err.key, "kafka.sasl_password_file");
         assert!(err.reason.contains("one of them"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_password_counts_as_unset() {
+        let empty_and_file = KafkaConfig {
+            sasl_password: Some(Secret::new("")),
+            sasl_password_file: Some(temp_file("empty-and-file", "from-file\n")),
+            ..sasl_ssl()
+        };
+        empty_and_file.validate().unwrap();
+        assert_eq!(
+            empty_and_file.sasl_password().unwrap().unwrap().expose(),
+            "from-file"
+        );
+        let empty_alone = KafkaConfig {
+            sasl_password: Some(Secret::new("")),
+            ..sasl_ssl()
+        };
+        let err = empty_alone.validate().unwrap_err();
+        assert_eq!(err.key, "kafka.sasl_password");
+        assert!(err.reason.starts_with("required"), "{err}");
+        let empty_without_sasl = KafkaConfig {
+            security_protocol: SecurityProtocol::Ssl,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: Some(Secret::new("")),
+            ..sasl_ssl()
+        };
+        empty_without_sasl.validate().unwrap();
     }
 
     #[test]
