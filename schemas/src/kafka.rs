@@ -182,6 +182,50 @@ impl KafkaConfig {
     }
 }
 
+/// The names of an enum of the config, which are also librdkafka's: `NAMES`, `as_str`, `Display`,
+/// and `FromStr`/`Deserialize` in any case (as librdkafka: `SASL_SSL` works too), an unknown name
+/// listing the choices.
+macro_rules! librdkafka_names {
+    ($type:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// The config's names, which are also librdkafka's.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// librdkafka's value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($type::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                [$($type::$variant),+]
+                    .into_iter()
+                    .find(|value| value.as_str().eq_ignore_ascii_case(s.trim()))
+                    .ok_or_else(|| format!("`{s}` is not one of {}", Self::NAMES.join(", ")))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                String::deserialize(deserializer)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
 /// `kafka.security_protocol`: whether the connections use TLS, SASL, both or neither.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SecurityProtocol {
@@ -196,20 +240,14 @@ pub enum SecurityProtocol {
     SaslSsl,
 }
 
+librdkafka_names!(SecurityProtocol {
+    Plaintext => "plaintext",
+    Ssl => "ssl",
+    SaslPlaintext => "sasl_plaintext",
+    SaslSsl => "sasl_ssl",
+});
+
 impl SecurityProtocol {
-    /// The config's names, which are also librdkafka's.
-    pub const NAMES: [&'static str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
-
-    /// librdkafka's `security.protocol` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "plaintext",
-            SecurityProtocol::Ssl => "ssl",
-            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-            SecurityProtocol::SaslSsl => "sasl_ssl",
-        }
-    }
-
     /// True for `sasl_plaintext` and `sasl_ssl`.
     pub fn uses_sasl(self) -> bool {
         matches!(
@@ -224,31 +262,6 @@ impl SecurityProtocol {
     }
 }
 
-impl std::fmt::Display for SecurityProtocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SecurityProtocol {
-    type Err = String;
-
-    /// Case-insensitive, as librdkafka (`SASL_SSL` works too).
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES
-            .iter()
-            .zip([
-                SecurityProtocol::Plaintext,
-                SecurityProtocol::Ssl,
-                SecurityProtocol::SaslPlaintext,
-                SecurityProtocol::SaslSsl,
-            ])
-            .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
-            .map(|(_, protocol)| protocol)
-            .ok_or_else(|| format!("`{s}` is not one of {}", Self::NAMES.join(", ")))
-    }
-}
-
 /// `kafka.sasl_mechanism`: how the SASL user proves who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SaslMechanism {
@@ -260,66 +273,11 @@ pub enum SaslMechanism {
     ScramSha512,
 }
 
-impl SaslMechanism {
-    /// The config's names, which are also librdkafka's.
-    pub const NAMES: [&'static str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
-
-    /// librdkafka's `sasl.mechanism` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-impl std::fmt::Display for SaslMechanism {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for SaslMechanism {
-    type Err = String;
-
-    /// Case-insensitive (`scram-sha-512` works too).
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::NAMES
-            .iter()
-            .zip([
-                SaslMechanism::Plain,
-                SaslMechanism::ScramSha256,
-                SaslMechanism::ScramSha512,
-            ])
-            .find(|(name, _)| name.eq_ignore_ascii_case(s.trim()))
-            .map(|(_, mechanism)| mechanism)
-            .ok_or_else(|| format!("`{s}` is not one of {}", Self::NAMES.join(", ")))
-    }
-}
-
-/// Deserializes a string through `FromStr`, its error message as is.
-fn from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: FromStr<Err = String>,
-{
-    String::deserialize(deserializer)?
-        .parse()
-        .map_err(serde::de::Error::custom)
-}
-
-impl<'de> Deserialize<'de> for SecurityProtocol {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str(deserializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for SaslMechanism {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        from_str(deserializer)
-    }
-}
+librdkafka_names!(SaslMechanism {
+    Plain => "PLAIN",
+    ScramSha256 => "SCRAM-SHA-256",
+    ScramSha512 => "SCRAM-SHA-512",
+});
 
 /// Raw librdkafka properties (`[kafka.librdkafka_options]`), by name. Values may be written as
 /// strings, numbers or booleans; librdkafka gets their text. `Debug` hides the values of
