@@ -55,35 +55,23 @@ impl AlertsConfig {
                 "must be at most 86400 (one day)",
             ));
         }
-        let rest = self
-            .alertmanager_url
-            .strip_prefix("http://")
-            .or_else(|| self.alertmanager_url.strip_prefix("https://"))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "alerts.alertmanager_url",
-                    "must start with http:// or https://",
-                )
-            })?;
-        if rest.is_empty() || rest.starts_with('/') {
-            return Err(ConfigError::new("alerts.alertmanager_url", "has no host"));
-        }
-        if self.ca_file.is_some() && !self.alertmanager_url.starts_with("https://") {
-            return Err(ConfigError::new(
-                "alerts.ca_file",
-                "is set but alerts.alertmanager_url is not https://",
-            ));
-        }
-        if self.alertmanager_url.starts_with("https://") {
-            self.tls()?;
-        }
+        self.tls()?;
         self.rules()?;
         Ok(())
     }
 
-    /// The TLS settings of the link to Alertmanager: the CA file's certificates, or Mozilla's roots.
+    /// Checks `alertmanager_url` and `ca_file`, and builds the TLS settings of the link to
+    /// Alertmanager: the CA file's certificates, or Mozilla's roots.
     pub fn tls(&self) -> Result<rustls::ClientConfig, ConfigError> {
-        rum_clickhouse::tls::client_tls_config("alerts.ca_file", self.ca_file.as_deref())
+        let tls = rum_clickhouse::tls::check_link(
+            "alerts.alertmanager_url",
+            &self.alertmanager_url,
+            "alerts.ca_file",
+            self.ca_file.as_deref(),
+            "rum has no option for Alertmanager credentials",
+        )?;
+        // http://: not used.
+        Ok(tls.unwrap_or_else(rum_clickhouse::tls::public_roots_tls_config))
     }
 
     /// The rules: the file's, or the defaults. Errors name `alerts.rules_file`, and the reason names
@@ -129,6 +117,22 @@ mod tests {
         let err = bad.validate().unwrap_err();
         assert_eq!(err.key, "alerts.rules_file");
         assert!(err.reason.contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        let c = AlertsConfig {
+            alertmanager_url: "https://admin:s3cret@alertmanager.example".into(),
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, "alerts.alertmanager_url");
+        assert!(
+            err.reason
+                .contains("no option for Alertmanager credentials"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -110,8 +110,8 @@ impl Notifier {
                     format!("HTTP {status}: {}", text.trim())
                 }
                 // reqwest's own message stops at "error sending request": the cause (refused,
-                // an untrusted certificate) is in its sources.
-                Err(e) => rum_telemetry::error_chain(&e),
+                // an untrusted certificate) is in its sources. The URL is in the log line once.
+                Err(e) => rum_telemetry::error_chain(&e.without_url()),
             };
             metrics.notification_errors.inc();
             tracing::warn!(url = %self.url, attempt, error = %reason, "alertmanager notification failed");
@@ -192,6 +192,11 @@ mod tests {
         };
         let err = notifier.send(&[alert], &metrics).await.unwrap_err();
         assert!(err.to_string().contains("/api/v2/alerts"), "{err}");
+        let NotifyError::Failed { reason, .. } = err;
+        assert!(
+            !reason.contains("127.0.0.1"),
+            "the URL once, not in reqwest's text too: {reason}"
+        );
         assert_eq!(metrics.notification_errors.get(), u64::from(ATTEMPTS));
     }
 }

@@ -17,7 +17,7 @@ pub struct ClickHouseConfig {
     pub database: String,
     /// The user.
     pub user: String,
-    /// The password (empty for none).
+    /// The password (empty for none; an empty value counts as unset next to `password_file`).
     pub password: Secret,
     /// A file holding the password instead (read at start, one trailing newline trimmed).
     pub password_file: Option<PathBuf>,
@@ -48,17 +48,13 @@ impl Default for ClickHouseConfig {
 impl ClickHouseConfig {
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        require_non_empty("clickhouse.url", &self.url)?;
-        let rest = self
-            .url
-            .strip_prefix("http://")
-            .or_else(|| self.url.strip_prefix("https://"))
-            .ok_or_else(|| {
-                ConfigError::new("clickhouse.url", "must start with http:// or https://")
-            })?;
-        if rest.is_empty() || rest.starts_with('/') {
-            return Err(ConfigError::new("clickhouse.url", "has no host"));
-        }
+        tls::check_link(
+            "clickhouse.url",
+            &self.url,
+            "clickhouse.ca_file",
+            self.ca_file.as_deref(),
+            "put them in clickhouse.user and clickhouse.password",
+        )?;
         let db_ok = !self.database.is_empty()
             && self
                 .database
@@ -78,15 +74,6 @@ impl ClickHouseConfig {
             ));
         }
         self.password()?;
-        if self.ca_file.is_some() && !self.is_https() {
-            return Err(ConfigError::new(
-                "clickhouse.ca_file",
-                "is set but clickhouse.url is not https://",
-            ));
-        }
-        if self.is_https() {
-            tls::client_tls_config("clickhouse.ca_file", self.ca_file.as_deref())?;
-        }
         if self.raw_retention_days == 0 {
             return Err(ConfigError::new(
                 "clickhouse.raw_retention_days",
@@ -100,10 +87,6 @@ impl ClickHouseConfig {
             ));
         }
         Ok(())
-    }
-
-    fn is_https(&self) -> bool {
-        self.url.starts_with("https://")
     }
 
     /// The password: the value, or the file's content (read now).
@@ -189,6 +172,18 @@ mod tests {
             ..Default::default()
         };
         https.validate().unwrap();
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_refused_without_echoing_them() {
+        let c = ClickHouseConfig {
+            url: "https://rum:pa55w0rd@clickhouse.example:8443".into(),
+            ..Default::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, "clickhouse.url");
+        assert!(err.reason.contains("clickhouse.password"), "{err}");
+        assert!(!err.to_string().contains("pa55w0rd"), "{err}");
     }
 
     #[test]

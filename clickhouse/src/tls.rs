@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use rum_schemas::config::{io_reason, require_readable_file, ConfigError};
+use rum_schemas::config::{io_reason, require_non_empty, require_readable_file, ConfigError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
@@ -21,6 +21,47 @@ use rustls::{ClientConfig, RootCertStore};
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle connections are closed before ClickHouse's `keep_alive_timeout` (3 s by default) does it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks the URL of an `http://` or `https://` link and its CA file, and builds its TLS settings
+/// (`None` for `http://`): a scheme and a host, no credentials in the URL (the URL is printed in
+/// logs and errors; `credentials` says where they go instead), a CA file only with `https://`.
+pub fn check_link(
+    url_key: &str,
+    url: &str,
+    ca_key: &str,
+    ca_file: Option<&Path>,
+    credentials: &str,
+) -> Result<Option<ClientConfig>, ConfigError> {
+    require_non_empty(url_key, url)?;
+    let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => {
+            return Err(ConfigError::new(
+                url_key,
+                "must start with http:// or https://",
+            ))
+        }
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(ConfigError::new(url_key, "has no host"));
+    }
+    if authority.contains('@') {
+        return Err(ConfigError::new(
+            url_key,
+            format!("must not hold credentials (user:password@): {credentials}"),
+        ));
+    }
+    match (https, ca_file) {
+        (true, ca_file) => client_tls_config(ca_key, ca_file).map(Some),
+        (false, Some(_)) => Err(ConfigError::new(
+            ca_key,
+            format!("is set but {url_key} is not https://"),
+        )),
+        (false, None) => Ok(None),
+    }
+}
 
 /// The certificates of a PEM file, checked as trust anchors. Errors name `key` and the path.
 pub fn load_ca_file(key: &str, path: &Path) -> Result<RootCertStore, ConfigError> {
@@ -141,6 +182,51 @@ wKMNs2vw6CC0OnA01QIgFh8izaNzBtcH/zsgEyKq1uKcwNcNY6ryzpKvHzqkzYw=
         let err = load_ca_file("alerts.ca_file", &garbage).unwrap_err();
         assert_eq!(err.key, "alerts.ca_file");
         assert!(err.reason.contains("not a usable CA certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_link_needs_a_scheme_and_a_host_and_no_credentials() {
+        let check = |url: &str| {
+            check_link(
+                "clickhouse.url",
+                url,
+                "clickhouse.ca_file",
+                None,
+                "put them in clickhouse.user and clickhouse.password",
+            )
+        };
+        assert!(check("http://clickhouse:8123").unwrap().is_none());
+        assert!(check("https://clickhouse:8443/?x=1").unwrap().is_some());
+        assert_eq!(
+            check("clickhouse:8123").unwrap_err().reason,
+            "must start with http:// or https://"
+        );
+        assert_eq!(check("http:///x").unwrap_err().reason, "has no host");
+        for url in [
+            "https://rum:pa55w0rd@clickhouse:8443",
+            "http://rum@clickhouse:8123/",
+        ] {
+            let err = check(url).unwrap_err();
+            assert_eq!(err.to_string(), "clickhouse.url: must not hold credentials (user:password@): put them in clickhouse.user and clickhouse.password");
+        }
+        // An @ after the host is a path or a query, not credentials.
+        check("http://clickhouse:8123/?user=a@b").unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_needs_https() {
+        let err = check_link(
+            "alerts.alertmanager_url",
+            "http://am:9093",
+            "alerts.ca_file",
+            Some(Path::new("/etc/hostname")),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "alerts.ca_file: is set but alerts.alertmanager_url is not https://"
+        );
     }
 
     #[test]
