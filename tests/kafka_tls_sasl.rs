@@ -118,16 +118,25 @@ async fn every_sasl_mechanism_gets_the_ingest_ready() {
     }
 }
 
-/// Starts `rum ingest` with `env`, waits `settle`, and returns (the /readyz status, what it logged, the process).
-async fn ingest_that_cannot_connect(
-    env: Vec<(&'static str, String)>,
-    log: &std::path::Path,
-) -> (u16, String, RumProcess) {
+/// Starts `rum ingest` and `rum consume` with `env` (a Kafka that refuses them), lets librdkafka retry for a while,
+/// and checks what an operator gets: the ingest alive but not ready, a beacon refused with 503 in bounded time,
+/// both processes still running, each with the failure logged as one error line containing `needle`, and none of
+/// `secrets` anywhere in their logs.
+async fn assert_refused_clearly(env: Vec<(&'static str, String)>, needle: &str, secrets: &[&str]) {
+    let dir = tempdir("refused");
+    let (ingest_log, consumer_log) = (dir.join("ingest.log"), dir.join("consume.log"));
     let port = free_port().to_string();
     let mut env = env;
     env.push(("RUM_INGEST_PORT", port.clone()));
+    env.push(("RUM_CONSUMER_PORT", free_port().to_string()));
     env.push(("RUM_INGEST_DELIVERY_TIMEOUT_MS", "2000".into()));
-    let ingest = RumProcess::spawn_logged(&["ingest"], &borrowed(&env), log);
+    // Never reached: the consumer cannot join its group without Kafka.
+    env.push((
+        "RUM_CLICKHOUSE_URL",
+        format!("http://127.0.0.1:{}", free_port()),
+    ));
+    let mut ingest = RumProcess::spawn_logged(&["ingest"], &borrowed(&env), &ingest_log);
+    let mut consumer = RumProcess::spawn_logged(&["consume"], &borrowed(&env), &consumer_log);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -164,8 +173,34 @@ async fn ingest_that_cannot_connect(
         "the 503 came after {:?}",
         started.elapsed()
     );
-    let text = std::fs::read_to_string(log).unwrap();
-    (ready.status().as_u16(), text, ingest)
+    for (name, process, log) in [
+        ("rum ingest", &mut ingest, &ingest_log),
+        ("rum consume", &mut consumer, &consumer_log),
+    ] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(process.is_running(), "{name} crashed:\n{text}");
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.to_lowercase().contains(needle))
+            .collect();
+        eprintln!("what an operator sees of {name}:\n{}", errors.join("\n"));
+        assert!(
+            !errors.is_empty(),
+            "{name} logs the failure as an error:\n{text}"
+        );
+        assert!(
+            errors.len() <= 2,
+            "{name} logs it once, not at every retry:\n{text}"
+        );
+        for secret in secrets {
+            assert!(!text.contains(secret), "{name} logged a password:\n{text}");
+        }
+        assert!(
+            process.terminate(Duration::from_secs(20)).success(),
+            "{name} stops on SIGTERM"
+        );
+    }
+    assert_eq!(ready.status(), 503, "the ingest is not ready");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,28 +212,7 @@ async fn a_wrong_password_is_one_clear_log_line_and_not_ready() {
     let wrong = "wrong-pw-5d2e8b-not-in-logs";
     let mut env = security_env(&kafka, &ca_file, "SCRAM-SHA-512");
     env.push(("RUM_KAFKA_SASL_PASSWORD", wrong.into()));
-    let dir = tempdir("wrong-password");
-    let (ready, log, mut ingest) = ingest_that_cannot_connect(env, &dir.join("ingest.log")).await;
-    assert_eq!(ready, 503, "not ready with a wrong password:\n{log}");
-    assert!(ingest.is_running(), "no crash:\n{log}");
-    let auth_lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.to_lowercase().contains("authentication"))
-        .collect();
-    eprintln!("what an operator sees:\n{}", auth_lines.join("\n"));
-    assert!(
-        !auth_lines.is_empty(),
-        "the failure is logged as an error:\n{log}"
-    );
-    assert!(
-        auth_lines.len() <= 2,
-        "logged once, not at every retry:\n{log}"
-    );
-    assert!(
-        !log.contains(wrong) && !log.contains(PASSWORD),
-        "no password in the log:\n{log}"
-    );
-    assert!(ingest.terminate(Duration::from_secs(20)).success());
+    assert_refused_clearly(env, "authentication", &[wrong, PASSWORD]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,28 +227,7 @@ async fn an_untrusted_certificate_is_one_clear_log_line_and_not_ready() {
         "SCRAM-SHA-256",
     );
     env.push(("RUM_KAFKA_SASL_PASSWORD", PASSWORD.into()));
-    let dir = tempdir("untrusted");
-    let (ready, log, mut ingest) = ingest_that_cannot_connect(env, &dir.join("ingest.log")).await;
-    assert_eq!(
-        ready, 503,
-        "not ready with an untrusted certificate:\n{log}"
-    );
-    assert!(ingest.is_running(), "no crash:\n{log}");
-    let tls_lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("ERROR") && l.to_lowercase().contains("certificate"))
-        .collect();
-    eprintln!("what an operator sees:\n{}", tls_lines.join("\n"));
-    assert!(
-        !tls_lines.is_empty(),
-        "the failure is logged as an error:\n{log}"
-    );
-    assert!(
-        tls_lines.len() <= 2,
-        "logged once, not at every retry:\n{log}"
-    );
-    assert!(!log.contains(PASSWORD), "no password in the log:\n{log}");
-    assert!(ingest.terminate(Duration::from_secs(20)).success());
+    assert_refused_clearly(env, "certificate", &[PASSWORD]).await;
 }
 
 /// A fresh directory under the repo's `.local/test` (removed by the next run's cleanup when left).
