@@ -21,6 +21,9 @@ use rustls::{ClientConfig, RootCertStore};
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle connections are closed before ClickHouse's `keep_alive_timeout` (3 s by default) does it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A host that drops the connection's packets fails the request after this, not after the OS's
+/// SYN retries (about two minutes).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks the URL of an `http://` or `https://` link and its CA file, and builds its TLS settings
 /// (`None` for `http://`): a scheme and a host, no credentials in the URL (the URL is printed in
@@ -128,6 +131,7 @@ where
 {
     let mut tcp = HttpConnector::new();
     tcp.set_keepalive(Some(TCP_KEEPALIVE));
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
     tcp.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -227,6 +231,35 @@ wKMNs2vw6CC0OnA01QIgFh8izaNzBtcH/zsgEyKq1uKcwNcNY6ryzpKvHzqkzYw=
             err.to_string(),
             "alerts.ca_file: is set but alerts.alertmanager_url is not https://"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_gets_no_answer_fails_after_the_connect_timeout() {
+        // A listener whose accept queue is full: the kernel drops further SYNs, so a connection
+        // attempt gets no answer (as from a host behind a dropping firewall).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(stream) =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200))
+        {
+            queued.push(stream);
+            assert!(queued.len() < 100, "the accept queue never filled");
+        }
+        let client = http_client::<String>(public_roots_tls_config());
+        let request = hyper::Request::get(format!("http://{addr}/"))
+            .body(String::new())
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        // Paused time: the timers fire as soon as the runtime is idle, in their order.
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT * 6, client.request(request)).await;
+        let err = answer
+            .expect("the connect timeout ends the attempt first")
+            .unwrap_err();
+        assert!(err.is_connect(), "{err:?}");
+        assert_eq!(started.elapsed(), CONNECT_TIMEOUT);
     }
 
     #[test]
