@@ -279,31 +279,32 @@ kafka_brokers() {
     fi
 }
 
-# kafka_port NAME, kafka_controller_port NAME: the ports of a broker of the stack (with their variable's name in
-# KAFKA_PORT_VAR and KAFKA_CONTROLLER_PORT_VAR).
-kafka_port() {
+# kafka_port_var NAME [controller]: the name of the variable that holds the client (or controller) port of the
+# broker NAME of the stack.
+kafka_port_var() {
+    local kind=${2:+CONTROLLER_}
     case $1 in
-    kafka) KAFKA_PORT_VAR=RUM_LOCAL_KAFKA_PORT ;;
-    kafka-[123]) KAFKA_PORT_VAR=RUM_LOCAL_KAFKA_PORT_${1#kafka-} ;;
-    *) die "kafka_port: unknown broker '$1'" ;;
+    kafka) printf 'RUM_LOCAL_KAFKA_%sPORT\n' "$kind" ;;
+    kafka-[123]) printf 'RUM_LOCAL_KAFKA_%sPORT_%s\n' "$kind" "${1#kafka-}" ;;
+    *) die "unknown broker '$1' (kafka, kafka-1, kafka-2, kafka-3)" ;;
     esac
-    printf '%s\n' "${!KAFKA_PORT_VAR}"
+}
+# kafka_port NAME, kafka_controller_port NAME: the ports of the broker NAME.
+kafka_port() {
+    local var
+    var=$(kafka_port_var "$1") && printf '%s\n' "${!var}"
 }
 kafka_controller_port() {
-    case $1 in
-    kafka) KAFKA_CONTROLLER_PORT_VAR=RUM_LOCAL_KAFKA_CONTROLLER_PORT ;;
-    kafka-[123]) KAFKA_CONTROLLER_PORT_VAR=RUM_LOCAL_KAFKA_CONTROLLER_PORT_${1#kafka-} ;;
-    *) die "kafka_controller_port: unknown broker '$1'" ;;
-    esac
-    printf '%s\n' "${!KAFKA_CONTROLLER_PORT_VAR}"
+    local var
+    var=$(kafka_port_var "$1" controller) && printf '%s\n' "${!var}"
 }
 
 # kafka_require_ports_free NAME: both ports of the broker NAME are free (else one line naming the variable).
 kafka_require_ports_free() {
-    kafka_port "$1" >/dev/null
-    kafka_controller_port "$1" >/dev/null
-    require_port_free "$1" "${!KAFKA_PORT_VAR}" "$KAFKA_PORT_VAR"
-    require_port_free "$1" "${!KAFKA_CONTROLLER_PORT_VAR}" "$KAFKA_CONTROLLER_PORT_VAR"
+    local var
+    for var in "$(kafka_port_var "$1")" "$(kafka_port_var "$1" controller)"; do
+        require_port_free "$1" "${!var}" "$var"
+    done
 }
 
 # kafka_start: the stack's single broker `kafka`.
