@@ -35,7 +35,8 @@ async fn every_beacon_answered_204_before_sigterm_is_in_kafka() {
         .map(|i| {
             let (http, endpoint, answered_204) = (http.clone(), endpoint.clone(), answered_204.clone());
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i / 2)).await;
+                // Spread over 2 s: SIGTERM, sent after the first 10 are accepted, finds most still to come.
+                tokio::time::sleep(Duration::from_millis(i * 5)).await;
                 let body = format!(r#"{{"site":"shop","route":"/p/{i}","metrics":[{{"name":"LCP","value":1000,"id":"b{i}"}}]}}"#);
                 let status = http.post(&endpoint).header("content-type", "text/plain").body(body).send().await;
                 let status = status.map(|r| r.status().as_u16());

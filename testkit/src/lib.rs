@@ -26,5 +26,7 @@ pub use alertmanager::Alertmanager;
 pub use clickhouse::{ClickHouseOptions, ClickHouseServer};
 #[cfg(feature = "kafka")]
 pub use kafka::{read_topic, Kafka, KafkaOptions, KafkaRecord};
-pub use process::{free_port, port_open, repo_root, send_signal, test_dir};
+pub use process::{
+    free_port, guarded_command, port_open, repo_root, send_signal, spawn_guarded, test_dir,
+};
 pub use tls::TestCa;

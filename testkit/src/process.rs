@@ -129,41 +129,32 @@ pub(crate) fn remove_dir_unless_panicking(dir: &Path, what: &str) {
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 
-/// Spawn a child from one thread that lives as long as the process, under `setpriv --pdeathsig KILL` when available:
-/// the kernel kills the child when that thread (so the test process) dies, even without destructors running.
-pub(crate) fn spawn(program: &Path, args: &[String], cwd: &Path, log: &Path) -> Child {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
-    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let setpriv = SETPRIV.get_or_init(|| {
-        let ok = Command::new("setpriv")
+/// A command for `program` that dies with the test process: under `setpriv --pdeathsig KILL` when available, the
+/// kernel kills it when its parent thread dies. Spawn it with [`spawn_guarded`], whose parent thread lives as long
+/// as the process (a test's own threads, and tokio's blocking threads, end earlier).
+pub fn guarded_command(program: &Path) -> Command {
+    static SETPRIV: OnceLock<bool> = OnceLock::new();
+    let setpriv = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| PathBuf::from("setpriv"))
+            .is_ok_and(|s| s.success())
     });
-    let mut cmd = match setpriv {
-        Some(setpriv) => {
-            let mut cmd = Command::new(setpriv);
-            cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    };
-    let out = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
-    let err = out
-        .try_clone()
-        .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
-    cmd.args(args)
-        .current_dir(cwd)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+    if setpriv {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Spawns `cmd` (from [`guarded_command`]) from one thread that lives as long as the test process, so the child
+/// dies with the process even when no destructor runs (a panic in a static, `process::exit`, SIGKILL).
+pub fn spawn_guarded(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         thread::Builder::new()
@@ -180,9 +171,26 @@ pub(crate) fn spawn(program: &Path, args: &[String], cwd: &Path, log: &Path) -> 
     spawner
         .send((cmd, tx))
         .expect("rum-testkit spawner thread is gone");
-    rx.recv()
-        .expect("rum-testkit spawner thread is gone")
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+    rx.recv().expect("rum-testkit spawner thread is gone")
+}
+
+/// Spawns a service: [`guarded_command`] with `args`, in `cwd`, stdout and stderr appended to `log`.
+pub(crate) fn spawn(program: &Path, args: &[String], cwd: &Path, log: &Path) -> Child {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("dup {}: {e}", log.display()));
+    let mut cmd = guarded_command(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    spawn_guarded(cmd).unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
 }
 
 /// SIGTERM the child (through `sh -c kill`, std has no signal API), wait up to `timeout`, then SIGKILL and reap it.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 /// The `rum` binary built for this test run.
 pub fn rum() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rum"));
+    // Dies with the test process, even when a test is killed before its destructors run.
+    let mut cmd = rum_testkit::guarded_command(std::path::Path::new(env!("CARGO_BIN_EXE_rum")));
     // Only what the test sets: no stray RUM_* of the developer's shell.
     for (key, _) in std::env::vars() {
         if key.starts_with("RUM_") {
@@ -35,32 +36,25 @@ pub struct RumProcess {
 
 impl RumProcess {
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> RumProcess {
-        let child = rum()
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("rum starts");
-        RumProcess {
-            name: args.join(" "),
-            child,
-        }
+        Self::spawn_with(args, env, Stdio::inherit(), Stdio::inherit())
     }
 
     /// Like [`spawn`](Self::spawn), with stdout and stderr written to `log` (to read what it logged).
     pub fn spawn_logged(args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> RumProcess {
         let file = std::fs::File::create(log).expect("create the log file");
-        let child = rum()
-            .args(args)
+        let out = file.try_clone().expect("dup the log file");
+        Self::spawn_with(args, env, out.into(), file.into())
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], stdout: Stdio, stderr: Stdio) -> RumProcess {
+        let mut cmd = rum();
+        cmd.args(args)
             .envs(env.iter().copied())
-            .stdout(file.try_clone().expect("dup the log file"))
-            .stderr(file)
-            .spawn()
-            .expect("rum starts");
+            .stdout(stdout)
+            .stderr(stderr);
         RumProcess {
             name: args.join(" "),
-            child,
+            child: rum_testkit::spawn_guarded(cmd).expect("rum starts"),
         }
     }
 
