@@ -168,12 +168,12 @@ async fn serve_events(producer: Arc<Producer>) {
     }
 }
 
-/// librdkafka's own `message.timeout.ms` for a request deadline of `ingest.delivery_timeout_ms`: shorter by up to
-/// a second, since librdkafka scans for timed-out messages once a second, so that its report (and the end of the
-/// message's life in the producer) usually comes before the request's deadline. Never 0 (librdkafka's "forever")
-/// and above `linger_ms` (librdkafka refuses less).
+/// librdkafka's own `message.timeout.ms` for a request deadline of `ingest.delivery_timeout_ms`: shorter by a second
+/// (by a quarter of a deadline under 4 s), since librdkafka scans for timed-out messages once a second, so that its
+/// report (and the end of the message's life in the producer) usually comes before the request's deadline. Never 0
+/// (librdkafka's "forever") and above `linger_ms` (librdkafka refuses less).
 fn message_timeout_ms(delivery_timeout_ms: u64, linger_ms: u64) -> u64 {
-    let scan_margin = (delivery_timeout_ms / 2).min(1_000);
+    let scan_margin = (delivery_timeout_ms / 4).min(1_000);
     (delivery_timeout_ms - scan_margin).max(linger_ms + 1)
 }
 
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn librdkafka_times_a_message_out_before_the_request_deadline() {
         assert_eq!(message_timeout_ms(5_000, 5), 4_000);
-        assert_eq!(message_timeout_ms(1_000, 5), 500);
+        assert_eq!(message_timeout_ms(1_000, 5), 750);
         assert_eq!(
             message_timeout_ms(1, 5),
             6,

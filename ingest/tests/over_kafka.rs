@@ -27,7 +27,9 @@ impl Harness {
         broker.create_topic("rum.beacons.v1", PARTITIONS as u32);
         let mut config = IngestConfig {
             port: free_port(),
-            delivery_timeout_ms: 1_500,
+            // Room for a fresh broker to give the idempotent producer its id (seconds on a loaded machine);
+            // tests of timeouts set their own.
+            delivery_timeout_ms: 10_000,
             rate_limit_per_second: 0,
             ..IngestConfig::default()
         };

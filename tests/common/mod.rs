@@ -141,6 +141,8 @@ impl Pipeline {
             ("RUM_INGEST_PORT", ingest_port.as_str()),
             ("RUM_CONSUMER_PORT", consumer_port.as_str()),
             ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
+            // Room for a fresh broker to give the idempotent producer its id (seconds on a loaded machine).
+            ("RUM_INGEST_DELIVERY_TIMEOUT_MS", "10000"),
         ];
         env.extend_from_slice(extra_env);
         let migrated = rum_output(&["migrate"], &env);
