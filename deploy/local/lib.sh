@@ -2,7 +2,8 @@
 # deploy/local/lib.sh: shared helpers of the deploy/local scripts. Source it, do not run it.
 #
 # Everything binds to 127.0.0.1. State lives under $RUM_LOCAL_DIR (default <repo>/.local, git-ignored):
-#   $RUM_LOCAL_DIR/run/NAME.pid   pid of a process started here (NAME.exe: its executable, to detect reused pids)
+#   $RUM_LOCAL_DIR/run/NAME.pid   pid of a process started here (NAME.exe: its executable and start time, to detect
+#                                 reused pids)
 #   $RUM_LOCAL_DIR/log/NAME.log   its stdout and stderr
 #   $RUM_LOCAL_DIR/data/NAME/     its data and generated config
 # Processes are stopped by the pid they were started with, never by name.
@@ -289,27 +290,39 @@ argv_runs() {
     return 1
 }
 
+# proc_start_time PID: when the process started (clock ticks since boot, field 22 of /proc/PID/stat).
+proc_start_time() {
+    local stat fields
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    read -r -a fields <<<"${stat##*) }"
+    printf '%s\n' "${fields[19]}"
+}
+
 # proc_pid NAME: print the pid of the running process NAME; a stale pid file is removed (returns 1).
+# run/NAME.exe holds the executable and the start time of the process: a pid reused by another process with the
+# same executable (every JVM is /usr/lib/jvm/.../java) has another start time.
 proc_pid() {
-    local name=$1 pf ef pid expected actual
+    local name=$1 pf ef pid expected="" started="" actual
     pf=$(pid_file "$name")
     ef=$(exe_file "$name")
     [[ -f $pf ]] || return 1
     pid=$(<"$pf")
     local why="pid ${pid:-?} is not running"
     if [[ $pid =~ ^[0-9]+$ ]] && pid_alive "$pid"; then
-        expected=""
         if [[ -f $ef ]]; then
-            expected=$(<"$ef")
+            { read -r expected && read -r started; } <"$ef" || true
         fi
         actual=$(readlink "/proc/$pid/exe" 2>/dev/null || true)
         actual=${actual% (deleted)}
+        if [[ -n $started && $(proc_start_time "$pid" || true) != "$started" ]]; then
+            why="pid $pid was reused by a process started later"
         # Same executable (or unknown): it is ours. Otherwise the pid was reused by an unrelated process.
-        if [[ -z $expected || -z $actual || $expected == "$actual" ]] || argv_runs "$pid" "$expected"; then
+        elif [[ -z $expected || -z $actual || $expected == "$actual" ]] || argv_runs "$pid" "$expected"; then
             printf '%s\n' "$pid"
             return 0
+        else
+            why="pid $pid is now $actual, not $expected"
         fi
-        why="pid $pid is now $actual, not $expected"
     fi
     log "$name: removing stale pid file $pf ($why)"
     rm -f "$pf" "$ef"
@@ -340,7 +353,7 @@ start_process() {
     (cd "$cwd" && exec env "${envs[@]}" setsid "$@" >>"$lf" 2>&1 </dev/null) &
     STARTED_PID=$!
     printf '%s\n' "$STARTED_PID" >"$(pid_file "$name")"
-    printf '%s\n' "$path" >"$(exe_file "$name")"
+    printf '%s\n%s\n' "$path" "$(proc_start_time "$STARTED_PID" || true)" >"$(exe_file "$name")"
     log "$name: started (pid $STARTED_PID), log: $lf"
 }
 
