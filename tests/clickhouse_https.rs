@@ -282,12 +282,7 @@ async fn alerts_read_clickhouse_and_notify_alertmanager_over_https() {
         },
     )
     .await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::exposition(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
     assert!(
         metrics.contains("rum_alerts_evaluation_errors_total 0")
             && metrics.contains("rum_alerts_notification_errors_total 0"),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rum_output, settled_counts, stored_counts, RumProcess};
+use common::{exposition, metric_sum, rum_output, settled_counts, stored_counts, RumProcess};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -224,25 +224,14 @@ async fn a_clickhouse_outage_of_a_minute_loses_nothing_and_drains_after() {
     stack.clickhouse.stop();
     stack.produce(N / 2..N).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let metrics = exposition(&metrics_url).await;
     assert!(
-        value("rum_consumer_insert_errors_total") > 0.0,
+        metric_sum(&metrics, "rum_consumer_insert_errors_total") > 0.0,
         "the outage is visible:\n{metrics}"
     );
     assert!(
-        value("rum_consumer_lag_messages") > 0.0,
+        metric_sum(&metrics, "rum_consumer_lag_messages") > 0.0,
         "the backlog is visible as lag:\n{metrics}"
     );
 
@@ -252,17 +241,8 @@ async fn a_clickhouse_outage_of_a_minute_loses_nothing_and_drains_after() {
         .await;
 
     // Prometheus saw every stored LCP once: the consumer lived through the outage.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lcp_count: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("rum_web_vitals_lcp_seconds_count{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let metrics = exposition(&metrics_url).await;
+    let lcp_count = metric_sum(&metrics, "rum_web_vitals_lcp_seconds_count");
     assert_eq!(lcp_count, N as f64, "one LCP observation per beacon");
 
     // The poison (one every 500 beacons) went to the dead-letter topic once, with its reason,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, metric_sum, settled_counts, stored_ids, Pipeline};
+use common::{eventually, exposition, metric_sum, settled_counts, stored_ids, Pipeline};
 use rum_testkit::{free_port, ClickHouseServer, Kafka};
 
 /// `ingest.delivery_timeout_ms` of these tests: the ingest answers every request by then.
@@ -110,10 +110,6 @@ fn steady_load(
     })
 }
 
-async fn exposition(http: &reqwest::Client, url: &str) -> String {
-    http.get(url).send().await.unwrap().text().await.unwrap()
-}
-
 /// Every id the ingest accepted is stored once, in `vitals_raw` and in `vitals_1m`'s sample counts.
 async fn assert_accepted_stored_once(clickhouse: &ClickHouseServer, accepted: &HashSet<String>) {
     let expected = accepted.len() as u64;
@@ -194,7 +190,7 @@ async fn a_broker_killed_under_load_loses_no_accepted_beacon() {
         report.accepted.len()
     );
     // Every 503 is counted with its reason.
-    let metrics = exposition(&pipeline.http, &format!("{}/metrics", pipeline.base)).await;
+    let metrics = exposition(&format!("{}/metrics", pipeline.base)).await;
     let counted = metric_sum(
         &metrics,
         "rum_beacons_rejected_total{reason=\"kafka_unavailable\"}",
@@ -210,7 +206,7 @@ async fn a_broker_killed_under_load_loses_no_accepted_beacon() {
         "503s counted by reason:\n{metrics}"
     );
     assert_accepted_stored_once(&pipeline.clickhouse, &report.accepted).await;
-    assert_no_duplicates_dropped(&pipeline.http, &pipeline.consumer_metrics).await;
+    assert_no_duplicates_dropped(&pipeline.consumer_metrics).await;
     pipeline.stop();
 }
 
@@ -246,8 +242,8 @@ async fn post_accepted(pipeline: &Pipeline, prefix: &str, n: usize) -> HashSet<S
 
 /// No metric was dropped as a duplicate by the consumer whose `/metrics` is at `url` (every beacon these tests
 /// send has ids of its own).
-async fn assert_no_duplicates_dropped(http: &reqwest::Client, url: &str) {
-    let metrics = exposition(http, url).await;
+async fn assert_no_duplicates_dropped(url: &str) {
+    let metrics = exposition(url).await;
     assert_eq!(
         metric_sum(&metrics, "rum_consumer_metrics_deduplicated_total"),
         0.0,
@@ -312,7 +308,7 @@ async fn the_consumer_group_survives_losing_its_coordinator() {
     accepted.extend(post_accepted(&pipeline, "after", 100).await);
 
     assert_accepted_stored_once(&pipeline.clickhouse, &accepted).await;
-    assert_no_duplicates_dropped(&pipeline.http, &second_metrics).await;
+    assert_no_duplicates_dropped(&second_metrics).await;
     drop(second);
     assert!(
         pipeline.ingest.terminate(Duration::from_secs(20)).success(),
@@ -363,6 +359,6 @@ async fn all_three_brokers_stopped_and_restarted_lose_nothing_and_double_nothing
     accepted.extend(post_accepted(&pipeline, "after", 300).await);
 
     assert_accepted_stored_once(&pipeline.clickhouse, &accepted).await;
-    assert_no_duplicates_dropped(&pipeline.http, &pipeline.consumer_metrics).await;
+    assert_no_duplicates_dropped(&pipeline.consumer_metrics).await;
     pipeline.stop();
 }

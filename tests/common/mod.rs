@@ -301,6 +301,20 @@ pub fn stored_ids(clickhouse: &rum_testkit::ClickHouseServer) -> std::collection
         .collect()
 }
 
+/// The Prometheus text exposition at `url` (a `/metrics`), with a bounded wait.
+pub async fn exposition(url: &str) -> String {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client");
+    let response = http.get(url).send().await;
+    let response = response.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 /// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
 pub fn metric_sum(exposition: &str, name: &str) -> f64 {
     exposition
