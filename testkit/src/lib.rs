@@ -19,6 +19,7 @@ mod http;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod process;
+mod prometheus;
 pub mod stack;
 mod tls;
 
@@ -29,4 +30,5 @@ pub use kafka::{read_topic, Kafka, KafkaOptions, KafkaRecord};
 pub use process::{
     free_port, guarded_command, port_open, repo_root, send_signal, spawn_guarded, test_dir,
 };
+pub use prometheus::{alert_rule_files, Prometheus, PrometheusOptions};
 pub use tls::TestCa;
