@@ -68,6 +68,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Ingest | Command::Standalone) {
+        if let Err(e) = rum_ingest::fit_open_files(&config.ingest) {
+            eprintln!(
+                "rum: config error: {} ({}): {}",
+                e.key,
+                config::env_name(&e.key),
+                e.reason
+            );
+            return ExitCode::from(2);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUM_LOG")

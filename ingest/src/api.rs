@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,9 +23,10 @@ use crate::bots::is_bot;
 use crate::bundle::{CollectorBundle, BUNDLE_PATH};
 use crate::client_ip::ClientIpResolver;
 use crate::config::SiteConfig;
+use crate::events::Events;
 use crate::limit::ClientRateLimiter;
 use crate::routes::RouteCap;
-use crate::{token, IngestConfig, IngestError, IngestMetrics, KafkaPublisher};
+use crate::{token, IngestConfig, IngestError, IngestMetrics, Publisher};
 
 /// The beacon endpoint's path (a contract).
 pub const BEACON_PATH: &str = "/api/v1/observability/web-vitals";
@@ -32,10 +34,14 @@ pub const BEACON_PATH: &str = "/api/v1/observability/web-vitals";
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// The Kafka producer.
-    pub publisher: Arc<KafkaPublisher>,
+    /// Where accepted beacons go.
+    pub publisher: Arc<dyn Publisher>,
     /// The metrics.
     pub metrics: Arc<IngestMetrics>,
+    /// Counts and logs what happens (over `metrics`).
+    pub events: Arc<Events>,
+    /// Whether the publisher took messages at its last check (`/readyz`).
+    pub readiness: Arc<Readiness>,
     /// The per-client rate limiter, when on.
     pub limiter: Option<Arc<ClientRateLimiter>>,
     /// The slots for beacon requests being processed, and the line waiting for them.
@@ -47,6 +53,7 @@ pub struct AppState {
 /// Settings read on every request.
 struct Policy {
     max_body_bytes: usize,
+    body_timeout: Duration,
     retry_after_secs: u32,
     client_ip: ClientIpResolver,
     drop_bots: bool,
@@ -60,7 +67,7 @@ impl AppState {
     /// Builds the state from the config.
     pub fn new(
         config: &IngestConfig,
-        publisher: Arc<KafkaPublisher>,
+        publisher: Arc<dyn Publisher>,
         metrics: Arc<IngestMetrics>,
     ) -> Self {
         let limiter = NonZeroU32::new(config.rate_limit_per_second).map(|per_second| {
@@ -73,7 +80,9 @@ impl AppState {
         });
         Self {
             publisher,
+            events: Arc::new(Events::new(metrics.clone())),
             metrics,
+            readiness: Arc::new(Readiness::default()),
             limiter,
             admission: Arc::new(Admission::new(
                 config.max_in_flight as usize,
@@ -82,6 +91,7 @@ impl AppState {
             )),
             policy: Arc::new(Policy {
                 max_body_bytes: config.max_body_bytes,
+                body_timeout: Duration::from_millis(config.body_timeout_ms),
                 retry_after_secs: config.retry_after_secs,
                 client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
                 drop_bots: config.drop_bots,
@@ -138,15 +148,7 @@ async fn post_beacon(State(state): State<AppState>, request: Request) -> Respons
             (Some(site), StatusCode::NO_CONTENT.into_response())
         }
         Err(e) => {
-            state
-                .metrics
-                .beacons_rejected
-                .with_label_values(&[e.reason()])
-                .inc();
-            if matches!(e, IngestError::Publish(..)) {
-                state.metrics.kafka_produce_errors.inc();
-                tracing::warn!(error = %e, "beacon not published");
-            }
+            state.events.beacon_rejected(&e);
             (None, e.into_response())
         }
     };
@@ -162,6 +164,11 @@ async fn post_beacon(State(state): State<AppState>, request: Request) -> Respons
 }
 
 /// Validates and publishes one beacon; returns its site.
+///
+/// The order bounds what a client can hold: the rate limit is checked on the head, before the body
+/// is read; the body must arrive within `ingest.body_timeout_ms`; a slot of `ingest.max_in_flight`
+/// (or a place in the line for one) is taken only for a complete, valid beacon, and held until
+/// Kafka has answered. A slow sender holds a connection, never a slot.
 async fn accept(
     state: &AppState,
     parts: Parts,
@@ -169,15 +176,14 @@ async fn accept(
     body: Body,
 ) -> Result<String, IngestError> {
     let policy = &state.policy;
-    // Admitted (or shed) before any work: the slot is held until Kafka has answered.
+    let message = validate(state, &parts, query.as_ref().map(|q| &q.0), body).await?;
+    // The request's head is not needed while Kafka acknowledges: free it while it is warm in cache.
+    drop((parts, query));
     let _slot = state
         .admission
         .enter()
         .await
         .map_err(|_| IngestError::Overloaded(policy.retry_after_secs))?;
-    let message = validate(state, &parts, query.as_ref().map(|q| &q.0), body).await?;
-    // The request's head is not needed while Kafka acknowledges: free it while it is warm in cache.
-    drop((parts, query));
     let handed = Instant::now();
     state
         .publisher
@@ -225,7 +231,9 @@ async fn validate(
     if policy.drop_bots && header("user-agent").is_some_and(is_bot) {
         return Err(IngestError::Bot);
     }
-    let body = read_body(body, policy.max_body_bytes).await?;
+    let body = tokio::time::timeout(policy.body_timeout, read_body(body, policy.max_body_bytes))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(policy.body_timeout.as_millis() as u64))??;
     let ctx = RequestContext {
         query_site: query.get("site").map(String::as_str),
         header_device: Device::from_headers(header("sec-ch-ua-mobile"), header("user-agent")),
@@ -339,16 +347,40 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    let publisher = state.publisher.clone();
-    let ready = tokio::task::spawn_blocking(move || publisher.is_ready(Duration::from_secs(2)))
-        .await
-        .unwrap_or(false);
-    if ready {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n").into_response()
+/// Whether the publisher took messages at its last check. `/readyz` answers from it, so a flood of
+/// readiness probes costs no request to Kafka; [`Readiness::check`] runs once a second.
+#[derive(Default)]
+pub struct Readiness(AtomicU8);
+
+const NOT_CHECKED: u8 = 0;
+const READY: u8 = 1;
+const UNREACHABLE: u8 = 2;
+
+impl Readiness {
+    /// How long one check may take.
+    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Asks the publisher (a metadata request to Kafka) and remembers the answer.
+    pub async fn check(&self, publisher: &Arc<dyn Publisher>) {
+        let publisher = publisher.clone();
+        let ready = tokio::task::spawn_blocking(move || publisher.is_ready(Self::CHECK_TIMEOUT))
+            .await
+            .unwrap_or(false);
+        self.0
+            .store(if ready { READY } else { UNREACHABLE }, Ordering::Relaxed);
     }
+
+    fn answer(&self) -> Response {
+        match self.0.load(Ordering::Relaxed) {
+            READY => (StatusCode::OK, "ready\n").into_response(),
+            NOT_CHECKED => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n").into_response(),
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    state.readiness.answer()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -32,6 +32,25 @@ pub struct IngestConfig {
     pub delivery_timeout_ms: u64,
     /// The producer's batching delay (`linger.ms`).
     pub linger_ms: u64,
+    /// Open client connections at most; a connection beyond it is closed at once (counted in
+    /// `rum_ingest_connections_refused_total{reason="limit"}`). Each holds a file descriptor (the
+    /// ingest raises its soft open-file limit to fit) and up to `max_head_bytes` + `max_body_bytes`
+    /// of buffers.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head: from the connection's accept, or from
+    /// the first byte of a kept-alive connection's next request. Beyond it the connection is closed.
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send a request's body once its head arrived; beyond it 408.
+    pub body_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request. Above the idle timeout of the
+    /// load balancer in front (60 s on most), so that the balancer closes first and never sends a
+    /// request on a connection the ingest is closing.
+    pub idle_timeout_ms: u64,
+    /// On SIGTERM: how long requests in flight have to finish before every connection still open
+    /// is dropped; then the producer is flushed (`shutdown_flush_ms`).
+    pub drain_timeout_ms: u64,
+    /// The largest request head (request line and headers); larger gets 431.
+    pub max_head_bytes: usize,
     /// The most messages the producer queues in memory; beyond it requests get 503.
     pub queue_max_messages: u32,
     /// The most messages in one produce batch (`batch.num.messages`).
@@ -86,6 +105,12 @@ impl Default for IngestConfig {
             max_body_bytes: 16 * 1024,
             delivery_timeout_ms: 5_000,
             linger_ms: 5,
+            max_connections: 10_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            drain_timeout_ms: 10_000,
+            max_head_bytes: 16 * 1024,
             queue_max_messages: 100_000,
             batch_max_messages: 10_000,
             shutdown_flush_ms: 10_000,
@@ -126,6 +151,35 @@ impl IngestConfig {
         )?;
         require_positive("ingest.shutdown_flush_ms", self.shutdown_flush_ms)?;
         require_positive("ingest.max_in_flight", u64::from(self.max_in_flight))?;
+        require_positive("ingest.max_connections", self.max_connections as u64)?;
+        for (key, value) in [
+            ("ingest.header_timeout_ms", self.header_timeout_ms),
+            ("ingest.body_timeout_ms", self.body_timeout_ms),
+            ("ingest.idle_timeout_ms", self.idle_timeout_ms),
+            ("ingest.drain_timeout_ms", self.drain_timeout_ms),
+        ] {
+            require_positive(key, value)?;
+            if value > 3_600_000 {
+                return Err(ConfigError::new(key, "must be at most 3600000 (an hour)"));
+            }
+        }
+        if self.drain_timeout_ms < self.delivery_timeout_ms {
+            return Err(ConfigError::new(
+                "ingest.drain_timeout_ms",
+                format!(
+                    "must be at least ingest.delivery_timeout_ms ({}): a request waiting for Kafka \
+                     on SIGTERM would be dropped unanswered",
+                    self.delivery_timeout_ms
+                ),
+            ));
+        }
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_head_bytes) {
+            return Err(ConfigError::new(
+                "ingest.max_head_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
         if self.max_queued > 0 {
             require_positive("ingest.queue_timeout_ms", self.queue_timeout_ms)?;
         }

@@ -16,6 +16,9 @@ pub enum IngestError {
     /// Larger than `ingest.max_body_bytes`.
     #[error("body larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The body did not arrive within `ingest.body_timeout_ms` (the value).
+    #[error("body not received within {0} ms")]
+    BodyTimeout(u64),
     /// The body could not be read (client went away, broken chunking).
     #[error("cannot read body: {0}")]
     BodyRead(String),
@@ -53,6 +56,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::BodyTooLarge(_) => "body_too_large",
             IngestError::BodyRead(_) => "body_read_error",
+            IngestError::BodyTimeout(_) => "body_timeout",
             IngestError::InvalidQuery => "invalid_query",
             IngestError::Overloaded(_) => "overloaded",
             IngestError::RateLimited(_) => "rate_limited",
@@ -77,6 +81,7 @@ impl IngestError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Bot => StatusCode::NO_CONTENT,
             IngestError::UnknownSite | IngestError::Token(_) => StatusCode::FORBIDDEN,
         }
@@ -93,12 +98,13 @@ impl IntoResponse for IngestError {
         message.truncate(200);
         let body = serde_json::json!({ "error": self.reason(), "message": message });
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let IngestError::Overloaded(_) = self {
+        if let IngestError::Overloaded(_) | IngestError::BodyTimeout(_) = self {
             // Shed the connection too (as Envoy's overload manager does): a client refused on a
             // kept-alive connection comes straight back on it, and the refusals then take the CPU
             // the accepted requests need to answer. One that must reconnect first comes back
             // slower. Under a 2x overload this took the ingest from ~6k to ~20k beacons/s
-            // accepted, at about the same memory (bench/RESULTS.md).
+            // accepted, at about the same memory (bench/RESULTS.md). A body that timed out leaves
+            // the rest of it unread on the connection: it cannot carry another request.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -12,10 +12,12 @@ mod bundle;
 mod client_ip;
 mod config;
 mod error;
+mod events;
 mod limit;
 mod metrics;
 mod publish;
 mod routes;
+mod server;
 pub mod token;
 
 use std::future::Future;
@@ -23,13 +25,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{router, AppState, BEACON_PATH};
+pub use api::{router, AppState, Readiness, BEACON_PATH};
 pub use bundle::{CollectorBundle, BUNDLE_PATH};
 pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
 pub use metrics::IngestMetrics;
-pub use publish::{producer_properties, KafkaPublisher, PublishError};
+pub use publish::{producer_properties, KafkaPublisher, PublishError, Publisher};
+use rum_schemas::config::ConfigError;
 use rum_schemas::kafka::KafkaConfig;
+pub use server::{serve, ServerLimits};
 
 /// Why the ingest could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +86,56 @@ pub async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     }))
 }
 
+/// File descriptors the process keeps for itself besides client connections (Kafka's sockets,
+/// librdkafka's pipes, the log).
+const OWN_FILES: u64 = 256;
+
+/// Raises the soft open-file limit to fit `ingest.max_connections` (each connection is a file
+/// descriptor; most systems start processes at 1,024). Fails, naming the key, when the hard limit
+/// is too low: `ulimit -Hn`, `LimitNOFILE=` of a systemd unit.
+pub fn fit_open_files(config: &IngestConfig) -> Result<(), ConfigError> {
+    let needed = config.max_connections as u64 + OWN_FILES;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Ok(());
+        }
+        if limit.rlim_cur >= needed {
+            return Ok(());
+        }
+        if limit.rlim_max < needed {
+            return Err(ConfigError::new(
+                "ingest.max_connections",
+                format!(
+                    "{} connections need {needed} open files, and this process may open at most {} \
+                     (ulimit -Hn): lower it or raise the limit",
+                    config.max_connections, limit.rlim_max
+                ),
+            ));
+        }
+        limit.rlim_cur = needed;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(ConfigError::new(
+                "ingest.max_connections",
+                format!(
+                    "cannot raise the open-file limit to {needed}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A bound, ready-to-run ingest.
 pub struct Ingest {
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: ServerLimits,
     flush_timeout: Duration,
 }
 
@@ -101,6 +151,7 @@ impl Ingest {
         Ok(Ingest {
             listener,
             state: AppState::new(config, Arc::new(publisher), metrics),
+            limits: ServerLimits::from_config(config),
             flush_timeout: Duration::from_millis(config.shutdown_flush_ms),
         })
     }
@@ -110,8 +161,9 @@ impl Ingest {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then stops accepting, finishes requests in flight and
-    /// flushes the producer (bounded by `ingest.shutdown_flush_ms`).
+    /// Serves until `shutdown` completes, then stops accepting, finishes requests in flight (for up
+    /// to `ingest.drain_timeout_ms`, then drops what is still open) and flushes the producer (for
+    /// up to `ingest.shutdown_flush_ms`).
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -135,12 +187,27 @@ impl Ingest {
                 }
             })
         });
-        axum::serve(
+        let readiness = {
+            let (readiness, publisher) = (self.state.readiness.clone(), publisher.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    readiness.check(&publisher).await;
+                }
+            })
+        };
+        let events = self.state.events.clone();
+        serve(
             self.listener,
-            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
+            router(self.state),
+            self.limits,
+            events,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
+        readiness.abort();
         if let Some(task) = housekeeping {
             task.abort();
         }

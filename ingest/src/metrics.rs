@@ -36,7 +36,25 @@ pub struct IngestMetrics {
     pub ratelimit_clients: IntGauge,
     /// Times the rate limiter's table was over its bound and was reset.
     pub ratelimit_resets: IntCounter,
+    /// Client connections open now.
+    pub connections: IntGauge,
+    /// Client connections accepted (and served).
+    pub connections_accepted: IntCounter,
+    /// Client connections closed at once, by reason (`limit`, `h2c`).
+    pub connections_refused: IntCounterVec,
+    /// Connections closed and requests answered 408 for taking too long, by kind (`head`, `body`,
+    /// `idle`, `drain`).
+    pub timeouts: IntCounterVec,
+    /// Connections that ended in a protocol or I/O error, by kind (`parse`, `head_too_large`, `io`).
+    pub connection_errors: IntCounterVec,
 }
+
+/// The `reason` labels of `rum_ingest_connections_refused_total`.
+pub const REFUSED_REASONS: [&str; 2] = ["limit", "h2c"];
+/// The `kind` labels of `rum_ingest_timeouts_total`.
+pub const TIMEOUT_KINDS: [&str; 4] = ["head", "body", "idle", "drain"];
+/// The `kind` labels of `rum_ingest_connection_errors_total`.
+pub const CONNECTION_ERROR_KINDS: [&str; 3] = ["parse", "head_too_large", "io"];
 
 impl IngestMetrics {
     /// Builds and registers every metric; a duplicate name is an error, not a panic.
@@ -112,6 +130,49 @@ impl IngestMetrics {
             "rum_ratelimit_resets_total",
             "Times the rate limiter's table exceeded ingest.rate_limit_max_clients and was reset.",
         )?;
+        let connections = IntGauge::new(
+            "rum_ingest_connections",
+            "Client connections open now (at most ingest.max_connections).",
+        )?;
+        let connections_accepted = IntCounter::new(
+            "rum_ingest_connections_accepted_total",
+            "Client connections accepted.",
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_connections_refused_total",
+                "Client connections closed at once: over ingest.max_connections (limit), or \
+                 speaking HTTP/2 cleartext (h2c, answered GOAWAY HTTP_1_1_REQUIRED).",
+            ),
+            &["reason"],
+        )?;
+        let timeouts = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_timeouts_total",
+                "Clients too slow: a request head over ingest.header_timeout_ms (head), a body over \
+                 ingest.body_timeout_ms (body, answered 408), a kept-alive connection idle over \
+                 ingest.idle_timeout_ms (idle), a connection still open at the end of \
+                 ingest.drain_timeout_ms on shutdown (drain).",
+            ),
+            &["kind"],
+        )?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_connection_errors_total",
+                "Connections that ended in an error: a malformed request (parse), a head over \
+                 ingest.max_head_bytes (head_too_large), a socket error (io).",
+            ),
+            &["kind"],
+        )?;
+        for reason in REFUSED_REASONS {
+            connections_refused.with_label_values(&[reason]);
+        }
+        for kind in TIMEOUT_KINDS {
+            timeouts.with_label_values(&[kind]);
+        }
+        for kind in CONNECTION_ERROR_KINDS {
+            connection_errors.with_label_values(&[kind]);
+        }
         let metrics_accepted_by_name =
             MetricName::ALL.map(|m| metrics_accepted.with_label_values(&[m.as_str()]));
         registry.register(Box::new(beacons_received.clone()))?;
@@ -127,6 +188,11 @@ impl IngestMetrics {
         registry.register(Box::new(kafka_ack_duration.clone()))?;
         registry.register(Box::new(ratelimit_clients.clone()))?;
         registry.register(Box::new(ratelimit_resets.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(timeouts.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
         Ok(Self {
             registry,
             beacons_received,
@@ -143,6 +209,11 @@ impl IngestMetrics {
             kafka_ack_duration,
             ratelimit_clients,
             ratelimit_resets,
+            connections,
+            connections_accepted,
+            connections_refused,
+            timeouts,
+            connection_errors,
         })
     }
 
@@ -178,7 +249,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 13);
+        assert_eq!(families.len(), 18);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

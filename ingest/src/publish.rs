@@ -5,7 +5,9 @@
 //! serves the queue. A request's task is then woken from the runtime it runs on, without a
 //! thread hop per batch of acknowledgements (see `bench/RESULTS.md` for what that saves).
 
+use std::future::Future;
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -29,6 +31,23 @@ pub enum PublishError {
     /// Kafka did not acknowledge in time, or refused.
     #[error("kafka unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Where accepted beacons go: Kafka ([`KafkaPublisher`]) in production. The HTTP layer knows
+/// only this, so its policy (status codes, limits, timeouts) is tested without a broker.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one message and waits for its acknowledgement, within the publisher's own deadline.
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        payload: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>>;
+    /// True when the destination takes messages now. Blocking, up to `timeout`.
+    fn is_ready(&self, timeout: Duration) -> bool;
+    /// Messages handed over and not yet acknowledged.
+    fn queue_depth(&self) -> i32;
+    /// Waits up to `timeout` for every message handed over to be acknowledged. Blocking.
+    fn flush(&self, timeout: Duration) -> Result<(), PublishError>;
 }
 
 type Acknowledgement = oneshot::Sender<Result<(), KafkaError>>;
@@ -232,7 +251,7 @@ impl KafkaPublisher {
     }
 
     /// Enqueues without blocking and waits for Kafka's acknowledgement.
-    pub async fn publish(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+    async fn publish_one(&self, key: &str, payload: &[u8]) -> Result<(), PublishError> {
         let producer = self.current();
         self.send(&producer, key, payload).await.map_err(|e| {
             let fenced = matches!(
@@ -301,14 +320,24 @@ impl KafkaPublisher {
             }
         }
     }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish<'a>(
+        &'a self,
+        key: &'a str,
+        payload: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
+        Box::pin(self.publish_one(key, payload))
+    }
 
     /// Messages enqueued and not yet acknowledged.
-    pub fn queue_depth(&self) -> i32 {
+    fn queue_depth(&self) -> i32 {
         self.current().inner.in_flight_count()
     }
 
-    /// True when the broker answers a metadata request for the topic within `timeout`. Blocking.
-    pub fn is_ready(&self, timeout: Duration) -> bool {
+    /// True when the broker answers a metadata request for the topic within `timeout`.
+    fn is_ready(&self, timeout: Duration) -> bool {
         self.current()
             .inner
             .client()
@@ -320,8 +349,8 @@ impl KafkaPublisher {
             })
     }
 
-    /// Waits up to `timeout` for every queued message to be acknowledged. Blocking.
-    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+    /// Waits up to `timeout` for every queued message to be acknowledged.
+    fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         self.current()
             .inner
             .flush(timeout)

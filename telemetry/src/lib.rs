@@ -7,6 +7,9 @@ use axum::routing::get;
 use axum::Router;
 use prometheus::Registry;
 
+mod throttle;
+pub use throttle::LogThrottle;
+
 /// An error and its causes on one line, each cause once (an error's message often holds its
 /// source's already): `clickhouse: network error: client error (Connect): invalid peer certificate:
 /// UnknownIssuer`, where the error's own message stops at `(Connect)`.
