@@ -25,6 +25,18 @@ pub struct AlertsConfig {
     pub ca_file: Option<PathBuf>,
     /// The rules file (TOML); without one the built-in defaults apply (see [`Rules`]).
     pub rules_file: Option<PathBuf>,
+    /// Alerts sent at most an evaluation (firing and resolved, ranked most severe and biggest
+    /// first); the rest are counted in one `RumAlertsTruncated` alert. Also bounds what an
+    /// evaluation reads from ClickHouse.
+    pub max_alerts: usize,
+    /// Alerts at most in one `POST /api/v2/alerts`; batches are sent and retried each on its own.
+    pub max_alerts_per_post: usize,
+    /// Failed evaluations in a row (ClickHouse unreadable) after which `RumAlertsStoreUnavailable`
+    /// fires; firing alerts are re-sent meanwhile, never resolved.
+    pub store_unavailable_after: u32,
+    /// Seconds one evaluation's ClickHouse reads may take; longer counts as a failed evaluation
+    /// (a server that accepts connections and never answers).
+    pub query_timeout_secs: u64,
 }
 
 impl Default for AlertsConfig {
@@ -36,6 +48,10 @@ impl Default for AlertsConfig {
             alertmanager_url: "http://127.0.0.1:9093".into(),
             ca_file: None,
             rules_file: None,
+            max_alerts: 500,
+            max_alerts_per_post: crate::notify::DEFAULT_MAX_ALERTS_PER_POST,
+            store_unavailable_after: 3,
+            query_timeout_secs: 30,
         }
     }
 }
@@ -53,6 +69,29 @@ impl AlertsConfig {
             return Err(ConfigError::new(
                 "alerts.interval_secs",
                 "must be at most 86400 (one day)",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_alerts) {
+            return Err(ConfigError::new(
+                "alerts.max_alerts",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=10_000).contains(&self.max_alerts_per_post) {
+            return Err(ConfigError::new(
+                "alerts.max_alerts_per_post",
+                "must be between 1 and 10000",
+            ));
+        }
+        require_positive(
+            "alerts.store_unavailable_after",
+            u64::from(self.store_unavailable_after),
+        )?;
+        require_positive("alerts.query_timeout_secs", self.query_timeout_secs)?;
+        if self.query_timeout_secs > 3600 {
+            return Err(ConfigError::new(
+                "alerts.query_timeout_secs",
+                "must be at most 3600",
             ));
         }
         self.tls()?;
@@ -96,6 +135,15 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.port, 8082);
         assert_eq!(c.interval_secs, 60);
+        assert_eq!(
+            (
+                c.max_alerts,
+                c.max_alerts_per_post,
+                c.store_unavailable_after,
+                c.query_timeout_secs
+            ),
+            (500, 100, 3, 30)
+        );
     }
 
     #[test]
@@ -117,6 +165,32 @@ mod tests {
         let err = bad.validate().unwrap_err();
         assert_eq!(err.key, "alerts.rules_file");
         assert!(err.reason.contains("not found"), "{err}");
+        let bad = AlertsConfig {
+            max_alerts: 0,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "alerts.max_alerts");
+        let bad = AlertsConfig {
+            max_alerts_per_post: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "alerts.max_alerts_per_post"
+        );
+        let bad = AlertsConfig {
+            store_unavailable_after: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().key,
+            "alerts.store_unavailable_after"
+        );
+        let bad = AlertsConfig {
+            query_timeout_secs: 0,
+            ..Default::default()
+        };
+        assert_eq!(bad.validate().unwrap_err().key, "alerts.query_timeout_secs");
     }
 
     #[test]

@@ -2,16 +2,22 @@
 //! Alertmanager (API v2).
 //!
 //! * [`rules`]: the rules file (thresholds, window, minimum samples, severities, scope).
-//! * [`store`]: the two ClickHouse queries one evaluation reads.
+//! * [`store`]: the ClickHouse queries one evaluation reads, bounded by the alert cap whatever the
+//!   data holds (the ingest is public: anyone can create sites).
 //! * [`evaluate`]: the decision, a pure function of the stored data and `now` — no state, so a restart
-//!   does not reset a pending alert and replicas send identical alerts (Alertmanager deduplicates).
-//! * [`notify`]: `POST /api/v2/alerts`, retried with backoff, counted, never fatal.
+//!   does not reset a pending alert and replicas send identical alerts (Alertmanager deduplicates);
+//!   at most `alerts.max_alerts` an evaluation, ranked the same way on every replica.
+//! * [`outage`]: the one thing kept in memory: while ClickHouse cannot be read, the last firing
+//!   alerts are re-sent (never resolved) and `RumAlertsStoreUnavailable` fires.
+//! * [`notify`]: `POST /api/v2/alerts` in bounded batches, each retried with backoff, counted, never
+//!   fatal.
 //! * [`metrics`]: `/metrics` of the evaluator.
 
 pub mod config;
 pub mod evaluate;
 pub mod metrics;
 pub mod notify;
+pub mod outage;
 pub mod rules;
 pub mod store;
 
@@ -23,6 +29,7 @@ pub use config::AlertsConfig;
 pub use evaluate::{evaluate, Alert, AlertState};
 pub use metrics::AlertsMetrics;
 pub use notify::{Notifier, NotifyError};
+pub use outage::StoreOutage;
 pub use rules::Rules;
 use rum_clickhouse::ClickHouseConfig;
 pub use store::StoredData;
@@ -37,8 +44,19 @@ pub const CLS_P75_POOR: &str = "WebVitalsCLSP75Poor";
 pub const BEACONS_STOPPED: &str = "WebVitalsBeaconsStopped";
 /// The `metric` label of [`BEACONS_STOPPED`] (it concerns every metric of a site).
 pub const BEACONS_METRIC: &str = "beacons";
+/// More alerts held than `alerts.max_alerts`: how many were left out (annotation `omitted`).
+pub const TRUNCATED: &str = "RumAlertsTruncated";
+/// ClickHouse could not be read for `alerts.store_unavailable_after` evaluations in a row.
+pub const STORE_UNAVAILABLE: &str = "RumAlertsStoreUnavailable";
 /// Every alert name.
-pub const ALERT_NAMES: [&str; 4] = [LCP_P75_POOR, INP_P75_POOR, CLS_P75_POOR, BEACONS_STOPPED];
+pub const ALERT_NAMES: [&str; 6] = [
+    LCP_P75_POOR,
+    INP_P75_POOR,
+    CLS_P75_POOR,
+    BEACONS_STOPPED,
+    TRUNCATED,
+    STORE_UNAVAILABLE,
+];
 
 /// Why `rum alerts` could not start.
 #[derive(Debug, thiserror::Error)]
@@ -75,22 +93,45 @@ pub struct Evaluator {
     client: clickhouse::Client,
     rules: Rules,
     interval_secs: u32,
+    max_alerts: usize,
 }
 
 impl Evaluator {
-    /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`.
+    /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`, sending
+    /// at most the default `alerts.max_alerts` (500).
     pub fn new(clickhouse: &ClickHouseConfig, rules: Rules, interval_secs: u32) -> Self {
         Self {
             client: clickhouse.client(),
             rules,
             interval_secs,
+            max_alerts: AlertsConfig::default().max_alerts,
         }
     }
 
-    /// The alerts to send at `now`: firing, and resolved since `now - interval`.
+    /// Sends at most `n` alerts an evaluation (at least 1), plus the summary of the rest.
+    pub fn with_max_alerts(mut self, n: usize) -> Self {
+        self.max_alerts = n.max(1);
+        self
+    }
+
+    /// What the evaluation at `now` reads: the rows of at most `max_alerts + 1` candidates of each
+    /// kind (one more than the cap tells a full cap from an overflow).
+    pub async fn fetch_at(&self, now: u32) -> Result<StoredData, clickhouse::error::Error> {
+        let limit = u32::try_from(self.max_alerts + 1).unwrap_or(u32::MAX);
+        store::fetch(&self.client, &self.rules, now, self.interval_secs, limit).await
+    }
+
+    /// The alerts to send at `now`: firing, and resolved since `now - interval`, at most
+    /// `max_alerts` plus a [`TRUNCATED`] summary.
     pub async fn evaluate_at(&self, now: u32) -> Result<Vec<Alert>, clickhouse::error::Error> {
-        let data = store::fetch(&self.client, &self.rules, now, self.interval_secs).await?;
-        Ok(evaluate(&self.rules, &data, now, self.interval_secs))
+        let data = self.fetch_at(now).await?;
+        Ok(evaluate(
+            &self.rules,
+            &data,
+            now,
+            self.interval_secs,
+            self.max_alerts,
+        ))
     }
 }
 
@@ -103,8 +144,12 @@ pub async fn run(
     let rules = config.rules()?;
     let interval_secs = u32::try_from(config.interval_secs).unwrap_or(86_400);
     let metrics = Arc::new(AlertsMetrics::new()?);
-    let notifier = Notifier::with_tls(&config.alertmanager_url, config.tls()?)?;
-    let evaluator = Evaluator::new(clickhouse, rules, interval_secs);
+    let notifier = Notifier::with_tls(&config.alertmanager_url, config.tls()?)?
+        .with_max_alerts_per_post(config.max_alerts_per_post);
+    let evaluator =
+        Evaluator::new(clickhouse, rules, interval_secs).with_max_alerts(config.max_alerts);
+    let query_timeout = Duration::from_secs(config.query_timeout_secs);
+    let mut outage = StoreOutage::new(config.store_unavailable_after);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
@@ -137,24 +182,35 @@ pub async fn run(
             _ = stop_rx.wait_for(|s| *s) => break,
         }
         let started = Instant::now();
-        let result = evaluator.evaluate_at(system_now()).await;
+        let now = system_now();
+        let result = tokio::time::timeout(query_timeout, evaluator.evaluate_at(now)).await;
         metrics.evaluations.inc();
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
         let alerts = match result {
-            Ok(alerts) => alerts,
-            Err(e) => {
+            Ok(Ok(alerts)) => outage.succeeded(alerts, now),
+            Ok(Err(e)) => {
                 metrics.evaluation_errors.inc();
-                tracing::warn!(error = %rum_telemetry::error_chain(&e), "evaluation failed: cannot read ClickHouse");
-                continue;
+                let failures = outage.failures() + 1;
+                tracing::warn!(error = %rum_telemetry::error_chain(&e), failures, "evaluation failed: cannot read ClickHouse; firing alerts are re-sent");
+                outage.failed(now, interval_secs)
+            }
+            Err(_) => {
+                metrics.evaluation_errors.inc();
+                let failures = outage.failures() + 1;
+                tracing::warn!(timeout_secs = query_timeout.as_secs(), failures, "evaluation failed: ClickHouse did not answer in time; firing alerts are re-sent");
+                outage.failed(now, interval_secs)
             }
         };
+        metrics
+            .store_consecutive_failures
+            .set(i64::from(outage.failures()));
         metrics.record_firing(&alerts);
         tokio::select! {
             sent = notifier.send(&alerts, &metrics) => {
                 if let Err(e) = sent {
-                    tracing::error!(error = %e, alerts = alerts.len(), "alerts not delivered; sent again next interval");
+                    tracing::error!(error = %e, "alerts not delivered; the firing ones are sent again next interval");
                 }
             }
             _ = stop_rx.wait_for(|s| *s) => break,

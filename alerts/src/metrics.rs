@@ -1,6 +1,6 @@
 //! The evaluator's Prometheus metrics, in their own registry, and the `/metrics` router.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::evaluate::{Alert, AlertState};
 
@@ -18,6 +18,12 @@ pub struct AlertsMetrics {
     pub notifications_sent: IntCounter,
     /// Failed posts to Alertmanager (each retry counts).
     pub notification_errors: IntCounter,
+    /// Alerts of batches that failed every attempt (sent again next evaluation if still firing).
+    pub notifications_failed: IntCounter,
+    /// Evaluations in a row that could not read ClickHouse; 0 after one that could.
+    pub store_consecutive_failures: IntGauge,
+    /// Alerts left out by `alerts.max_alerts` at the last evaluation.
+    pub omitted: IntGauge,
     /// Time of one evaluation (query and decision), notification excluded.
     pub evaluation_duration: Histogram,
 }
@@ -46,6 +52,18 @@ impl AlertsMetrics {
             "rum_alerts_notification_errors_total",
             "Failed posts to Alertmanager; each retry counts.",
         )?;
+        let notifications_failed = IntCounter::new(
+            "rum_alerts_notifications_failed_total",
+            "Alerts of notification batches that failed every attempt.",
+        )?;
+        let store_consecutive_failures = IntGauge::new(
+            "rum_alerts_store_consecutive_failures",
+            "Evaluations in a row that could not read ClickHouse (0 after one that could).",
+        )?;
+        let omitted = IntGauge::new(
+            "rum_alerts_omitted",
+            "Alerts left out by alerts.max_alerts at the last evaluation (counted in RumAlertsTruncated).",
+        )?;
         let evaluation_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "rum_alerts_evaluation_duration_seconds",
@@ -58,6 +76,9 @@ impl AlertsMetrics {
         registry.register(Box::new(firing.clone()))?;
         registry.register(Box::new(notifications_sent.clone()))?;
         registry.register(Box::new(notification_errors.clone()))?;
+        registry.register(Box::new(notifications_failed.clone()))?;
+        registry.register(Box::new(store_consecutive_failures.clone()))?;
+        registry.register(Box::new(omitted.clone()))?;
         registry.register(Box::new(evaluation_duration.clone()))?;
         for name in crate::ALERT_NAMES {
             firing.with_label_values(&[name]).set(0);
@@ -69,11 +90,14 @@ impl AlertsMetrics {
             firing,
             notifications_sent,
             notification_errors,
+            notifications_failed,
+            store_consecutive_failures,
+            omitted,
             evaluation_duration,
         })
     }
 
-    /// Sets `rum_alerts_firing` from one evaluation's alerts.
+    /// Sets `rum_alerts_firing` and `rum_alerts_omitted` from the alerts one evaluation sends.
     pub fn record_firing(&self, alerts: &[Alert]) {
         for name in crate::ALERT_NAMES {
             let n = alerts
@@ -82,6 +106,12 @@ impl AlertsMetrics {
                 .count();
             self.firing.with_label_values(&[name]).set(n as i64);
         }
+        let omitted = alerts
+            .iter()
+            .find(|a| a.state == AlertState::Firing && a.name() == crate::TRUNCATED)
+            .and_then(|a| a.annotations.get("omitted")?.parse().ok())
+            .unwrap_or(0);
+        self.omitted.set(omitted);
     }
 }
 
@@ -107,6 +137,11 @@ mod tests {
             "rum_alerts_evaluation_duration_seconds_bucket",
             "rum_alerts_firing{alertname=\"WebVitalsLCPP75Poor\"} 0",
             "rum_alerts_firing{alertname=\"WebVitalsBeaconsStopped\"} 0",
+            "rum_alerts_firing{alertname=\"RumAlertsStoreUnavailable\"} 0",
+            "rum_alerts_firing{alertname=\"RumAlertsTruncated\"} 0",
+            "rum_alerts_notifications_failed_total 0",
+            "rum_alerts_store_consecutive_failures 0",
+            "rum_alerts_omitted 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -1,4 +1,6 @@
-//! Alertmanager API v2: `POST /api/v2/alerts` with a JSON array, retried with backoff.
+//! Alertmanager API v2: `POST /api/v2/alerts` with a JSON array, in batches of at most
+//! `alerts.max_alerts_per_post` alerts sent side by side, each retried with backoff on its own: a
+//! batch that fails (a timeout, a 5xx) does not hold back or drop the others.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,21 +47,39 @@ pub fn payload(alerts: &[Alert]) -> String {
 /// Why a notification failed (after every retry).
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    /// The request failed or Alertmanager answered with an error.
-    #[error("alertmanager {url}: {reason}")]
+    /// Some batches were not delivered: their requests failed or Alertmanager answered with an
+    /// error on every attempt. The other batches were delivered.
+    #[error("alertmanager {url}: {failed} of {batches} batches ({alerts} alerts) not delivered: {reason}")]
     Failed {
         /// The URL posted to.
         url: String,
+        /// Batches not delivered.
+        failed: usize,
+        /// Batches sent.
+        batches: usize,
+        /// Alerts in the batches not delivered.
+        alerts: usize,
         /// The last failure.
         reason: String,
     },
 }
+
+/// The default of `alerts.max_alerts_per_post`.
+pub const DEFAULT_MAX_ALERTS_PER_POST: usize = 100;
 
 /// Sends alerts to one Alertmanager.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     http: reqwest::Client,
     url: String,
+    max_per_post: usize,
+}
+
+/// What posting one batch came to.
+struct BatchOutcome {
+    alerts: usize,
+    failed_attempts: u64,
+    result: Result<(), String>,
 }
 
 impl Notifier {
@@ -80,15 +100,61 @@ impl Notifier {
         Ok(Self {
             http,
             url: format!("{}/api/v2/alerts", base_url.trim_end_matches('/')),
+            max_per_post: DEFAULT_MAX_ALERTS_PER_POST,
         })
     }
 
-    /// Posts the alerts; every failed attempt is logged and counted, then retried with backoff.
+    /// Posts at most `n` alerts a request (at least 1).
+    pub fn with_max_alerts_per_post(mut self, n: usize) -> Self {
+        self.max_per_post = n.max(1);
+        self
+    }
+
+    /// Posts the alerts in batches, side by side; every failed attempt is logged and counted in
+    /// `rum_alerts_notification_errors_total`, then retried with backoff. Delivered alerts count in
+    /// `rum_alerts_notifications_sent_total`, those of batches that failed every attempt in
+    /// `rum_alerts_notifications_failed_total`.
     pub async fn send(&self, alerts: &[Alert], metrics: &AlertsMetrics) -> Result<(), NotifyError> {
-        if alerts.is_empty() {
+        let mut posts = tokio::task::JoinSet::new();
+        for batch in alerts.chunks(self.max_per_post) {
+            let notifier = self.clone();
+            let (body, n) = (payload(batch), batch.len());
+            posts.spawn(async move { notifier.post(body, n).await });
+        }
+        let batches = posts.len();
+        let (mut failed, mut failed_alerts, mut reason) = (0, 0, String::new());
+        while let Some(joined) = posts.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| BatchOutcome {
+                alerts: 0,
+                failed_attempts: 0,
+                result: Err(format!("the batch's task failed: {e}")),
+            });
+            metrics.notification_errors.inc_by(outcome.failed_attempts);
+            match outcome.result {
+                Ok(()) => metrics.notifications_sent.inc_by(outcome.alerts as u64),
+                Err(last) => {
+                    metrics.notifications_failed.inc_by(outcome.alerts as u64);
+                    failed += 1;
+                    failed_alerts += outcome.alerts;
+                    reason = last;
+                }
+            }
+        }
+        if failed == 0 {
             return Ok(());
         }
-        let body = payload(alerts);
+        Err(NotifyError::Failed {
+            url: self.url.clone(),
+            failed,
+            batches,
+            alerts: failed_alerts,
+            reason,
+        })
+    }
+
+    /// Posts one batch: every attempt times out after `REQUEST_TIMEOUT`; a failed one is logged
+    /// and retried after a backoff, `ATTEMPTS` times in all.
+    async fn post(&self, body: String, alerts: usize) -> BatchOutcome {
         let mut backoff = FIRST_BACKOFF;
         let mut reason = String::new();
         for attempt in 1..=ATTEMPTS {
@@ -101,8 +167,11 @@ impl Notifier {
                 .await;
             reason = match result {
                 Ok(response) if response.status().is_success() => {
-                    metrics.notifications_sent.inc_by(alerts.len() as u64);
-                    return Ok(());
+                    return BatchOutcome {
+                        alerts,
+                        failed_attempts: u64::from(attempt - 1),
+                        result: Ok(()),
+                    };
                 }
                 Ok(response) => {
                     let status = response.status();
@@ -113,17 +182,17 @@ impl Notifier {
                 // an untrusted certificate) is in its sources. The URL is in the log line once.
                 Err(e) => rum_telemetry::error_chain(&e.without_url()),
             };
-            metrics.notification_errors.inc();
-            tracing::warn!(url = %self.url, attempt, error = %reason, "alertmanager notification failed");
+            tracing::warn!(url = %self.url, attempt, alerts, error = %reason, "alertmanager notification failed");
             if attempt < ATTEMPTS {
                 tokio::time::sleep(backoff).await;
                 backoff *= 2;
             }
         }
-        Err(NotifyError::Failed {
-            url: self.url.clone(),
-            reason,
-        })
+        BatchOutcome {
+            alerts,
+            failed_attempts: u64::from(ATTEMPTS),
+            result: Err(reason),
+        }
     }
 }
 
@@ -153,6 +222,8 @@ pub fn rfc3339(secs: u32) -> String {
 mod tests {
     use super::*;
     use crate::evaluate::AlertState;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn formats_rfc3339() {
@@ -198,5 +269,118 @@ mod tests {
             "the URL once, not in reqwest's text too: {reason}"
         );
         assert_eq!(metrics.notification_errors.get(), u64::from(ATTEMPTS));
+        assert_eq!(metrics.notifications_failed.get(), 1);
+    }
+
+    fn numbered(n: usize) -> Vec<Alert> {
+        (0..n)
+            .map(|i| Alert {
+                labels: [("alertname".to_string(), format!("A{i}"))].into(),
+                annotations: BTreeMap::new(),
+                starts_at: 0,
+                ends_at: 60,
+                state: AlertState::Firing,
+            })
+            .collect()
+    }
+
+    /// A listener answering each request with `status`, recording the alert names of each body.
+    async fn recording_listener(status: u16) -> (String, Arc<Mutex<Vec<Vec<String>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 8192];
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .to_ascii_lowercase()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        if body.len() < length {
+                            continue;
+                        }
+                        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+                        let names = json
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|a| a["labels"]["alertname"].as_str().unwrap().to_string())
+                            .collect();
+                        sink.lock().unwrap().push(names);
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                        return;
+                    }
+                });
+            }
+        });
+        (url, bodies)
+    }
+
+    #[tokio::test]
+    async fn alerts_go_in_batches_of_at_most_the_limit() {
+        let (url, bodies) = recording_listener(200).await;
+        let metrics = AlertsMetrics::new().unwrap();
+        let notifier = Notifier::new(&url).unwrap().with_max_alerts_per_post(3);
+        notifier.send(&numbered(8), &metrics).await.unwrap();
+        let mut got = bodies.lock().unwrap().clone();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                vec!["A0", "A1", "A2"],
+                vec!["A3", "A4", "A5"],
+                vec!["A6", "A7"]
+            ]
+        );
+        assert_eq!(metrics.notifications_sent.get(), 8);
+        assert_eq!(metrics.notification_errors.get(), 0);
+        // Nothing to send: no request.
+        notifier.send(&[], &metrics).await.unwrap();
+        assert_eq!(bodies.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn every_failed_batch_is_retried_and_counted_on_its_own() {
+        let (url, bodies) = recording_listener(503).await;
+        let metrics = AlertsMetrics::new().unwrap();
+        let notifier = Notifier::new(&url).unwrap().with_max_alerts_per_post(2);
+        let err = notifier.send(&numbered(3), &metrics).await.unwrap_err();
+        let NotifyError::Failed {
+            failed,
+            batches,
+            alerts,
+            reason,
+            ..
+        } = err;
+        assert_eq!((failed, batches, alerts), (2, 2, 3));
+        assert!(reason.contains("503"), "{reason}");
+        assert_eq!(bodies.lock().unwrap().len(), 2 * ATTEMPTS as usize);
+        assert_eq!(metrics.notification_errors.get(), 2 * u64::from(ATTEMPTS));
+        assert_eq!(metrics.notifications_failed.get(), 3);
+        assert_eq!(metrics.notifications_sent.get(), 0);
     }
 }

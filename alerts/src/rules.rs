@@ -16,6 +16,7 @@
 //! [beacons_stopped]     # WebVitalsBeaconsStopped
 //! enabled = true
 //! for_minutes = 30      # silent this long, while the same minutes a day earlier had beacons
+//! min_samples = 100     # samples (stored metric values, any metric) the same minutes a day earlier must hold
 //! severity = "critical"
 //! ```
 
@@ -70,6 +71,10 @@ pub struct BeaconsStoppedRule {
     pub enabled: bool,
     /// Minutes without a beacon (while the same minutes a day earlier had some).
     pub for_minutes: u32,
+    /// Samples the same minutes a day earlier must hold for the site's silence to alert. The unit is
+    /// the stored one: metric values of any metric (a beacon carries one to five), not beacons.
+    /// Keeps the many sites a public ingest may see once (random names) from alerting a day later.
+    pub min_samples: u64,
     /// The `severity` label.
     pub severity: String,
 }
@@ -98,6 +103,7 @@ impl Default for Rules {
             beacons_stopped: BeaconsStoppedRule {
                 enabled: true,
                 for_minutes: 30,
+                min_samples: 100,
                 severity: "critical".into(),
             },
         }
@@ -161,6 +167,9 @@ impl Rules {
             self.beacons_stopped.for_minutes,
             self.step_minutes,
         )?;
+        if self.beacons_stopped.min_samples == 0 {
+            return Err("beacons_stopped.min_samples: must be at least 1".into());
+        }
         check_label("beacons_stopped.severity", &self.beacons_stopped.severity)?;
         Ok(())
     }
@@ -226,6 +235,7 @@ mod tests {
         );
         assert_eq!((r.step_minutes, r.for_minutes, r.min_samples), (5, 30, 50));
         assert_eq!(r.beacons_stopped.for_minutes, 30);
+        assert_eq!(r.beacons_stopped.min_samples, 100);
         assert_eq!(r.metric_rules().len(), 3);
     }
 
@@ -259,6 +269,10 @@ mod tests {
             (
                 "[beacons_stopped]\nfor_minutes = 0\n",
                 "beacons_stopped.for_minutes:",
+            ),
+            (
+                "[beacons_stopped]\nmin_samples = 0\n",
+                "beacons_stopped.min_samples:",
             ),
             ("[lcp]\ntreshold = 3000.0\n", "lcp"),
         ];

@@ -1,5 +1,23 @@
 //! What the evaluator reads from ClickHouse: p75 and sample counts per step of `vitals_1m`, and
-//! sample counts per site and minute for the beacons-stopped check. Two queries per evaluation.
+//! sample counts per site and minute for the beacons-stopped check.
+//!
+//! The result is bounded whatever the data holds. The public ingest lets anyone create sites,
+//! routes and devices, so each query first picks its candidates in SQL (a subquery): the series
+//! whose p75 condition holds now or held an interval ago (every step of the window above the
+//! threshold, `min_samples` in it), and the sites silent now or an interval ago whose same minutes
+//! a day earlier held `beacons_stopped.min_samples`. Each subquery is ordered the way the
+//! evaluator ranks alerts and cut at `limit` (the alert cap + 1), and the outer query returns only
+//! the candidates' rows. So one evaluation reads at most `limit` series x the lookback's steps
+//! (about 31 with the defaults) and `limit` sites x the minutes of the two windows and the
+//! lookback (about 190). When a subquery fills its limit, one `count()` over the same subquery
+//! tells how many candidates were not read ([`StoredData::not_fetched`]).
+//!
+//! The SQL repeats the evaluator's conditions only to choose what to read; the decision itself is
+//! [`evaluate`](crate::evaluate::evaluate)'s, over the rows read. The two agree on the same data
+//! (same p75 expression, same comparisons), which `tests/storm.rs` checks on a real server.
+//! ClickHouse 18.16: no window functions or CTEs, so the candidates are nested subqueries.
+
+use std::collections::BTreeSet;
 
 use clickhouse::Row;
 use rum_clickhouse::{GAMMA_LITERAL, ZERO_BUCKET};
@@ -40,11 +58,17 @@ pub struct SiteMinute {
 /// Everything one evaluation looks at; the evaluator is a pure function of this and `now`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredData {
-    /// Per-step p75 of the enabled metrics, over the lookback.
+    /// Per-step p75 of the candidate series, over the lookback.
     pub steps: Vec<StepStat>,
-    /// Per-minute samples per site, over the lookback and the same span a day earlier.
+    /// Per-minute samples of the candidate sites, over the lookback and the same windows a day
+    /// earlier.
     pub site_minutes: Vec<SiteMinute>,
+    /// Candidates (series or sites, one alert each) beyond the read limit: counted, not read.
+    pub not_fetched: u64,
 }
+
+/// One day, the offset of the beacons-stopped comparison.
+pub const DAY_SECS: u32 = 86_400;
 
 /// The p75 expression over `sk = sumMapMerge(sketch)` and `idx`, the same text as the analyst
 /// queries (pinned by a test against `p75_by_route_device.sql`).
@@ -54,96 +78,393 @@ pub fn p75_sql() -> String {
     )
 }
 
-/// The per-step query. Placeholders: metrics (array), window start, window end (unix seconds).
-pub fn steps_sql(step_secs: u32) -> String {
+/// Per site, route, device, metric and step: `step_start`, `n` (samples) and `p75`. Placeholders:
+/// metrics (array), start, end (unix seconds), then the scope's arrays when `scoped` (sites, routes;
+/// see [`scope_sql`]).
+fn step_rows_sql(step_secs: u32, scope: &str) -> String {
     format!(
-        "SELECT site, route, device, metric, step_start, toFloat64({p75}) AS p75, toUInt64(n) AS samples \
-         FROM ( \
-           SELECT site, route, device, metric, \
-             toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
-             countMerge(samples) AS n, \
-             sumMapMerge(sketch) AS sk, \
-             arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx \
-           FROM vitals_1m \
-           WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?) \
-           GROUP BY site, route, device, metric, step_start \
-         ) \
-         ORDER BY site, route, device, metric, step_start",
+        "SELECT site, route, device, metric, \
+           toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
+           countMerge(samples) AS n, \
+           sumMapMerge(sketch) AS sk, \
+           arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx, \
+           toFloat64({p75}) AS p75 \
+         FROM vitals_1m \
+         WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){scope} \
+         GROUP BY site, route, device, metric, step_start",
         p75 = p75_sql()
     )
 }
 
-/// The per-site, per-minute query. Placeholders: two windows (start, end) in unix seconds.
-pub const SITE_MINUTES_SQL: &str = "SELECT site, toUInt32(minute) AS at, toUInt64(countMerge(samples)) AS n \
-     FROM vitals_1m \
-     WHERE (minute >= toDateTime(?) AND minute < toDateTime(?)) OR (minute >= toDateTime(?) AND minute < toDateTime(?)) \
-     GROUP BY site, minute \
-     ORDER BY site, at";
+/// The per-step query of one series' investigation (an alert's `query` annotation). Placeholders:
+/// metrics (array), window start, window end (unix seconds).
+pub fn steps_sql(step_secs: u32) -> String {
+    format!(
+        "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples FROM ({}) \
+         ORDER BY site, route, device, metric, step_start",
+        step_rows_sql(step_secs, "")
+    )
+}
 
-/// The spans one evaluation at `now` (and the one an interval before it) needs.
+/// ` AND has(?, site)` / ` AND has(?, route)` for a non-empty scope (an empty array literal has no
+/// type on 18.16, so an empty scope adds nothing).
+fn scope_sql(rules: &Rules) -> String {
+    let mut sql = String::new();
+    if !rules.sites.is_empty() {
+        sql.push_str(" AND has(?, site)");
+    }
+    if !rules.routes.is_empty() {
+        sql.push_str(" AND has(?, route)");
+    }
+    sql
+}
+
+/// The windows one evaluation at `now` decides on: the current one and the one an interval earlier
+/// (whose alerts may have to be resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spans {
     /// The end of the last complete step at `now` (exclusive).
     pub end: u32,
+    /// The end of the last complete step at `now - interval` (at most `end`).
+    pub previous_end: u32,
     /// The start of the data read (the lookback).
     pub start: u32,
 }
-
-/// One day, the offset of the beacons-stopped comparison.
-pub const DAY_SECS: u32 = 86_400;
 
 /// How far back the evaluation at `now` reads: the window, one interval (for "was firing an
 /// interval ago") and two hours more to find where a bad period started.
 pub fn spans(rules: &Rules, now: u32, interval_secs: u32) -> Spans {
     let step = rules.step_minutes * 60;
     let end = now - now % step;
+    let before = now.saturating_sub(interval_secs);
     let window = rules.for_minutes.max(rules.beacons_stopped.for_minutes) * 60;
     let lookback = window + interval_secs.div_ceil(step) * step + 2 * 3600;
     Spans {
         end,
+        previous_end: before - before % step,
         start: end.saturating_sub(lookback),
     }
 }
 
-/// Reads what the evaluation at `now` needs.
+/// The p75 candidates: series whose every step of the window (now or an interval ago) has a p75
+/// strictly above its metric's threshold, with `min_samples` in the window. Ordered as the
+/// evaluator ranks alerts (firing first, severity, samples descending, then the labels; the metric
+/// orders as its alert name does). Placeholders: see [`P75Query::binds`].
+fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
+    let step = rules.step_minutes * 60;
+    let window_steps = rules.for_minutes / rules.step_minutes;
+    let min_samples = rules.min_samples;
+    format!(
+        "SELECT site, route, device, metric, \
+           countIf(bad AND step_start >= ? AND step_start < ?) AS bad_now, \
+           sumIf(n, step_start >= ? AND step_start < ?) AS n_now, \
+           countIf(bad AND step_start >= ? AND step_start < ?) AS bad_before, \
+           sumIf(n, step_start >= ? AND step_start < ?) AS n_before, \
+           bad_now = {window_steps} AND n_now >= {min_samples} AS holds_now, \
+           bad_before = {window_steps} AND n_before >= {min_samples} AS holds_before \
+         FROM ( \
+           SELECT site, route, device, metric, step_start, n, \
+             p75 > transform(metric, ?, ?, toFloat64(0)) AS bad \
+           FROM ({steps}) \
+         ) \
+         GROUP BY site, route, device, metric \
+         HAVING holds_now OR holds_before",
+        steps = step_rows_sql(step, scope)
+    )
+}
+
+/// The beacons-stopped candidates: sites without samples in the window (now or an interval ago)
+/// whose same minutes a day earlier held `beacons_stopped.min_samples`. Placeholders: see
+/// [`SitesQuery::binds`].
+fn stopped_candidates_sql(rules: &Rules) -> String {
+    let min = rules.beacons_stopped.min_samples;
+    let site_scope = if rules.sites.is_empty() {
+        ""
+    } else {
+        " AND has(?, site)"
+    };
+    format!(
+        "SELECT site, \
+           sumIf(n, at >= ? AND at < ?) AS today_now, \
+           sumIf(n, at >= ? AND at < ?) AS yesterday_now, \
+           sumIf(n, at >= ? AND at < ?) AS today_before, \
+           sumIf(n, at >= ? AND at < ?) AS yesterday_before, \
+           today_now = 0 AND yesterday_now >= {min} AS holds_now, \
+           today_before = 0 AND yesterday_before >= {min} AS holds_before \
+         FROM ( \
+           SELECT site, toUInt32(minute) AS at, countMerge(samples) AS n \
+           FROM vitals_1m \
+           WHERE ((minute >= toDateTime(?) AND minute < toDateTime(?)) \
+              OR (minute >= toDateTime(?) AND minute < toDateTime(?))){site_scope} \
+           GROUP BY site, minute \
+         ) \
+         GROUP BY site \
+         HAVING holds_now OR holds_before"
+    )
+}
+
+/// The ranking of alerts as a number: `critical` first, then `warning`, then any other severity.
+pub fn severity_rank(severity: &str) -> u8 {
+    match severity {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
+    }
+}
+
+/// A query and its bound values, in placeholder order.
+enum Bind {
+    U32(u32),
+    Strs(Vec<String>),
+    F64s(Vec<f64>),
+}
+
+fn bound(sql: &str, binds: &[Bind], client: &clickhouse::Client) -> clickhouse::query::Query {
+    let mut q = client.query(sql);
+    for b in binds {
+        q = match b {
+            Bind::U32(v) => q.bind(*v),
+            Bind::Strs(v) => q.bind(v),
+            Bind::F64s(v) => q.bind(v),
+        };
+    }
+    q
+}
+
+/// The p75 part of one evaluation: the candidates and the rows read for them.
+struct P75Query<'a> {
+    rules: &'a Rules,
+    spans: Spans,
+}
+
+impl P75Query<'_> {
+    fn metrics(&self) -> Vec<String> {
+        self.rules
+            .metric_rules()
+            .iter()
+            .map(|(_, m, _)| m.as_str().to_string())
+            .collect()
+    }
+
+    fn step_binds(&self, start: u32, end: u32) -> Vec<Bind> {
+        let mut b = vec![Bind::Strs(self.metrics()), Bind::U32(start), Bind::U32(end)];
+        if !self.rules.sites.is_empty() {
+            b.push(Bind::Strs(self.rules.sites.clone()));
+        }
+        if !self.rules.routes.is_empty() {
+            b.push(Bind::Strs(self.rules.routes.clone()));
+        }
+        b
+    }
+
+    /// The candidate subquery's binds.
+    fn binds(&self) -> Vec<Bind> {
+        let window = self.rules.for_minutes * 60;
+        let Spans {
+            end, previous_end, ..
+        } = self.spans;
+        let (now_from, before_from) = (
+            end.saturating_sub(window),
+            previous_end.saturating_sub(window),
+        );
+        let rules = self.rules.metric_rules();
+        let mut b = vec![
+            Bind::U32(now_from),
+            Bind::U32(end),
+            Bind::U32(now_from),
+            Bind::U32(end),
+            Bind::U32(before_from),
+            Bind::U32(previous_end),
+            Bind::U32(before_from),
+            Bind::U32(previous_end),
+            Bind::Strs(self.metrics()),
+            Bind::F64s(rules.iter().map(|(_, _, r)| r.threshold).collect()),
+        ];
+        b.extend(self.step_binds(before_from, end));
+        b
+    }
+
+    fn candidates_sql(&self, limit: u32) -> String {
+        let metrics = self.rules.metric_rules();
+        let ranks: Vec<String> = metrics
+            .iter()
+            .map(|(_, _, r)| severity_rank(&r.severity).to_string())
+            .collect();
+        let names: Vec<String> = metrics
+            .iter()
+            .map(|(_, m, _)| format!("'{}'", m.as_str()))
+            .collect();
+        format!(
+            "SELECT site, route, device, metric FROM ({}) \
+             ORDER BY holds_now DESC, transform(metric, [{}], [{}], 9), \
+               if(holds_now, n_now, n_before) DESC, metric, site, route, device \
+             LIMIT {limit}",
+            p75_candidates_sql(self.rules, &scope_sql(self.rules)),
+            names.join(", "),
+            ranks.join(", "),
+        )
+    }
+
+    async fn fetch(
+        &self,
+        client: &clickhouse::Client,
+        limit: u32,
+    ) -> Result<(Vec<StepStat>, u64), clickhouse::error::Error> {
+        if self.rules.metric_rules().is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let scope = scope_sql(self.rules);
+        let sql = format!(
+            "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples FROM ({}) \
+             WHERE (site, route, device, metric) IN ({}) \
+             ORDER BY site, route, device, metric, step_start",
+            step_rows_sql(self.rules.step_minutes * 60, &scope),
+            self.candidates_sql(limit)
+        );
+        let mut binds = self.step_binds(self.spans.start, self.spans.end);
+        binds.extend(self.binds());
+        let steps = bound(&sql, &binds, client).fetch_all::<StepStat>().await?;
+        let fetched = steps
+            .iter()
+            .map(|s| (&s.site, &s.route, &s.device, &s.metric))
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        let mut not_fetched = 0;
+        if fetched >= u64::from(limit) {
+            let count = format!(
+                "SELECT count() FROM ({})",
+                p75_candidates_sql(self.rules, &scope)
+            );
+            let total = bound(&count, &self.binds(), client)
+                .fetch_one::<u64>()
+                .await?;
+            not_fetched = total.saturating_sub(fetched);
+        }
+        Ok((steps, not_fetched))
+    }
+}
+
+/// The beacons-stopped part of one evaluation: the candidate sites and their minutes.
+struct SitesQuery<'a> {
+    rules: &'a Rules,
+    spans: Spans,
+}
+
+impl SitesQuery<'_> {
+    /// The candidate subquery's binds.
+    fn binds(&self) -> Vec<Bind> {
+        let window = self.rules.beacons_stopped.for_minutes * 60;
+        let Spans {
+            end, previous_end, ..
+        } = self.spans;
+        let now_from = end.saturating_sub(window);
+        let before_from = previous_end.saturating_sub(window);
+        let day = |t: u32| t.saturating_sub(DAY_SECS);
+        let mut b: Vec<Bind> = [
+            now_from,
+            end,
+            day(now_from),
+            day(end),
+            before_from,
+            previous_end,
+            day(before_from),
+            day(previous_end),
+            // The inner read: the windows of both days.
+            day(before_from),
+            day(end),
+            before_from,
+            end,
+        ]
+        .into_iter()
+        .map(Bind::U32)
+        .collect();
+        if !self.rules.sites.is_empty() {
+            b.push(Bind::Strs(self.rules.sites.clone()));
+        }
+        b
+    }
+
+    async fn fetch(
+        &self,
+        client: &clickhouse::Client,
+        limit: u32,
+    ) -> Result<(Vec<SiteMinute>, u64), clickhouse::error::Error> {
+        if !self.rules.beacons_stopped.enabled {
+            return Ok((Vec::new(), 0));
+        }
+        let candidates = format!(
+            "SELECT site FROM ({}) \
+             ORDER BY holds_now DESC, if(holds_now, yesterday_now, yesterday_before) DESC, site \
+             LIMIT {limit}",
+            stopped_candidates_sql(self.rules)
+        );
+        // The minutes the decision looks at: yesterday's windows, and today's lookback (where the
+        // site was last seen).
+        let sql = format!(
+            "SELECT site, toUInt32(minute) AS at, toUInt64(countMerge(samples)) AS n \
+             FROM vitals_1m \
+             WHERE site IN ({candidates}) \
+               AND ((minute >= toDateTime(?) AND minute < toDateTime(?)) \
+                 OR (minute >= toDateTime(?) AND minute < toDateTime(?))) \
+             GROUP BY site, minute \
+             ORDER BY site, at"
+        );
+        let window = self.rules.beacons_stopped.for_minutes * 60;
+        let Spans {
+            end,
+            previous_end,
+            start,
+        } = self.spans;
+        let mut binds = self.binds();
+        binds.extend(
+            [
+                previous_end.saturating_sub(window + DAY_SECS),
+                end.saturating_sub(DAY_SECS),
+                start,
+                end,
+            ]
+            .map(Bind::U32),
+        );
+        let minutes = bound(&sql, &binds, client)
+            .fetch_all::<SiteMinute>()
+            .await?;
+        let fetched = minutes
+            .iter()
+            .map(|m| &m.site)
+            .collect::<BTreeSet<_>>()
+            .len() as u64;
+        let mut not_fetched = 0;
+        if fetched >= u64::from(limit) {
+            let count = format!(
+                "SELECT count() FROM ({})",
+                stopped_candidates_sql(self.rules)
+            );
+            let total = bound(&count, &self.binds(), client)
+                .fetch_one::<u64>()
+                .await?;
+            not_fetched = total.saturating_sub(fetched);
+        }
+        Ok((minutes, not_fetched))
+    }
+}
+
+/// Reads what the evaluation at `now` needs: the rows of at most `limit` candidate series and
+/// `limit` candidate sites (pass the alert cap + 1, so that a full cap is told from an overflow).
 pub async fn fetch(
     client: &clickhouse::Client,
     rules: &Rules,
     now: u32,
     interval_secs: u32,
+    limit: u32,
 ) -> Result<StoredData, clickhouse::error::Error> {
-    let Spans { start, end } = spans(rules, now, interval_secs);
-    let metrics: Vec<&str> = rules
-        .metric_rules()
-        .iter()
-        .map(|(_, metric, _)| metric.as_str())
-        .collect();
-    let steps = if metrics.is_empty() {
-        Vec::new()
-    } else {
-        client
-            .query(&steps_sql(rules.step_minutes * 60))
-            .bind(metrics)
-            .bind(start)
-            .bind(end)
-            .fetch_all::<StepStat>()
-            .await?
-    };
-    let site_minutes = if rules.beacons_stopped.enabled {
-        client
-            .query(SITE_MINUTES_SQL)
-            .bind(start.saturating_sub(DAY_SECS))
-            .bind(end.saturating_sub(DAY_SECS))
-            .bind(start)
-            .bind(end)
-            .fetch_all::<SiteMinute>()
-            .await?
-    } else {
-        Vec::new()
-    };
+    let spans = spans(rules, now, interval_secs);
+    let (steps, p75_not_fetched) = P75Query { rules, spans }.fetch(client, limit).await?;
+    let (site_minutes, sites_not_fetched) =
+        SitesQuery { rules, spans }.fetch(client, limit).await?;
     Ok(StoredData {
         steps,
         site_minutes,
+        not_fetched: p75_not_fetched + sites_not_fetched,
     })
 }
 
@@ -164,5 +485,41 @@ mod tests {
         assert_eq!(s.end % 300, 0);
         assert!(s.end <= 1_000_000_123 && 1_000_000_123 - s.end < 300);
         assert!(s.end - s.start >= 30 * 60 + 300);
+        assert_eq!(s.previous_end, s.end, "60 s earlier is the same step");
+        assert_eq!(spans(&rules, 1_000_000_123, 600).previous_end, s.end - 600);
+    }
+
+    #[test]
+    fn every_placeholder_gets_a_value() {
+        let spans = spans(&Rules::default(), 1_000_000_123, 60);
+        for rules in [
+            Rules::default(),
+            Rules {
+                sites: vec!["shop".into()],
+                routes: vec!["root".into()],
+                ..Default::default()
+            },
+        ] {
+            let p = P75Query {
+                rules: &rules,
+                spans,
+            };
+            let candidates = p75_candidates_sql(&rules, &scope_sql(&rules));
+            assert_eq!(candidates.matches('?').count(), p.binds().len());
+            let s = SitesQuery {
+                rules: &rules,
+                spans,
+            };
+            assert_eq!(
+                stopped_candidates_sql(&rules).matches('?').count(),
+                s.binds().len()
+            );
+        }
+    }
+
+    #[test]
+    fn severities_rank_critical_first() {
+        assert!(severity_rank("critical") < severity_rank("warning"));
+        assert!(severity_rank("warning") < severity_rank("page"));
     }
 }

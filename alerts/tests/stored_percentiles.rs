@@ -451,7 +451,8 @@ async fn beacons_stopped_fires_for_a_silent_site_only_when_yesterday_had_traffic
     let server = ClickHouseServer::start();
     let config = database(&server).await;
     let now = T0 + DAY;
-    // Yesterday, around the same time: "quiet" and "steady" had beacons, "new" did not exist.
+    // Yesterday, around the same time: "quiet" and "steady" had beacons (120 samples in the window,
+    // over the minimum of 100), "new" did not exist.
     for site in ["quiet", "steady"] {
         insert(
             &config,
@@ -463,7 +464,7 @@ async fn beacons_stopped_fires_for_a_silent_site_only_when_yesterday_had_traffic
                 1000.0,
                 T0 - 60 * MINUTE,
                 T0,
-                2,
+                4,
             ),
         )
         .await;
