@@ -8,10 +8,42 @@ export const MAX_ROUTE_LEN = 32;
 const EDGE_SPACE =
   /^[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+|[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/g;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-const ID_TOKEN = /^(\d+|(?=[a-f]*\d)[0-9a-f]{16,})$/;
+// A phone number: digits and + - ( ) . (or %20 %2b %28 %29, lower-cased), at least 7 digits.
+const PHONE = /^(?:[0-9+().-]|%(?:20|2b|28|29))+$/;
+const PHONE_ESCAPES = /%(?:20|2b|28|29)/g;
+const MIN_PHONE_DIGITS = 7;
+// A secret token: 16+ characters with letters and digits, or 8+ in which they alternate 3+ times.
+const MIN_SECRET_LEN = 16;
+const MIN_MIXED_LEN = 8;
+const MIN_ALTERNATIONS = 3;
 
 // ASCII only, as on the server: `toLowerCase` would turn e.g. U+212A (Kelvin) into `k`.
 const asciiLower = (s: string): string => s.replace(/[A-Z]+/g, (c) => c.toLowerCase());
+
+const isDigit = (c: string): boolean => c >= '0' && c <= '9';
+
+/** Tokens are `[a-z0-9]`: a property of the token alone, so a slug never holds a new secret. */
+function isSecretToken(token: string): boolean {
+  let digits = 0;
+  let alternations = 0;
+  for (let i = 0; i < token.length; i++) {
+    if (isDigit(token[i])) digits++;
+    if (i > 0 && isDigit(token[i]) !== isDigit(token[i - 1])) alternations++;
+  }
+  return (
+    (token.length >= MIN_SECRET_LEN && digits > 0 && digits < token.length) ||
+    (token.length >= MIN_MIXED_LEN && alternations >= MIN_ALTERNATIONS)
+  );
+}
+
+const isIdToken = (token: string): boolean => /^\d+$/.test(token) || isSecretToken(token);
+
+/** A UUID, an e-mail address or handle, or a phone number: the whole segment is `id`. */
+function isPersonalSegment(segment: string): boolean {
+  if (UUID.test(segment) || segment.includes('@') || segment.includes('%40')) return true;
+  if (!PHONE.test(segment)) return false;
+  return segment.replace(PHONE_ESCAPES, '').replace(/\D/g, '').length >= MIN_PHONE_DIGITS;
+}
 
 /** Normalizes a path or URL into a route slug: `/product/123/reviews` -> `product-id-reviews`. */
 export function normalizeRoute(raw: string): string {
@@ -26,20 +58,30 @@ export function normalizeRoute(raw: string): string {
   }
   path = asciiLower(path.split(/[?#]/)[0]);
   let slug = '';
+  // Appends a whole token while the slug stays within MAX_ROUTE_LEN; false when it is complete.
+  const push = (token: string): boolean => {
+    if (!slug) {
+      // Only a first token can be too long on its own: cut it, then check it again.
+      const cut = token.slice(0, MAX_ROUTE_LEN);
+      slug = isIdToken(cut) ? 'id' : cut;
+      return true;
+    }
+    if (slug.length + 1 + token.length > MAX_ROUTE_LEN) return false;
+    slug += '-' + token;
+    return true;
+  };
   for (const segment of path.split('/')) {
-    const tokens = UUID.test(segment) ? ['id'] : segment.split(/[^a-z0-9]+/);
-    for (let token of tokens) {
-      if (!token) continue;
-      if (ID_TOKEN.test(token)) token = 'id';
-      if (!slug) {
-        // Only a first token can be too long on its own: cut it, then check it again.
-        const cut = token.slice(0, MAX_ROUTE_LEN);
-        slug = ID_TOKEN.test(cut) ? 'id' : cut;
-      } else if (slug.length + 1 + token.length <= MAX_ROUTE_LEN) {
-        slug += '-' + token;
-      } else {
-        return slug;
-      }
+    if (!segment) continue;
+    if (isPersonalSegment(segment)) {
+      if (!push('id')) break;
+      continue;
+    }
+    for (const part of segment.split('.')) {
+      const tokens = part.split(/[^a-z0-9]+/).filter((t) => t);
+      const fits = tokens.some(isSecretToken)
+        ? push('id')
+        : tokens.every((t) => push(isIdToken(t) ? 'id' : t));
+      if (!fits) return slug;
     }
   }
   return slug || 'root';

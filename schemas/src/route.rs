@@ -2,14 +2,26 @@
 //!
 //! Rules, pinned by `schemas/testdata/routes.json` (the collector tests the same file):
 //! 1. A full URL loses its scheme and host; query and fragment are dropped; the rest is lower-cased.
-//! 2. A path segment that is a UUID becomes the token `id`.
-//! 3. Otherwise segments split into tokens at every character that is not `[a-z0-9]`.
-//! 4. A token that is an id becomes `id`: all digits, or 16+ hex characters with a digit.
+//! 2. A path segment that may hold personal data or a secret becomes the token `id` as a whole:
+//!    - a UUID;
+//!    - an e-mail address (or a handle): the segment contains `@` or `%40`;
+//!    - a phone number: only digits and `+ - ( ) .` (also `%20`, `%2B`, `%28`, `%29`), at least 7 digits
+//!      (dates such as `2024-01-15` are phone-shaped and become `id` too).
+//! 3. Otherwise a segment splits at `.` into parts, and a part into tokens at every character that
+//!    is not `[a-z0-9]`. A token is a secret (base64, base64url, a JWT part, long hex, a random code)
+//!    when it has 16+ characters with both letters and digits, or 8+ characters in which letters and
+//!    digits alternate at least 3 times. A part holding a secret becomes `id` as a whole, so that no
+//!    fragment split off at `-`, `_`, `+`, `%`, `=` stays.
+//! 4. Otherwise a token of digits only becomes `id`.
+//!    Slugs of words stay: their tokens are words, numbers or short model names
+//!    (`understanding-web-vitals`, `galaxy-s24-ultra-256gb`, `rtx4090-vs-rx7900xtx`). Not recognized:
+//!    secrets of letters only, and secrets cut by separators into tokens shorter than 8.
 //! 5. Tokens are joined with `-`, taking whole tokens while the slug stays within [`MAX_ROUTE_LEN`]
 //!    characters; only a first token longer than that is cut (and checked for an id again).
 //! 6. Nothing left is `root`.
 //!
-//! Whole tokens and a final id check make the slug a fixed point: normalizing a slug gives itself.
+//! Whole tokens and a final id check make the slug a fixed point: normalizing a slug gives itself
+//! (a slug has no `@`, `%`, `.` and no token that rules 2 to 4 turn into `id`).
 
 /// The longest route slug.
 pub const MAX_ROUTE_LEN: usize = 32;
@@ -17,6 +29,17 @@ pub const MAX_ROUTE_LEN: usize = 32;
 pub const ROOT_ROUTE: &str = "root";
 /// The slug routes fold into once a site has too many distinct ones.
 pub const OTHER_ROUTE: &str = "other";
+/// The token that replaces ids, secrets and personal data.
+pub const ID_TOKEN: &str = "id";
+/// A token at least this long with both letters and digits is a secret or an id.
+pub const MIN_SECRET_LEN: usize = 16;
+/// A token at least this long in which letters and digits alternate [`MIN_ALTERNATIONS`] times is
+/// a secret too (`qm7kx2pw9`; not `rx7900xtx`, `1000xm5`, `mp4h264`).
+pub const MIN_MIXED_LEN: usize = 8;
+/// See [`MIN_MIXED_LEN`].
+pub const MIN_ALTERNATIONS: usize = 3;
+/// A segment of phone characters with at least this many digits is a phone number.
+pub const MIN_PHONE_DIGITS: usize = 7;
 
 /// Normalizes a path or URL into a route slug. Total: any input gives a valid slug.
 pub fn normalize_route(raw: &str) -> String {
@@ -26,33 +49,59 @@ pub fn normalize_route(raw: &str) -> String {
         .next()
         .unwrap_or("")
         .to_ascii_lowercase();
-    let mut slug = String::with_capacity(MAX_ROUTE_LEN);
-    'segments: for segment in path.split('/').filter(|s| !s.is_empty()) {
-        let uuid = is_uuid(segment);
-        let tokens = segment
-            .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
-            .filter(|t| !t.is_empty());
-        for token in std::iter::once("id")
-            .filter(|_| uuid)
-            .chain(tokens.filter(|_| !uuid))
-        {
-            let token = if is_id_token(token) { "id" } else { token };
-            if slug.is_empty() {
-                // Only a first token can be too long on its own: cut it, then check it again.
-                let cut = &token[..token.len().min(MAX_ROUTE_LEN)];
-                slug.push_str(if is_id_token(cut) { "id" } else { cut });
-            } else if slug.len() + 1 + token.len() <= MAX_ROUTE_LEN {
-                slug.push('-');
-                slug.push_str(token);
+    let mut slug = Slug::default();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if is_personal_segment(segment) {
+            if !slug.push(ID_TOKEN) {
+                break;
+            }
+            continue;
+        }
+        for part in segment.split('.') {
+            let mut tokens = part
+                .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
+                .filter(|t| !t.is_empty());
+            let fits = if tokens.clone().any(is_secret_token) {
+                slug.push(ID_TOKEN)
             } else {
-                break 'segments;
+                tokens.all(|token| slug.push(if is_id_token(token) { ID_TOKEN } else { token }))
+            };
+            if !fits {
+                return slug.finish();
             }
         }
     }
-    if slug.is_empty() {
-        ROOT_ROUTE.to_string()
-    } else {
-        slug
+    slug.finish()
+}
+
+/// The slug being built: whole tokens joined with `-`, within [`MAX_ROUTE_LEN`].
+#[derive(Default)]
+struct Slug(String);
+
+impl Slug {
+    /// Appends a token; false when it does not fit (the slug is complete).
+    fn push(&mut self, token: &str) -> bool {
+        if self.0.is_empty() {
+            // Only a first token can be too long on its own: cut it, then check it again.
+            let cut = &token[..token.len().min(MAX_ROUTE_LEN)];
+            self.0
+                .push_str(if is_id_token(cut) { ID_TOKEN } else { cut });
+            true
+        } else if self.0.len() + 1 + token.len() <= MAX_ROUTE_LEN {
+            self.0.push('-');
+            self.0.push_str(token);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn finish(self) -> String {
+        if self.0.is_empty() {
+            ROOT_ROUTE.to_string()
+        } else {
+            self.0
+        }
     }
 }
 
@@ -82,9 +131,28 @@ fn strip_origin(raw: &str) -> &str {
     raw
 }
 
-/// All digits, or 16+ hex characters with at least one digit (tokens are `[a-z0-9]`).
+/// All digits, or a secret (tokens are `[a-z0-9]`).
 fn is_id_token(token: &str) -> bool {
-    !token.is_empty() && (token.bytes().all(|b| b.is_ascii_digit()) || is_long_hex(token))
+    !token.is_empty() && (token.bytes().all(|b| b.is_ascii_digit()) || is_secret_token(token))
+}
+
+/// [`MIN_SECRET_LEN`]+ characters with both letters and digits (long hex included), or
+/// [`MIN_MIXED_LEN`]+ characters in which letters and digits alternate [`MIN_ALTERNATIONS`]+ times.
+/// A property of the token alone, so that joining tokens into a slug cannot make a new secret.
+fn is_secret_token(token: &str) -> bool {
+    let b = token.as_bytes();
+    let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
+    let alternations = b
+        .windows(2)
+        .filter(|w| w[0].is_ascii_digit() != w[1].is_ascii_digit())
+        .count();
+    (b.len() >= MIN_SECRET_LEN && digits > 0 && digits < b.len())
+        || (b.len() >= MIN_MIXED_LEN && alternations >= MIN_ALTERNATIONS)
+}
+
+/// A UUID, an e-mail address or handle, or a phone number: the whole segment is `id`.
+fn is_personal_segment(segment: &str) -> bool {
+    is_uuid(segment) || segment.contains('@') || segment.contains("%40") || is_phone(segment)
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -96,10 +164,20 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-fn is_long_hex(s: &str) -> bool {
-    s.len() >= 16
-        && s.bytes().all(|b| b.is_ascii_hexdigit())
-        && s.bytes().any(|b| b.is_ascii_digit())
+/// Digits and `+-().` (or `%20`, `%2b`, `%28`, `%29`) only, with at least [`MIN_PHONE_DIGITS`] digits.
+fn is_phone(segment: &str) -> bool {
+    let b = segment.as_bytes();
+    let (mut i, mut digits) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'0'..=b'9' => digits += 1,
+            b'+' | b'-' | b'(' | b')' | b'.' => {}
+            b'%' if matches!(b.get(i + 1..i + 3), Some(b"20" | b"2b" | b"28" | b"29")) => i += 2,
+            _ => return false,
+        }
+        i += 1;
+    }
+    digits >= MIN_PHONE_DIGITS
 }
 
 #[cfg(test)]
@@ -152,6 +230,97 @@ mod tests {
             let slug = normalize_route(input);
             assert!(is_normalized_route(&slug), "{input:?} -> {slug:?}");
             assert_eq!(normalize_route(&slug), slug, "{input:?}");
+        }
+    }
+
+    /// A small deterministic generator (xorshift): the same inputs on every run.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn pick(&mut self, alphabet: &[u8]) -> u8 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            alphabet[(self.0 % alphabet.len() as u64) as usize]
+        }
+
+        fn text(&mut self, alphabet: &[u8], len: usize) -> String {
+            (0..len).map(|_| self.pick(alphabet) as char).collect()
+        }
+    }
+
+    const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+    #[test]
+    fn is_a_fixed_point_on_generated_paths_of_tricky_characters() {
+        let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+        let alphabet = b"aZk0917/-_.@%+()4bQ2xX ";
+        for _ in 0..50_000 {
+            let len = (rng.pick(b"0123456789") - b'0') as usize * 6;
+            let input = rng.text(alphabet, len);
+            let slug = normalize_route(&input);
+            assert!(is_normalized_route(&slug), "{input:?} -> {slug:?}");
+            assert_eq!(normalize_route(&slug), slug, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn hides_every_e_mail_address_and_phone_number() {
+        let mut rng = Xorshift(42);
+        for _ in 0..2_000 {
+            let local = rng.text(b"abcdefghijklmnopqrstuvwxyz0123456789._+-", 12);
+            let at = ["@", "%40", "%40"][rng.pick(b"012") as usize - b'0' as usize];
+            let path = format!("/u/{local}{at}example.com/orders");
+            assert_eq!(normalize_route(&path), "u-id-orders", "{path}");
+            let phone = rng.text(b"0123456789", 10);
+            let (a, b, c) = (&phone[..3], &phone[3..6], &phone[6..]);
+            for path in [
+                format!("/call/+1-{a}-{b}-{c}"),
+                format!("/call/({a})%20{b}-{c}"),
+                format!("/call/%2B1.{a}.{b}.{c}"),
+            ] {
+                assert_eq!(normalize_route(&path), "call-id", "{path}");
+            }
+        }
+    }
+
+    #[test]
+    fn hides_every_long_token_without_separators_that_has_a_digit() {
+        let mut rng = Xorshift(7);
+        let alphanumeric = &BASE64URL[..62];
+        let mut hidden = 0;
+        for i in 0..5_000 {
+            let hex = rng.text(b"0123456789abcdef", 16 + i % 48);
+            let token = rng.text(alphanumeric, 16 + i % 48);
+            let has_digit = token.bytes().any(|b| b.is_ascii_digit());
+            for (token, has_digit) in [(hex.as_str(), true), (token.as_str(), has_digit)] {
+                let mixed = has_digit && !token.bytes().all(|b| b.is_ascii_digit());
+                if mixed {
+                    assert_eq!(normalize_route(&format!("/r/{token}")), "r-id", "{token}");
+                    hidden += 1;
+                }
+            }
+        }
+        assert!(hidden > 9_000, "the generator makes mixed tokens: {hidden}");
+    }
+
+    #[test]
+    fn hides_most_random_base64url_tokens_of_22_characters_or_more() {
+        // Separators cut a base64url token into shorter tokens, recognized only when long or when
+        // letters and digits alternate often; letters-only tokens stay. Deterministic: this
+        // generator hides 866, 960 and 986 of 1000.
+        let mut rng = Xorshift(11);
+        for (len, at_least_hidden) in [(22, 850), (32, 950), (43, 980)] {
+            let hidden = (0..1_000)
+                .filter(|_| {
+                    let token = rng.text(BASE64URL, len);
+                    normalize_route(&format!("/reset/{token}")) == "reset-id"
+                })
+                .count();
+            assert!(
+                hidden >= at_least_hidden,
+                "{len} characters: {hidden} of 1000 hidden"
+            );
         }
     }
 
