@@ -11,7 +11,7 @@
 //!
 //! The time bounds are kept by one watchdog a connection, over what the connection is doing now
 //! ([`Activity`]): waiting for a head, serving a request, or idle between requests. The watchdog
-//! only wakes at a deadline and re-reads the activity then, so a request costs no timer operation.
+//! sleeps until the current phase's deadline and is woken when the phase changes.
 //!
 //! HTTP/2 is not served, on purpose. Browsers speak HTTP/2 only over TLS, which a load balancer
 //! terminates in front of the ingest and which speaks HTTP/1.1 to it; a beacon is one small request,
@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::events::{ConnectionError, Events, Refused, Timeout};
@@ -240,6 +240,8 @@ struct Activity {
     state: AtomicU64,
     /// The client sent the HTTP/2 preface and was told to use HTTP/1.1.
     h2c: AtomicBool,
+    /// Wakes the watchdog when the phase changes (its deadline moves).
+    changed: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +260,7 @@ impl Activity {
             start: Instant::now(),
             state: AtomicU64::new(Phase::Head as u64),
             h2c: AtomicBool::new(false),
+            changed: Notify::new(),
         }
     }
 
@@ -265,6 +268,7 @@ impl Activity {
         let since = self.start.elapsed().as_millis() as u64;
         self.state
             .store(since << 2 | phase as u64, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// Bytes arrived: an idle connection is now receiving a head.
@@ -278,19 +282,25 @@ impl Activity {
     /// Completes when the connection has been in a bounded phase longer than its bound.
     async fn expired(&self, limits: &ServerLimits) -> Timeout {
         loop {
+            // A change after this load leaves a permit in `changed`: it is never missed.
             let state = self.state.load(Ordering::Relaxed);
             let since = Duration::from_millis(state >> 2);
             let (bound, kind) = match state & 3 {
-                0 => (limits.header_timeout, Some(Timeout::Head)),
-                2 => (limits.idle_timeout, Some(Timeout::Idle)),
-                // Busy: the handler bounds its request; look again later.
-                _ => (limits.header_timeout.max(limits.idle_timeout), None),
-            };
-            tokio::time::sleep_until((self.start + since + bound).into()).await;
-            if let Some(kind) = kind {
-                if self.state.load(Ordering::Relaxed) == state {
-                    return kind;
+                0 => (limits.header_timeout, Timeout::Head),
+                2 => (limits.idle_timeout, Timeout::Idle),
+                // Busy: the handler bounds its request.
+                _ => {
+                    self.changed.notified().await;
+                    continue;
                 }
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until((self.start + since + bound).into()) => {
+                    if self.state.load(Ordering::Relaxed) == state {
+                        return kind;
+                    }
+                }
+                () = self.changed.notified() => {}
             }
         }
     }
