@@ -9,16 +9,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::device::Device;
+use crate::limits::{is_valid_sample_rate, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
+pub use crate::limits::{is_valid_site, MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN, MAX_SITE_LEN};
 use crate::message::{BeaconMessage, MetricSample};
 use crate::metric::MetricName;
 use crate::route::normalize_route;
-
-/// At most this many metrics in one beacon; a page load has six names, with room for re-reports.
-pub const MAX_METRICS_PER_BEACON: usize = 32;
-/// The longest metric id kept (web-vitals ids are ~20 characters).
-pub const MAX_METRIC_ID_LEN: usize = 128;
-/// The longest site name.
-pub const MAX_SITE_LEN: usize = 64;
 
 /// One metric as sent, before validation. Strings borrow from the body unless JSON escapes
 /// forced a copy.
@@ -48,7 +43,7 @@ pub struct Beacon<'a> {
     pub device: Option<Text<'a>>,
     /// The navigation type (`navigate`, `reload`, ...).
     pub nav_type: Option<Text<'a>>,
-    /// The share of page loads the collector sampled, in (0, 1].
+    /// The share of page loads the collector sampled, in [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`].
     pub sample_rate: Option<f64>,
     /// The metrics, unvalidated.
     pub metrics: Vec<RawMetric<'a>>,
@@ -128,8 +123,8 @@ pub enum BeaconError {
     /// No `route`.
     #[error("missing route")]
     MissingRoute,
-    /// `sample_rate` outside (0, 1].
-    #[error("invalid sample_rate: must be in (0, 1]")]
+    /// `sample_rate` outside [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] (0.0001 to 1).
+    #[error("invalid sample_rate: must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")]
     InvalidSampleRate,
     /// More than [`MAX_METRICS_PER_BEACON`] metrics.
     #[error("too many metrics: at most 32")]
@@ -242,8 +237,8 @@ impl Beacon<'_> {
             return Err(BeaconError::InvalidSite);
         }
         let route = self.route.as_deref().ok_or(BeaconError::MissingRoute)?;
-        let sample_rate = self.sample_rate.unwrap_or(1.0);
-        if !(sample_rate > 0.0 && sample_rate <= 1.0) {
+        let sample_rate = self.sample_rate.unwrap_or(MAX_SAMPLE_RATE);
+        if !is_valid_sample_rate(sample_rate) {
             return Err(BeaconError::InvalidSampleRate);
         }
         if self.metrics.len() > MAX_METRICS_PER_BEACON {
@@ -312,15 +307,6 @@ pub fn check_value(name: MetricName, value: f64) -> Result<(), MetricRejection> 
     } else {
         Ok(())
     }
-}
-
-/// True for `[a-z0-9._-]`, 1 to [`MAX_SITE_LEN`] characters.
-pub fn is_valid_site(site: &str) -> bool {
-    !site.is_empty()
-        && site.len() <= MAX_SITE_LEN
-        && site.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
-        })
 }
 
 /// The navigation types `web-vitals` reports; anything else is `other`, to keep the label bounded.
@@ -427,6 +413,18 @@ mod tests {
                 "invalid_sample_rate",
             ),
             (
+                r#"{"site":"s","route":"/","sample_rate":5e-324,"metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_sample_rate",
+            ),
+            (
+                r#"{"site":"s","route":"/","sample_rate":0.00009,"metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_sample_rate",
+            ),
+            (
+                r#"{"site":"s","route":"/","sample_rate":-1,"metrics":[{"name":"LCP","value":1}]}"#,
+                "invalid_sample_rate",
+            ),
+            (
                 r#"{"site":"s","route":"/","metrics":[]}"#,
                 "no_valid_metrics",
             ),
@@ -443,6 +441,22 @@ mod tests {
             vec![r#"{"name":"LCP","value":1}"#; 33].join(",")
         );
         assert_eq!(validate(&many).unwrap_err().reason(), "too_many_metrics");
+    }
+
+    #[test]
+    fn accepts_the_smallest_sample_rate_and_names_the_range_when_below_it() {
+        let v = validate(
+            r#"{"site":"s","route":"/","sample_rate":0.0001,"metrics":[{"name":"LCP","value":1}]}"#,
+        )
+        .unwrap();
+        assert_eq!(v.message.sample_rate, MIN_SAMPLE_RATE);
+        let absent =
+            validate(r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1}]}"#).unwrap();
+        assert_eq!(absent.message.sample_rate, 1.0);
+        assert_eq!(
+            BeaconError::InvalidSampleRate.to_string(),
+            "invalid sample_rate: must be between 0.0001 and 1"
+        );
     }
 
     #[test]

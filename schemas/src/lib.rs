@@ -2,6 +2,7 @@
 //!
 //! - [`beacon`]: what browsers send (beacon v1, or a bare `web-vitals` Metric with a `route`).
 //! - [`metric`]: the metric names, their validation ranges and Google's thresholds.
+//! - [`limits`]: the bounds of a beacon (metrics, ids, site names, `sample_rate`), stated once.
 //! - [`message`]: the normalized beacon that travels through Kafka.
 //! - [`route`] and [`device`]: the bounded labels.
 //! - [`kafka`]: topic names and the connection settings shared by producers and consumers.
@@ -11,6 +12,7 @@ pub mod beacon;
 pub mod config;
 pub mod device;
 pub mod kafka;
+pub mod limits;
 pub mod message;
 pub mod metric;
 pub mod route;

@@ -6,8 +6,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::beacon::{check_value, is_valid_site, MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN};
+use crate::beacon::check_value;
 use crate::device::Device;
+use crate::limits::{
+    is_valid_sample_rate, is_valid_site, MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN,
+};
 use crate::metric::{MetricName, Rating};
 use crate::route::is_normalized_route;
 
@@ -35,7 +38,7 @@ pub struct BeaconMessage {
     pub device: Device,
     /// The bounded navigation type.
     pub nav_type: String,
-    /// The collector's sample rate, in (0, 1].
+    /// The collector's sample rate, in [`crate::limits::MIN_SAMPLE_RATE`, 1].
     pub sample_rate: f64,
     /// Unix milliseconds at which the ingest received the beacon.
     pub received_at: u64,
@@ -101,7 +104,7 @@ impl BeaconMessage {
         if !is_normalized_route(&self.route) {
             return Err(MessageError::Invalid("invalid_route"));
         }
-        if !(self.sample_rate > 0.0 && self.sample_rate <= 1.0) {
+        if !is_valid_sample_rate(self.sample_rate) {
             return Err(MessageError::Invalid("invalid_sample_rate"));
         }
         if self.metrics.is_empty() || self.metrics.len() > MAX_METRICS_PER_BEACON {
@@ -164,6 +167,12 @@ mod tests {
         assert_eq!(
             BeaconMessage::decode(&msg.encode()).unwrap_err().reason(),
             "invalid_value"
+        );
+        let mut msg = sample();
+        msg.sample_rate = 5e-324;
+        assert_eq!(
+            BeaconMessage::decode(&msg.encode()).unwrap_err().reason(),
+            "invalid_sample_rate"
         );
         let mut msg = sample();
         msg.metrics.clear();
