@@ -2,67 +2,13 @@
 //! materialized view into `vitals_1m`) and a real Alertmanager whose webhook receiver is a tiny
 //! HTTP listener inside the test. The evaluator's clock is the `now` passed to `evaluate_at`.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{database, insert, samples, Webhook, DAY, MINUTE, STEP, T0};
 use rum_alerts::{AlertState, AlertsMetrics, Evaluator, Notifier, Rules};
-use rum_clickhouse::{insert_raw_rows, migrate, ClickHouseConfig, VitalsRawRow};
-use rum_schemas::MetricName;
 use rum_testkit::{free_port, Alertmanager, ClickHouseServer};
-
-const STEP: u32 = 300;
-const MINUTE: u32 = 60;
-const DAY: u32 = 86_400;
-
-async fn database(server: &ClickHouseServer) -> ClickHouseConfig {
-    let config = ClickHouseConfig {
-        url: server.url.clone(),
-        ..Default::default()
-    };
-    migrate(&config).await.expect("migrations apply");
-    config
-}
-
-/// `per_minute` samples of `value` in every minute of `[from, to)`.
-#[allow(clippy::too_many_arguments)]
-fn samples(
-    site: &str,
-    route: &str,
-    device: &str,
-    metric: &str,
-    value: f64,
-    from: u32,
-    to: u32,
-    per_minute: u32,
-) -> Vec<VitalsRawRow> {
-    let mut rows = Vec::new();
-    for minute in (from..to).step_by(MINUTE as usize) {
-        for i in 0..per_minute {
-            rows.push(VitalsRawRow {
-                metric_id: format!("v5-{minute}-{i}"),
-                kafka_offset: u64::from(minute) * 100 + u64::from(i),
-                ..VitalsRawRow::measured(
-                    site,
-                    route,
-                    device,
-                    MetricName::parse(metric).expect("a metric name"),
-                    value,
-                    minute + i % MINUTE,
-                )
-            });
-        }
-    }
-    rows
-}
-
-async fn insert(config: &ClickHouseConfig, rows: Vec<VitalsRawRow>) {
-    insert_raw_rows(&config.client(), &rows)
-        .await
-        .expect("insert vitals_raw");
-}
 
 /// `(alertname, site, route, device, state)` of each alert, sorted.
 fn summary(alerts: &[rum_alerts::Alert]) -> Vec<(String, String, String, String, AlertState)> {
@@ -80,89 +26,6 @@ fn summary(alerts: &[rum_alerts::Alert]) -> Vec<(String, String, String, String,
         .collect();
     out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
     out
-}
-
-/// A webhook receiver: records the JSON body of every POST.
-struct Webhook {
-    url: String,
-    received: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let port = free_port();
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the webhook");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let sink = received.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                let body = loop {
-                    let Ok(n) = stream.read(&mut buf) else {
-                        break None;
-                    };
-                    if n == 0 {
-                        break None;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if data.len() >= end + 4 + length {
-                        break Some(data[end + 4..end + 4 + length].to_vec());
-                    }
-                };
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                if let Some(json) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
-                    sink.lock().unwrap().push(json);
-                }
-            }
-        });
-        Webhook {
-            url: format!("http://127.0.0.1:{port}/hook"),
-            received,
-        }
-    }
-
-    /// The `(status, alertname, route, device)` of every alert of every notification so far.
-    fn alerts(&self) -> Vec<(String, String, String, String)> {
-        let received = self.received.lock().unwrap();
-        let mut out = Vec::new();
-        for notification in received.iter() {
-            for alert in notification["alerts"].as_array().into_iter().flatten() {
-                let label = |k: &str| alert["labels"][k].as_str().unwrap_or("").to_string();
-                out.push((
-                    alert["status"].as_str().unwrap_or("").to_string(),
-                    label("alertname"),
-                    label("route"),
-                    label("device"),
-                ));
-            }
-        }
-        out
-    }
-
-    fn wait_for(&self, what: &str, done: impl Fn(&[(String, String, String, String)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if done(&self.alerts()) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("webhook: no {what} within 30 s; got {:?}", self.alerts());
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -355,9 +218,6 @@ async fn slow_route_fires_after_30_minutes_and_resolves_through_alertmanager() {
     assert_eq!(metrics.notification_errors.get(), 0);
     assert_eq!(metrics.notifications_sent.get(), 2);
 }
-
-/// A fixed past time, a multiple of the step.
-const T0: u32 = 1_790_000_000 / STEP * STEP;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_under_the_minimum_samples_never_fires() {
