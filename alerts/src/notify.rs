@@ -11,7 +11,7 @@ use crate::evaluate::Alert;
 use crate::metrics::AlertsMetrics;
 
 /// Attempts per notification before giving up until the next evaluation.
-const ATTEMPTS: u32 = 4;
+pub const ATTEMPTS: u32 = 4;
 /// The first retry's delay; each next one doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -131,6 +131,12 @@ impl ClickHouseServer {
         }
     }
 
+    /// The server's pid while it runs (e.g. to pause it with SIGSTOP: a server that accepts
+    /// connections and never answers).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
