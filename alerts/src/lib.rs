@@ -32,7 +32,7 @@ pub use notify::{Notifier, NotifyError};
 pub use outage::StoreOutage;
 pub use rules::Rules;
 use rum_clickhouse::ClickHouseConfig;
-pub use store::StoredData;
+pub use store::{StoreError, StoredData};
 
 /// p75 LCP above its threshold for the window.
 pub const LCP_P75_POOR: &str = "WebVitalsLCPP75Poor";
@@ -94,18 +94,27 @@ pub struct Evaluator {
     rules: Rules,
     interval_secs: u32,
     max_alerts: usize,
+    query_timeout: Duration,
 }
 
 impl Evaluator {
-    /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`, sending
-    /// at most the default `alerts.max_alerts` (500).
+    /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`, with the
+    /// defaults of `alerts.max_alerts` (500) and `alerts.query_timeout_secs` (30).
     pub fn new(clickhouse: &ClickHouseConfig, rules: Rules, interval_secs: u32) -> Self {
+        let defaults = AlertsConfig::default();
         Self {
             client: clickhouse.client(),
             rules,
             interval_secs,
-            max_alerts: AlertsConfig::default().max_alerts,
+            max_alerts: defaults.max_alerts,
+            query_timeout: Duration::from_secs(defaults.query_timeout_secs),
         }
+    }
+
+    /// Gives up one evaluation's reads after `timeout`.
+    pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
+        self
     }
 
     /// Sends at most `n` alerts an evaluation (at least 1), plus the summary of the rest.
@@ -115,15 +124,19 @@ impl Evaluator {
     }
 
     /// What the evaluation at `now` reads: the rows of at most `max_alerts + 1` candidates of each
-    /// kind (one more than the cap tells a full cap from an overflow).
-    pub async fn fetch_at(&self, now: u32) -> Result<StoredData, clickhouse::error::Error> {
+    /// kind (one more than the cap tells a full cap from an overflow), within the query timeout.
+    pub async fn fetch_at(&self, now: u32) -> Result<StoredData, StoreError> {
         let limit = u32::try_from(self.max_alerts + 1).unwrap_or(u32::MAX);
-        store::fetch(&self.client, &self.rules, now, self.interval_secs, limit).await
+        let read = store::fetch(&self.client, &self.rules, now, self.interval_secs, limit);
+        match tokio::time::timeout(self.query_timeout, read).await {
+            Ok(data) => Ok(data?),
+            Err(_) => Err(StoreError::Timeout(self.query_timeout)),
+        }
     }
 
     /// The alerts to send at `now`: firing, and resolved since `now - interval`, at most
     /// `max_alerts` plus a [`TRUNCATED`] summary.
-    pub async fn evaluate_at(&self, now: u32) -> Result<Vec<Alert>, clickhouse::error::Error> {
+    pub async fn evaluate_at(&self, now: u32) -> Result<Vec<Alert>, StoreError> {
         let data = self.fetch_at(now).await?;
         Ok(evaluate(
             &self.rules,
@@ -146,9 +159,9 @@ pub async fn run(
     let metrics = Arc::new(AlertsMetrics::new()?);
     let notifier = Notifier::with_tls(&config.alertmanager_url, config.tls()?)?
         .with_max_alerts_per_post(config.max_alerts_per_post);
-    let evaluator =
-        Evaluator::new(clickhouse, rules, interval_secs).with_max_alerts(config.max_alerts);
-    let query_timeout = Duration::from_secs(config.query_timeout_secs);
+    let evaluator = Evaluator::new(clickhouse, rules, interval_secs)
+        .with_max_alerts(config.max_alerts)
+        .with_query_timeout(Duration::from_secs(config.query_timeout_secs));
     let mut outage = StoreOutage::new(config.store_unavailable_after);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -183,23 +196,17 @@ pub async fn run(
         }
         let started = Instant::now();
         let now = system_now();
-        let result = tokio::time::timeout(query_timeout, evaluator.evaluate_at(now)).await;
+        let result = evaluator.evaluate_at(now).await;
         metrics.evaluations.inc();
         metrics
             .evaluation_duration
             .observe(started.elapsed().as_secs_f64());
         let alerts = match result {
-            Ok(Ok(alerts)) => outage.succeeded(alerts, now),
-            Ok(Err(e)) => {
+            Ok(alerts) => outage.succeeded(alerts, now),
+            Err(e) => {
                 metrics.evaluation_errors.inc();
                 let failures = outage.failures() + 1;
-                tracing::warn!(error = %rum_telemetry::error_chain(&e), failures, "evaluation failed: cannot read ClickHouse; firing alerts are re-sent");
-                outage.failed(now, interval_secs)
-            }
-            Err(_) => {
-                metrics.evaluation_errors.inc();
-                let failures = outage.failures() + 1;
-                tracing::warn!(timeout_secs = query_timeout.as_secs(), failures, "evaluation failed: ClickHouse did not answer in time; firing alerts are re-sent");
+                tracing::warn!(error = %rum_telemetry::error_chain(&e), failures, "evaluation failed; the last firing alerts are re-sent");
                 outage.failed(now, interval_secs)
             }
         };
@@ -219,4 +226,32 @@ pub async fn run(
     let _ = http.await;
     tracing::info!("alerts evaluator stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_fails_the_evaluation_after_the_timeout() {
+        // Accepts connections (the kernel's backlog) and never answers, as a paused ClickHouse.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let clickhouse = ClickHouseConfig {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            ..Default::default()
+        };
+        let evaluator = Evaluator::new(&clickhouse, Rules::default(), 60)
+            .with_query_timeout(Duration::from_millis(300));
+        let err = evaluator.evaluate_at(1_800_000_000).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Timeout(t) if t == Duration::from_millis(300)),
+            "{err}"
+        );
+        drop(listener);
+        // Refused: a query error, with its cause in the chain.
+        let err = evaluator.evaluate_at(1_800_000_000).await.unwrap_err();
+        assert!(matches!(err, StoreError::Query(_)), "{err}");
+        let chain = rum_telemetry::error_chain(&err);
+        assert!(chain.starts_with("cannot read ClickHouse: "), "{chain}");
+    }
 }

@@ -67,6 +67,17 @@ pub struct StoredData {
     pub not_fetched: u64,
 }
 
+/// Why an evaluation could not read ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query failed (refused, an error answer, a broken connection); the cause is its source.
+    #[error("cannot read ClickHouse")]
+    Query(#[from] clickhouse::error::Error),
+    /// The reads took longer than the query timeout (a server that accepts and never answers).
+    #[error("ClickHouse did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
 /// One day, the offset of the beacons-stopped comparison.
 pub const DAY_SECS: u32 = 86_400;
 
