@@ -3,6 +3,9 @@
 use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
 use serde::Deserialize;
 
+/// The largest `consumer.max_series`: at most ~15 GB of `/metrics`, already far beyond a scrape.
+const MAX_SERIES_LIMIT: usize = 1_000_000;
+
 /// The consumer's settings, with production defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +35,9 @@ pub struct ConsumerConfig {
     /// stored offsets are kept per `topic@incarnation`, so the new topic's offsets are not mistaken
     /// for ones already stored. `[a-z0-9._-]`, at most 64 characters.
     pub topic_incarnation: Option<String>,
+    /// At most this many label sets (site, route, device) in the vitals histograms of `/metrics`,
+    /// across the five families; later new ones are observed under `other` (see `histograms`).
+    pub max_series: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -49,6 +55,7 @@ impl Default for ConsumerConfig {
             session_timeout_ms: 10_000,
             dedup_capacity: 1_000_000,
             topic_incarnation: None,
+            max_series: 10_000,
         }
     }
 }
@@ -71,6 +78,12 @@ impl ConsumerConfig {
         require_positive("consumer.fetch_wait_max_ms", self.fetch_wait_max_ms)?;
         require_positive("consumer.retry_max_backoff_ms", self.retry_max_backoff_ms)?;
         require_positive("consumer.dedup_capacity", self.dedup_capacity as u64)?;
+        if !(1..=MAX_SERIES_LIMIT).contains(&self.max_series) {
+            return Err(ConfigError::new(
+                "consumer.max_series",
+                "must be between 1 and 1000000",
+            ));
+        }
         if let Some(incarnation) = &self.topic_incarnation {
             let valid = (1..=64).contains(&incarnation.len())
                 && incarnation.bytes().all(|b| {
@@ -117,5 +130,13 @@ mod tests {
             ..Default::default()
         };
         c.validate().unwrap();
+        for bad in [0, 1_000_001] {
+            let c = ConsumerConfig {
+                max_series: bad,
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.key, "consumer.max_series");
+        }
     }
 }

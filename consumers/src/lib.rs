@@ -21,7 +21,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use config::ConsumerConfig;
-pub use metrics::ConsumerMetrics;
+pub use histograms::worst_case_bytes_per_label_set;
+pub use metrics::{max_exposition_bytes, ConsumerMetrics};
 pub use pipeline::{
     consumer_config, consumer_properties, dlq_producer_properties, Consumer, ConsumerError,
 };
@@ -36,7 +37,7 @@ pub async fn run(
     clickhouse: &ClickHouseConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConsumerError> {
-    let metrics = Arc::new(ConsumerMetrics::new()?);
+    let metrics = Arc::new(ConsumerMetrics::new(config.max_series)?);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -4,7 +4,21 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
-use crate::histograms::VitalsHistograms;
+use crate::histograms::{worst_case_bytes_per_label_set, VitalsHistograms};
+
+/// The most bytes of `/metrics` besides the vitals' label sets and the lag gauges: every family's
+/// `# HELP` and `# TYPE` lines and the consumer's own counters and histogram (reasons are bounded).
+pub const FIXED_EXPOSITION_BYTES: usize = 8 * 1024;
+/// The most bytes the lag gauge adds for one Kafka partition the consumer owns.
+pub const BYTES_PER_PARTITION: usize = 72;
+
+/// The most bytes `/metrics` of a consumer can hold: its label-set budget at the worst case each,
+/// its partitions' lag, and the fixed part.
+pub fn max_exposition_bytes(max_series: usize, partitions: usize) -> usize {
+    max_series * worst_case_bytes_per_label_set()
+        + partitions * BYTES_PER_PARTITION
+        + FIXED_EXPOSITION_BYTES
+}
 
 /// The consumer's Prometheus metrics, in their own registry.
 pub struct ConsumerMetrics {
@@ -34,8 +48,9 @@ pub struct ConsumerMetrics {
 }
 
 impl ConsumerMetrics {
-    /// Builds and registers every metric; a duplicate name is an error, not a panic.
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// Builds and registers every metric, with at most `max_series` label sets in the vitals
+    /// histograms; a duplicate name is an error, not a panic.
+    pub fn new(max_series: usize) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let messages_consumed = IntCounter::new(
             "rum_consumer_messages_consumed_total",
@@ -94,7 +109,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_skipped.clone()))?;
         registry.register(Box::new(metrics_deduplicated.clone()))?;
         registry.register(Box::new(lag.clone()))?;
-        let vitals = VitalsHistograms::register(&registry)?;
+        let vitals = VitalsHistograms::register(&registry, max_series)?;
         registry.register(Box::new(rows_inserted.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(insert_errors.clone()))?;
@@ -122,7 +137,7 @@ mod tests {
 
     #[test]
     fn builds_the_full_registry_with_rum_names() {
-        let m = ConsumerMetrics::new().expect("no duplicate metric names");
+        let m = ConsumerMetrics::new(10).expect("no duplicate metric names");
         m.rows_inserted.with_label_values(&["vitals_raw"]).inc();
         m.dead_lettered.with_label_values(&["undecodable"]).inc();
         m.batch_duration.observe(0.1);
@@ -139,7 +154,105 @@ mod tests {
         .unwrap();
         m.vitals.observe_all([&msg]);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 14);
+        assert_eq!(families.len(), 16);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
+    }
+
+    /// A small deterministic generator (xorshift): the same sites on every run.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn text(&mut self, alphabet: &[u8], max_len: usize) -> String {
+            let len = 1 + self.below(max_len);
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len())] as char)
+                .collect()
+        }
+    }
+
+    #[test]
+    fn metrics_stay_under_the_stated_size_when_random_sites_flood_the_budget() {
+        use rum_schemas::limits::MAX_SITE_LEN;
+        use rum_schemas::route::MAX_ROUTE_LEN;
+        use rum_schemas::{BeaconMessage, Device, MetricName, MetricSample, Rating};
+
+        const SITE_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789._-";
+        let budget = crate::ConsumerConfig::default().max_series;
+        let m = ConsumerMetrics::new(budget).unwrap();
+        let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+        let partitions = 64;
+        for p in 0..partitions {
+            m.lag.with_label_values(&[&p.to_string()]).set(i64::MAX);
+        }
+        for reason in [
+            "undecodable",
+            "invalid_site",
+            "invalid_route",
+            "invalid_sample_rate",
+        ] {
+            m.dead_lettered
+                .with_label_values(&[reason])
+                .inc_by(u64::MAX / 2);
+        }
+        let metrics: Vec<MetricSample> = MetricName::ALL
+            .iter()
+            .map(|&name| MetricSample {
+                name,
+                value: 1_234.567_890_123_4,
+                id: String::new(),
+                rating: Rating::Good,
+            })
+            .collect();
+        let mut batch = Vec::with_capacity(10_000);
+        for i in 0..budget + 100_000 {
+            // Distinct sites: the index, then random characters, at most the longest site.
+            let mut site = format!("{i}.{}", rng.text(SITE_CHARS, MAX_SITE_LEN));
+            site.truncate(MAX_SITE_LEN);
+            batch.push(BeaconMessage {
+                site,
+                route: rng.text(b"abcdefghijklmnopqrstuvwxyz0123456789", MAX_ROUTE_LEN),
+                device: Device::ALL[rng.below(Device::ALL.len())],
+                nav_type: "navigate".into(),
+                sample_rate: 1.0,
+                received_at: i as u64,
+                metrics: metrics.clone(),
+            });
+            if batch.len() == 10_000 {
+                m.vitals.observe_all(&batch);
+                batch.clear();
+            }
+        }
+        m.vitals.observe_all(&batch);
+
+        let text = rum_telemetry::encode(&m.registry);
+        let folded = "device=\"other\",route=\"other\",site=\"other\"";
+        assert!(text.contains(&format!(
+            "rum_web_vitals_lcp_seconds_count{{{folded}}} 100001\n"
+        )));
+        assert!(text.contains(&format!("rum_consumer_series_label_sets {budget}\n")));
+        assert!(text.contains("rum_consumer_series_folded_total 100001\n"));
+        let label_sets = text
+            .lines()
+            .filter(|l| l.starts_with("rum_web_vitals_ttfb_seconds_count{"))
+            .count();
+        assert_eq!(label_sets, budget);
+        let bound = max_exposition_bytes(budget, partitions);
+        assert!(
+            text.len() < bound,
+            "{} bytes of /metrics, stated bound {bound}",
+            text.len()
+        );
+        assert_eq!(
+            max_exposition_bytes(budget, 0),
+            138_278_192,
+            "the README states this size"
+        );
     }
 }
