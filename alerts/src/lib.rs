@@ -196,7 +196,10 @@ pub async fn run(
         }
         let started = Instant::now();
         let now = system_now();
-        let result = evaluator.evaluate_at(now).await;
+        let result = tokio::select! {
+            result = evaluator.evaluate_at(now) => result,
+            _ = stop_rx.wait_for(|s| *s) => break,
+        };
         metrics.evaluations.inc();
         metrics
             .evaluation_duration
