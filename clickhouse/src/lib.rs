@@ -24,7 +24,8 @@ pub use queries::{
     P75_TREND_HOURLY, QUERIES, RATING_SHARES, WORST_ROUTES,
 };
 pub use retention::{
-    active_partitions, apply_retention, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
+    active_partitions, apply_retention, RetentionFailure, RetentionFailureCause, RetentionReport,
+    DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, MAX_PARTITION_SIZE_TO_DROP, VITALS_1M,
 };
 pub use rows::{
     insert_raw_messages, insert_raw_rows, raw_row_refs, RawMessage, VitalsRawRow, VitalsRawRowRef,

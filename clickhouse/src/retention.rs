@@ -9,24 +9,94 @@
 //! TTL would do this on current ClickHouse, but 18.16 has no TTL; `ALTER TABLE ... DROP PARTITION`
 //! and `system.parts` work on both. Dropping a partition is cheap (files are unlinked), and
 //! `kafka_offsets` is untouched, so the consumer still resumes where it stopped.
+//!
+//! ClickHouse refuses to drop a partition larger than its server setting `max_partition_size_to_drop`
+//! (default 50 GB, error 359): such a partition stays, is reported as
+//! [`RetentionFailureCause::PartitionTooLarge`], and the other partitions still go.
 
 use clickhouse::Row;
 use serde::Deserialize;
 
-use crate::{ClickHouseConfig, StorageError};
+use crate::{ClickHouseConfig, StorageError, VITALS_RAW};
 
 /// Days of `vitals_raw` kept by default.
 pub const DEFAULT_RAW_DAYS: u32 = 30;
 /// Days of `vitals_1m` kept by default.
 pub const DEFAULT_ROLLUP_DAYS: u32 = 400;
+/// The rollup table, partitioned by month.
+pub const VITALS_1M: &str = "vitals_1m";
+/// The ClickHouse server setting that refuses to drop larger partitions (default 50 GB; 0: no limit).
+pub const MAX_PARTITION_SIZE_TO_DROP: &str = "max_partition_size_to_drop";
+/// ClickHouse's error code for a drop refused by `max_[table/partition]_size_to_drop`.
+const TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT: u32 = 359;
 
-/// What [`apply_retention`] dropped.
+/// What [`apply_retention`] dropped, and every step that failed (the other steps still ran).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[must_use = "a retention run reports its failures in the report"]
 pub struct RetentionReport {
     /// Dropped `vitals_raw` partitions, `YYYYMMDD`, ascending.
     pub raw_dropped: Vec<u32>,
     /// Dropped `vitals_1m` partitions, `YYYYMM`, ascending.
     pub rollup_dropped: Vec<u32>,
+    /// What could not be done, in order.
+    pub failures: Vec<RetentionFailure>,
+}
+
+/// One step of retention that failed: a partition not dropped, or a table not looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionFailure {
+    /// [`VITALS_RAW`] or [`VITALS_1M`].
+    pub table: &'static str,
+    /// The expired partition that is still there; `None` when the table's cutoff or partitions
+    /// could not be read (nothing of it was dropped).
+    pub partition: Option<u32>,
+    /// Why.
+    pub cause: RetentionFailureCause,
+}
+
+/// Why a step of retention failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetentionFailureCause {
+    /// ClickHouse refused to drop the partition: it is larger than the server setting
+    /// [`MAX_PARTITION_SIZE_TO_DROP`]. Retrying does not help until the setting is raised.
+    PartitionTooLarge {
+        /// The server's comparison, e.g. `Size (52.50 GB) is greater than
+        /// max_[table/partition]_size_to_drop (50.00 GB)`, when its message has one.
+        sizes: Option<String>,
+    },
+    /// Any other error (ClickHouse unreachable, a query refused), on one line.
+    Error(String),
+}
+
+impl std::fmt::Display for RetentionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = self.table;
+        match (&self.cause, self.partition) {
+            (RetentionFailureCause::PartitionTooLarge { sizes }, partition) => {
+                let partition = partition.map_or(String::new(), |p| format!(" {p}"));
+                write!(
+                    f,
+                    "ClickHouse refused to drop partition{partition} of {table}: it is larger than \
+                     the server setting {MAX_PARTITION_SIZE_TO_DROP}"
+                )?;
+                if let Some(sizes) = sizes {
+                    write!(f, " ({sizes})")?;
+                }
+                write!(
+                    f,
+                    "; raise {MAX_PARTITION_SIZE_TO_DROP} in the ClickHouse server's config \
+                     (0 means no limit) and restart it, or drop the partition by hand \
+                     (README: Retention)"
+                )
+            }
+            (RetentionFailureCause::Error(error), Some(partition)) => {
+                write!(f, "cannot drop partition {partition} of {table}: {error}")
+            }
+            (RetentionFailureCause::Error(error), None) => {
+                write!(f, "cannot read the expired partitions of {table}: {error}")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -35,38 +105,47 @@ struct Partition {
 }
 
 #[derive(Debug, Row, Deserialize)]
-struct Cutoffs {
-    raw_day: u32,
-    rollup_month: u32,
+struct Cutoff {
+    partition: u32,
 }
 
 /// Drops the `vitals_raw` days entirely older than `now - raw_days` and the `vitals_1m` months
 /// entirely older than `now - rollup_days` (`now` in unix seconds). Days of 86400 seconds.
-/// Running it again drops nothing more.
+/// Running it again drops nothing more. A step that fails is reported and the others still run:
+/// a partition ClickHouse refuses to drop does not keep the next ones, or the other table, from going.
 pub async fn apply_retention(
     config: &ClickHouseConfig,
     raw_days: u32,
     rollup_days: u32,
     now: u32,
-) -> Result<RetentionReport, StorageError> {
+) -> RetentionReport {
     let client = config.client();
+    let mut failures = Vec::new();
     let raw_cutoff = now.saturating_sub(raw_days.saturating_mul(86_400));
     let rollup_cutoff = now.saturating_sub(rollup_days.saturating_mul(86_400));
-    let cutoffs: Cutoffs = client
-        .query(
-            "SELECT toUInt32(toYYYYMMDD(toDateTime(?))) AS raw_day, \
-             toUInt32(toYYYYMM(toDateTime(?))) AS rollup_month",
-        )
-        .bind(raw_cutoff)
-        .bind(rollup_cutoff)
-        .fetch_one()
-        .await?;
-    let raw_dropped = drop_older(&client, config, "vitals_raw", cutoffs.raw_day).await?;
-    let rollup_dropped = drop_older(&client, config, "vitals_1m", cutoffs.rollup_month).await?;
-    Ok(RetentionReport {
+    let raw_dropped = drop_older(
+        &client,
+        config,
+        VITALS_RAW,
+        "toYYYYMMDD",
+        raw_cutoff,
+        &mut failures,
+    )
+    .await;
+    let rollup_dropped = drop_older(
+        &client,
+        config,
+        VITALS_1M,
+        "toYYYYMM",
+        rollup_cutoff,
+        &mut failures,
+    )
+    .await;
+    RetentionReport {
         raw_dropped,
         rollup_dropped,
-    })
+        failures,
+    }
 }
 
 /// The active partitions of a table, as numbers (`YYYYMMDD` or `YYYYMM`), ascending.
@@ -108,31 +187,184 @@ fn parse_partition(text: &str) -> Option<u32> {
     text.parse().ok()
 }
 
+/// Drops the partitions of `table` entirely older than `cutoff`, whose partition (by the server's
+/// calendar) is `partition_of(cutoff)`. Failures go into `failures`; what was dropped is returned.
 async fn drop_older(
     client: &clickhouse::Client,
     config: &ClickHouseConfig,
-    table: &str,
-    keep_from: u32,
-) -> Result<Vec<u32>, StorageError> {
-    let mut dropped = Vec::new();
-    for partition in active_partitions(client, config, table).await? {
-        if partition >= keep_from {
-            continue;
+    table: &'static str,
+    partition_of: &str,
+    cutoff: u32,
+    failures: &mut Vec<RetentionFailure>,
+) -> Vec<u32> {
+    let expired = async {
+        let keep_from: Cutoff = client
+            .query(&format!(
+                "SELECT toUInt32({partition_of}(toDateTime(?))) AS partition"
+            ))
+            .bind(cutoff)
+            .fetch_one()
+            .await?;
+        let partitions = active_partitions(client, config, table).await?;
+        Ok::<_, StorageError>(
+            partitions
+                .into_iter()
+                .filter(move |p| *p < keep_from.partition),
+        )
+    };
+    let expired = match expired.await {
+        Ok(expired) => expired,
+        Err(e) => {
+            failures.push(RetentionFailure {
+                table,
+                partition: None,
+                cause: cause_of(&e),
+            });
+            return Vec::new();
         }
+    };
+    let mut dropped = Vec::new();
+    for partition in expired {
         tracing::info!(table, partition, "retention: dropping partition");
         // A number, not bound text: the partition expression's value (UInt32), as ALTER expects.
-        client
+        let result = client
             .query(&format!("ALTER TABLE {table} DROP PARTITION {partition}"))
             .execute()
-            .await?;
-        dropped.push(partition);
+            .await;
+        match result {
+            Ok(()) => dropped.push(partition),
+            Err(e) => failures.push(RetentionFailure {
+                table,
+                partition: Some(partition),
+                cause: cause_of(&StorageError::from(e)),
+            }),
+        }
     }
-    Ok(dropped)
+    dropped
+}
+
+/// Tells a drop refused for its size from any other error.
+fn cause_of(error: &StorageError) -> RetentionFailureCause {
+    let StorageError::ClickHouse(clickhouse::error::Error::BadResponse(text)) = error else {
+        return RetentionFailureCause::Error(one_line(&error_chain(error)));
+    };
+    if error_code(text) == Some(TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT) {
+        RetentionFailureCause::PartitionTooLarge {
+            sizes: size_comparison(text),
+        }
+    } else {
+        RetentionFailureCause::Error(one_line(&error_chain(error)))
+    }
+}
+
+/// `Code: 359, e.displayText() = ...` (18.16) or `Code: 359. DB::Exception: ...` (current).
+fn error_code(text: &str) -> Option<u32> {
+    let rest = text.trim_start().strip_prefix("Code: ")?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+/// `Size (438.00 B) is greater than max_[table/partition]_size_to_drop (1.00 B)` out of the
+/// server's message.
+fn size_comparison(text: &str) -> Option<String> {
+    let start = text.find("Size (")?;
+    let limit = start + text[start..].find("size_to_drop (")?;
+    let end = limit + text[limit..].find(')')? + 1;
+    Some(one_line(&text[start..end]))
+}
+
+/// An error and its causes, each once.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+/// Server messages span lines; a log line does not.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ClickHouse 18.16's answer to a drop over the limit, as the `clickhouse` crate reports it.
+    const REFUSED_18_16: &str = "Code: 359, e.displayText() = DB::Exception: Table or Partition in rum.vitals_raw was not dropped.\nReason:\n1. Size (438.00 B) is greater than max_[table/partition]_size_to_drop (1.00 B)\n2. File '/var/lib/clickhouse/flags/force_drop_table' intended to force DROP doesn't exist\nHow to fix this:\n1. Either increase (or set to zero) max_[table/partition]_size_to_drop in server config and restart ClickHouse\n2. Either create forcing file /var/lib/clickhouse/flags/force_drop_table and make sure that ClickHouse has write permission for it.\nExample:\nsudo touch '/var/lib/clickhouse/flags/force_drop_table' && sudo chmod 666 '/var/lib/clickhouse/flags/force_drop_table', e.what() = DB::Exception\n";
+
+    fn bad_response(text: &str) -> StorageError {
+        StorageError::ClickHouse(clickhouse::error::Error::BadResponse(text.into()))
+    }
+
+    #[test]
+    fn tells_a_drop_refused_for_its_size_from_other_errors() {
+        let sizes = Some(
+            "Size (438.00 B) is greater than max_[table/partition]_size_to_drop (1.00 B)".into(),
+        );
+        assert_eq!(
+            cause_of(&bad_response(REFUSED_18_16)),
+            RetentionFailureCause::PartitionTooLarge {
+                sizes: sizes.clone()
+            }
+        );
+        let current = "Code: 359. DB::Exception: Table or Partition in rum.vitals_raw was not dropped.\nReason:\n1. Size (52.50 GB) is greater than max_[table/partition]_size_to_drop (50.00 GB)\n2. File '/var/lib/clickhouse/flags/force_drop_table' intended to force DROP doesn't exist. (TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT) (version 24.8.1.1)";
+        assert_eq!(
+            cause_of(&bad_response(current)),
+            RetentionFailureCause::PartitionTooLarge {
+                sizes: Some(
+                    "Size (52.50 GB) is greater than max_[table/partition]_size_to_drop (50.00 GB)"
+                        .into()
+                )
+            }
+        );
+        assert_eq!(
+            cause_of(&bad_response("Code: 3590, e.displayText() = other\nlines")),
+            RetentionFailureCause::Error(
+                "clickhouse: bad response: Code: 3590, e.displayText() = other lines".into()
+            )
+        );
+        assert_eq!(
+            error_code("Code: 60. DB::Exception: Table rum.x doesn't exist"),
+            Some(60)
+        );
+        assert_eq!(error_code("Connection refused"), None);
+    }
+
+    #[test]
+    fn a_failure_reads_as_one_line_naming_the_setting() {
+        let refused = RetentionFailure {
+            table: VITALS_RAW,
+            partition: Some(20_240_213),
+            cause: cause_of(&bad_response(REFUSED_18_16)),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "ClickHouse refused to drop partition 20240213 of vitals_raw: it is larger than the server \
+             setting max_partition_size_to_drop (Size (438.00 B) is greater than \
+             max_[table/partition]_size_to_drop (1.00 B)); raise max_partition_size_to_drop in the \
+             ClickHouse server's config (0 means no limit) and restart it, or drop the partition by \
+             hand (README: Retention)"
+        );
+        let down = RetentionFailure {
+            table: VITALS_1M,
+            partition: None,
+            cause: RetentionFailureCause::Error("connection refused".into()),
+        };
+        assert_eq!(
+            down.to_string(),
+            "cannot read the expired partitions of vitals_1m: connection refused"
+        );
+    }
 
     #[test]
     fn parses_partition_values() {

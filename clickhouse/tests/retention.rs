@@ -1,10 +1,11 @@
 //! Retention against a real ClickHouse 18.16: whole partitions older than the limits go, the rest stays.
 
 use rum_clickhouse::{
-    active_partitions, apply_retention, migrate, ClickHouseConfig, RetentionReport,
-    DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
+    active_partitions, apply_retention, migrate, ClickHouseConfig, RetentionFailure,
+    RetentionFailureCause, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
+    MAX_PARTITION_SIZE_TO_DROP,
 };
-use rum_testkit::ClickHouseServer;
+use rum_testkit::{ClickHouseOptions, ClickHouseServer};
 
 fn config(server: &ClickHouseServer, database: &str) -> ClickHouseConfig {
     ClickHouseConfig {
@@ -69,14 +70,13 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     // raw: 30 days before now is 2024-02-14 12:00, so 2024-02-13 and older go, 2024-02-14 stays
     // (half of it is younger than the limit). rollup: 400 days before now is 2023-02-09 12:00, so
     // January 2023 and older go, February 2023 stays.
-    let report = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now)
-        .await
-        .unwrap();
+    let report = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now).await;
     assert_eq!(
         report,
         RetentionReport {
             raw_dropped: vec![20221231, 20230131, 20230201, 20240213],
             rollup_dropped: vec![202212, 202301],
+            failures: vec![],
         }
     );
     assert_eq!(
@@ -119,15 +119,11 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     );
 
     // A second run finds nothing more to drop.
-    let again = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now)
-        .await
-        .unwrap();
+    let again = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now).await;
     assert_eq!(again, RetentionReport::default());
 
     // A day later, 2024-02-14 is entirely older than 30 days.
-    let later = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now + 86_400)
-        .await
-        .unwrap();
+    let later = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now + 86_400).await;
     assert_eq!(later.raw_dropped, [20240214]);
     assert!(later.rollup_dropped.is_empty());
     assert_eq!(count(&server, "SELECT count() FROM rum.vitals_raw"), 2);
@@ -138,13 +134,13 @@ async fn an_empty_database_and_short_limits_work() {
     let server = ClickHouseServer::start();
     let rum = config(&server, "rum");
     migrate(&rum).await.unwrap();
-    let report = apply_retention(&rum, 1, 1, 1_710_504_000).await.unwrap();
+    let report = apply_retention(&rum, 1, 1, 1_710_504_000).await;
     assert_eq!(report, RetentionReport::default());
 
     insert(&server, "rum");
     // Limits of 0 days keep only the day (and month) of `now`.
     let now = count(&server, &format!("SELECT toUInt32(toDateTime('{NOW}'))")) as u32;
-    let report = apply_retention(&rum, 0, 0, now).await.unwrap();
+    let report = apply_retention(&rum, 0, 0, now).await;
     assert_eq!(report.raw_dropped.len(), 5);
     assert_eq!(report.rollup_dropped.len(), 4);
     assert_eq!(count(&server, "SELECT count() FROM rum.vitals_raw"), 2);
@@ -152,4 +148,97 @@ async fn an_empty_database_and_short_limits_work() {
         count(&server, "SELECT countMerge(samples) FROM rum.vitals_1m"),
         2
     );
+}
+
+fn unix(server: &ClickHouseServer, at: &str) -> u32 {
+    count(server, &format!("SELECT toUInt32(toDateTime('{at}'))")) as u32
+}
+
+/// `rows` rows of `vitals_raw` at `at`, with distinct values and ids (so they do not compress away).
+fn insert_rows(server: &ClickHouseServer, at: &str, rows: u64) {
+    server.query(&format!(
+        "INSERT INTO rum.vitals_raw SELECT toDateTime('{at}'), 'shop', 'root', 'mobile', 'navigate', \
+         'LCP', toFloat64(number * 7919 % 100003), 'good', concat('id-', toString(cityHash64(number))), \
+         1, 'rum.beacons.v1', 0, number FROM system.numbers LIMIT {rows}"
+    ));
+}
+
+#[tokio::test]
+async fn a_partition_over_max_partition_size_to_drop_stays_and_the_others_still_go() {
+    // 1 row is under 10 KB on disk, 20,000 rows are over it.
+    let server = ClickHouseServer::start_with_settings(
+        &ClickHouseOptions::default(),
+        &[(MAX_PARTITION_SIZE_TO_DROP, "10000")],
+    );
+    let rum = config(&server, "rum");
+    migrate(&rum).await.unwrap();
+    insert_rows(&server, "2024-02-01 10:00:00", 1);
+    insert_rows(&server, "2024-02-02 10:00:00", 20_000);
+    insert_rows(&server, "2024-02-03 10:00:00", 1);
+    insert_rows(&server, "2024-03-15 10:00:00", 1);
+    let bytes = |day: u32| {
+        count(
+            &server,
+            &format!(
+                "SELECT sum(bytes) FROM system.parts WHERE database = 'rum' \
+                 AND table = 'vitals_raw' AND active AND partition = '{day}'"
+            ),
+        )
+    };
+    assert!(bytes(20240201) < 10_000 && bytes(20240202) > 10_000);
+
+    let report = apply_retention(&rum, 30, 400, unix(&server, "2024-03-15 12:00:00")).await;
+    assert_eq!(report.raw_dropped, [20240201, 20240203]);
+    assert!(report.rollup_dropped.is_empty());
+    let [failure] = report.failures.as_slice() else {
+        panic!("one refused drop: {report:?}");
+    };
+    assert_eq!(
+        (failure.table, failure.partition),
+        ("vitals_raw", Some(20240202))
+    );
+    let RetentionFailureCause::PartitionTooLarge { sizes: Some(sizes) } = &failure.cause else {
+        panic!("refused for its size: {failure:?}");
+    };
+    assert!(
+        sizes.starts_with("Size (") && sizes.ends_with("_size_to_drop (10.00 KB)"),
+        "{sizes}"
+    );
+    assert!(failure.to_string().contains("max_partition_size_to_drop"));
+    // The refused partition's rows are all there; the next run tries again.
+    assert_eq!(
+        server.query("SELECT toString(toDate(received_at)) AS day, count() FROM rum.vitals_raw GROUP BY day ORDER BY day"),
+        "2024-02-02\t20000\n2024-03-15\t1\n"
+    );
+    let again = apply_retention(&rum, 30, 400, unix(&server, "2024-03-15 12:00:00")).await;
+    assert_eq!(again.failures, report.failures);
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_one_failure_a_table() {
+    let server = ClickHouseServer::start();
+    let url = server.url.clone();
+    drop(server);
+    let gone = ClickHouseConfig {
+        url,
+        ..ClickHouseConfig::default()
+    };
+    let report = apply_retention(&gone, 30, 400, 1_710_504_000).await;
+    assert!(report.raw_dropped.is_empty() && report.rollup_dropped.is_empty());
+    let tables: Vec<_> = report
+        .failures
+        .iter()
+        .map(|f| (f.table, f.partition))
+        .collect();
+    assert_eq!(tables, [("vitals_raw", None), ("vitals_1m", None)]);
+    for failure in &report.failures {
+        let RetentionFailure {
+            cause: RetentionFailureCause::Error(error),
+            ..
+        } = failure
+        else {
+            panic!("{failure:?}");
+        };
+        assert!(!error.contains('\n'), "{error}");
+    }
 }

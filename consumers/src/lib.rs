@@ -16,6 +16,7 @@ mod histograms;
 mod metrics;
 pub mod ownership;
 mod pipeline;
+mod retention;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use metrics::{max_exposition_bytes, ConsumerMetrics};
 pub use pipeline::{
     consumer_config, consumer_properties, dlq_producer_properties, Consumer, ConsumerError,
 };
+pub use retention::run_retention;
 use rum_clickhouse::ClickHouseConfig;
 use rum_schemas::kafka::KafkaConfig;
 
@@ -43,6 +45,7 @@ pub async fn run(
         .await
         .map_err(|source| ConsumerError::Bind { addr, source })?;
     let consumer = Consumer::new(config, kafka, clickhouse, metrics.clone())?;
+    let retention_metrics = metrics.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -58,37 +61,13 @@ pub async fn run(
             .with_graceful_shutdown(stopped)
             .await
     });
-    let retention = tokio::spawn(enforce_retention(clickhouse.clone(), stop_rx.clone()));
+    let retention = tokio::spawn(retention::enforce_retention(
+        clickhouse.clone(),
+        retention_metrics,
+        stop_rx.clone(),
+    ));
     let result = consumer.run(stop_rx).await;
     let _ = http.await;
     retention.abort();
     result
-}
-
-/// Drops expired partitions at start and every hour (idempotent, so every replica may do it).
-async fn enforce_retention(config: ClickHouseConfig, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = every.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as u32);
-        match rum_clickhouse::apply_retention(
-            &config,
-            config.raw_retention_days,
-            config.rollup_retention_days,
-            now,
-        )
-        .await
-        {
-            Ok(report) if report == Default::default() => {}
-            Ok(report) => tracing::info!(?report, "retention: dropped expired partitions"),
-            Err(e) => {
-                tracing::warn!(error = %rum_telemetry::error_chain(&e), "retention: cannot drop expired partitions (retried in an hour)")
-            }
-        }
-    }
 }

@@ -4,6 +4,8 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
+use rum_clickhouse::{VITALS_1M, VITALS_RAW};
+
 use crate::histograms::{worst_case_bytes_per_label_set, VitalsHistograms};
 
 /// The most bytes of `/metrics` besides the vitals' label sets and the lag gauges: every family's
@@ -43,6 +45,8 @@ pub struct ConsumerMetrics {
     pub metrics_deduplicated: IntCounter,
     /// Messages behind the end of each owned partition.
     pub lag: IntGaugeVec,
+    /// Retention steps that failed (a partition not dropped, a table not read), by table.
+    pub retention_failures: IntCounterVec,
     /// The vitals themselves, per site, route and device.
     pub vitals: VitalsHistograms,
 }
@@ -101,6 +105,17 @@ impl ConsumerMetrics {
             ),
             &["partition"],
         )?;
+        let retention_failures = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_retention_failures_total",
+                "Retention steps that failed, by table: an expired partition not dropped (e.g. larger than ClickHouse's max_partition_size_to_drop) or a table whose partitions could not be read.",
+            ),
+            &["table"],
+        )?;
+        // Both series exist from the start, so that increase() sees the first failure.
+        for table in [VITALS_RAW, VITALS_1M] {
+            retention_failures.with_label_values(&[table]);
+        }
         registry.register(Box::new(messages_consumed.clone()))?;
         let metrics_deduplicated = IntCounter::new(
             "rum_consumer_metrics_deduplicated_total",
@@ -115,6 +130,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(insert_errors.clone()))?;
         registry.register(Box::new(commit_errors.clone()))?;
         registry.register(Box::new(batch_duration.clone()))?;
+        registry.register(Box::new(retention_failures.clone()))?;
         Ok(Self {
             registry,
             messages_consumed,
@@ -126,6 +142,7 @@ impl ConsumerMetrics {
             messages_skipped,
             metrics_deduplicated,
             lag,
+            retention_failures,
             vitals,
         })
     }
@@ -154,7 +171,7 @@ mod tests {
         .unwrap();
         m.vitals.observe_all([&msg]);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 16);
+        assert_eq!(families.len(), 17);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 

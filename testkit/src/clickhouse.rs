@@ -55,6 +55,15 @@ impl ClickHouseServer {
 
     /// Start a server with HTTPS and users of `options` besides the defaults.
     pub fn start_with(options: &ClickHouseOptions<'_>) -> ClickHouseServer {
+        Self::start_with_settings(options, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), with server settings (name, value) over the template's
+    /// (`config.d/settings.xml`), e.g. `("max_partition_size_to_drop", "1")`.
+    pub fn start_with_settings(
+        options: &ClickHouseOptions<'_>,
+        settings: &[(&str, &str)],
+    ) -> ClickHouseServer {
         let bin = Self::bin();
         let dir = fresh_dir("clickhouse");
         start_with_retry("clickhouse-server", || {
@@ -67,6 +76,7 @@ impl ClickHouseServer {
                 port
             });
             write_users(&dir, &options.users);
+            write_settings(&dir, settings);
             let child = launch_clickhouse(&bin, &dir, http_port)?;
             Ok(ClickHouseServer {
                 url: format!("http://127.0.0.1:{http_port}"),
@@ -217,6 +227,22 @@ fn write_users(dir: &Path, users: &[(String, String)]) {
     fs::create_dir_all(dir.join("users.d")).expect("create users.d");
     fs::write(dir.join("users.d").join("test-users.xml"), xml)
         .expect("write users.d/test-users.xml");
+}
+
+/// Server settings over the template's (`config.d/settings.xml`, which ClickHouse merges into `config.xml`).
+fn write_settings(dir: &Path, settings: &[(&str, &str)]) {
+    let mut xml = String::from("<yandex>\n");
+    for (name, value) in settings {
+        assert!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !value.contains(['&', '<', '>', '"', '\'']),
+            "setting {name}: a name of [A-Za-z0-9_] and a value without XML special characters"
+        );
+        xml.push_str(&format!("    <{name}>{value}</{name}>\n"));
+    }
+    xml.push_str("</yandex>\n");
+    fs::create_dir_all(dir.join("config.d")).expect("create config.d");
+    fs::write(dir.join("config.d").join("settings.xml"), xml).expect("write config.d/settings.xml");
 }
 
 /// What [`ClickHouseServer::start_with`] adds to the default server.

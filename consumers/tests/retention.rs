@@ -1,0 +1,110 @@
+//! Retention failures against a real ClickHouse 18.16: a partition the server refuses to drop
+//! (`max_partition_size_to_drop`) is counted in `rum_consumer_retention_failures_total`, logged on
+//! one line naming the setting, and its rows stay.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use rum_clickhouse::{migrate, ClickHouseConfig, MAX_PARTITION_SIZE_TO_DROP};
+use rum_consumers::{run_retention, ConsumerMetrics};
+use rum_testkit::{ClickHouseOptions, ClickHouseServer};
+
+/// The log lines written while a test runs.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keeps_the_rows() {
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test's runtime is single-threaded: everything it runs logs through this subscriber.
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    let server = ClickHouseServer::start_with_settings(
+        &ClickHouseOptions::default(),
+        &[(MAX_PARTITION_SIZE_TO_DROP, "1")],
+    );
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    migrate(&config).await.unwrap();
+    // With 30 days of raw rows kept, 2024-02-13 has expired on 2024-03-15; the month 2024-02 of
+    // the rollup has not (400 days).
+    for at in ["2024-02-13 10:00:00", "2024-03-15 10:00:00"] {
+        server.query(&format!(
+            "INSERT INTO rum.vitals_raw VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', \
+             'LCP', 1200, 'good', 'id-{at}', 1, 'rum.beacons.v1', 0, 1)"
+        ));
+    }
+    let now: u32 = server
+        .query("SELECT toUInt32(toDateTime('2024-03-15 12:00:00'))")
+        .trim()
+        .parse()
+        .unwrap();
+    let metrics = ConsumerMetrics::new(10).unwrap();
+
+    let report = run_retention(&config, &metrics, now).await;
+
+    assert!(report.raw_dropped.is_empty() && report.rollup_dropped.is_empty());
+    let text = rum_telemetry::encode(&metrics.registry);
+    assert!(
+        text.contains("rum_consumer_retention_failures_total{table=\"vitals_raw\"} 1\n")
+            && text.contains("rum_consumer_retention_failures_total{table=\"vitals_1m\"} 0\n"),
+        "{text}"
+    );
+    assert_eq!(server.query("SELECT count() FROM rum.vitals_raw"), "2\n");
+    let refused: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("max_partition_size_to_drop"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", log.lines());
+    assert!(
+        refused[0].contains(" WARN ")
+            && refused[0].contains(
+                "retention: ClickHouse refused to drop partition 20240213 of vitals_raw: it is \
+                 larger than the server setting max_partition_size_to_drop (Size ("
+            ),
+        "{}",
+        refused[0]
+    );
+
+    // Every run counts again until the setting is raised.
+    let _ = run_retention(&config, &metrics, now).await;
+    assert_eq!(
+        metrics
+            .retention_failures
+            .with_label_values(&["vitals_raw"])
+            .get(),
+        2
+    );
+}
