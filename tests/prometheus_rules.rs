@@ -36,10 +36,6 @@ const CANARY_RULES: &str = r#"groups:
           sum by (site) (increase({__name__=~"rum_web_vitals_(lcp|inp|cls|fcp|ttfb)(_seconds)?_count"}[30m])) > 0
 "#;
 
-/// Named by a rule but not exported yet: the consumer's retention failure counter is being added to `rum consume`
-/// in a change of its own. Remove it from here when it lands.
-const NOT_EXPORTED_YET: [&str; 1] = ["rum_consumer_retention_failures_total"];
-
 /// Never evaluated yet, in Prometheus' rules API.
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
@@ -276,13 +272,12 @@ fn metric_names_in(file: &Path) -> BTreeSet<String> {
     names
 }
 
-/// Waits until Prometheus knows every `rum_*` name the rule files mention (a histogram by its `_count`), except
-/// [`NOT_EXPORTED_YET`]; panics with the missing ones.
+/// Waits until Prometheus knows every `rum_*` name the rule files mention (a histogram by its `_count`); panics
+/// with the missing ones.
 async fn wait_for_metric_names(prometheus: &Prometheus, rule_files: &[PathBuf]) {
     let wanted: BTreeSet<String> = rule_files
         .iter()
         .flat_map(|f| metric_names_in(f))
-        .filter(|name| !NOT_EXPORTED_YET.contains(&name.as_str()))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -13,6 +13,9 @@ export const BEACON_PATH = '/api/v1/observability/web-vitals';
 
 declare const __RUM_DEV__: boolean | undefined;
 
+/** The smallest share of sampled page loads the ingest accepts (`rum_schemas::limits::MIN_SAMPLE_RATE`). */
+export const MIN_SAMPLE_RATE = 0.0001;
+
 /** The default share of sampled page loads: all in development, a quarter in production builds. */
 export const DEFAULT_SAMPLE_RATE = typeof __RUM_DEV__ !== 'undefined' && !__RUM_DEV__ ? 0.25 : 1;
 
@@ -78,7 +81,8 @@ export function beaconUrl(endpoint: string, token?: SignedToken): string {
  */
 export function init(options: CollectorOptions, host: Host = browserHost()): PageLoad | undefined {
   const rate = options.sampleRate ?? DEFAULT_SAMPLE_RATE;
-  const sampleRate = rate > 0 && rate <= 1 ? rate : DEFAULT_SAMPLE_RATE;
+  // The ingest refuses a rate under MIN_SAMPLE_RATE (each sample would weigh over 10,000 page loads).
+  const sampleRate = rate > 0 && rate <= 1 ? Math.max(rate, MIN_SAMPLE_RATE) : DEFAULT_SAMPLE_RATE;
   if (host.random() >= sampleRate) return undefined;
   const page = new PageLoad(
     {

@@ -79,6 +79,14 @@ describe('sampling', () => {
     expect(kept).toBeLessThan(150);
   });
 
+  it('raises a rate under the ingest floor to the floor, so its beacons are not refused', () => {
+    const page = fakePage({ random: () => 0 });
+    init({ site: 'shop', endpoint: ENDPOINT, sampleRate: 0.00001 }, page.host);
+    page.metric('FCP', 800);
+    page.hide();
+    expect(page.beacons()[0].sample_rate).toBe(0.0001);
+  });
+
   it('defaults to every page load in development and ignores rates outside (0, 1]', () => {
     const page = fakePage({ random: () => 0.99 });
     init({ site: 'shop', endpoint: ENDPOINT, sampleRate: 7 }, page.host);

@@ -55,7 +55,7 @@ impl Default for ConsumerConfig {
             session_timeout_ms: 10_000,
             dedup_capacity: 1_000_000,
             topic_incarnation: None,
-            max_series: 10_000,
+            max_series: 2_000,
         }
     }
 }

@@ -268,7 +268,7 @@ mod tests {
         );
         assert_eq!(
             max_exposition_bytes(budget, 0),
-            138_278_192,
+            27_662_192,
             "the README states this size"
         );
     }
