@@ -186,7 +186,10 @@ async fn serve_connection(
         })
     };
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.max_buf_size(limits.max_head_bytes).keep_alive(true);
+    // hyper's own head timer is off: the watchdog keeps the head and idle bounds.
+    http.max_buf_size(limits.max_head_bytes)
+        .keep_alive(true)
+        .header_read_timeout(None);
     let io = TokioIo::new(WatchedStream::new(stream, activity.clone()));
     let mut connection = pin!(http.serve_connection(io, service));
     let mut draining = false;
