@@ -5,6 +5,7 @@ mod config;
 mod duration;
 mod loadgen;
 mod query;
+mod snippet;
 mod standalone;
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ enum Command {
     Standalone,
     /// Send realistic demo beacons to an ingest.
     Loadgen(loadgen::Args),
+    /// Print the script tag for a page: the collector's hashed URL and its integrity hash.
+    Snippet(snippet::Args),
     /// Print a signed ingest token for a site with a `token_secret`.
     Token(TokenArgs),
     /// Ask ClickHouse for stored percentiles (p75 per route, device and metric).
@@ -134,6 +137,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
         Command::Query(args) => query::run(args, &config.clickhouse).await?,
+        Command::Snippet(args) => snippet::run(args, &config.ingest)?,
         Command::BenchFloor(args) => bench_floor::run(args, config, stop_channel()).await?,
         Command::Token(args) => {
             let secret = config

@@ -1,4 +1,4 @@
-//! The HTTP surface: the beacon endpoint, `/healthz`, `/readyz`, `/metrics`, `/rum.js`.
+//! The HTTP surface: the beacon endpoint, `/healthz`, `/readyz`, `/metrics`, the collector bundle.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -20,7 +20,7 @@ use rum_schemas::{parse_beacon, BeaconMessage, Device};
 
 use crate::admission::Admission;
 use crate::bots::is_bot;
-use crate::bundle::{CollectorBundle, BUNDLE_PATH};
+use crate::bundle::CollectorBundle;
 use crate::client_ip::ClientIpResolver;
 use crate::config::SiteConfig;
 use crate::events::Events;
@@ -120,16 +120,14 @@ impl Policy {
 
 /// The ingest's routes.
 pub fn router(state: AppState) -> Router {
+    let bundle = state.bundle.clone().routes();
     Router::new()
         .route(BEACON_PATH, post(post_beacon).options(preflight))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route(
-            BUNDLE_PATH,
-            get(|State(state): State<AppState>| async move { state.bundle.response() }),
-        )
         .with_state(state)
+        .merge(bundle)
 }
 
 async fn post_beacon(State(state): State<AppState>, request: Request) -> Response {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use api::{router, AppState, Readiness, BEACON_PATH};
-pub use bundle::{CollectorBundle, BUNDLE_PATH};
+pub use bundle::{CollectorBundle, HashedBundle, BUNDLE_PATH};
 pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
 pub use metrics::IngestMetrics;
