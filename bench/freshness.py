@@ -49,7 +49,8 @@ import urllib.request
 from benchlib import ClickHouse, nearest_rank, sql_string
 
 BEACON_PATH = "/api/v1/observability/web-vitals"
-USER_AGENT = "rum-bench-freshness/1"  # no bot marker: the ingest drops known bots' beacons
+# Browser-shaped: the ingest drops beacons of bots and of bare tool names like "name/1" (isbot's list).
+USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) rum-bench-freshness/1"
 HTTP_TIMEOUT = 10.0
 
 

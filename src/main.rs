@@ -42,7 +42,8 @@ enum Command {
     Loadgen(loadgen::Args),
     /// Print the script tag for a page: the collector's hashed URL and its integrity hash.
     Snippet(snippet::Args),
-    /// Print a signed ingest token for a site with a `token_secret`.
+    /// Print a signed ingest token (`site=...&t=...&e=...[&k=...]`) for a site with a
+    /// `token_secret` or `token_secrets` (signed with the first).
     Token(TokenArgs),
     /// Ask ClickHouse for stored percentiles (p75 per route, device and metric).
     Query(query::QueryArgs),
@@ -54,10 +55,11 @@ enum Command {
 /// Options of `rum token`.
 #[derive(clap::Args)]
 struct TokenArgs {
-    /// The site, configured under `[ingest.sites.NAME]` with a `token_secret`.
+    /// The site, configured under `[ingest.sites.NAME]` with a `token_secret` or `token_secrets`.
     #[arg(long)]
     site: String,
-    /// How long the token is valid: seconds, or a number with s, m, h or d.
+    /// How long the token is valid: seconds, or a number with s, m, h or d; at most
+    /// `ingest.token_max_ttl_secs` (7 days by default).
     #[arg(long, default_value = "24h", value_parser = duration::parse_positive_secs)]
     ttl: u64,
 }
@@ -139,29 +141,40 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Query(args) => query::run(args, &config.clickhouse).await?,
         Command::Snippet(args) => snippet::run(args, &config.ingest)?,
         Command::BenchFloor(args) => bench_floor::run(args, config, stop_channel()).await?,
-        Command::Token(args) => {
-            let secret = config
-                .ingest
-                .sites
-                .get(&args.site)
-                .and_then(|s| s.token_secret.as_ref())
-                .map(rum_schemas::config::Secret::expose)
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "site `{}` has no ingest.sites.{}.token_secret in the config",
-                        args.site,
-                        args.site
-                    )
-                })?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            let expires = now + args.ttl;
-            let token = rum_ingest::token::sign(secret, rum_ingest::BEACON_PATH, expires);
-            println!("site={}&t={token}&e={expires}", args.site);
-        }
+        Command::Token(args) => println!("{}", token(&args, &config.ingest)?),
     }
     Ok(())
+}
+
+/// `rum token`: the query string of a token for the site, signed with its current key.
+fn token(args: &TokenArgs, ingest: &rum_ingest::IngestConfig) -> anyhow::Result<String> {
+    let keys = ingest
+        .sites
+        .get(&args.site)
+        .and_then(rum_ingest::token::SiteKeys::of)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "site `{0}` has no ingest.sites.{0}.token_secret (or token_secrets) in the config",
+                args.site
+            )
+        })?;
+    if args.ttl > ingest.token_max_ttl_secs {
+        anyhow::bail!(
+            "--ttl {} s is longer than ingest.token_max_ttl_secs ({} s): the ingest would refuse \
+             the token",
+            args.ttl,
+            ingest.token_max_ttl_secs
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(rum_ingest::token::query(
+        keys.current(),
+        &args.site,
+        rum_ingest::BEACON_PATH,
+        now + args.ttl,
+    ))
 }
 
 /// A channel that turns true on SIGINT or SIGTERM.

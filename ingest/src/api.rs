@@ -24,7 +24,7 @@ use crate::bundle::CollectorBundle;
 use crate::client_ip::ClientIpResolver;
 use crate::config::SiteConfig;
 use crate::events::Events;
-use crate::limit::ClientRateLimiter;
+use crate::limit::{Budget, ClientRateLimiter, OverBudget};
 use crate::routes::RouteCap;
 use crate::{token, IngestConfig, IngestError, IngestMetrics, Publisher};
 
@@ -61,6 +61,10 @@ struct Policy {
     only_known_sites: bool,
     allowed_origins: Vec<String>,
     sites: HashMap<String, SiteConfig>,
+    token_keys: HashMap<String, token::SiteKeys>,
+    token_max_ttl_secs: u64,
+    /// `/metrics` is served on the admin listener only (`ingest.admin_port`).
+    metrics_on_admin_only: bool,
 }
 
 impl AppState {
@@ -70,19 +74,32 @@ impl AppState {
         publisher: Arc<dyn Publisher>,
         metrics: Arc<IngestMetrics>,
     ) -> Self {
-        let limiter = NonZeroU32::new(config.rate_limit_per_second).map(|per_second| {
-            let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second);
-            Arc::new(ClientRateLimiter::new(
+        let budget = |per_second: u32, burst: u32| {
+            let per_second = NonZeroU32::new(per_second)?;
+            Some(Budget {
                 per_second,
-                burst,
+                burst: NonZeroU32::new(burst).unwrap_or(per_second),
+            })
+        };
+        let limiter = budget(config.rate_limit_per_second, config.rate_limit_burst).map(|client| {
+            let network = config
+                .network_budget()
+                .and_then(|(per_second, burst)| budget(per_second, burst));
+            Arc::new(ClientRateLimiter::new(
+                client,
+                network,
                 config.rate_limit_max_clients,
             ))
         });
+        let events = Arc::new(Events::new(metrics.clone()));
+        if config.drop_bots {
+            crate::bots::warm_up();
+        }
         Self {
             publisher,
-            events: Arc::new(Events::new(metrics.clone())),
+            readiness: Arc::new(Readiness::new(events.clone())),
+            events,
             metrics,
-            readiness: Arc::new(Readiness::default()),
             limiter,
             admission: Arc::new(Admission::new(
                 config.max_in_flight as usize,
@@ -99,6 +116,13 @@ impl AppState {
                 only_known_sites: config.only_known_sites,
                 allowed_origins: config.allowed_origins.clone(),
                 sites: config.sites.clone(),
+                token_keys: config
+                    .sites
+                    .iter()
+                    .filter_map(|(name, site)| Some((name.clone(), token::SiteKeys::of(site)?)))
+                    .collect(),
+                token_max_ttl_secs: config.token_max_ttl_secs,
+                metrics_on_admin_only: config.admin_port.is_some(),
             }),
             bundle: Arc::new(CollectorBundle::load(config.collector_bundle.as_deref())),
         }
@@ -116,18 +140,44 @@ impl Policy {
             .chain(site_origins.unwrap_or_default())
             .any(|allowed| allowed == "*" || allowed == origin)
     }
+
+    /// True unless `site` has an origin allow-list (its own or `ingest.allowed_origins`) that
+    /// `origin` is not on. A browser sends `Origin` with every cross-origin POST, `text/plain`
+    /// ones too, which need no preflight: this is where such a beacon from another site's page
+    /// stops, not at the CORS headers (which only hide the answer from the page).
+    fn origin_passes(&self, site: &str, origin: &HeaderValue) -> bool {
+        let has_list = !self.allowed_origins.is_empty()
+            || self
+                .sites
+                .get(site)
+                .is_some_and(|s| !s.allowed_origins.is_empty());
+        !has_list
+            || origin
+                .to_str()
+                .is_ok_and(|o| self.allows_origin(Some(site), o))
+    }
 }
 
-/// The ingest's routes.
+/// The ingest's public routes; `/metrics` among them unless `ingest.admin_port` is set.
 pub fn router(state: AppState) -> Router {
     let bundle = state.bundle.clone().routes();
-    Router::new()
+    let mut routes = Router::new()
         .route(BEACON_PATH, post(post_beacon).options(preflight))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    if !state.policy.metrics_on_admin_only {
+        routes = routes.route("/metrics", get(metrics));
+    }
+    routes.with_state(state).merge(bundle)
+}
+
+/// The admin listener's routes (`ingest.admin_port`): `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(bundle)
 }
 
 async fn post_beacon(State(state): State<AppState>, request: Request) -> Response {
@@ -150,6 +200,7 @@ async fn post_beacon(State(state): State<AppState>, request: Request) -> Respons
             (None, e.into_response())
         }
     };
+    vary_on_origin(&mut response);
     if let Some((origin, query_site)) = cors {
         let site = site.as_deref().or(query_site.as_deref());
         add_cors_headers(&state.policy, site, &origin, &mut response);
@@ -208,7 +259,8 @@ async fn validate(
     let policy = &state.policy;
     let headers = &parts.headers;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(limiter) = &state.limiter {
+    // The client's address, for the rate limit and the route cap only: never kept as such.
+    let client = {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -217,10 +269,17 @@ async fn validate(
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok());
-        let client = policy.client_ip.resolve(peer, forwarded);
-        limiter
-            .check(client)
-            .map_err(|wait| IngestError::RateLimited(wait.as_secs_f64().ceil().max(1.0) as u32))?;
+        policy.client_ip.resolve(peer, forwarded)
+    };
+    if client.unidentified {
+        state.events.client_unidentified();
+    }
+    if let Some(limiter) = &state.limiter {
+        let secs = |wait: Duration| wait.as_secs_f64().ceil().max(1.0) as u32;
+        limiter.check(&client).map_err(|limited| match limited {
+            OverBudget::Client(wait) => IngestError::RateLimited(secs(wait)),
+            OverBudget::Network(wait) => IngestError::NetworkRateLimited(secs(wait)),
+        })?;
     }
     if !is_beacon_content_type(header("content-type")) {
         return Err(IngestError::UnsupportedMediaType);
@@ -239,19 +298,28 @@ async fn validate(
     };
     let validated = parse_beacon(&body)?.validate(&ctx)?;
     let mut message = validated.message;
-    match policy.sites.get(&message.site) {
-        None if policy.only_known_sites => return Err(IngestError::UnknownSite),
-        Some(SiteConfig {
-            token_secret: Some(secret),
-            ..
-        }) => token::verify(
-            secret.expose(),
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        if !policy.origin_passes(&message.site, origin) {
+            return Err(IngestError::OriginNotAllowed);
+        }
+    }
+    if policy.only_known_sites && !policy.sites.contains_key(&message.site) {
+        return Err(IngestError::UnknownSite);
+    }
+    if let Some(keys) = policy.token_keys.get(&message.site) {
+        let presented = token::Presented {
+            token: query.get("t").map(String::as_str),
+            expires: query.get("e").map(String::as_str),
+            key_id: query.get("k").map(String::as_str),
+        };
+        token::verify(
+            keys,
+            &message.site,
             parts.uri.path(),
-            query.get("t").map(String::as_str),
-            query.get("e").map(String::as_str),
+            presented,
             ctx.received_at_ms / 1000,
-        )?,
-        _ => {}
+            policy.token_max_ttl_secs,
+        )?;
     }
     for reason in &validated.dropped {
         state
@@ -295,10 +363,23 @@ async fn preflight(State(state): State<AppState>, uri: Uri, headers: HeaderMap) 
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static("86400"),
             );
+            vary_on_origin(&mut response);
             response
         }
-        _ => (StatusCode::FORBIDDEN, "origin not allowed\n").into_response(),
+        _ => {
+            let mut response = (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+            vary_on_origin(&mut response);
+            response
+        }
     }
+}
+
+/// Every answer on the beacon path may depend on `Origin` (the allow-list, the CORS headers), with
+/// or without one in the request: a cache in between must keep them apart.
+fn vary_on_origin(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
 /// Echoes an allowed `Origin` with credentials, as browsers require for credentialed CORS.
@@ -310,7 +391,6 @@ fn add_cors_headers(
 ) {
     let allowed = origin.to_str().is_ok_and(|o| policy.allows_origin(site, o));
     let h = response.headers_mut();
-    h.insert(header::VARY, HeaderValue::from_static("Origin"));
     if allowed {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         h.insert(
@@ -347,8 +427,10 @@ fn unix_millis() -> u64 {
 
 /// Whether the publisher took messages at its last check. `/readyz` answers from it, so a flood of
 /// readiness probes costs no request to Kafka; [`Readiness::check`] runs once a second.
-#[derive(Default)]
-pub struct Readiness(AtomicU8);
+pub struct Readiness {
+    state: AtomicU8,
+    events: Arc<Events>,
+}
 
 const NOT_CHECKED: u8 = 0;
 const READY: u8 = 1;
@@ -358,18 +440,27 @@ impl Readiness {
     /// How long one check may take.
     pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+    /// Not checked yet; each check counted in `events` (`rum_ingest_readiness_checks_total`).
+    pub fn new(events: Arc<Events>) -> Self {
+        Self {
+            state: AtomicU8::new(NOT_CHECKED),
+            events,
+        }
+    }
+
     /// Asks the publisher (a metadata request to Kafka) and remembers the answer.
     pub async fn check(&self, publisher: &Arc<dyn Publisher>) {
         let publisher = publisher.clone();
         let ready = tokio::task::spawn_blocking(move || publisher.is_ready(Self::CHECK_TIMEOUT))
             .await
             .unwrap_or(false);
-        self.0
+        self.events.readiness_checked(ready);
+        self.state
             .store(if ready { READY } else { UNREACHABLE }, Ordering::Relaxed);
     }
 
     fn answer(&self) -> Response {
-        match self.0.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) {
             READY => (StatusCode::OK, "ready\n").into_response(),
             NOT_CHECKED => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n").into_response(),

@@ -12,10 +12,31 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SiteConfig {
-    /// When set, beacons need a signed token (`?t=...&e=...`, see `rum token`). Never shown.
+    /// When set, beacons need a signed token (`?t=...&e=...`, see `rum token` and `token.rs`),
+    /// bound to this site. At least 16 characters. Never shown.
     pub token_secret: Option<Secret>,
-    /// Origins allowed to send `application/json` beacons with CORS (`https://shop.example`; `*` for any).
+    /// Instead of `token_secret`, keys with ids, for a rotation:
+    /// `token_secrets = [{id = "k2", secret = "..."}, {id = "k1", secret = "..."}]`. The first
+    /// signs (`rum token`), every one verifies a token that names it (`&k=k2`). Ids are
+    /// `[A-Za-z0-9_-]`, at most 32 characters, distinct; secrets at least 16 characters.
+    pub token_secrets: Vec<TokenSecret>,
+    /// Origins allowed to send beacons for this site (`https://shop.example`; `*` for any), in
+    /// addition to `ingest.allowed_origins`. When either list is set, a beacon whose `Origin`
+    /// header is not on them is refused, 403 `origin_not_allowed`, whatever its content type: a
+    /// `text/plain` beacon needs no CORS preflight, so the CORS headers alone would not stop it.
+    /// A request without `Origin` (sendBeacon from a same-origin page, a server, curl) is not
+    /// checked; `Origin: null` (sandboxed frames, `file:` pages) is refused.
     pub allowed_origins: Vec<String>,
+}
+
+/// One key of `token_secrets`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSecret {
+    /// The key id, sent in tokens as `k`.
+    pub id: String,
+    /// The secret. Never shown.
+    pub secret: Secret,
 }
 
 /// The ingest's settings, with production defaults.
@@ -26,6 +47,12 @@ pub struct IngestConfig {
     pub host: String,
     /// The port to listen on.
     pub port: u16,
+    /// When set, `/metrics` is served only on this port (with `/healthz` and `/readyz`, which the
+    /// public port keeps too), and the public port answers 404 there. Unset: `/metrics` on the
+    /// public port. The admin listener is bounded like the public one, with at most 64 connections.
+    pub admin_port: Option<u16>,
+    /// The address of the admin listener (an IP address); unset: `host`.
+    pub admin_host: Option<String>,
     /// Bodies larger than this get 413. The contract says 16 KiB.
     pub max_body_bytes: usize,
     /// How long a request waits for Kafka's acknowledgement before it gets 503.
@@ -75,8 +102,15 @@ pub struct IngestConfig {
     pub rate_limit_per_second: u32,
     /// The burst a client may send at once.
     pub rate_limit_burst: u32,
-    /// The most client addresses the limiter remembers (bounds its memory).
+    /// The most keys each level of the limiter remembers (bounds its memory).
     pub rate_limit_max_clients: usize,
+    /// Beacons a second per network: an IPv6 /48 (all its /64 clients together: one routed /48 is
+    /// 65,536 /64s), or a trusted proxy that wrote `unknown` for its client (see `client_ip.rs`).
+    /// Unset: 16 x `rate_limit_per_second`; 0 turns this level off. At least
+    /// `rate_limit_per_second`. Refusals count as `rate_limited_network`.
+    pub rate_limit_network_per_second: Option<u32>,
+    /// The burst of a network; unset: 16 x `rate_limit_burst`. At least `rate_limit_burst`.
+    pub rate_limit_network_burst: Option<u32>,
     /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs; a list, or one comma-separated string).
     #[serde(deserialize_with = "list_of_networks")]
     pub trusted_proxies: Vec<IpNet>,
@@ -92,6 +126,10 @@ pub struct IngestConfig {
     pub allowed_origins: Vec<String>,
     /// Per-site settings.
     pub sites: HashMap<String, SiteConfig>,
+    /// The longest a token may still be valid when it arrives: one expiring later is refused
+    /// (`token_ttl_too_long`), so a leaked token cannot live forever. 7 days by default; at most
+    /// 366 days. `rum token --ttl` may not ask for more.
+    pub token_max_ttl_secs: u64,
     /// The collector's script-tag bundle (`collector/dist/rum.iife.js`), served at `/rum.js`;
     /// unset, or a file that cannot be read, answers 404 there.
     pub collector_bundle: Option<PathBuf>,
@@ -102,6 +140,8 @@ impl Default for IngestConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8080,
+            admin_port: None,
+            admin_host: None,
             max_body_bytes: 16 * 1024,
             delivery_timeout_ms: 5_000,
             linger_ms: 5,
@@ -121,6 +161,8 @@ impl Default for IngestConfig {
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             rate_limit_max_clients: 200_000,
+            rate_limit_network_per_second: None,
+            rate_limit_network_burst: None,
             trusted_proxies: Vec::new(),
             drop_bots: true,
             max_routes_per_site: 500,
@@ -128,6 +170,7 @@ impl Default for IngestConfig {
             only_known_sites: false,
             allowed_origins: Vec::new(),
             sites: HashMap::new(),
+            token_max_ttl_secs: 7 * 86_400,
             collector_bundle: None,
         }
     }
@@ -198,6 +241,14 @@ impl IngestConfig {
                 "ingest.rate_limit_max_clients",
                 self.rate_limit_max_clients as u64,
             )?;
+            self.check_network_budget()?;
+        }
+        self.check_admin_listener()?;
+        if !(1..=366 * 86_400).contains(&self.token_max_ttl_secs) {
+            return Err(ConfigError::new(
+                "ingest.token_max_ttl_secs",
+                "must be between 1 and 31622400 (366 days)",
+            ));
         }
         require_positive(
             "ingest.max_routes_per_site",
@@ -212,14 +263,7 @@ impl IngestConfig {
                     "a site name is [a-z0-9._-], at most 64 characters",
                 ));
             }
-            if let Some(secret) = &site.token_secret {
-                if secret.expose().len() < 16 {
-                    return Err(ConfigError::new(
-                        format!("ingest.sites.{name}.token_secret"),
-                        "must be at least 16 characters",
-                    ));
-                }
-            }
+            check_token_secrets(name, site)?;
             check_origins(
                 &format!("ingest.sites.{name}.allowed_origins"),
                 &site.allowed_origins,
@@ -243,6 +287,128 @@ impl IngestConfig {
         }
         Ok(())
     }
+}
+
+impl IngestConfig {
+    /// The per-network budget (beacons a second, burst), when that level is on.
+    pub fn network_budget(&self) -> Option<(u32, u32)> {
+        let per_second = self
+            .rate_limit_network_per_second
+            .unwrap_or(self.rate_limit_per_second.saturating_mul(16));
+        let burst = self
+            .rate_limit_network_burst
+            .unwrap_or(self.rate_limit_burst.saturating_mul(16));
+        (per_second > 0).then_some((per_second, burst))
+    }
+
+    fn check_network_budget(&self) -> Result<(), ConfigError> {
+        let Some((per_second, burst)) = self.network_budget() else {
+            return Ok(());
+        };
+        if per_second < self.rate_limit_per_second {
+            return Err(ConfigError::new(
+                "ingest.rate_limit_network_per_second",
+                format!(
+                    "must be 0 (off) or at least ingest.rate_limit_per_second ({}): a network \
+                     holds many clients",
+                    self.rate_limit_per_second
+                ),
+            ));
+        }
+        if burst < self.rate_limit_burst {
+            return Err(ConfigError::new(
+                "ingest.rate_limit_network_burst",
+                format!(
+                    "must be at least ingest.rate_limit_burst ({})",
+                    self.rate_limit_burst
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The admin listener's `host:port`, when `admin_port` is set.
+    pub fn admin_addr(&self) -> Option<String> {
+        let port = self.admin_port?;
+        Some(format!(
+            "{}:{port}",
+            self.admin_host.as_deref().unwrap_or(&self.host)
+        ))
+    }
+
+    fn check_admin_listener(&self) -> Result<(), ConfigError> {
+        if let Some(host) = &self.admin_host {
+            if host.parse::<std::net::IpAddr>().is_err() {
+                return Err(ConfigError::new(
+                    "ingest.admin_host",
+                    "must be an IP address, e.g. 127.0.0.1",
+                ));
+            }
+            if self.admin_port.is_none() {
+                return Err(ConfigError::new(
+                    "ingest.admin_host",
+                    "is set but ingest.admin_port is not",
+                ));
+            }
+        }
+        if let Some(port) = self.admin_port {
+            let same_host = self.admin_host.as_deref().unwrap_or(&self.host) == self.host;
+            if port != 0 && port == self.port && same_host {
+                return Err(ConfigError::new(
+                    "ingest.admin_port",
+                    "must differ from ingest.port (unset it to serve /metrics on the public port)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A site's token keys: `token_secret` or `token_secrets`, not both; ids and secrets well formed.
+fn check_token_secrets(name: &str, site: &SiteConfig) -> Result<(), ConfigError> {
+    if let Some(secret) = &site.token_secret {
+        if !site.token_secrets.is_empty() {
+            return Err(ConfigError::new(
+                format!("ingest.sites.{name}.token_secrets"),
+                "set either token_secret or token_secrets, not both",
+            ));
+        }
+        if secret.expose().len() < 16 {
+            return Err(ConfigError::new(
+                format!("ingest.sites.{name}.token_secret"),
+                "must be at least 16 characters",
+            ));
+        }
+    }
+    let key = format!("ingest.sites.{name}.token_secrets");
+    for (i, k) in site.token_secrets.iter().enumerate() {
+        let valid_id = (1..=32).contains(&k.id.len())
+            && k.id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_id {
+            return Err(ConfigError::new(
+                &key,
+                format!("key {i}: an id is [A-Za-z0-9_-], 1 to 32 characters"),
+            ));
+        }
+        if site.token_secrets[..i].iter().any(|other| other.id == k.id) {
+            return Err(ConfigError::new(
+                &key,
+                format!("key {i}: the id `{}` is used twice", k.id),
+            ));
+        }
+        if k.secret.expose().len() < 16 {
+            return Err(ConfigError::new(
+                &key,
+                format!(
+                    "key {i} (`{}`): a secret must be at least 16 characters",
+                    k.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An origin is `*` or `scheme://host[:port]`, without a path.
@@ -373,6 +539,90 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "ingest.collector_bundle");
+    }
+
+    #[test]
+    fn checks_the_network_budget_the_admin_listener_and_the_token_lifetime() {
+        let c = IngestConfig::default();
+        assert_eq!(c.network_budget(), Some((1_600, 3_200)), "16 x by default");
+        for (configure, key) in [
+            (
+                (|c: &mut IngestConfig| c.rate_limit_network_per_second = Some(99))
+                    as fn(&mut IngestConfig),
+                "ingest.rate_limit_network_per_second",
+            ),
+            (
+                |c| c.rate_limit_network_burst = Some(1),
+                "ingest.rate_limit_network_burst",
+            ),
+            (|c| c.admin_port = Some(8080), "ingest.admin_port"),
+            (
+                |c| c.admin_host = Some("0.0.0.0".into()),
+                "ingest.admin_host",
+            ),
+            (
+                |c| {
+                    c.admin_port = Some(9090);
+                    c.admin_host = Some("admin.local".into());
+                },
+                "ingest.admin_host",
+            ),
+            (|c| c.token_max_ttl_secs = 0, "ingest.token_max_ttl_secs"),
+            (
+                |c| c.token_max_ttl_secs = 367 * 86_400,
+                "ingest.token_max_ttl_secs",
+            ),
+        ] {
+            let mut c = IngestConfig::default();
+            configure(&mut c);
+            assert_eq!(c.validate().unwrap_err().key, key);
+        }
+        let off = IngestConfig {
+            rate_limit_network_per_second: Some(0),
+            ..Default::default()
+        };
+        off.validate().unwrap();
+        assert_eq!(off.network_budget(), None);
+        let admin = IngestConfig {
+            admin_port: Some(9090),
+            ..Default::default()
+        };
+        admin.validate().unwrap();
+        assert_eq!(admin.admin_addr().as_deref(), Some("127.0.0.1:9090"));
+        assert_eq!(IngestConfig::default().admin_addr(), None);
+    }
+
+    #[test]
+    fn reads_rotating_token_secrets_and_checks_them() {
+        let c: IngestConfig = serde_json::from_str(
+            r#"{"sites":{"shop":{"token_secrets":[{"id":"k2","secret":"0123456789abcdef-new"},{"id":"k1","secret":"0123456789abcdef-old"}]}}}"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.sites["shop"].token_secrets[0].id, "k2");
+        assert!(!format!("{c:?}").contains("abcdef-new"), "never shown");
+        let site = |json: &str| -> IngestConfig {
+            serde_json::from_str(&format!(r#"{{"sites":{{"shop":{json}}}}}"#)).unwrap()
+        };
+        for bad in [
+            r#"{"token_secret":"0123456789abcdef","token_secrets":[{"id":"k1","secret":"0123456789abcdef"}]}"#,
+            r#"{"token_secrets":[{"id":"k 1","secret":"0123456789abcdef"}]}"#,
+            r#"{"token_secrets":[{"id":"","secret":"0123456789abcdef"}]}"#,
+            r#"{"token_secrets":[{"id":"k1","secret":"0123456789abcdef"},{"id":"k1","secret":"0123456789abcdeg"}]}"#,
+            r#"{"token_secrets":[{"id":"k1","secret":"short"}]}"#,
+        ] {
+            let error = site(bad).validate().unwrap_err();
+            assert_eq!(error.key, "ingest.sites.shop.token_secrets", "{bad}");
+            assert!(!error.reason.contains("0123456789"), "{}", error.reason);
+            assert!(!error.reason.contains("short"), "{}", error.reason);
+        }
+        assert!(
+            serde_json::from_str::<IngestConfig>(
+                r#"{"sites":{"shop":{"token_secrets":[{"id":"k1","secret":"0123456789abcdef","x":1}]}}}"#
+            )
+            .is_err(),
+            "unknown fields refused"
+        );
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub enum IngestError {
     /// The client sent more than its share; retry after the given seconds.
     #[error("rate limit reached")]
     RateLimited(u32),
+    /// The client's network (IPv6 /48, or a proxy that could not name it) sent more than its
+    /// share (`ingest.rate_limit_network_per_second`); retry after the given seconds.
+    #[error("rate limit of the network reached")]
+    NetworkRateLimited(u32),
+    /// The `Origin` is not on the site's allow-list (`allowed_origins`).
+    #[error("origin not allowed for this site")]
+    OriginNotAllowed,
     /// A known bot or synthetic monitor: answered 204 (nothing to retry) and counted, not published.
     #[error("bot")]
     Bot,
@@ -60,6 +67,8 @@ impl IngestError {
             IngestError::InvalidQuery => "invalid_query",
             IngestError::Overloaded(_) => "overloaded",
             IngestError::RateLimited(_) => "rate_limited",
+            IngestError::NetworkRateLimited(_) => "rate_limited_network",
+            IngestError::OriginNotAllowed => "origin_not_allowed",
             IngestError::Bot => "bot",
             IngestError::UnknownSite => "unknown_site",
             IngestError::Token(e) => e.reason(),
@@ -80,7 +89,10 @@ impl IngestError {
             IngestError::Publish(..) | IngestError::Overloaded(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            IngestError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::RateLimited(_) | IngestError::NetworkRateLimited(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            IngestError::OriginNotAllowed => StatusCode::FORBIDDEN,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Bot => StatusCode::NO_CONTENT,
             IngestError::UnknownSite | IngestError::Token(_) => StatusCode::FORBIDDEN,
@@ -111,6 +123,7 @@ impl IntoResponse for IngestError {
         }
         if let IngestError::Publish(_, retry_after)
         | IngestError::RateLimited(retry_after)
+        | IngestError::NetworkRateLimited(retry_after)
         | IngestError::Overloaded(retry_after) = self
         {
             response

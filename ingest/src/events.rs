@@ -145,6 +145,21 @@ impl Events {
         }
     }
 
+    /// A trusted proxy could not name a request's client (a client may cause it on every
+    /// request: not logged).
+    pub fn client_unidentified(&self) {
+        self.metrics.clients_unidentified.inc();
+    }
+
+    /// `/readyz`'s state was checked against Kafka.
+    pub fn readiness_checked(&self, ready: bool) {
+        let result = crate::metrics::READINESS_RESULTS[usize::from(!ready)];
+        self.metrics
+            .readiness_checks
+            .with_label_values(&[result])
+            .inc();
+    }
+
     /// A beacon request was rejected: counted by reason; Kafka's refusals also in
     /// `rum_kafka_produce_errors_total` with one warning an interval.
     pub fn beacon_rejected(&self, error: &IngestError) {

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use api::{router, AppState, Readiness, BEACON_PATH};
+pub use api::{admin_router, router, AppState, Readiness, BEACON_PATH};
 pub use bundle::{CollectorBundle, HashedBundle, BUNDLE_PATH};
 pub use config::{IngestConfig, SiteConfig};
 pub use error::IngestError;
@@ -131,9 +131,14 @@ pub fn fit_open_files(config: &IngestConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Connections the admin listener (`ingest.admin_port`) keeps open at most: scrapers and probes.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 /// A bound, ready-to-run ingest.
 pub struct Ingest {
     listener: tokio::net::TcpListener,
+    /// `ingest.admin_port`'s listener, when set.
+    admin: Option<tokio::net::TcpListener>,
     state: AppState,
     limits: ServerLimits,
     flush_timeout: Duration,
@@ -148,8 +153,17 @@ impl Ingest {
         let listener = listen(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let admin = match config.admin_addr() {
+            Some(addr) => Some(
+                listen(&addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Ingest {
             listener,
+            admin,
             state: AppState::new(config, Arc::new(publisher), metrics),
             limits: ServerLimits::from_config(config),
             flush_timeout: Duration::from_millis(config.shutdown_flush_ms),
@@ -159,6 +173,11 @@ impl Ingest {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The admin listener's address, when `ingest.admin_port` is set.
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(|l| l.local_addr())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, finishes requests in flight (for up
@@ -199,14 +218,41 @@ impl Ingest {
             })
         };
         let events = self.state.events.clone();
+        // Both listeners stop together.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let admin = self.admin.map(|listener| {
+            let limits = ServerLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                ..self.limits.clone()
+            };
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
+            }
+            let mut stopped = stopped.clone();
+            tokio::spawn(serve(
+                listener,
+                admin_router(self.state.clone()),
+                limits,
+                events.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         serve(
             self.listener,
             router(self.state),
             self.limits,
             events,
-            shutdown,
+            async move {
+                shutdown.await;
+                stop.send_replace(true);
+            },
         )
         .await;
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         readiness.abort();
         if let Some(task) = housekeeping {
             task.abort();

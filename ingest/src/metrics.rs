@@ -36,6 +36,11 @@ pub struct IngestMetrics {
     pub ratelimit_clients: IntGauge,
     /// Times the rate limiter's table was over its bound and was reset.
     pub ratelimit_resets: IntCounter,
+    /// Beacon requests from a trusted proxy that could not name the client (`unknown` or an
+    /// unparsable `X-Forwarded-For` hop).
+    pub clients_unidentified: IntCounter,
+    /// Readiness checks made (each a metadata request to Kafka), by result (`ready`, `unreachable`).
+    pub readiness_checks: IntCounterVec,
     /// Client connections open now.
     pub connections: IntGauge,
     /// Client connections accepted (and served).
@@ -49,6 +54,8 @@ pub struct IngestMetrics {
     pub connection_errors: IntCounterVec,
 }
 
+/// The `result` labels of `rum_ingest_readiness_checks_total`.
+pub const READINESS_RESULTS: [&str; 2] = ["ready", "unreachable"];
 /// The `reason` labels of `rum_ingest_connections_refused_total`.
 pub const REFUSED_REASONS: [&str; 2] = ["limit", "h2c"];
 /// The `kind` labels of `rum_ingest_timeouts_total`.
@@ -130,6 +137,23 @@ impl IngestMetrics {
             "rum_ratelimit_resets_total",
             "Times the rate limiter's table exceeded ingest.rate_limit_max_clients and was reset.",
         )?;
+        let clients_unidentified = IntCounter::new(
+            "rum_ingest_clients_unidentified_total",
+            "Beacon requests from a trusted proxy whose X-Forwarded-For had `unknown` or an \
+             unparsable hop where the client's address would be: limited by the address left of \
+             it under the proxy's network budget.",
+        )?;
+        let readiness_checks = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_readiness_checks_total",
+                "Readiness checks made (a metadata request to Kafka each, at most one a second \
+                 however often /readyz is asked), by result.",
+            ),
+            &["result"],
+        )?;
+        for result in READINESS_RESULTS {
+            readiness_checks.with_label_values(&[result]);
+        }
         let connections = IntGauge::new(
             "rum_ingest_connections",
             "Client connections open now (at most ingest.max_connections).",
@@ -188,6 +212,8 @@ impl IngestMetrics {
         registry.register(Box::new(kafka_ack_duration.clone()))?;
         registry.register(Box::new(ratelimit_clients.clone()))?;
         registry.register(Box::new(ratelimit_resets.clone()))?;
+        registry.register(Box::new(clients_unidentified.clone()))?;
+        registry.register(Box::new(readiness_checks.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(connections_accepted.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
@@ -209,6 +235,8 @@ impl IngestMetrics {
             kafka_ack_duration,
             ratelimit_clients,
             ratelimit_resets,
+            clients_unidentified,
+            readiness_checks,
             connections,
             connections_accepted,
             connections_refused,
@@ -249,7 +277,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 18);
+        assert_eq!(families.len(), 20);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

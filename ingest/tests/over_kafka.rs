@@ -354,10 +354,12 @@ async fn a_site_with_a_secret_needs_a_valid_unexpired_token() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let valid = token::sign(SECRET, BEACON_PATH, now + 600);
-    let expired = token::sign(SECRET, BEACON_PATH, now - 1);
-    let forged = token::sign("not-the-secret-at-all", BEACON_PATH, now + 600);
-    let wrong_path = token::sign(SECRET, "/other/path", now + 600);
+    let key = token::Key::new(None, SECRET.into());
+    let valid = token::sign(&key, "shop", BEACON_PATH, now + 600);
+    let expired = token::sign(&key, "shop", BEACON_PATH, now - 1);
+    let other_key = token::Key::new(None, "not-the-secret-at-all".into());
+    let forged = token::sign(&other_key, "shop", BEACON_PATH, now + 600);
+    let wrong_path = token::sign(&key, "shop", "/other/path", now + 600);
     let cases = [
         (format!("?t={valid}&e={}", now + 600), 204, "accepted"),
         (String::new(), 403, "token_missing"),
