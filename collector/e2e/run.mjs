@@ -98,7 +98,12 @@ const browser = await chromium.launch({
 });
 let result;
 try {
-  const context = await browser.newContext();
+  // The ingest drops beacons of headless browsers as bots: this one plays a person, so it sends the
+  // User-Agent of the same Chromium with a screen (client hints are left as they are).
+  const probe = await browser.newPage();
+  const headless = await probe.evaluate(() => navigator.userAgent);
+  await probe.close();
+  const context = await browser.newContext({ userAgent: headless.replace('HeadlessChrome/', 'Chrome/') });
   const tab = await context.newPage();
   tab.on('console', (m) => m.type() === 'error' && console.error(`page: ${m.text()}`));
   const loaded = await tab.goto(`http://127.0.0.1:${pagePort}${PAGE_PATH}`, { waitUntil: 'load' });

@@ -6,6 +6,7 @@
 mod common;
 
 mod connections;
+mod input;
 
 use std::time::Duration;
 
