@@ -24,8 +24,10 @@ pub struct SiteConfig {
     /// addition to `ingest.allowed_origins`. When either list is set, a beacon whose `Origin`
     /// header is not on them is refused, 403 `origin_not_allowed`, whatever its content type: a
     /// `text/plain` beacon needs no CORS preflight, so the CORS headers alone would not stop it.
-    /// A request without `Origin` (sendBeacon from a same-origin page, a server, curl) is not
-    /// checked; `Origin: null` (sandboxed frames, `file:` pages) is refused.
+    /// A request without `Origin` (a server, curl, an older browser's same-origin request) is not
+    /// checked; `Origin: null` (sandboxed frames, `file:` pages) is refused. Current browsers send
+    /// `Origin` with every POST, same-origin ones too: list the site's own origin when its pages
+    /// post to an ingest there.
     pub allowed_origins: Vec<String>,
 }
 
