@@ -25,7 +25,7 @@ use crate::client_ip::ClientIpResolver;
 use crate::config::SiteConfig;
 use crate::events::Events;
 use crate::limit::{Budget, ClientRateLimiter, OverBudget};
-use crate::routes::RouteCap;
+use crate::routes::{Labelled, RouteCap, RouteLimits, SiteLimit};
 use crate::{token, IngestConfig, IngestError, IngestMetrics, Publisher};
 
 /// The beacon endpoint's path (a contract).
@@ -112,7 +112,16 @@ impl AppState {
                 retry_after_secs: config.retry_after_secs,
                 client_ip: ClientIpResolver::new(config.trusted_proxies.clone()),
                 drop_bots: config.drop_bots,
-                route_cap: RouteCap::new(config.max_routes_per_site, config.max_sites),
+                route_cap: RouteCap::new(
+                    RouteLimits {
+                        max_routes: config.max_routes_per_site,
+                        max_sites: config.max_sites,
+                        min_clients: config.route_min_clients,
+                        candidates_per_site: config.max_route_candidates_per_site,
+                        candidates_per_client: config.max_route_candidates_per_client,
+                    },
+                    config.sites.keys().cloned(),
+                ),
                 only_known_sites: config.only_known_sites,
                 allowed_origins: config.allowed_origins.clone(),
                 sites: config.sites.clone(),
@@ -328,9 +337,16 @@ async fn validate(
             .with_label_values(&[reason.reason()])
             .inc();
     }
-    message.route = policy
-        .route_cap
-        .apply(&message.site, std::mem::take(&mut message.route));
+    let client = policy.route_cap.client_key(&client);
+    let route = std::mem::take(&mut message.route);
+    message.route = match policy.route_cap.apply(&message.site, route, client) {
+        Ok(Labelled::Own(route)) => route,
+        Ok(Labelled::Folded(fold)) => {
+            state.events.route_folded(fold);
+            rum_schemas::route::OTHER_ROUTE.to_string()
+        }
+        Err(SiteLimit) => return Err(IngestError::SiteLimit),
+    };
     Ok(message)
 }
 
@@ -483,6 +499,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .requests_in_flight
         .set(admission.in_flight() as i64);
     state.metrics.requests_queued.set(admission.queued() as i64);
+    let held = state.policy.route_cap.held();
+    state.metrics.sites.set(held.sites as i64);
+    state.metrics.routes.set(held.routes as i64);
+    state.metrics.route_candidates.set(held.candidates as i64);
     rum_telemetry::metrics_response(&state.metrics.registry)
 }
 

@@ -118,12 +118,30 @@ pub struct IngestConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Drop beacons from known bots and synthetic monitors (counted as `bot`).
     pub drop_bots: bool,
-    /// Distinct routes kept per site; later new routes become `other`.
+    /// Distinct routes kept per site (at most 100000); later new routes are published as `other`
+    /// (counted in `rum_ingest_routes_folded_total{reason="route_limit"}`).
     pub max_routes_per_site: usize,
-    /// Distinct sites tracked; beacons of later new sites get route `other`.
+    /// Sites not listed under `[ingest.sites]` that this process takes beacons for (with
+    /// `only_known_sites` off; at most 1000000): a beacon for a new one beyond it is refused, 403
+    /// `site_limit`. Per process: replicas and restarts may each take other sites, so the hard
+    /// bound is `only_known_sites`.
     pub max_sites: usize,
-    /// Accept only the sites listed under `[ingest.sites]`.
+    /// Accept only the sites listed under `[ingest.sites]` (others get 403 `unknown_site`). The
+    /// production setting: the list, read at start, is the one bound on the sites (and so on the
+    /// series and alerts downstream) that no client can move.
     pub only_known_sites: bool,
+    /// Distinct clients (rate-limiter keys: an IPv4 address, an IPv6 /64) that must send a new
+    /// route before it takes one of a site's `max_routes_per_site` places; until then its beacons
+    /// are published as `other` (`rum_ingest_routes_folded_total{reason="unconfirmed"}`). 1 takes
+    /// every new route at once; at most 16. Behind a proxy, set `trusted_proxies`, or every
+    /// beacon comes from one client.
+    pub route_min_clients: usize,
+    /// New routes waiting for `route_min_clients` clients, per site (about 200 bytes each; at most
+    /// 100000); beyond it the oldest is forgotten.
+    pub max_route_candidates_per_site: usize,
+    /// Of those, how many one client may have opened (at most `max_route_candidates_per_site`):
+    /// one client cannot push out the candidates of real routes.
+    pub max_route_candidates_per_client: usize,
     /// Origins allowed for every site (in addition to each site's own).
     pub allowed_origins: Vec<String>,
     /// Per-site settings.
@@ -170,6 +188,9 @@ impl Default for IngestConfig {
             max_routes_per_site: 500,
             max_sites: 10_000,
             only_known_sites: false,
+            route_min_clients: 3,
+            max_route_candidates_per_site: 128,
+            max_route_candidates_per_client: 8,
             allowed_origins: Vec::new(),
             sites: HashMap::new(),
             token_max_ttl_secs: 7 * 86_400,
@@ -252,11 +273,32 @@ impl IngestConfig {
                 "must be between 1 and 31622400 (366 days)",
             ));
         }
-        require_positive(
-            "ingest.max_routes_per_site",
-            self.max_routes_per_site as u64,
-        )?;
-        require_positive("ingest.max_sites", self.max_sites as u64)?;
+        for (key, value, max) in [
+            (
+                "ingest.max_routes_per_site",
+                self.max_routes_per_site,
+                100_000,
+            ),
+            ("ingest.max_sites", self.max_sites, 1_000_000),
+            ("ingest.route_min_clients", self.route_min_clients, 16),
+            (
+                "ingest.max_route_candidates_per_site",
+                self.max_route_candidates_per_site,
+                100_000,
+            ),
+            (
+                "ingest.max_route_candidates_per_client",
+                self.max_route_candidates_per_client,
+                self.max_route_candidates_per_site,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between 1 and {max}"),
+                ));
+            }
+        }
         check_origins("ingest.allowed_origins", &self.allowed_origins)?;
         for (name, site) in &self.sites {
             if !is_valid_site(name) {
@@ -532,6 +574,30 @@ mod tests {
         assert_eq!(from_list.trusted_proxies, from_string.trusted_proxies);
         assert_eq!(from_list.trusted_proxies.len(), 2);
         assert!(serde_json::from_str::<IngestConfig>(r#"{"trusted_proxies":"nonsense"}"#).is_err());
+    }
+
+    #[test]
+    fn bounds_the_label_caps() {
+        for (configure, key) in [
+            (
+                (|c: &mut IngestConfig| c.max_sites = 0) as fn(&mut IngestConfig),
+                "ingest.max_sites",
+            ),
+            (|c| c.route_min_clients = 17, "ingest.route_min_clients"),
+            (|c| c.route_min_clients = 0, "ingest.route_min_clients"),
+            (
+                |c| c.max_route_candidates_per_site = 100_001,
+                "ingest.max_route_candidates_per_site",
+            ),
+            (
+                |c| c.max_route_candidates_per_client = 129,
+                "ingest.max_route_candidates_per_client",
+            ),
+        ] {
+            let mut c = IngestConfig::default();
+            configure(&mut c);
+            assert_eq!(c.validate().unwrap_err().key, key);
+        }
     }
 
     #[test]

@@ -45,6 +45,11 @@ pub enum IngestError {
     /// The site is not configured and `ingest.only_known_sites` is on.
     #[error("unknown site")]
     UnknownSite,
+    /// A new site, not listed, while `ingest.max_sites` unlisted sites are taken (see `routes`).
+    #[error(
+        "site limit reached: this ingest takes no more new sites (list it under [ingest.sites])"
+    )]
+    SiteLimit,
     /// The site requires a signed token and this one is missing, expired or forged.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -71,6 +76,7 @@ impl IngestError {
             IngestError::OriginNotAllowed => "origin_not_allowed",
             IngestError::Bot => "bot",
             IngestError::UnknownSite => "unknown_site",
+            IngestError::SiteLimit => "site_limit",
             IngestError::Token(e) => e.reason(),
             IngestError::Beacon(e) => e.reason(),
             IngestError::Publish(PublishError::QueueFull, _) => "producer_queue_full",
@@ -95,7 +101,9 @@ impl IngestError {
             IngestError::OriginNotAllowed => StatusCode::FORBIDDEN,
             IngestError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             IngestError::Bot => StatusCode::NO_CONTENT,
-            IngestError::UnknownSite | IngestError::Token(_) => StatusCode::FORBIDDEN,
+            IngestError::UnknownSite | IngestError::SiteLimit | IngestError::Token(_) => {
+                StatusCode::FORBIDDEN
+            }
         }
     }
 }

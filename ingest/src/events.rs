@@ -145,6 +145,15 @@ impl Events {
         }
     }
 
+    /// A beacon is published under route `other` instead of its own (a client chooses routes:
+    /// not logged).
+    pub fn route_folded(&self, fold: crate::routes::Fold) {
+        self.metrics
+            .routes_folded
+            .with_label_values(&[fold.label()])
+            .inc();
+    }
+
     /// A trusted proxy could not name a request's client (a client may cause it on every
     /// request: not logged).
     pub fn client_unidentified(&self) {

@@ -52,6 +52,15 @@ pub struct IngestMetrics {
     pub timeouts: IntCounterVec,
     /// Connections that ended in a protocol or I/O error, by kind (`parse`, `head_too_large`, `io`).
     pub connection_errors: IntCounterVec,
+    /// Beacons published under route `other` instead of their own, by reason (`route_limit`,
+    /// `unconfirmed`).
+    pub routes_folded: IntCounterVec,
+    /// Sites with a route table, sampled at scrape time.
+    pub sites: IntGauge,
+    /// Routes with their own label over every site, sampled at scrape time.
+    pub routes: IntGauge,
+    /// New routes waiting for `ingest.route_min_clients` clients, sampled at scrape time.
+    pub route_candidates: IntGauge,
 }
 
 /// The `result` labels of `rum_ingest_readiness_checks_total`.
@@ -188,6 +197,31 @@ impl IngestMetrics {
             ),
             &["kind"],
         )?;
+        let routes_folded = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_routes_folded_total",
+                "Beacons published under route \"other\": the site has ingest.max_routes_per_site \
+                 routes (route_limit), or the route was not yet sent by ingest.route_min_clients \
+                 distinct clients (unconfirmed).",
+            ),
+            &["reason"],
+        )?;
+        let sites = IntGauge::new(
+            "rum_ingest_sites",
+            "Sites the ingest took beacons for (listed ones, and at most ingest.max_sites others).",
+        )?;
+        let routes = IntGauge::new(
+            "rum_ingest_routes",
+            "Routes with their own label, over every site (at most ingest.max_routes_per_site each).",
+        )?;
+        let route_candidates = IntGauge::new(
+            "rum_ingest_route_candidates",
+            "New routes waiting for ingest.route_min_clients distinct clients, over every site (at \
+             most ingest.max_route_candidates_per_site each).",
+        )?;
+        for reason in crate::routes::Fold::LABELS {
+            routes_folded.with_label_values(&[reason]);
+        }
         for reason in REFUSED_REASONS {
             connections_refused.with_label_values(&[reason]);
         }
@@ -219,6 +253,10 @@ impl IngestMetrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(routes_folded.clone()))?;
+        registry.register(Box::new(sites.clone()))?;
+        registry.register(Box::new(routes.clone()))?;
+        registry.register(Box::new(route_candidates.clone()))?;
         Ok(Self {
             registry,
             beacons_received,
@@ -242,6 +280,10 @@ impl IngestMetrics {
             connections_refused,
             timeouts,
             connection_errors,
+            routes_folded,
+            sites,
+            routes,
+            route_candidates,
         })
     }
 
@@ -277,7 +319,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 20);
+        assert_eq!(families.len(), 24);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

@@ -31,6 +31,8 @@ impl Harness {
             // tests of timeouts set their own.
             delivery_timeout_ms: 10_000,
             rate_limit_per_second: 0,
+            // One client (127.0.0.1): a route keeps its label from the first beacon.
+            route_min_clients: 1,
             ..IngestConfig::default()
         };
         configure(&mut config);

@@ -143,6 +143,9 @@ impl Pipeline {
             ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "200"),
             // Room for a fresh broker to give the idempotent producer its id (seconds on a loaded machine).
             ("RUM_INGEST_DELIVERY_TIMEOUT_MS", "10000"),
+            // Every test beacon comes from 127.0.0.1: a route keeps its label from the first one
+            // (tests/hostile_clients/cardinality.rs sets the default of 3 back).
+            ("RUM_INGEST_ROUTE_MIN_CLIENTS", "1"),
         ];
         env.extend_from_slice(extra_env);
         let migrated = rum_output(&["migrate"], &env);

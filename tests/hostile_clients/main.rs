@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cardinality;
 mod connections;
 mod input;
 

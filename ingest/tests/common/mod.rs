@@ -7,7 +7,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rum_ingest::{
@@ -19,17 +19,18 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Acknowledges every message at once and counts them.
+/// Acknowledges every message at once, counts them and keeps their keys (`site|route|device`).
 #[derive(Default)]
-pub struct Acknowledging(pub AtomicUsize);
+pub struct Acknowledging(pub AtomicUsize, pub Mutex<Vec<String>>);
 
 impl Publisher for Acknowledging {
     fn publish<'a>(
         &'a self,
-        _key: &'a str,
+        key: &'a str,
         _payload: &'a [u8],
     ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
         self.0.fetch_add(1, Ordering::SeqCst);
+        self.1.lock().unwrap().push(key.to_owned());
         Box::pin(async { Ok(()) })
     }
     fn is_ready(&self, _timeout: Duration) -> bool {
@@ -56,6 +57,11 @@ impl Served {
     /// The number of published messages.
     pub fn published(&self) -> usize {
         self.published.0.load(Ordering::SeqCst)
+    }
+
+    /// The keys of the published messages, in order.
+    pub fn published_keys(&self) -> Vec<String> {
+        self.published.1.lock().unwrap().clone()
     }
 
     pub async fn start(configure: impl FnOnce(&mut IngestConfig)) -> Served {
