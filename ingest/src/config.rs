@@ -186,7 +186,7 @@ impl Default for IngestConfig {
             trusted_proxies: Vec::new(),
             drop_bots: true,
             max_routes_per_site: 500,
-            max_sites: 10_000,
+            max_sites: 1_000,
             only_known_sites: false,
             route_min_clients: 3,
             max_route_candidates_per_site: 128,
