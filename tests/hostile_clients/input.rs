@@ -489,3 +489,41 @@ async fn crawler_user_agents_from_the_public_list_are_dropped_as_bots() {
         1.0 + accepted + browsers.len() as f64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_and_absurd_sample_rates_are_refused_with_their_reason() {
+    let kafka = Kafka::start();
+    kafka.create_pipeline_topics();
+    let ingest = Ingest::start(&kafka, &[]).await;
+    let http = http();
+    let with_rate = |rate: &str| {
+        format!(
+            r#"{{"site":"shop","route":"/","sample_rate":{rate},"metrics":[{{"name":"LCP","value":1200,"id":"r-{rate}"}}]}}"#
+        )
+    };
+    // 5e-324 made one beacon weigh as 2e323 page loads (infinite in the weighted estimate).
+    let refused = ["5e-324", "0.00009999", "0", "-0.5", "1.0000001", "1e308"];
+    for rate in refused {
+        assert_eq!(
+            post_with(&http, &ingest, "", &with_rate(rate), &[]).await,
+            400,
+            "sample_rate {rate}"
+        );
+    }
+    for rate in ["0.0001", "0.25", "1"] {
+        assert_eq!(
+            post_with(&http, &ingest, "", &with_rate(rate), &[]).await,
+            204,
+            "sample_rate {rate}"
+        );
+    }
+    let exposition = crate::common::exposition(&format!("{}/metrics", ingest.base)).await;
+    assert_eq!(
+        metric_value(
+            &exposition,
+            "rum_beacons_rejected_total{reason=\"invalid_sample_rate\"}"
+        ),
+        refused.len() as f64
+    );
+    assert_eq!(metric_value(&exposition, "rum_beacons_accepted_total"), 3.0);
+}
