@@ -451,6 +451,7 @@ pub struct Readiness {
 const NOT_CHECKED: u8 = 0;
 const READY: u8 = 1;
 const UNREACHABLE: u8 = 2;
+const STOPPING: u8 = 3;
 
 impl Readiness {
     /// How long one check may take.
@@ -464,21 +465,32 @@ impl Readiness {
         }
     }
 
-    /// Asks the publisher (a metadata request to Kafka) and remembers the answer.
+    /// Asks the publisher (a metadata request to Kafka) and remembers the answer (not once stopping).
     pub async fn check(&self, publisher: &Arc<dyn Publisher>) {
         let publisher = publisher.clone();
         let ready = tokio::task::spawn_blocking(move || publisher.is_ready(Self::CHECK_TIMEOUT))
             .await
             .unwrap_or(false);
         self.events.readiness_checked(ready);
-        self.state
-            .store(if ready { READY } else { UNREACHABLE }, Ordering::Relaxed);
+        let answer = if ready { READY } else { UNREACHABLE };
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                (now != STOPPING).then_some(answer)
+            });
+    }
+
+    /// The process is stopping: `/readyz` answers 503 from now on, so load balancers take the
+    /// instance out before its listener closes.
+    pub fn stopping(&self) {
+        self.state.store(STOPPING, Ordering::Relaxed);
     }
 
     fn answer(&self) -> Response {
         match self.state.load(Ordering::Relaxed) {
             READY => (StatusCode::OK, "ready\n").into_response(),
             NOT_CHECKED => (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response(),
+            STOPPING => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response(),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n").into_response(),
         }
     }

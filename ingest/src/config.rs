@@ -66,6 +66,16 @@ pub struct IngestConfig {
     /// ingest raises its soft open-file limit to fit) and up to `max_head_bytes` + `max_body_bytes`
     /// of buffers.
     pub max_connections: usize,
+    /// Open connections at most from one client address (IPv6: one /64), so that one host cannot
+    /// take every place of `max_connections`; beyond it closed at once
+    /// (`rum_ingest_connections_refused_total{reason="client_limit"}`). Addresses in
+    /// `trusted_proxies` (the load balancer) are not limited. 0 turns it off.
+    pub max_connections_per_client: usize,
+    /// On SIGTERM, how long `/readyz` answers 503 `stopping` while everything is still served,
+    /// before the listener closes: the time a load balancer needs to take the instance out (its
+    /// health check interval x its unhealthy threshold), so that no new connection meets a closed
+    /// port. 0 (the default) closes at once.
+    pub shutdown_delay_ms: u64,
     /// How long a client may take to send a request's head: from the connection's accept, or from
     /// the first byte of a kept-alive connection's next request. Beyond it the connection is closed.
     pub header_timeout_ms: u64,
@@ -166,6 +176,8 @@ impl Default for IngestConfig {
             delivery_timeout_ms: 5_000,
             linger_ms: 5,
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
+            shutdown_delay_ms: 0,
             header_timeout_ms: 10_000,
             body_timeout_ms: 10_000,
             idle_timeout_ms: 75_000,
@@ -218,6 +230,18 @@ impl IngestConfig {
         require_positive("ingest.shutdown_flush_ms", self.shutdown_flush_ms)?;
         require_positive("ingest.max_in_flight", u64::from(self.max_in_flight))?;
         require_positive("ingest.max_connections", self.max_connections as u64)?;
+        if self.max_connections > 1_000_000 {
+            return Err(ConfigError::new(
+                "ingest.max_connections",
+                "must be at most 1000000",
+            ));
+        }
+        if self.shutdown_delay_ms > 300_000 {
+            return Err(ConfigError::new(
+                "ingest.shutdown_delay_ms",
+                "must be at most 300000 (5 minutes)",
+            ));
+        }
         for (key, value) in [
             ("ingest.header_timeout_ms", self.header_timeout_ms),
             ("ingest.body_timeout_ms", self.body_timeout_ms),

@@ -18,6 +18,8 @@ use crate::{IngestError, IngestMetrics};
 pub enum Refused {
     /// `ingest.max_connections` were open.
     Limit,
+    /// `ingest.max_connections_per_client` were open from the same address (IPv6: /64).
+    ClientLimit,
     /// The client spoke HTTP/2 cleartext (answered GOAWAY `HTTP_1_1_REQUIRED`).
     H2c,
 }
@@ -116,6 +118,10 @@ impl Events {
                     );
                 }
             }
+            // One address over its share: its own doing, not worth a line each.
+            Refused::ClientLimit => tracing::debug!(
+                "connection refused: ingest.max_connections_per_client from one address"
+            ),
             Refused::H2c => tracing::debug!("h2c connection refused with GOAWAY HTTP_1_1_REQUIRED"),
         }
     }
@@ -140,6 +146,7 @@ impl Events {
 
     /// `accept` failed (out of file descriptors, ...): the listener pauses briefly.
     pub fn accept_failed(&self, error: &std::io::Error) {
+        self.metrics.accept_errors.inc();
         if let Some(n) = self.accept_failed.admit() {
             tracing::warn!(%error, failures = n, "cannot accept connections; pausing 50 ms each time");
         }

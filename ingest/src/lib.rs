@@ -141,6 +141,7 @@ pub struct Ingest {
     admin: Option<tokio::net::TcpListener>,
     state: AppState,
     limits: ServerLimits,
+    shutdown_delay: Duration,
     flush_timeout: Duration,
 }
 
@@ -166,6 +167,7 @@ impl Ingest {
             admin,
             state: AppState::new(config, Arc::new(publisher), metrics),
             limits: ServerLimits::from_config(config),
+            shutdown_delay: Duration::from_millis(config.shutdown_delay_ms),
             flush_timeout: Duration::from_millis(config.shutdown_flush_ms),
         })
     }
@@ -229,16 +231,21 @@ impl Ingest {
                 tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
             }
             let mut stopped = stopped.clone();
+            // Its connections are not the public port's: counted apart, in no exported metric.
+            let admin_events = IngestMetrics::new()
+                .map(|m| Arc::new(events::Events::new(Arc::new(m))))
+                .unwrap_or_else(|_| events.clone());
             tokio::spawn(serve(
                 listener,
                 admin_router(self.state.clone()),
                 limits,
-                events.clone(),
+                admin_events,
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },
             ))
         });
+        let (readiness_state, delay) = (self.state.readiness.clone(), self.shutdown_delay);
         serve(
             self.listener,
             router(self.state),
@@ -246,6 +253,15 @@ impl Ingest {
             events,
             async move {
                 shutdown.await;
+                // Out of the balancer first, then closed: no new connection meets a closed port.
+                readiness_state.stopping();
+                if !delay.is_zero() {
+                    tracing::info!(
+                        shutdown_delay_ms = delay.as_millis() as u64,
+                        "ingest stopping: /readyz answers 503, still serving until the delay is over"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
                 stop.send_replace(true);
             },
         )

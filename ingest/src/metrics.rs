@@ -45,8 +45,10 @@ pub struct IngestMetrics {
     pub connections: IntGauge,
     /// Client connections accepted (and served).
     pub connections_accepted: IntCounter,
-    /// Client connections closed at once, by reason (`limit`, `h2c`).
+    /// Client connections closed at once, by reason (`limit`, `client_limit`, `h2c`).
     pub connections_refused: IntCounterVec,
+    /// `accept` failures of the listener (out of file descriptors, ...).
+    pub accept_errors: IntCounter,
     /// Connections closed and requests answered 408 for taking too long, by kind (`head`, `body`,
     /// `idle`, `drain`).
     pub timeouts: IntCounterVec,
@@ -66,7 +68,7 @@ pub struct IngestMetrics {
 /// The `result` labels of `rum_ingest_readiness_checks_total`.
 pub const READINESS_RESULTS: [&str; 2] = ["ready", "unreachable"];
 /// The `reason` labels of `rum_ingest_connections_refused_total`.
-pub const REFUSED_REASONS: [&str; 2] = ["limit", "h2c"];
+pub const REFUSED_REASONS: [&str; 3] = ["limit", "client_limit", "h2c"];
 /// The `kind` labels of `rum_ingest_timeouts_total`.
 pub const TIMEOUT_KINDS: [&str; 4] = ["head", "body", "idle", "drain"];
 /// The `kind` labels of `rum_ingest_connection_errors_total`.
@@ -174,10 +176,17 @@ impl IngestMetrics {
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "rum_ingest_connections_refused_total",
-                "Client connections closed at once: over ingest.max_connections (limit), or \
-                 speaking HTTP/2 cleartext (h2c, answered GOAWAY HTTP_1_1_REQUIRED).",
+                "Client connections closed at once: over ingest.max_connections (limit) or \
+                 ingest.max_connections_per_client from one address (client_limit), never served; \
+                 or accepted and then found speaking HTTP/2 cleartext (h2c, answered GOAWAY \
+                 HTTP_1_1_REQUIRED; also in rum_ingest_connections_accepted_total).",
             ),
             &["reason"],
+        )?;
+        let accept_errors = IntCounter::new(
+            "rum_ingest_accept_errors_total",
+            "Times accepting a connection failed (out of file descriptors, ...); the listener \
+             pauses 50 ms each time.",
         )?;
         let timeouts = IntCounterVec::new(
             Opts::new(
@@ -253,6 +262,7 @@ impl IngestMetrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(accept_errors.clone()))?;
         registry.register(Box::new(routes_folded.clone()))?;
         registry.register(Box::new(sites.clone()))?;
         registry.register(Box::new(routes.clone()))?;
@@ -280,6 +290,7 @@ impl IngestMetrics {
             connections_refused,
             timeouts,
             connection_errors,
+            accept_errors,
             routes_folded,
             sites,
             routes,
@@ -319,7 +330,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 24);
+        assert_eq!(families.len(), 25);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

@@ -20,12 +20,13 @@
 //! starts with the HTTP/2 preface gets a SETTINGS frame and a GOAWAY with `HTTP_1_1_REQUIRED`
 //! (RFC 9113, 5.4.1), the protocol's own way to say "use HTTP/1.1", and is counted.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -46,6 +48,10 @@ use crate::IngestConfig;
 pub struct ServerLimits {
     /// Connections open at most.
     pub max_connections: usize,
+    /// Connections open at most from one address (IPv6: one /64); 0: no such bound.
+    pub max_connections_per_client: usize,
+    /// Addresses not held to `max_connections_per_client` (the load balancers).
+    pub unlimited: Vec<IpNet>,
     /// Time to send a request head.
     pub header_timeout: Duration,
     /// Time a kept-alive connection may wait for its next request.
@@ -61,6 +67,8 @@ impl ServerLimits {
     pub fn from_config(config: &IngestConfig) -> Self {
         Self {
             max_connections: config.max_connections,
+            max_connections_per_client: config.max_connections_per_client,
+            unlimited: config.trusted_proxies.clone(),
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             idle_timeout: Duration::from_millis(config.idle_timeout_ms),
             drain_timeout: Duration::from_millis(config.drain_timeout_ms),
@@ -90,6 +98,7 @@ pub async fn serve(
 ) {
     let max = limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let per_client = Arc::new(PerClient::default());
     let (stage_tx, stage_rx) = watch::channel(Stage::Running);
     let limits = Arc::new(limits);
     let mut shutdown = pin!(shutdown);
@@ -113,6 +122,13 @@ pub async fn serve(
             events.connection_refused(Refused::Limit);
             continue;
         };
+        let client_slot = match PerClient::enter(&per_client, peer.ip(), &limits) {
+            Ok(client_slot) => client_slot,
+            Err(()) => {
+                events.connection_refused(Refused::ClientLimit);
+                continue;
+            }
+        };
         events.connection_opened();
         tokio::spawn(serve_connection(
             stream,
@@ -121,7 +137,7 @@ pub async fn serve(
             limits.clone(),
             events.clone(),
             stage_rx.clone(),
-            slot,
+            (slot, client_slot),
         ));
     }
     // New connections are refused by the kernel from here on.
@@ -166,8 +182,10 @@ async fn serve_connection(
     limits: Arc<ServerLimits>,
     events: Arc<Events>,
     mut stage: watch::Receiver<Stage>,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, Option<ClientSlot>),
 ) {
+    // Counted closed however the task ends (a panic in a handler included).
+    let _open = OpenConnection(events.clone());
     // Answers are written in one piece; without Nagle none waits for the client's ACK.
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
@@ -223,7 +241,75 @@ async fn serve_connection(
     } else if let Some(error) = failed {
         events.connection_failed(classify(&error), &error);
     }
-    events.connection_closed();
+}
+
+/// Counts a served connection closed when dropped.
+struct OpenConnection(Arc<Events>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
+    }
+}
+
+/// Connections open by client address (IPv4 address, IPv6 /64). At most `max_connections` entries.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// A connection's place in its client's count, given back on drop.
+struct ClientSlot {
+    counts: Arc<PerClient>,
+    key: IpAddr,
+}
+
+impl PerClient {
+    /// A place for a connection from `ip`; `None` when the address is not limited.
+    fn enter(
+        counts: &Arc<PerClient>,
+        ip: IpAddr,
+        limits: &ServerLimits,
+    ) -> Result<Option<ClientSlot>, ()> {
+        if limits.max_connections_per_client == 0
+            || limits.unlimited.iter().any(|n| n.contains(&ip))
+        {
+            return Ok(None);
+        }
+        let key = client_key(ip);
+        let mut open = counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= limits.max_connections_per_client {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(ClientSlot {
+            counts: counts.clone(),
+            key,
+        }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One key an address: IPv4 as is (an IPv4-mapped IPv6 address too), IPv6 by its /64 (one host
+/// is given a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
 }
 
 fn classify(error: &hyper::Error) -> ConnectionError {

@@ -230,3 +230,44 @@ async fn shutdown_closes_idle_connections_and_drops_stalled_ones_after_the_drain
     // The listener is closed.
     assert!(TcpStream::connect(served.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let served = Served::start(|c| {
+        c.max_connections = 100;
+        c.max_connections_per_client = 3;
+        c.header_timeout_ms = 60_000;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(served.connect().await);
+    }
+    served.wait_for_open_connections(3).await;
+    // The fourth from 127.0.0.1 is closed at once; the global cap is far.
+    let mut fourth = served.connect().await;
+    assert!(closed_by_server(&mut fourth).await);
+    assert_eq!(served.count("refused", "client_limit"), 1);
+    assert_eq!(served.count("refused", "limit"), 0);
+    // A place given back is a place again.
+    drop(held.pop());
+    served.wait_for_open_connections(2).await;
+    let answer = post_beacon(&served).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_is_not_held_to_the_per_client_cap() {
+    let served = Served::start(|c| {
+        c.max_connections_per_client = 1;
+        c.header_timeout_ms = 60_000;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(served.connect().await);
+    }
+    served.wait_for_open_connections(5).await;
+    assert_eq!(served.count("refused", "client_limit"), 0);
+}
