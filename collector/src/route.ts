@@ -16,6 +16,12 @@ const MIN_PHONE_DIGITS = 7;
 const MIN_SECRET_LEN = 16;
 const MIN_MIXED_LEN = 8;
 const MIN_ALTERNATIONS = 3;
+// Letters then 6+ digits is a per-user or per-order number (`u8812345`; not `b12345`, `rtx4090`).
+const PREFIXED_ID = /^[a-z]*\d{6,}$/;
+// An at sign (`@`, fullwidth U+FF20, small U+FE6B) in UTF-8 bytes, percent-decoded up to 3 times.
+const AT_SIGN = /@|\xef\xbc\xa0|\xef\xb9\xab/;
+const ESCAPE = /%([0-9a-f]{2})/g;
+const MAX_DECODES = 3;
 
 // ASCII only, as on the server: `toLowerCase` would turn e.g. U+212A (Kelvin) into `k`.
 const asciiLower = (s: string): string => s.replace(/[A-Z]+/g, (c) => c.toLowerCase());
@@ -36,11 +42,24 @@ function isSecretToken(token: string): boolean {
   );
 }
 
-const isIdToken = (token: string): boolean => /^\d+$/.test(token) || isSecretToken(token);
+const isIdToken = (token: string): boolean =>
+  /^\d+$/.test(token) || PREFIXED_ID.test(token) || isSecretToken(token);
+
+/** The segment's UTF-8 bytes, one character each, as the server sees them. */
+const utf8 = (s: string): string =>
+  Array.from(new TextEncoder().encode(s), (b) => String.fromCharCode(b)).join('');
+
+function hasAtSign(segment: string): boolean {
+  let bytes = utf8(segment);
+  for (let i = 0; i < MAX_DECODES; i++) {
+    bytes = bytes.replace(ESCAPE, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+  }
+  return AT_SIGN.test(bytes);
+}
 
 /** A UUID, an e-mail address or handle, or a phone number: the whole segment is `id`. */
 function isPersonalSegment(segment: string): boolean {
-  if (UUID.test(segment) || segment.includes('@') || segment.includes('%40')) return true;
+  if (UUID.test(segment) || hasAtSign(segment)) return true;
   if (!PHONE.test(segment)) return false;
   return segment.replace(PHONE_ESCAPES, '').replace(/\D/g, '').length >= MIN_PHONE_DIGITS;
 }

@@ -40,7 +40,8 @@ describe('normalizeRoute', () => {
   });
 
   it('hides e-mail addresses, phone numbers and tokens whole, as the server does', () => {
-    for (const at of ['@', '%40', '%40']) {
+    const ats = ['@', '%40', '%2540', '%252540', '\uff20', '%EF%BC%A0', '%25ef%25bc%25a0', '\ufe6b', '%ef%b9%ab'];
+    for (const at of ats) {
       expect(normalizeRoute(`/u/jane.doe+news${at}example.com/orders`)).toBe('u-id-orders');
     }
     for (const phone of ['+1-202-555-0142', '(202)%20555-0142', '%2B44.20.7946.0958']) {
@@ -48,6 +49,15 @@ describe('normalizeRoute', () => {
     }
     // A base64url token cut by `_` and `-`: no fragment of it stays.
     expect(normalizeRoute('/reset/SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c-x9')).toBe('reset-id');
+  });
+
+  it('hides letters then six digits and keeps shorter model numbers, as the server does', () => {
+    expect(normalizeRoute('/profile/u8812345')).toBe('profile-id');
+    expect(normalizeRoute('/order/ord1234567/track')).toBe('order-id-track');
+    expect(normalizeRoute('/p/b12345')).toBe('p-b12345');
+    expect(normalizeRoute('/p/rtx4090')).toBe('p-rtx4090');
+    // A percent sign that escapes no at sign is no e-mail address.
+    expect(normalizeRoute('/sale/100%25-off')).toBe('sale-id-id-off');
   });
 
   it('is a fixed point on generated paths of tricky characters', () => {

@@ -4,7 +4,9 @@
 //! 1. A full URL loses its scheme and host; query and fragment are dropped; the rest is lower-cased.
 //! 2. A path segment that may hold personal data or a secret becomes the token `id` as a whole:
 //!    - a UUID;
-//!    - an e-mail address (or a handle): the segment contains `@` or `%40`;
+//!    - an e-mail address (or a handle): the segment contains an at sign, `@` or a look-alike
+//!      (fullwidth `＠` U+FF20, small `﹫` U+FE6B), raw or percent-encoded up to [`MAX_DECODES`] times
+//!      (`%40`, a double-encoded `%2540`, `%EF%BC%A0`);
 //!    - a phone number: only digits and `+ - ( ) .` (also `%20`, `%2B`, `%28`, `%29`), at least 7 digits
 //!      (dates such as `2024-01-15` are phone-shaped and become `id` too).
 //! 3. Otherwise a segment splits at `.` into parts, and a part into tokens at every character that
@@ -12,7 +14,8 @@
 //!    when it has 16+ characters with both letters and digits, or 8+ characters in which letters and
 //!    digits alternate at least 3 times. A part holding a secret becomes `id` as a whole, so that no
 //!    fragment split off at `-`, `_`, `+`, `%`, `=` stays.
-//! 4. Otherwise a token of digits only becomes `id`.
+//! 4. Otherwise a token of digits only, or of letters then [`MIN_PREFIXED_DIGITS`]+ digits (a per-user
+//!    or per-order number such as `u8812345`), becomes `id`.
 //!    Slugs of words stay: their tokens are words, numbers or short model names
 //!    (`understanding-web-vitals`, `galaxy-s24-ultra-256gb`, `rtx4090-vs-rx7900xtx`). Not recognized:
 //!    secrets of letters only, and secrets cut by separators into tokens shorter than 8.
@@ -40,6 +43,14 @@ pub const MIN_MIXED_LEN: usize = 8;
 pub const MIN_ALTERNATIONS: usize = 3;
 /// A segment of phone characters with at least this many digits is a phone number.
 pub const MIN_PHONE_DIGITS: usize = 7;
+/// A token of letters followed by at least this many digits is an id (`u8812345`; not `b12345`,
+/// `rtx4090`).
+pub const MIN_PREFIXED_DIGITS: usize = 6;
+/// A segment is percent-decoded this many times when looking for an at sign: a double-encoded
+/// `%2540` is a common bug of single-page apps, a third level covers one more.
+pub const MAX_DECODES: usize = 3;
+/// At signs as UTF-8 bytes: `@`, fullwidth `＠` (U+FF20) and small `﹫` (U+FE6B).
+const AT_SIGNS: [&[u8]; 3] = [b"@", "\u{ff20}".as_bytes(), "\u{fe6b}".as_bytes()];
 
 /// Normalizes a path or URL into a route slug. Total: any input gives a valid slug.
 pub fn normalize_route(raw: &str) -> String {
@@ -131,9 +142,13 @@ fn strip_origin(raw: &str) -> &str {
     raw
 }
 
-/// All digits, or a secret (tokens are `[a-z0-9]`).
+/// All digits, letters then [`MIN_PREFIXED_DIGITS`]+ digits, or a secret (tokens are `[a-z0-9]`).
 fn is_id_token(token: &str) -> bool {
-    !token.is_empty() && (token.bytes().all(|b| b.is_ascii_digit()) || is_secret_token(token))
+    let digits = token.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    !token.is_empty()
+        && (token.bytes().all(|b| b.is_ascii_digit())
+            || (digits.len() >= MIN_PREFIXED_DIGITS && digits.bytes().all(|b| b.is_ascii_digit()))
+            || is_secret_token(token))
 }
 
 /// [`MIN_SECRET_LEN`]+ characters with both letters and digits (long hex included), or
@@ -152,7 +167,50 @@ fn is_secret_token(token: &str) -> bool {
 
 /// A UUID, an e-mail address or handle, or a phone number: the whole segment is `id`.
 fn is_personal_segment(segment: &str) -> bool {
-    is_uuid(segment) || segment.contains('@') || segment.contains("%40") || is_phone(segment)
+    is_uuid(segment) || has_at_sign(segment) || is_phone(segment)
+}
+
+/// An at sign in the segment's UTF-8 bytes once percent-decoded up to [`MAX_DECODES`] times (the
+/// segment is lower-cased: escapes are `%[0-9a-f]{2}`; decoding never removes an at sign).
+fn has_at_sign(segment: &str) -> bool {
+    let mut bytes = segment.as_bytes().to_vec();
+    for _ in 0..MAX_DECODES {
+        if !bytes.contains(&b'%') {
+            break;
+        }
+        bytes = percent_decode(&bytes);
+    }
+    AT_SIGNS
+        .iter()
+        .any(|at| bytes.windows(at.len()).any(|w| w == *at))
+}
+
+/// One left-to-right pass: each `%` and two lower-case hex digits becomes that byte.
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = match bytes.get(i..i + 3) {
+            Some([b'%', hi, lo]) => hex(*hi).zip(hex(*lo)).map(|(hi, lo)| (hi << 4) | lo),
+            _ => None,
+        };
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -269,7 +327,18 @@ mod tests {
         let mut rng = Xorshift(42);
         for _ in 0..2_000 {
             let local = rng.text(b"abcdefghijklmnopqrstuvwxyz0123456789._+-", 12);
-            let at = ["@", "%40", "%40"][rng.pick(b"012") as usize - b'0' as usize];
+            let ats = [
+                "@",
+                "%40",
+                "%2540",
+                "%252540",
+                "\u{ff20}",
+                "%EF%BC%A0",
+                "%25ef%25bc%25a0",
+                "\u{fe6b}",
+                "%ef%b9%ab",
+            ];
+            let at = ats[(rng.pick(b"012345678") - b'0') as usize];
             let path = format!("/u/{local}{at}example.com/orders");
             assert_eq!(normalize_route(&path), "u-id-orders", "{path}");
             let phone = rng.text(b"0123456789", 10);
@@ -281,6 +350,30 @@ mod tests {
             ] {
                 assert_eq!(normalize_route(&path), "call-id", "{path}");
             }
+        }
+    }
+
+    #[test]
+    fn hides_letters_then_six_digits_and_keeps_shorter_model_numbers() {
+        let mut rng = Xorshift(3);
+        for i in 0..2_000 {
+            let prefix = rng.text(b"abcdefghijklmnopqrstuvwxyz", 1 + i % 4);
+            let digits = rng.text(b"0123456789", 1 + i % 9);
+            let path = format!("/profile/{prefix}{digits}");
+            let expected = if digits.len() >= MIN_PREFIXED_DIGITS {
+                "profile-id".to_string()
+            } else {
+                format!("profile-{prefix}{digits}")
+            };
+            assert_eq!(normalize_route(&path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_percent_sign_alone_is_no_at_sign() {
+        for segment in ["100%25-off", "%25", "%2", "%4", "%%40x", "%e2%82%ac5"] {
+            let at = segment.contains("%40");
+            assert_eq!(has_at_sign(segment), at, "{segment}");
         }
     }
 
