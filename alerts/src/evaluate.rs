@@ -9,7 +9,9 @@
 //!   `min_samples` samples in all (per window, not per step). It starts where the run of bad steps
 //!   ending at `E` starts (looked for within the lookback).
 //! * [`beacons_stopped`] holds for a site when `[E - for, E)` has no sample while
-//!   `[E - for - 1d, E - 1d)` had at least `beacons_stopped.min_samples`. It starts a minute after
+//!   `[E - for - 1d, E - 1d)` had at least `beacons_stopped.min_page_loads` page loads, counted as
+//!   the samples of the site's most frequent metric there (a page load sends each metric at most
+//!   once; summing the metrics counted 20 beacons of five vitals as 100). It starts a minute after
 //!   the site's last stored minute.
 //!
 //! Firing alerts end `now + 3 intervals` (re-sent every interval). An alert that held at
@@ -44,7 +46,7 @@ pub enum AlertState {
 pub struct Alert {
     /// `alertname`, `site`, `route`, `device`, `metric`, `severity` (route and device only on p75 alerts).
     pub labels: BTreeMap<String, String>,
-    /// `summary`, `p75`, `threshold`, `samples` (`samples_yesterday` for beacons stopped), and `query`:
+    /// `summary`, `p75`, `threshold`, `samples` (`page_loads_yesterday` for beacons stopped), and `query`:
     /// SQL to investigate, for `clickhouse-client --database rum` (tables unqualified: the database is
     /// configurable).
     pub annotations: BTreeMap<String, String>,
@@ -227,11 +229,16 @@ fn group_series<'a>(
     series
 }
 
-fn group_site_minutes(data: &StoredData) -> HashMap<&str, BTreeMap<u32, u64>> {
-    let mut sites: HashMap<&str, BTreeMap<u32, u64>> = HashMap::new();
+/// Samples of one site by metric, then by minute.
+pub type SiteMetricMinutes<'a> = BTreeMap<&'a str, BTreeMap<u32, u64>>;
+
+fn group_site_minutes(data: &StoredData) -> HashMap<&str, SiteMetricMinutes<'_>> {
+    let mut sites: HashMap<&str, SiteMetricMinutes<'_>> = HashMap::new();
     for m in &data.site_minutes {
         *sites
             .entry(m.site.as_str())
+            .or_default()
+            .entry(m.metric.as_str())
             .or_default()
             .entry(m.minute)
             .or_default() += m.samples;
@@ -243,7 +250,7 @@ fn group_site_minutes(data: &StoredData) -> HashMap<&str, BTreeMap<u32, u64>> {
 fn holding_at(
     rules: &Rules,
     series: &BTreeMap<SeriesKey<'_>, BTreeMap<u32, &StepStat>>,
-    site_minutes: &HashMap<&str, BTreeMap<u32, u64>>,
+    site_minutes: &HashMap<&str, SiteMetricMinutes<'_>>,
     end: u32,
     lookback_start: u32,
 ) -> BTreeMap<BTreeMap<String, String>, Finding> {
@@ -346,30 +353,47 @@ pub fn p75_poor(
     })
 }
 
-/// Whether a site stopped sending at step end `end` (see the module header); `minutes` are its
-/// samples by minute.
+/// Whether a site stopped sending at step end `end` (see the module header); `metrics` are its
+/// samples by metric and minute.
 pub fn beacons_stopped(
     rules: &Rules,
     site: &str,
-    minutes: &BTreeMap<u32, u64>,
+    metrics: &SiteMetricMinutes<'_>,
     end: u32,
 ) -> Option<Finding> {
     let rule = &rules.beacons_stopped;
     let window = rule.for_minutes * 60;
-    let sum = |from: u32, to: u32| -> u64 { minutes.range(from..to).map(|(_, n)| n).sum() };
-    let today = sum(end.saturating_sub(window), end);
-    let yesterday = sum(
-        end.saturating_sub(window + DAY_SECS),
-        end.saturating_sub(DAY_SECS),
-    );
-    if today > 0 || yesterday < rule.min_samples {
+    let sum = |minutes: &BTreeMap<u32, u64>, from: u32, to: u32| -> u64 {
+        minutes.range(from..to).map(|(_, n)| n).sum()
+    };
+    let today: u64 = metrics
+        .values()
+        .map(|m| sum(m, end.saturating_sub(window), end))
+        .sum();
+    // Page loads: the most frequent metric's samples (each page load sends a metric at most once).
+    let yesterday = metrics
+        .values()
+        .map(|m| {
+            sum(
+                m,
+                end.saturating_sub(window + DAY_SECS),
+                end.saturating_sub(DAY_SECS),
+            )
+        })
+        .max()
+        .unwrap_or(0);
+    if today > 0 || yesterday < rule.min_page_loads {
         return None;
     }
-    let starts_at = minutes
-        .range(end.saturating_sub(DAY_SECS)..end)
-        .filter(|(_, n)| **n > 0)
-        .map(|(m, _)| m + 60)
-        .next_back()
+    let starts_at = metrics
+        .values()
+        .filter_map(|m| {
+            m.range(end.saturating_sub(DAY_SECS)..end)
+                .filter(|(_, n)| **n > 0)
+                .map(|(m, _)| m + 60)
+                .next_back()
+        })
+        .max()
         .unwrap_or(end - window);
     Some(Finding {
         alertname: BEACONS_STOPPED,
@@ -379,12 +403,12 @@ pub fn beacons_stopped(
             ("metric", BEACONS_METRIC.to_string()),
         ],
         summary: format!(
-            "no beacons from {site} for the last {} minutes, while the same minutes yesterday had {yesterday} samples",
+            "no beacons from {site} for the last {} minutes, while the same minutes yesterday had {yesterday} page loads",
             rule.for_minutes
         ),
         details: vec![
             ("samples", "0".into()),
-            ("samples_yesterday", yesterday.to_string()),
+            ("page_loads_yesterday", yesterday.to_string()),
             (
                 "query",
                 format!(
@@ -459,8 +483,9 @@ mod tests {
         }
     }
 
-    fn minutes(pairs: &[(u32, u64)]) -> BTreeMap<u32, u64> {
-        pairs.iter().copied().collect()
+    /// LCP samples by minute.
+    fn minutes(pairs: &[(u32, u64)]) -> SiteMetricMinutes<'static> {
+        BTreeMap::from([("LCP", pairs.iter().copied().collect())])
     }
 
     #[test]
@@ -565,7 +590,7 @@ mod tests {
             [("site", "busy".to_string()), ("metric", "beacons".into())]
         );
         let alert = f.alert(AlertState::Firing, end + 180);
-        assert_eq!(alert.annotations["samples_yesterday"], "100");
+        assert_eq!(alert.annotations["page_loads_yesterday"], "100");
         // 99 is under the default minimum; a sample in the window means not stopped.
         let thin = minutes(&[(yesterday, 99)]);
         assert!(beacons_stopped(&rules, "thin", &thin, end).is_none());
@@ -577,11 +602,41 @@ mod tests {
     }
 
     #[test]
+    fn beacons_stopped_counts_page_loads_not_samples_of_every_metric() {
+        let rules = Rules::default();
+        let end = T0 + 2 * DAY_SECS;
+        let yesterday = end - DAY_SECS - 600;
+        // 20 beacons of five vitals: 100 samples, 20 page loads.
+        let five: SiteMetricMinutes<'_> = ["LCP", "INP", "CLS", "FCP", "TTFB"]
+            .into_iter()
+            .map(|m| (m, BTreeMap::from([(yesterday, 20)])))
+            .collect();
+        assert!(beacons_stopped(&rules, "five", &five, end).is_none());
+        // 100 page loads with LCP, 60 of them with INP too: 100 page loads.
+        let loads: SiteMetricMinutes<'_> = BTreeMap::from([
+            ("LCP", BTreeMap::from([(yesterday, 100)])),
+            ("INP", BTreeMap::from([(yesterday, 60)])),
+        ]);
+        let f = beacons_stopped(&rules, "busy", &loads, end).unwrap();
+        assert_eq!(f.samples, 100);
+        // A sample of any metric today means not stopped; the last one of any metric is the start.
+        let mut live = loads.clone();
+        live.insert("CLS", BTreeMap::from([(end - 60, 1)]));
+        assert!(beacons_stopped(&rules, "busy", &live, end).is_none());
+        let mut gone = loads;
+        gone.insert("CLS", BTreeMap::from([(end - 40 * 60, 1)]));
+        gone.insert("TTFB", BTreeMap::from([(end - 50 * 60, 1)]));
+        let f = beacons_stopped(&rules, "busy", &gone, end).unwrap();
+        assert_eq!(f.starts_at, end - 40 * 60 + 60);
+    }
+
+    #[test]
     fn beacons_stopped_needs_traffic_yesterday() {
         let rules = Rules::default();
         let now = T0 + 2 * DAY_SECS;
         let minute = |site: &str, at: u32| SiteMinute {
             site: site.into(),
+            metric: "LCP".into(),
             minute: at,
             samples: 100,
         };
@@ -642,6 +697,7 @@ mod tests {
             site_minutes: (0..n)
                 .map(|i| SiteMinute {
                     site: format!("site-{i:03}"),
+                    metric: "LCP".into(),
                     minute: now - DAY_SECS - 600,
                     samples: 100 + i,
                 })

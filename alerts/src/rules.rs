@@ -16,7 +16,7 @@
 //! [beacons_stopped]     # WebVitalsBeaconsStopped
 //! enabled = true
 //! for_minutes = 30      # silent this long, while the same minutes a day earlier had beacons
-//! min_samples = 100     # samples (stored metric values, any metric) the same minutes a day earlier must hold
+//! min_page_loads = 100  # page loads the same minutes a day earlier must hold (see BeaconsStoppedRule)
 //! severity = "critical"
 //! ```
 
@@ -71,10 +71,12 @@ pub struct BeaconsStoppedRule {
     pub enabled: bool,
     /// Minutes without a beacon (while the same minutes a day earlier had some).
     pub for_minutes: u32,
-    /// Samples the same minutes a day earlier must hold for the site's silence to alert. The unit is
-    /// the stored one: metric values of any metric (a beacon carries one to five), not beacons.
-    /// Keeps the many sites a public ingest may see once (random names) from alerting a day later.
-    pub min_samples: u64,
+    /// Page loads the same minutes a day earlier must hold for the site's silence to alert, counted
+    /// as the samples of the site's most frequent metric there (every page load sends at most one
+    /// value of each metric, so 20 beacons of five vitals are 20, not 100). Keeps the many sites a
+    /// public ingest may see a few times (random names) from paging a day later. Was `min_samples`
+    /// (a sum over metrics); that key is refused with a message naming this one.
+    pub min_page_loads: u64,
     /// The `severity` label.
     pub severity: String,
 }
@@ -103,7 +105,7 @@ impl Default for Rules {
             beacons_stopped: BeaconsStoppedRule {
                 enabled: true,
                 for_minutes: 30,
-                min_samples: 100,
+                min_page_loads: 100,
                 severity: "critical".into(),
             },
         }
@@ -125,6 +127,9 @@ impl Rules {
     }
 
     fn from_figment(file: Figment) -> Result<Rules, String> {
+        if file.find_value("beacons_stopped.min_samples").is_ok() {
+            return Err(RENAMED_MIN_SAMPLES.into());
+        }
         let rules: Rules = Figment::from(Serialized::defaults(Rules::default()))
             .merge(file)
             .extract()
@@ -167,8 +172,8 @@ impl Rules {
             self.beacons_stopped.for_minutes,
             self.step_minutes,
         )?;
-        if self.beacons_stopped.min_samples == 0 {
-            return Err("beacons_stopped.min_samples: must be at least 1".into());
+        if self.beacons_stopped.min_page_loads == 0 {
+            return Err("beacons_stopped.min_page_loads: must be at least 1".into());
         }
         check_label("beacons_stopped.severity", &self.beacons_stopped.severity)?;
         Ok(())
@@ -196,6 +201,12 @@ impl Rules {
         self.routes.is_empty() || self.routes.iter().any(|r| r == route)
     }
 }
+
+/// The error for the old key, which counted samples of every metric (a beacon of five vitals
+/// counted five).
+const RENAMED_MIN_SAMPLES: &str = "beacons_stopped.min_samples: renamed beacons_stopped.min_page_loads, which counts page \
+     loads (the samples of the site's most frequent metric), not samples summed over metrics: set min_page_loads \
+     (default 100) and remove min_samples";
 
 fn check_window(key: &str, minutes: u32, step: u32) -> Result<(), String> {
     if minutes == 0 || minutes > 1440 || !minutes.is_multiple_of(step) {
@@ -235,7 +246,7 @@ mod tests {
         );
         assert_eq!((r.step_minutes, r.for_minutes, r.min_samples), (5, 30, 50));
         assert_eq!(r.beacons_stopped.for_minutes, 30);
-        assert_eq!(r.beacons_stopped.min_samples, 100);
+        assert_eq!(r.beacons_stopped.min_page_loads, 100);
         assert_eq!(r.metric_rules().len(), 3);
     }
 
@@ -271,8 +282,8 @@ mod tests {
                 "beacons_stopped.for_minutes:",
             ),
             (
-                "[beacons_stopped]\nmin_samples = 0\n",
-                "beacons_stopped.min_samples:",
+                "[beacons_stopped]\nmin_page_loads = 0\n",
+                "beacons_stopped.min_page_loads:",
             ),
             ("[lcp]\ntreshold = 3000.0\n", "lcp"),
         ];
@@ -281,5 +292,19 @@ mod tests {
             assert!(err.starts_with(key), "{text:?} -> {err}");
             assert!(!err.contains('\n'), "{err}");
         }
+    }
+
+    #[test]
+    fn the_old_minimum_key_is_refused_naming_the_new_one() {
+        let err = Rules::from_toml("[beacons_stopped]\nmin_samples = 100\n").unwrap_err();
+        assert!(
+            err.starts_with("beacons_stopped.min_samples: renamed beacons_stopped.min_page_loads"),
+            "{err}"
+        );
+        // p75's own min_samples is still the p75 rules' key.
+        assert_eq!(
+            Rules::from_toml("min_samples = 10\n").unwrap().min_samples,
+            10
+        );
     }
 }

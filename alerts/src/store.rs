@@ -5,11 +5,12 @@
 //! routes and devices, so each query first picks its candidates in SQL (a subquery): the series
 //! whose p75 condition holds now or held an interval ago (every step of the window above the
 //! threshold, `min_samples` in it), and the sites silent now or an interval ago whose same minutes
-//! a day earlier held `beacons_stopped.min_samples`. Each subquery is ordered the way the
-//! evaluator ranks alerts and cut at `limit` (the alert cap + 1), and the outer query returns only
-//! the candidates' rows. So one evaluation reads at most `limit` series x the lookback's steps
-//! (about 31 with the defaults) and `limit` sites x the minutes of the two windows and the
-//! lookback (about 190). When a subquery fills its limit, one `count()` over the same subquery
+//! a day earlier held `beacons_stopped.min_page_loads` page loads (the site's most frequent metric).
+//! Each subquery is ordered the way the
+//! evaluator ranks alerts and cut at `limit` (the alert cap + 1), and the read filters on the
+//! candidates in its WHERE (before any sketch is merged), returning only their rows. So one evaluation reads at most `limit` series x the lookback's steps
+//! (about 31 with the defaults) and `limit` sites x their metrics x the minutes of the two windows
+//! and the lookback (about 190). When a subquery fills its limit, one `count()` over the same subquery
 //! tells how many candidates were not read ([`StoredData::not_fetched`]).
 //!
 //! The SQL repeats the evaluator's conditions only to choose what to read; the decision itself is
@@ -44,11 +45,13 @@ pub struct StepStat {
     pub samples: u64,
 }
 
-/// Samples of one site in one minute (any metric).
+/// Samples of one site and metric in one minute.
 #[derive(Debug, Clone, PartialEq, Row, Deserialize)]
 pub struct SiteMinute {
     /// The site.
     pub site: String,
+    /// The metric name (page loads are counted per metric: see [`stopped_candidates_sql`]).
+    pub metric: String,
     /// Unix seconds of the minute.
     pub minute: u32,
     /// Samples stored for that minute.
@@ -60,7 +63,7 @@ pub struct SiteMinute {
 pub struct StoredData {
     /// Per-step p75 of the candidate series, over the lookback.
     pub steps: Vec<StepStat>,
-    /// Per-minute samples of the candidate sites, over the lookback and the same windows a day
+    /// Per-minute samples of each metric of the candidate sites, over the lookback and the same windows a day
     /// earlier.
     pub site_minutes: Vec<SiteMinute>,
     /// Candidates (series or sites, one alert each) beyond the read limit: counted, not read.
@@ -90,9 +93,10 @@ pub fn p75_sql() -> String {
 }
 
 /// Per site, route, device, metric and step: `step_start`, `n` (samples) and `p75`. Placeholders:
-/// metrics (array), start, end (unix seconds), then the scope's arrays when `scoped` (sites, routes;
-/// see [`scope_sql`]).
-fn step_rows_sql(step_secs: u32, scope: &str) -> String {
+/// metrics (array), start, end (unix seconds), then those of `filter` (more conditions of the
+/// WHERE, e.g. the scope's arrays, see [`scope_sql`], and the candidates: filtering on grouping keys
+/// there, not after the GROUP BY, spares merging the sketches of every other series).
+fn step_rows_sql(step_secs: u32, filter: &str) -> String {
     format!(
         "SELECT site, route, device, metric, \
            toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
@@ -101,7 +105,7 @@ fn step_rows_sql(step_secs: u32, scope: &str) -> String {
            arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx, \
            toFloat64({p75}) AS p75 \
          FROM vitals_1m \
-         WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){scope} \
+         WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){filter} \
          GROUP BY site, route, device, metric, step_start",
         p75 = p75_sql()
     )
@@ -185,29 +189,39 @@ fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
 }
 
 /// The beacons-stopped candidates: sites without samples in the window (now or an interval ago)
-/// whose same minutes a day earlier held `beacons_stopped.min_samples`. Placeholders: see
-/// [`SitesQuery::binds`].
+/// whose same minutes a day earlier held `beacons_stopped.min_page_loads` page loads: the samples of
+/// the site's most frequent metric there (the max over metrics of per-metric sums, not their sum: a
+/// beacon carries up to five metrics, one value each). Placeholders: see [`SitesQuery::binds`].
 fn stopped_candidates_sql(rules: &Rules) -> String {
-    let min = rules.beacons_stopped.min_samples;
+    let min = rules.beacons_stopped.min_page_loads;
     let site_scope = if rules.sites.is_empty() {
         ""
     } else {
         " AND has(?, site)"
     };
+    // Aliases differ between levels: 18.16 mistakes `sum(x) AS x` for a cyclic alias.
     format!(
         "SELECT site, \
-           sumIf(n, at >= ? AND at < ?) AS today_now, \
-           sumIf(n, at >= ? AND at < ?) AS yesterday_now, \
-           sumIf(n, at >= ? AND at < ?) AS today_before, \
-           sumIf(n, at >= ? AND at < ?) AS yesterday_before, \
+           sum(m_today_now) AS today_now, \
+           max(m_yesterday_now) AS yesterday_now, \
+           sum(m_today_before) AS today_before, \
+           max(m_yesterday_before) AS yesterday_before, \
            today_now = 0 AND yesterday_now >= {min} AS holds_now, \
            today_before = 0 AND yesterday_before >= {min} AS holds_before \
          FROM ( \
-           SELECT site, toUInt32(minute) AS at, countMerge(samples) AS n \
-           FROM vitals_1m \
-           WHERE ((minute >= toDateTime(?) AND minute < toDateTime(?)) \
-              OR (minute >= toDateTime(?) AND minute < toDateTime(?))){site_scope} \
-           GROUP BY site, minute \
+           SELECT site, metric, \
+             sumIf(n, at >= ? AND at < ?) AS m_today_now, \
+             sumIf(n, at >= ? AND at < ?) AS m_yesterday_now, \
+             sumIf(n, at >= ? AND at < ?) AS m_today_before, \
+             sumIf(n, at >= ? AND at < ?) AS m_yesterday_before \
+           FROM ( \
+             SELECT site, metric, toUInt32(minute) AS at, countMerge(samples) AS n \
+             FROM vitals_1m \
+             WHERE ((minute >= toDateTime(?) AND minute < toDateTime(?)) \
+                OR (minute >= toDateTime(?) AND minute < toDateTime(?))){site_scope} \
+             GROUP BY site, metric, minute \
+           ) \
+           GROUP BY site, metric \
          ) \
          GROUP BY site \
          HAVING holds_now OR holds_before"
@@ -325,12 +339,15 @@ impl P75Query<'_> {
             return Ok((Vec::new(), 0));
         }
         let scope = scope_sql(self.rules);
+        // The candidates filter the inner read, before its GROUP BY merges any sketch.
+        let filter = format!(
+            "{scope} AND (site, route, device, metric) IN ({})",
+            self.candidates_sql(limit)
+        );
         let sql = format!(
             "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples FROM ({}) \
-             WHERE (site, route, device, metric) IN ({}) \
              ORDER BY site, route, device, metric, step_start",
-            step_rows_sql(self.rules.step_minutes * 60, &scope),
-            self.candidates_sql(limit)
+            step_rows_sql(self.rules.step_minutes * 60, &filter),
         );
         let mut binds = self.step_binds(self.spans.start, self.spans.end);
         binds.extend(self.binds());
@@ -412,13 +429,13 @@ impl SitesQuery<'_> {
         // The minutes the decision looks at: yesterday's windows, and today's lookback (where the
         // site was last seen).
         let sql = format!(
-            "SELECT site, toUInt32(minute) AS at, toUInt64(countMerge(samples)) AS n \
+            "SELECT site, metric, toUInt32(minute) AS at, toUInt64(countMerge(samples)) AS n \
              FROM vitals_1m \
              WHERE site IN ({candidates}) \
                AND ((minute >= toDateTime(?) AND minute < toDateTime(?)) \
                  OR (minute >= toDateTime(?) AND minute < toDateTime(?))) \
-             GROUP BY site, minute \
-             ORDER BY site, at"
+             GROUP BY site, metric, minute \
+             ORDER BY site, metric, at"
         );
         let window = self.rules.beacons_stopped.for_minutes * 60;
         let Spans {

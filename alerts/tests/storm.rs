@@ -15,6 +15,8 @@ use rum_testkit::ClickHouseServer;
 const RANDOM_SITES: u32 = 100_000;
 /// Sites with 99 samples yesterday: one under the default minimum of 100.
 const NEAR_SITES: u32 = 99;
+/// Sites of 20 page loads yesterday, each with all five vitals: 100 samples, 20 page loads.
+const FIVE_VITAL_SITES: u32 = 50;
 
 /// One LCP sample for each of `RANDOM_SITES` random site names, spread over `[from, from + 30 min)`.
 fn random_sites(from: u32) -> Vec<VitalsRawRow> {
@@ -62,6 +64,24 @@ async fn hostile_yesterday(config: &rum_clickhouse::ClickHouseConfig, now: u32) 
         ));
     }
     insert(config, near).await;
+    // One client posting 20 beacons of five vitals for each of many sites: 100 samples a site, but
+    // 20 page loads, under the minimum of 100 page loads.
+    let mut five_vitals = Vec::new();
+    for i in 0..FIVE_VITAL_SITES {
+        for metric in ["LCP", "INP", "CLS", "FCP", "TTFB"] {
+            five_vitals.extend(samples(
+                &format!("five-{i:02}"),
+                "root",
+                "mobile",
+                metric,
+                1.0,
+                now - DAY - 20 * MINUTE,
+                now - DAY,
+                1,
+            ));
+        }
+    }
+    insert(config, five_vitals).await;
     eprintln!(
         "inserted {} random-site rows and {} near-minimum sites in {:?}",
         RANDOM_SITES,
@@ -106,7 +126,7 @@ async fn random_sites_seen_yesterday_do_not_alert_a_day_later() {
     hostile_yesterday(&config, now).await;
     assert_eq!(
         server.query("SELECT uniqExact(site) FROM rum.vitals_1m"),
-        format!("{}\n", RANDOM_SITES + NEAR_SITES + 1)
+        format!("{}\n", RANDOM_SITES + NEAR_SITES + FIVE_VITAL_SITES + 1)
     );
 
     let evaluator = Evaluator::new(&config, Rules::default(), MINUTE);
@@ -114,7 +134,7 @@ async fn random_sites_seen_yesterday_do_not_alert_a_day_later() {
     let alerts = evaluator.evaluate_at(now).await.unwrap();
     eprintln!(
         "one evaluation over {} sites: {:?}",
-        RANDOM_SITES + NEAR_SITES + 1,
+        RANDOM_SITES + NEAR_SITES + FIVE_VITAL_SITES + 1,
         started.elapsed()
     );
     assert_eq!(alerts.len(), 1, "{alerts:?}");
@@ -123,7 +143,7 @@ async fn random_sites_seen_yesterday_do_not_alert_a_day_later() {
         (alert.name(), alert.label("site"), alert.state),
         ("WebVitalsBeaconsStopped", "shop", AlertState::Firing)
     );
-    assert_eq!(alert.annotations["samples_yesterday"], "120");
+    assert_eq!(alert.annotations["page_loads_yesterday"], "120");
     assert_eq!(alert.starts_at, now - 40 * MINUTE);
 
     // What the evaluation read: the one candidate's minutes, nothing of the other 100,099 sites.
@@ -141,36 +161,40 @@ async fn more_candidates_than_the_cap_send_the_cap_and_one_summary() {
     let now = T0 + DAY;
     hostile_yesterday(&config, now).await;
 
-    // A minimum of 1 sample makes every site a candidate: 100,100 of them.
+    // A minimum of 1 page load makes every site a candidate: 100,150 of them.
     let mut rules = Rules::default();
-    rules.beacons_stopped.min_samples = 1;
+    rules.beacons_stopped.min_page_loads = 1;
     let evaluator = Evaluator::new(&config, rules, MINUTE);
     let started = Instant::now();
     let alerts = evaluator.evaluate_at(now).await.unwrap();
     eprintln!(
-        "one evaluation with 100,100 candidates (cap 500): {:?}",
+        "one evaluation with 100,150 candidates (cap 500): {:?}",
         started.elapsed()
     );
     assert_eq!(alerts.len(), 501);
     let summary = &alerts[0];
     assert_eq!(summary.name(), "RumAlertsTruncated");
     assert_eq!(summary.label("severity"), "warning");
-    assert_eq!(summary.annotations["omitted"], "99600");
+    assert_eq!(summary.annotations["omitted"], "99650");
     assert_eq!(summary.annotations["max_alerts"], "500");
-    // The biggest first: "shop" (120), the near-minimum sites (99 each, by name), then random
-    // sites (1 each, by name).
+    // The biggest first: "shop" (120 page loads), the near-minimum sites (99 each, by name), the
+    // five-vital sites (20 each), then random sites (1 each, by name).
     let kept: Vec<&str> = alerts[1..].iter().map(|a| a.label("site")).collect();
     assert_eq!(kept[0], "shop");
     let near: Vec<String> = (0..NEAR_SITES).map(|i| format!("near-{i:02}")).collect();
     assert_eq!(kept[1..100], near);
-    let random = &kept[100..];
+    let five: Vec<String> = (0..FIVE_VITAL_SITES)
+        .map(|i| format!("five-{i:02}"))
+        .collect();
+    assert_eq!(kept[100..150], five);
+    let random = &kept[150..];
     assert!(random.iter().all(|s| s.starts_with('r')), "{random:?}");
     let mut sorted = random.to_vec();
     sorted.sort_unstable();
     assert_eq!(random, sorted);
     let smallest: Vec<String> = server
         .query(
-            "SELECT DISTINCT site FROM rum.vitals_1m WHERE site LIKE 'r%' ORDER BY site LIMIT 400",
+            "SELECT DISTINCT site FROM rum.vitals_1m WHERE site LIKE 'r%' ORDER BY site LIMIT 350",
         )
         .lines()
         .map(str::to_string)
@@ -181,7 +205,7 @@ async fn more_candidates_than_the_cap_send_the_cap_and_one_summary() {
     let data = evaluator.fetch_at(now).await.unwrap();
     let sites: BTreeSet<&str> = data.site_minutes.iter().map(|m| m.site.as_str()).collect();
     assert_eq!(sites.len(), 501);
-    assert_eq!(data.not_fetched, 100_100 - 501);
+    assert_eq!(data.not_fetched, 100_150 - 501);
     // A replica reading the same data sends the same alerts.
     let replica = evaluator.clone();
     assert_eq!(replica.evaluate_at(now).await.unwrap(), alerts);
