@@ -11,7 +11,9 @@
 //!
 //! The time bounds are kept by one watchdog a connection, over what the connection is doing now
 //! ([`Activity`]): waiting for a head, serving a request, or idle between requests. The watchdog
-//! sleeps until the current phase's deadline and is woken when the phase changes.
+//! never sleeps past the current phase's deadline nor longer than the shorter of the two bounds at
+//! once: a phase that began while it slept has a deadline at least that far away, so every deadline
+//! is kept exactly, and a request costs an atomic store, not a timer operation.
 //!
 //! HTTP/2 is not served, on purpose. Browsers speak HTTP/2 only over TLS, which a load balancer
 //! terminates in front of the ingest and which speaks HTTP/1.1 to it; a beacon is one small request,
@@ -37,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::events::{ConnectionError, Events, Refused, Timeout};
@@ -329,8 +331,6 @@ struct Activity {
     state: AtomicU64,
     /// The client sent the HTTP/2 preface and was told to use HTTP/1.1.
     h2c: AtomicBool,
-    /// Wakes the watchdog when the phase changes (its deadline moves).
-    changed: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,7 +349,6 @@ impl Activity {
             start: Instant::now(),
             state: AtomicU64::new(Phase::Head as u64),
             h2c: AtomicBool::new(false),
-            changed: Notify::new(),
         }
     }
 
@@ -357,7 +356,6 @@ impl Activity {
         let since = self.start.elapsed().as_millis() as u64;
         self.state
             .store(since << 2 | phase as u64, Ordering::Relaxed);
-        self.changed.notify_one();
     }
 
     /// Bytes arrived: an idle connection is now receiving a head.
@@ -369,28 +367,33 @@ impl Activity {
     }
 
     /// Completes when the connection has been in a bounded phase longer than its bound.
+    ///
+    /// Sleeps until the current phase's deadline, but never longer than `step`, the shorter bound:
+    /// a phase that begins while it sleeps has a deadline at least `step` away, so it is looked at
+    /// in time. A connection costs a timer wake-up every `step` (10 s by default), not one a request.
     async fn expired(&self, limits: &ServerLimits) -> Timeout {
+        let step = limits.header_timeout.min(limits.idle_timeout);
         loop {
-            // A change after this load leaves a permit in `changed`: it is never missed.
             let state = self.state.load(Ordering::Relaxed);
-            let since = Duration::from_millis(state >> 2);
-            let (bound, kind) = match state & 3 {
-                0 => (limits.header_timeout, Timeout::Head),
-                2 => (limits.idle_timeout, Timeout::Idle),
-                // Busy: the handler bounds its request.
-                _ => {
-                    self.changed.notified().await;
-                    continue;
-                }
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until((self.start + since + bound).into()) => {
-                    if self.state.load(Ordering::Relaxed) == state {
+            let since = self.start + Duration::from_millis(state >> 2);
+            let now = Instant::now();
+            let wake = match state & 3 {
+                0 | 2 => {
+                    let (bound, kind) = if state & 3 == 0 {
+                        (limits.header_timeout, Timeout::Head)
+                    } else {
+                        (limits.idle_timeout, Timeout::Idle)
+                    };
+                    let deadline = since + bound;
+                    if now >= deadline {
                         return kind;
                     }
+                    deadline.min(now + step)
                 }
-                () = self.changed.notified() => {}
-            }
+                // Busy: the handler bounds its request; look again later.
+                _ => now + step,
+            };
+            tokio::time::sleep_until(wake.into()).await;
         }
     }
 }
