@@ -25,7 +25,8 @@ pub use queries::{
 };
 pub use retention::{
     active_partitions, apply_retention, RetentionFailure, RetentionFailureCause, RetentionReport,
-    DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, MAX_PARTITION_SIZE_TO_DROP, VITALS_1M,
+    DEFAULT_RAW_DAYS, DEFAULT_RETENTION_STATEMENT_TIMEOUT, DEFAULT_ROLLUP_DAYS,
+    MAX_PARTITION_SIZE_TO_DROP, VITALS_1M,
 };
 pub use rows::{
     insert_raw_messages, insert_raw_rows, raw_row_refs, RawMessage, VitalsRawRow, VitalsRawRowRef,

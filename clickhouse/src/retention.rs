@@ -13,6 +13,14 @@
 //! ClickHouse refuses to drop a partition larger than its server setting `max_partition_size_to_drop`
 //! (default 50 GB, error 359): such a partition stays, is reported as
 //! [`RetentionFailureCause::PartitionTooLarge`], and the other partitions still go.
+//!
+//! Every statement has a timeout (the client has only a connect timeout): a server that accepts
+//! and never answers (paused, or a `DROP PARTITION` blocked behind a lock) is a
+//! [`RetentionFailureCause::Timeout`] of that table, whose remaining statements are not sent, and
+//! the run goes on with the other table. A run takes at most (2 + dropped partitions) timeouts a table.
+
+use std::future::Future;
+use std::time::Duration;
 
 use clickhouse::Row;
 use serde::Deserialize;
@@ -27,6 +35,9 @@ pub const DEFAULT_ROLLUP_DAYS: u32 = 400;
 pub const VITALS_1M: &str = "vitals_1m";
 /// The ClickHouse server setting that refuses to drop larger partitions (default 50 GB; 0: no limit).
 pub const MAX_PARTITION_SIZE_TO_DROP: &str = "max_partition_size_to_drop";
+/// How long one retention statement may take by default: a drop unlinks files, a read of
+/// `system.parts` is small; a minute without an answer is a server that is not answering.
+pub const DEFAULT_RETENTION_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// ClickHouse's error code for a drop refused by `max_[table/partition]_size_to_drop`.
 const TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT: u32 = 359;
 
@@ -64,6 +75,10 @@ pub enum RetentionFailureCause {
         /// max_[table/partition]_size_to_drop (50.00 GB)`, when its message has one.
         sizes: Option<String>,
     },
+    /// ClickHouse did not answer the statement within this timeout (paused, overloaded, or a drop
+    /// waiting for a lock); a drop may still finish on the server. The table's remaining statements
+    /// were not sent.
+    Timeout(Duration),
     /// Any other error (ClickHouse unreachable, a query refused), on one line.
     Error(String),
 }
@@ -89,12 +104,49 @@ impl std::fmt::Display for RetentionFailure {
                      (README: Retention)"
                 )
             }
+            (RetentionFailureCause::Timeout(after), Some(partition)) => write!(
+                f,
+                "cannot drop partition {partition} of {table}: ClickHouse did not answer within {} s \
+                 (the drop may still finish on the server; the table's other expired partitions wait \
+                 for the next run)",
+                after.as_secs_f64()
+            ),
+            (RetentionFailureCause::Timeout(after), None) => write!(
+                f,
+                "cannot read the expired partitions of {table}: ClickHouse did not answer within {} s",
+                after.as_secs_f64()
+            ),
             (RetentionFailureCause::Error(error), Some(partition)) => {
                 write!(f, "cannot drop partition {partition} of {table}: {error}")
             }
             (RetentionFailureCause::Error(error), None) => {
                 write!(f, "cannot read the expired partitions of {table}: {error}")
             }
+        }
+    }
+}
+
+/// The client and each statement's timeout.
+struct Statements {
+    client: clickhouse::Client,
+    timeout: Duration,
+}
+
+/// A statement that failed, or got no answer in time.
+enum StatementError {
+    Failed(StorageError),
+    TimedOut(Duration),
+}
+
+impl Statements {
+    /// Runs one statement within the timeout.
+    async fn run<T, E: Into<StorageError>>(
+        &self,
+        statement: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, StatementError> {
+        match tokio::time::timeout(self.timeout, statement).await {
+            Ok(result) => result.map_err(|e| StatementError::Failed(e.into())),
+            Err(_) => Err(StatementError::TimedOut(self.timeout)),
         }
     }
 }
@@ -113,13 +165,18 @@ struct Cutoff {
 /// entirely older than `now - rollup_days` (`now` in unix seconds). Days of 86400 seconds.
 /// Running it again drops nothing more. A step that fails is reported and the others still run:
 /// a partition ClickHouse refuses to drop does not keep the next ones, or the other table, from going.
+/// Each statement gets at most `statement_timeout` (see the module's documentation).
 pub async fn apply_retention(
     config: &ClickHouseConfig,
     raw_days: u32,
     rollup_days: u32,
     now: u32,
+    statement_timeout: Duration,
 ) -> RetentionReport {
-    let client = config.client();
+    let client = Statements {
+        client: config.client(),
+        timeout: statement_timeout,
+    };
     let mut failures = Vec::new();
     let raw_cutoff = now.saturating_sub(raw_days.saturating_mul(86_400));
     let rollup_cutoff = now.saturating_sub(rollup_days.saturating_mul(86_400));
@@ -190,7 +247,7 @@ fn parse_partition(text: &str) -> Option<u32> {
 /// Drops the partitions of `table` entirely older than `cutoff`, whose partition (by the server's
 /// calendar) is `partition_of(cutoff)`. Failures go into `failures`; what was dropped is returned.
 async fn drop_older(
-    client: &clickhouse::Client,
+    client: &Statements,
     config: &ClickHouseConfig,
     table: &'static str,
     partition_of: &str,
@@ -199,14 +256,20 @@ async fn drop_older(
 ) -> Vec<u32> {
     let expired = async {
         let keep_from: Cutoff = client
-            .query(&format!(
-                "SELECT toUInt32({partition_of}(toDateTime(?))) AS partition"
-            ))
-            .bind(cutoff)
-            .fetch_one()
+            .run(
+                client
+                    .client
+                    .query(&format!(
+                        "SELECT toUInt32({partition_of}(toDateTime(?))) AS partition"
+                    ))
+                    .bind(cutoff)
+                    .fetch_one(),
+            )
             .await?;
-        let partitions = active_partitions(client, config, table).await?;
-        Ok::<_, StorageError>(
+        let partitions = client
+            .run(active_partitions(&client.client, config, table))
+            .await?;
+        Ok::<_, StatementError>(
             partitions
                 .into_iter()
                 .filter(move |p| *p < keep_from.partition),
@@ -228,23 +291,42 @@ async fn drop_older(
         tracing::info!(table, partition, "retention: dropping partition");
         // A number, not bound text: the partition expression's value (UInt32), as ALTER expects.
         let result = client
-            .query(&format!("ALTER TABLE {table} DROP PARTITION {partition}"))
-            .execute()
+            .run(
+                client
+                    .client
+                    .query(&format!("ALTER TABLE {table} DROP PARTITION {partition}"))
+                    .execute(),
+            )
             .await;
         match result {
             Ok(()) => dropped.push(partition),
-            Err(e) => failures.push(RetentionFailure {
-                table,
-                partition: Some(partition),
-                cause: cause_of(&StorageError::from(e)),
-            }),
+            Err(e) => {
+                let timed_out = matches!(e, StatementError::TimedOut(_));
+                failures.push(RetentionFailure {
+                    table,
+                    partition: Some(partition),
+                    cause: cause_of(&e),
+                });
+                // A server that did not answer one drop is not sent the next.
+                if timed_out {
+                    break;
+                }
+            }
         }
     }
     dropped
 }
 
+/// Tells a timeout and a drop refused for its size from any other error.
+fn cause_of(error: &StatementError) -> RetentionFailureCause {
+    match error {
+        StatementError::TimedOut(after) => RetentionFailureCause::Timeout(*after),
+        StatementError::Failed(error) => cause_of_error(error),
+    }
+}
+
 /// Tells a drop refused for its size from any other error.
-fn cause_of(error: &StorageError) -> RetentionFailureCause {
+fn cause_of_error(error: &StorageError) -> RetentionFailureCause {
     let StorageError::ClickHouse(clickhouse::error::Error::BadResponse(text)) = error else {
         return RetentionFailureCause::Error(one_line(&error_chain(error)));
     };
@@ -312,14 +394,14 @@ mod tests {
             "Size (438.00 B) is greater than max_[table/partition]_size_to_drop (1.00 B)".into(),
         );
         assert_eq!(
-            cause_of(&bad_response(REFUSED_18_16)),
+            cause_of_error(&bad_response(REFUSED_18_16)),
             RetentionFailureCause::PartitionTooLarge {
                 sizes: sizes.clone()
             }
         );
         let current = "Code: 359. DB::Exception: Table or Partition in rum.vitals_raw was not dropped.\nReason:\n1. Size (52.50 GB) is greater than max_[table/partition]_size_to_drop (50.00 GB)\n2. File '/var/lib/clickhouse/flags/force_drop_table' intended to force DROP doesn't exist. (TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT) (version 24.8.1.1)";
         assert_eq!(
-            cause_of(&bad_response(current)),
+            cause_of_error(&bad_response(current)),
             RetentionFailureCause::PartitionTooLarge {
                 sizes: Some(
                     "Size (52.50 GB) is greater than max_[table/partition]_size_to_drop (50.00 GB)"
@@ -328,7 +410,7 @@ mod tests {
             }
         );
         assert_eq!(
-            cause_of(&bad_response("Code: 3590, e.displayText() = other\nlines")),
+            cause_of_error(&bad_response("Code: 3590, e.displayText() = other\nlines")),
             RetentionFailureCause::Error(
                 "clickhouse: bad response: Code: 3590, e.displayText() = other lines".into()
             )
@@ -345,7 +427,7 @@ mod tests {
         let refused = RetentionFailure {
             table: VITALS_RAW,
             partition: Some(20_240_213),
-            cause: cause_of(&bad_response(REFUSED_18_16)),
+            cause: cause_of_error(&bad_response(REFUSED_18_16)),
         };
         assert_eq!(
             refused.to_string(),
@@ -363,6 +445,17 @@ mod tests {
         assert_eq!(
             down.to_string(),
             "cannot read the expired partitions of vitals_1m: connection refused"
+        );
+        let blocked = RetentionFailure {
+            table: VITALS_RAW,
+            partition: Some(20_240_213),
+            cause: RetentionFailureCause::Timeout(DEFAULT_RETENTION_STATEMENT_TIMEOUT),
+        };
+        assert_eq!(
+            blocked.to_string(),
+            "cannot drop partition 20240213 of vitals_raw: ClickHouse did not answer within 60 s \
+             (the drop may still finish on the server; the table's other expired partitions wait \
+             for the next run)"
         );
     }
 

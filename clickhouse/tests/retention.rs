@@ -1,11 +1,13 @@
 //! Retention against a real ClickHouse 18.16: whole partitions older than the limits go, the rest stays.
 
+use std::time::Duration;
+
 use rum_clickhouse::{
     active_partitions, apply_retention, migrate, ClickHouseConfig, RetentionFailure,
-    RetentionFailureCause, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS,
-    MAX_PARTITION_SIZE_TO_DROP,
+    RetentionFailureCause, RetentionReport, DEFAULT_RAW_DAYS, DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    DEFAULT_ROLLUP_DAYS, MAX_PARTITION_SIZE_TO_DROP,
 };
-use rum_testkit::{ClickHouseOptions, ClickHouseServer};
+use rum_testkit::{send_signal, ClickHouseOptions, ClickHouseServer};
 
 fn config(server: &ClickHouseServer, database: &str) -> ClickHouseConfig {
     ClickHouseConfig {
@@ -26,6 +28,8 @@ const TIMES: [&str; 7] = [
     "2024-03-15 11:59:00",
 ];
 const NOW: &str = "2024-03-15 12:00:00";
+/// Each retention statement's timeout while the server is paused.
+const PAUSED_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn insert(server: &ClickHouseServer, database: &str) {
     for (i, at) in TIMES.iter().enumerate() {
@@ -70,7 +74,14 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     // raw: 30 days before now is 2024-02-14 12:00, so 2024-02-13 and older go, 2024-02-14 stays
     // (half of it is younger than the limit). rollup: 400 days before now is 2023-02-09 12:00, so
     // January 2023 and older go, February 2023 stays.
-    let report = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now).await;
+    let report = apply_retention(
+        &rum,
+        DEFAULT_RAW_DAYS,
+        DEFAULT_ROLLUP_DAYS,
+        now,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(
         report,
         RetentionReport {
@@ -119,11 +130,25 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     );
 
     // A second run finds nothing more to drop.
-    let again = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now).await;
+    let again = apply_retention(
+        &rum,
+        DEFAULT_RAW_DAYS,
+        DEFAULT_ROLLUP_DAYS,
+        now,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(again, RetentionReport::default());
 
     // A day later, 2024-02-14 is entirely older than 30 days.
-    let later = apply_retention(&rum, DEFAULT_RAW_DAYS, DEFAULT_ROLLUP_DAYS, now + 86_400).await;
+    let later = apply_retention(
+        &rum,
+        DEFAULT_RAW_DAYS,
+        DEFAULT_ROLLUP_DAYS,
+        now + 86_400,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(later.raw_dropped, [20240214]);
     assert!(later.rollup_dropped.is_empty());
     assert_eq!(count(&server, "SELECT count() FROM rum.vitals_raw"), 2);
@@ -134,13 +159,20 @@ async fn an_empty_database_and_short_limits_work() {
     let server = ClickHouseServer::start();
     let rum = config(&server, "rum");
     migrate(&rum).await.unwrap();
-    let report = apply_retention(&rum, 1, 1, 1_710_504_000).await;
+    let report = apply_retention(
+        &rum,
+        1,
+        1,
+        1_710_504_000,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(report, RetentionReport::default());
 
     insert(&server, "rum");
     // Limits of 0 days keep only the day (and month) of `now`.
     let now = count(&server, &format!("SELECT toUInt32(toDateTime('{NOW}'))")) as u32;
-    let report = apply_retention(&rum, 0, 0, now).await;
+    let report = apply_retention(&rum, 0, 0, now, DEFAULT_RETENTION_STATEMENT_TIMEOUT).await;
     assert_eq!(report.raw_dropped.len(), 5);
     assert_eq!(report.rollup_dropped.len(), 4);
     assert_eq!(count(&server, "SELECT count() FROM rum.vitals_raw"), 2);
@@ -187,7 +219,14 @@ async fn a_partition_over_max_partition_size_to_drop_stays_and_the_others_still_
     };
     assert!(bytes(20240201) < 10_000 && bytes(20240202) > 10_000);
 
-    let report = apply_retention(&rum, 30, 400, unix(&server, "2024-03-15 12:00:00")).await;
+    let report = apply_retention(
+        &rum,
+        30,
+        400,
+        unix(&server, "2024-03-15 12:00:00"),
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(report.raw_dropped, [20240201, 20240203]);
     assert!(report.rollup_dropped.is_empty());
     let [failure] = report.failures.as_slice() else {
@@ -210,7 +249,14 @@ async fn a_partition_over_max_partition_size_to_drop_stays_and_the_others_still_
         server.query("SELECT toString(toDate(received_at)) AS day, count() FROM rum.vitals_raw GROUP BY day ORDER BY day"),
         "2024-02-02\t20000\n2024-03-15\t1\n"
     );
-    let again = apply_retention(&rum, 30, 400, unix(&server, "2024-03-15 12:00:00")).await;
+    let again = apply_retention(
+        &rum,
+        30,
+        400,
+        unix(&server, "2024-03-15 12:00:00"),
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert_eq!(again.failures, report.failures);
 }
 
@@ -223,7 +269,14 @@ async fn an_unreachable_server_is_one_failure_a_table() {
         url,
         ..ClickHouseConfig::default()
     };
-    let report = apply_retention(&gone, 30, 400, 1_710_504_000).await;
+    let report = apply_retention(
+        &gone,
+        30,
+        400,
+        1_710_504_000,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
     assert!(report.raw_dropped.is_empty() && report.rollup_dropped.is_empty());
     let tables: Vec<_> = report
         .failures
@@ -241,4 +294,57 @@ async fn an_unreachable_server_is_one_failure_a_table() {
         };
         assert!(!error.contains('\n'), "{error}");
     }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_is_one_timed_out_failure_a_table_and_the_run_returns() {
+    let server = ClickHouseServer::start();
+    let rum = config(&server, "rum");
+    migrate(&rum).await.unwrap();
+    insert(&server, "rum");
+    let now = unix(&server, NOW);
+    // Connections are accepted (the kernel does), statements never answered.
+    let pid = server.pid().expect("clickhouse runs");
+    send_signal(pid, "STOP");
+    let run = apply_retention(
+        &rum,
+        DEFAULT_RAW_DAYS,
+        DEFAULT_ROLLUP_DAYS,
+        now,
+        PAUSED_TIMEOUT,
+    );
+    // Far beyond the two statements' timeouts: a run that hangs fails here instead of forever.
+    let report = tokio::time::timeout(Duration::from_secs(60), run).await;
+    send_signal(pid, "CONT");
+    let report = report.expect("the retention run returns while ClickHouse never answers");
+    assert!(report.raw_dropped.is_empty() && report.rollup_dropped.is_empty());
+    let failures: Vec<_> = report
+        .failures
+        .iter()
+        .map(|f| (f.table, f.partition, f.cause.clone()))
+        .collect();
+    let timeout = RetentionFailureCause::Timeout(PAUSED_TIMEOUT);
+    assert_eq!(
+        failures,
+        [
+            ("vitals_raw", None, timeout.clone()),
+            ("vitals_1m", None, timeout)
+        ]
+    );
+    assert_eq!(
+        report.failures[0].to_string(),
+        "cannot read the expired partitions of vitals_raw: ClickHouse did not answer within 2 s"
+    );
+
+    // Answering again: the next run drops what expired.
+    let report = apply_retention(
+        &rum,
+        DEFAULT_RAW_DAYS,
+        DEFAULT_ROLLUP_DAYS,
+        now,
+        DEFAULT_RETENTION_STATEMENT_TIMEOUT,
+    )
+    .await;
+    assert_eq!(report.raw_dropped.len(), 4, "{report:?}");
+    assert!(report.failures.is_empty(), "{report:?}");
 }

@@ -1,5 +1,8 @@
 //! Section `[consumer]` of the config, env `RUM_CONSUMER_*`.
 
+use std::time::Duration;
+
+use rum_clickhouse::DEFAULT_RETENTION_STATEMENT_TIMEOUT;
 use rum_schemas::config::{require_non_empty, require_positive, ConfigError};
 use serde::Deserialize;
 
@@ -38,6 +41,9 @@ pub struct ConsumerConfig {
     /// At most this many label sets (site, route, device) in the vitals histograms of `/metrics`,
     /// across the five families; later new ones are observed under `other` (see `histograms`).
     pub max_series: usize,
+    /// Each retention statement (a read of the expired partitions, a `DROP PARTITION`) taking
+    /// longer counts as a failed step, so that a server that never answers cannot hang retention.
+    pub retention_statement_timeout_secs: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -56,11 +62,17 @@ impl Default for ConsumerConfig {
             dedup_capacity: 1_000_000,
             topic_incarnation: None,
             max_series: 2_000,
+            retention_statement_timeout_secs: DEFAULT_RETENTION_STATEMENT_TIMEOUT.as_secs(),
         }
     }
 }
 
 impl ConsumerConfig {
+    /// The timeout of each retention statement.
+    pub fn retention_statement_timeout(&self) -> Duration {
+        Duration::from_secs(self.retention_statement_timeout_secs)
+    }
+
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.host.parse::<std::net::IpAddr>().is_err() {
@@ -82,6 +94,12 @@ impl ConsumerConfig {
             return Err(ConfigError::new(
                 "consumer.max_series",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=3_600).contains(&self.retention_statement_timeout_secs) {
+            return Err(ConfigError::new(
+                "consumer.retention_statement_timeout_secs",
+                "must be between 1 and 3600",
             ));
         }
         if let Some(incarnation) = &self.topic_incarnation {
@@ -137,6 +155,14 @@ mod tests {
             };
             let err = c.validate().unwrap_err();
             assert_eq!(err.key, "consumer.max_series");
+        }
+        for bad in [0, 3_601] {
+            let c = ConsumerConfig {
+                retention_statement_timeout_secs: bad,
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.key, "consumer.retention_statement_timeout_secs");
         }
     }
 }

@@ -63,6 +63,7 @@ pub async fn run(
     });
     let retention = tokio::spawn(retention::enforce_retention(
         clickhouse.clone(),
+        config.retention_statement_timeout(),
         retention_metrics,
         stop_rx.clone(),
     ));

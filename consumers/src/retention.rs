@@ -2,7 +2,8 @@
 //! so every replica may do it). Every step that fails is counted in
 //! `rum_consumer_retention_failures_total{table}` and logged on one line; a partition ClickHouse
 //! refuses to drop for its size (`max_partition_size_to_drop`) is one of them, and stays until the
-//! setting is raised.
+//! setting is raised. Each statement has a timeout (`consumer.retention_statement_timeout_secs`): a
+//! ClickHouse that accepts and never answers is a counted failure too, and the run returns.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,9 +15,11 @@ use crate::ConsumerMetrics;
 /// How often retention runs.
 const EVERY: Duration = Duration::from_secs(3600);
 
-/// Runs retention at start and every hour until `stop` turns true.
+/// Runs retention at start and every hour until `stop` turns true, each statement within
+/// `statement_timeout`.
 pub(crate) async fn enforce_retention(
     config: ClickHouseConfig,
+    statement_timeout: Duration,
     metrics: std::sync::Arc<ConsumerMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -29,21 +32,24 @@ pub(crate) async fn enforce_retention(
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
-        let _ = run_retention(&config, &metrics, now).await;
+        let _ = run_retention(&config, &metrics, now, statement_timeout).await;
     }
 }
 
-/// One retention run at `now` (unix seconds) with the configured limits, counted and logged.
+/// One retention run at `now` (unix seconds) with the configured limits, each statement within
+/// `statement_timeout`, counted and logged.
 pub async fn run_retention(
     config: &ClickHouseConfig,
     metrics: &ConsumerMetrics,
     now: u32,
+    statement_timeout: Duration,
 ) -> RetentionReport {
     let report = apply_retention(
         config,
         config.raw_retention_days,
         config.rollup_retention_days,
         now,
+        statement_timeout,
     )
     .await;
     record(&report, metrics);

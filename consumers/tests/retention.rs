@@ -1,13 +1,17 @@
 //! Retention failures against a real ClickHouse 18.16: a partition the server refuses to drop
 //! (`max_partition_size_to_drop`) is counted in `rum_consumer_retention_failures_total`, logged on
-//! one line naming the setting, and its rows stay.
+//! one line naming the setting, and its rows stay; a server that never answers is counted and
+//! logged too, and the run returns.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use rum_clickhouse::{migrate, ClickHouseConfig, MAX_PARTITION_SIZE_TO_DROP};
+use rum_clickhouse::{
+    migrate, ClickHouseConfig, DEFAULT_RETENTION_STATEMENT_TIMEOUT, MAX_PARTITION_SIZE_TO_DROP,
+};
 use rum_consumers::{run_retention, ConsumerMetrics};
-use rum_testkit::{ClickHouseOptions, ClickHouseServer};
+use rum_testkit::{send_signal, ClickHouseOptions, ClickHouseServer};
 
 /// The log lines written while a test runs.
 #[derive(Clone, Default)]
@@ -37,16 +41,61 @@ impl Log {
     }
 }
 
-#[tokio::test]
-async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keeps_the_rows() {
+/// Captures the log lines of the test's (single-threaded) runtime.
+fn capture_log() -> (Log, tracing::subscriber::DefaultGuard) {
     let log = Log::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    // The test's runtime is single-threaded: everything it runs logs through this subscriber.
-    let _log = tracing::subscriber::set_default(subscriber);
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test]
+async fn a_clickhouse_that_never_answers_is_counted_logged_and_the_run_returns() {
+    let (log, _log) = capture_log();
+    let server = ClickHouseServer::start();
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    migrate(&config).await.unwrap();
+    let metrics = ConsumerMetrics::new(10).unwrap();
+    // Accepted by the kernel, never answered: a paused server, or a drop blocked behind a lock.
+    let pid = server.pid().expect("clickhouse runs");
+    send_signal(pid, "STOP");
+    let run = run_retention(&config, &metrics, 1_710_504_000, Duration::from_secs(1));
+    // Far beyond the two statements' timeouts: a run that hangs fails here instead of forever.
+    let report = tokio::time::timeout(Duration::from_secs(60), run).await;
+    send_signal(pid, "CONT");
+    let report = report.expect("the retention run returns while ClickHouse never answers");
+
+    assert_eq!(report.failures.len(), 2, "{report:?}");
+    let text = rum_telemetry::encode(&metrics.registry);
+    for table in ["vitals_raw", "vitals_1m"] {
+        let line = format!("rum_consumer_retention_failures_total{{table=\"{table}\"}} 1\n");
+        assert!(text.contains(&line), "{text}");
+    }
+    let timed_out: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(" WARN ") && l.contains("did not answer within 1 s"))
+        .collect();
+    assert_eq!(timed_out.len(), 2, "{:?}", log.lines());
+    assert!(
+        timed_out[0].contains(
+            "retention: cannot read the expired partitions of vitals_raw: ClickHouse did not \
+             answer within 1 s (tried again in an hour)"
+        ),
+        "{}",
+        timed_out[0]
+    );
+}
+
+#[tokio::test]
+async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keeps_the_rows() {
+    let (log, _log) = capture_log();
 
     let server = ClickHouseServer::start_with_settings(
         &ClickHouseOptions::default(),
@@ -72,7 +121,7 @@ async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keep
         .unwrap();
     let metrics = ConsumerMetrics::new(10).unwrap();
 
-    let report = run_retention(&config, &metrics, now).await;
+    let report = run_retention(&config, &metrics, now, DEFAULT_RETENTION_STATEMENT_TIMEOUT).await;
 
     assert!(report.raw_dropped.is_empty() && report.rollup_dropped.is_empty());
     let text = rum_telemetry::encode(&metrics.registry);
@@ -99,7 +148,7 @@ async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keep
     );
 
     // Every run counts again until the setting is raised.
-    let _ = run_retention(&config, &metrics, now).await;
+    let _ = run_retention(&config, &metrics, now, DEFAULT_RETENTION_STATEMENT_TIMEOUT).await;
     assert_eq!(
         metrics
             .retention_failures
