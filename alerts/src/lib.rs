@@ -9,8 +9,10 @@
 //!   at most `alerts.max_alerts` an evaluation, ranked the same way on every replica.
 //! * [`outage`]: the one thing kept in memory: while ClickHouse cannot be read, the last firing
 //!   alerts are re-sent (never resolved) and `RumAlertsStoreUnavailable` fires.
+//! * [`recall`]: after a restart, the firing alerts of ours Alertmanager holds, re-sent during an
+//!   outage like remembered ones.
 //! * [`notify`]: `POST /api/v2/alerts` in bounded batches, each retried with backoff, counted, never
-//!   fatal.
+//!   fatal; `endsAt` stamped at each post.
 //! * [`metrics`]: `/metrics` of the evaluator.
 
 pub mod config;
@@ -18,6 +20,7 @@ pub mod evaluate;
 pub mod metrics;
 pub mod notify;
 pub mod outage;
+pub mod recall;
 pub mod rules;
 pub mod store;
 
@@ -85,6 +88,21 @@ pub fn system_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// Seconds a firing alert lives in Alertmanager after it was posted unless posted again:
+/// `3 x interval + query_timeout + 2 x NOTIFY_BUDGET`. Two posts of one alert are at most one
+/// interval plus one evaluation (`query_timeout`) plus one notification apart, and when an evaluation
+/// and its notification overrun the interval, at most `query_timeout + 2 x NOTIFY_BUDGET` (one
+/// batch delivered at its first attempt, another retried to the end, then the next round); the
+/// 3 intervals keep the margin of two missed posts. `endsAt` is stamped at each post
+/// ([`Notifier::with_firing_lifetime`]). The cost: an evaluator that dies leaves its alerts in
+/// Alertmanager this long (`RumTargetDown` and `RumAlertsNotEvaluating` fire meanwhile).
+pub fn firing_lifetime_secs(interval_secs: u32, query_timeout_secs: u64) -> u32 {
+    let extra = query_timeout_secs + 2 * notify::NOTIFY_BUDGET.as_secs();
+    interval_secs
+        .saturating_mul(3)
+        .saturating_add(u32::try_from(extra).unwrap_or(u32::MAX))
 }
 
 /// Reads the stored data and decides; the clock is the caller's (`now`, unix seconds).
@@ -158,7 +176,11 @@ pub async fn run(
     let interval_secs = u32::try_from(config.interval_secs).unwrap_or(86_400);
     let metrics = Arc::new(AlertsMetrics::new()?);
     let notifier = Notifier::with_tls(&config.alertmanager_url, config.tls()?)?
-        .with_max_alerts_per_post(config.max_alerts_per_post);
+        .with_max_alerts_per_post(config.max_alerts_per_post)
+        .with_firing_lifetime(firing_lifetime_secs(
+            interval_secs,
+            config.query_timeout_secs,
+        ));
     let evaluator = Evaluator::new(clickhouse, rules, interval_secs)
         .with_max_alerts(config.max_alerts)
         .with_query_timeout(Duration::from_secs(config.query_timeout_secs));
@@ -184,6 +206,7 @@ pub async fn run(
     });
     tracing::info!(
         interval_secs,
+        firing_lifetime_secs = firing_lifetime_secs(interval_secs, config.query_timeout_secs),
         alertmanager = %config.alertmanager_url,
         "alerts evaluator started"
     );
@@ -210,6 +233,12 @@ pub async fn run(
                 metrics.evaluation_errors.inc();
                 let failures = outage.failures() + 1;
                 tracing::warn!(error = %rum_telemetry::error_chain(&e), failures, "evaluation failed; the last firing alerts are re-sent");
+                if outage.remembers_nothing() {
+                    tokio::select! {
+                        () = recall_firing(&notifier, config.max_alerts, now, &mut outage, &metrics) => {}
+                        _ = stop_rx.wait_for(|s| *s) => break,
+                    }
+                }
                 outage.failed(now, interval_secs)
             }
         };
@@ -229,6 +258,32 @@ pub async fn run(
     let _ = http.await;
     tracing::info!("alerts evaluator stopped");
     Ok(())
+}
+
+/// Reads back the firing alerts of ours Alertmanager holds into `outage` (see [`recall`]); a failure
+/// is counted in `rum_alerts_recall_errors_total` and logged, and leaves nothing remembered.
+async fn recall_firing(
+    notifier: &Notifier,
+    max_alerts: usize,
+    now: u32,
+    outage: &mut StoreOutage,
+    metrics: &AlertsMetrics,
+) {
+    match recall::firing(notifier, max_alerts, now).await {
+        Ok(alerts) => {
+            if !alerts.is_empty() {
+                tracing::info!(
+                    alerts = alerts.len(),
+                    "read back the firing alerts Alertmanager holds from this evaluator; re-sent while ClickHouse cannot be read"
+                );
+            }
+            outage.remember(alerts);
+        }
+        Err(e) => {
+            metrics.recall_errors.inc();
+            tracing::warn!(error = %rum_telemetry::error_chain(&e), "cannot read back the firing alerts from Alertmanager; those of a previous run may expire during this outage");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ pub struct AlertsMetrics {
     pub omitted: IntGauge,
     /// Time of one evaluation (query and decision), notification excluded.
     pub evaluation_duration: Histogram,
+    /// Failed reads of the firing alerts Alertmanager holds (after a restart, during an outage).
+    pub recall_errors: IntCounter,
 }
 
 impl AlertsMetrics {
@@ -71,6 +73,11 @@ impl AlertsMetrics {
             )
             .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )?;
+        let recall_errors = IntCounter::new(
+            "rum_alerts_recall_errors_total",
+            "Failed reads of the firing alerts Alertmanager holds from this evaluator (done when none is remembered and ClickHouse cannot be read).",
+        )?;
+        registry.register(Box::new(recall_errors.clone()))?;
         registry.register(Box::new(evaluations.clone()))?;
         registry.register(Box::new(evaluation_errors.clone()))?;
         registry.register(Box::new(firing.clone()))?;
@@ -94,6 +101,7 @@ impl AlertsMetrics {
             store_consecutive_failures,
             omitted,
             evaluation_duration,
+            recall_errors,
         })
     }
 
@@ -142,6 +150,7 @@ mod tests {
             "rum_alerts_notifications_failed_total 0",
             "rum_alerts_store_consecutive_failures 0",
             "rum_alerts_omitted 0",
+            "rum_alerts_recall_errors_total 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

@@ -1,13 +1,18 @@
 //! Alertmanager API v2: `POST /api/v2/alerts` with a JSON array, in batches of at most
 //! `alerts.max_alerts_per_post` alerts sent side by side, each retried with backoff on its own: a
 //! batch that fails (a timeout, a 5xx) does not hold back or drop the others.
+//!
+//! `endsAt` is stamped when each attempt is sent, not when the evaluation started (see
+//! [`Notifier::with_firing_lifetime`]): an evaluation may take `alerts.query_timeout_secs` and a
+//! notification [`NOTIFY_BUDGET`], so an `endsAt` from the evaluation's start could arrive expired
+//! and Alertmanager would resolve a firing alert.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::evaluate::Alert;
+use crate::evaluate::{Alert, AlertState};
 use crate::metrics::AlertsMetrics;
 
 /// Attempts per notification before giving up until the next evaluation.
@@ -15,6 +20,12 @@ pub const ATTEMPTS: u32 = 4;
 /// The first retry's delay; each next one doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one notification can take: `ATTEMPTS` requests of `REQUEST_TIMEOUT` and the backoffs
+/// between them (20 s + 1.75 s, rounded up).
+pub const NOTIFY_BUDGET: Duration = Duration::from_secs(22);
+/// The `generatorURL` of every alert `rum alerts` sends: how it tells its own alerts (any replica's)
+/// among those Alertmanager holds, e.g. Prometheus' alerts of the same names and labels.
+pub const GENERATOR_URL: &str = "rum://alerts/evaluator";
 
 /// One alert of the v2 API's array.
 #[derive(Debug, Serialize)]
@@ -28,17 +39,34 @@ pub struct PostableAlert<'a> {
     pub starts_at: String,
     /// RFC 3339.
     pub ends_at: String,
+    /// [`GENERATOR_URL`].
+    #[serde(rename = "generatorURL")]
+    pub generator_url: &'static str,
 }
 
-/// The JSON body for a set of alerts.
+/// The JSON body for a set of alerts, each ending at its own `ends_at`.
 pub fn payload(alerts: &[Alert]) -> String {
+    payload_at(alerts, None)
+}
+
+/// The JSON body for a set of alerts; with `stamp = Some((sent_at, lifetime))` a firing alert ends
+/// `lifetime` seconds after `sent_at` and a resolved one at `sent_at`, whatever its `ends_at`.
+pub fn payload_at(alerts: &[Alert], stamp: Option<(u32, u32)>) -> String {
     let body: Vec<PostableAlert<'_>> = alerts
         .iter()
-        .map(|a| PostableAlert {
-            labels: &a.labels,
-            annotations: &a.annotations,
-            starts_at: rfc3339(a.starts_at),
-            ends_at: rfc3339(a.ends_at),
+        .map(|a| {
+            let ends_at = match (stamp, a.state) {
+                (None, _) => a.ends_at,
+                (Some((sent_at, lifetime)), AlertState::Firing) => sent_at.saturating_add(lifetime),
+                (Some((sent_at, _)), AlertState::Resolved) => sent_at,
+            };
+            PostableAlert {
+                labels: &a.labels,
+                annotations: &a.annotations,
+                starts_at: rfc3339(a.starts_at),
+                ends_at: rfc3339(ends_at),
+                generator_url: GENERATOR_URL,
+            }
         })
         .collect();
     serde_json::to_string(&body).unwrap_or_else(|_| "[]".into())
@@ -73,6 +101,7 @@ pub struct Notifier {
     http: reqwest::Client,
     url: String,
     max_per_post: usize,
+    firing_lifetime: Option<u32>,
 }
 
 /// What posting one batch came to.
@@ -101,7 +130,21 @@ impl Notifier {
             http,
             url: format!("{}/api/v2/alerts", base_url.trim_end_matches('/')),
             max_per_post: DEFAULT_MAX_ALERTS_PER_POST,
+            firing_lifetime: None,
         })
+    }
+
+    /// Stamps `endsAt` at each attempt: a firing alert ends `secs` after the moment it is posted, a
+    /// resolved one at that moment (see [`crate::firing_lifetime_secs`]). Without it each alert
+    /// ends at its own `ends_at`.
+    pub fn with_firing_lifetime(mut self, secs: u32) -> Self {
+        self.firing_lifetime = Some(secs);
+        self
+    }
+
+    /// The client and the `/api/v2/alerts` URL (for reading what Alertmanager holds).
+    pub(crate) fn client(&self) -> (&reqwest::Client, &str) {
+        (&self.http, &self.url)
     }
 
     /// Posts at most `n` alerts a request (at least 1).
@@ -118,8 +161,8 @@ impl Notifier {
         let mut posts = tokio::task::JoinSet::new();
         for batch in alerts.chunks(self.max_per_post) {
             let notifier = self.clone();
-            let (body, n) = (payload(batch), batch.len());
-            posts.spawn(async move { notifier.post(body, n).await });
+            let batch = batch.to_vec();
+            posts.spawn(async move { notifier.post(&batch).await });
         }
         let batches = posts.len();
         let (mut failed, mut failed_alerts, mut reason) = (0, 0, String::new());
@@ -154,15 +197,19 @@ impl Notifier {
 
     /// Posts one batch: every attempt times out after `REQUEST_TIMEOUT`; a failed one is logged
     /// and retried after a backoff, `ATTEMPTS` times in all.
-    async fn post(&self, body: String, alerts: usize) -> BatchOutcome {
+    async fn post(&self, batch: &[Alert]) -> BatchOutcome {
+        let alerts = batch.len();
         let mut backoff = FIRST_BACKOFF;
         let mut reason = String::new();
         for attempt in 1..=ATTEMPTS {
+            let stamp = self
+                .firing_lifetime
+                .map(|lifetime| (crate::system_now(), lifetime));
             let result = self
                 .http
                 .post(&self.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
+                .body(payload_at(batch, stamp))
                 .send()
                 .await;
             reason = match result {
@@ -221,7 +268,6 @@ pub fn rfc3339(secs: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluate::AlertState;
     use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -247,6 +293,29 @@ mod tests {
         assert_eq!(v[0]["labels"]["alertname"], "X");
         assert_eq!(v[0]["startsAt"], "1970-01-01T00:00:00Z");
         assert_eq!(v[0]["endsAt"], "1970-01-01T00:01:00Z");
+        assert_eq!(v[0]["generatorURL"], GENERATOR_URL);
+    }
+
+    #[test]
+    fn a_stamped_payload_ends_from_the_send_time() {
+        let alert = |state| Alert {
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: 0,
+            ends_at: 60,
+            state,
+        };
+        let alerts = [alert(AlertState::Firing), alert(AlertState::Resolved)];
+        let v: serde_json::Value =
+            serde_json::from_str(&payload_at(&alerts, Some((1000, 300)))).unwrap();
+        assert_eq!(v[0]["endsAt"], rfc3339(1300));
+        assert_eq!(v[1]["endsAt"], rfc3339(1000));
+    }
+
+    #[test]
+    fn the_budget_covers_every_attempt_and_backoff() {
+        let backoffs: Duration = (0..ATTEMPTS - 1).map(|i| FIRST_BACKOFF * 2u32.pow(i)).sum();
+        assert!(REQUEST_TIMEOUT * ATTEMPTS + backoffs <= NOTIFY_BUDGET);
     }
 
     #[tokio::test]

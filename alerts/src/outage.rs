@@ -8,11 +8,14 @@
 //! [`STORE_UNAVAILABLE`](crate::STORE_UNAVAILABLE) (critical) fires too, from the first failure;
 //! the first evaluation that reads ClickHouse again sends it resolved.
 //!
-//! This is the only state the evaluator keeps, in memory. A restart during an outage loses it:
-//! the new process has nothing to re-send until ClickHouse answers. That is safe: Alertmanager
-//! keeps what was sent until its `endsAt` (at most 3 intervals), and the new process counts the
-//! failures again and raises the outage alert after the same number of them. Two replicas may
-//! differ in what they re-send only if one started during the outage; Alertmanager merges both.
+//! This is the only state the evaluator keeps, in memory. A restart during an outage would lose it,
+//! and Alertmanager would resolve every firing alert at its `endsAt`; so when an evaluation fails
+//! and nothing is remembered (after a start, or when nothing fired since), `rum alerts` reads back
+//! the firing alerts of ours that Alertmanager holds ([`crate::recall`]) and re-sends those
+//! ([`StoreOutage::remember`]). If Alertmanager cannot be read either, the failure is counted
+//! (`rum_alerts_recall_errors_total`) and logged, and the alerts expire at their `endsAt`. The
+//! new process counts the failures again and raises the outage alert after the same number of
+//! them. Replicas recall each other's alerts too (the same `generatorURL`): they are identical.
 
 use crate::evaluate::{Alert, AlertState, Finding};
 use crate::STORE_UNAVAILABLE;
@@ -37,6 +40,21 @@ impl StoreOutage {
             last_firing: Vec::new(),
             alert_sent: false,
         }
+    }
+
+    /// Whether no firing alert is remembered (nothing fired at the last successful evaluation, or
+    /// none succeeded since the start).
+    pub fn remembers_nothing(&self) -> bool {
+        self.last_firing.is_empty()
+    }
+
+    /// Remembers `firing` as the last firing alerts (those Alertmanager holds of ours, after a
+    /// restart); the next failed evaluations re-send them.
+    pub fn remember(&mut self, firing: Vec<Alert>) {
+        self.last_firing = firing
+            .into_iter()
+            .filter(|a| a.state == AlertState::Firing)
+            .collect();
     }
 
     /// Failed evaluations in a row (0 after a successful one).
@@ -164,6 +182,23 @@ mod tests {
         );
         assert_eq!(outage.failures(), 0);
         assert_eq!(outage.succeeded(Vec::new(), 1050), []);
+    }
+
+    #[test]
+    fn recalled_alerts_are_re_sent_until_an_evaluation_succeeds() {
+        let mut outage = StoreOutage::new(3);
+        assert!(outage.remembers_nothing());
+        outage.remember(vec![
+            alert("Slow", AlertState::Firing, 0),
+            alert("Gone", AlertState::Resolved, 0),
+        ]);
+        assert!(!outage.remembers_nothing());
+        assert_eq!(
+            names(&outage.failed(1010, 10)),
+            [("Slow", AlertState::Firing, 1040)]
+        );
+        outage.succeeded(Vec::new(), 1020);
+        assert!(outage.remembers_nothing());
     }
 
     #[test]

@@ -179,8 +179,9 @@ async fn a_clickhouse_outage_resolves_nothing_and_raises_its_own_alert() {
     })
     .await;
     wait_for_webhook(&webhook, "RumAlertsStoreUnavailable", "firing").await;
-    // Six intervals without data, twice the 3 intervals an alert lives unless re-sent: the slow
-    // route was never resolved, and Alertmanager still holds it.
+    // Six intervals without data: the slow route was never resolved, and Alertmanager still holds
+    // it. (An alert lives 3 intervals + query timeout + 2 x the notification budget after each
+    // post, 48 s here; a_restart_during_an_outage_keeps_the_firing_alerts_alive waits past that.)
     let resolved_lcp = |webhook: &Webhook| {
         webhook
             .notified()
@@ -224,4 +225,169 @@ async fn a_clickhouse_outage_resolves_nothing_and_raises_its_own_alert() {
         .expect("run stops on shutdown")
         .unwrap()
         .unwrap();
+}
+
+/// Slow route data on `shop cart mobile` holding however long a test runs, and an evaluator config
+/// (interval 1 s) posting to `alertmanager_url`.
+async fn slow_route_and_config(
+    clickhouse: &rum_clickhouse::ClickHouseConfig,
+    alertmanager_url: &str,
+) -> AlertsConfig {
+    let step_end = rum_alerts::system_now() / STEP * STEP;
+    insert(
+        clickhouse,
+        samples(
+            "shop",
+            "cart",
+            "mobile",
+            "LCP",
+            7000.0,
+            step_end - 40 * MINUTE,
+            step_end + 10 * MINUTE,
+            3,
+        ),
+    )
+    .await;
+    let config = AlertsConfig {
+        port: free_port(),
+        interval_secs: 1,
+        alertmanager_url: alertmanager_url.to_string(),
+        store_unavailable_after: 3,
+        query_timeout_secs: 1,
+        ..Default::default()
+    };
+    config.validate().unwrap();
+    config
+}
+
+/// `rum alerts` running until the returned sender is used.
+fn spawn_evaluator(
+    config: AlertsConfig,
+    clickhouse: rum_clickhouse::ClickHouseConfig,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), rum_alerts::AlertsError>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(async move {
+        rum_alerts::run(&config, &clickhouse, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    (stop_tx, running)
+}
+
+async fn stop_evaluator(
+    (stop_tx, running): (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), rum_alerts::AlertsError>>,
+    ),
+) {
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("run stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// `(state, endsAt)` of the alerts named `alertname` Alertmanager holds.
+fn held(alertmanager: &Alertmanager, alertname: &str) -> Vec<(String, String)> {
+    let held: serde_json::Value = serde_json::from_str(&alertmanager.alerts_json()).unwrap();
+    held.as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == alertname)
+        .map(|a| {
+            (
+                a["status"]["state"].as_str().unwrap_or("").to_string(),
+                a["endsAt"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_posted_slower_than_their_interval_arrive_alive() {
+    let server = ClickHouseServer::start();
+    let clickhouse = database(&server).await;
+    let webhook = Webhook::start();
+    let alertmanager = Alertmanager::start(&webhook.url);
+    // Every post reaches Alertmanager 4 s after it was sent (under the 5 s request timeout), longer
+    // than 3 intervals of 1 s: an endsAt from the evaluation's start arrives already past.
+    let proxy = FaultProxy::start_delayed(alertmanager.port, "\"never\"", Duration::from_secs(4));
+    let config = slow_route_and_config(&clickhouse, &proxy.url).await;
+    let evaluator = spawn_evaluator(config, clickhouse);
+    wait_for_webhook(&webhook, "WebVitalsLCPP75Poor", "firing").await;
+    common::wait_until("three posts forwarded", Duration::from_secs(60), || {
+        proxy.forwarded.load(Ordering::SeqCst) >= 3
+    });
+    let now = rum_alerts::notify::rfc3339(rum_alerts::system_now());
+    let lcp = held(&alertmanager, "WebVitalsLCPP75Poor");
+    assert_eq!(lcp.len(), 1, "{lcp:?}");
+    assert_eq!(lcp[0].0, "active", "{lcp:?}");
+    assert!(lcp[0].1 > now, "ends in the future: {lcp:?} at {now}");
+    let resolved = webhook
+        .notified()
+        .iter()
+        .filter(|n| n.status == "resolved")
+        .count();
+    assert_eq!(resolved, 0, "{:?}", webhook.notified());
+    stop_evaluator(evaluator).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_during_an_outage_keeps_the_firing_alerts_alive() {
+    let server = ClickHouseServer::start();
+    let clickhouse = database(&server).await;
+    let webhook = Webhook::start();
+    let alertmanager = Alertmanager::start(&webhook.url);
+    let config = slow_route_and_config(&clickhouse, &alertmanager.url).await;
+    let first = spawn_evaluator(config.clone(), clickhouse.clone());
+    wait_for_webhook(&webhook, "WebVitalsLCPP75Poor", "firing").await;
+    stop_evaluator(first).await;
+    // The last endsAt the stopped evaluator gave its alert: Alertmanager resolves it then unless
+    // someone posts it again.
+    let lcp = held(&alertmanager, "WebVitalsLCPP75Poor");
+    assert_eq!(lcp.len(), 1, "{lcp:?}");
+    let last_ends_at = lcp[0].1.clone();
+
+    // ClickHouse stops answering, and a new evaluator starts: it cannot read anything.
+    let pid = server.pid().expect("clickhouse runs");
+    send_signal(pid, "STOP");
+    let second_config = AlertsConfig {
+        port: free_port(),
+        ..config
+    };
+    let second_port = second_config.port;
+    let second = spawn_evaluator(second_config, clickhouse.clone());
+    // Past the old endsAt, and 5 intervals more.
+    common::wait_until(
+        "the stopped evaluator's endsAt and 5 intervals to pass",
+        Duration::from_secs(120),
+        || rum_alerts::notify::rfc3339(rum_alerts::system_now().saturating_sub(5)) > last_ends_at,
+    );
+    let text = metrics_text(second_port).await;
+    assert!(
+        metric(&text, "rum_alerts_evaluation_errors_total") >= 5.0,
+        "{text}"
+    );
+    let resolved: Vec<_> = webhook
+        .notified()
+        .into_iter()
+        .filter(|n| n.status == "resolved")
+        .collect();
+    assert!(resolved.is_empty(), "{resolved:?}");
+    let lcp = held(&alertmanager, "WebVitalsLCPP75Poor");
+    assert_eq!(lcp.len(), 1, "{lcp:?}");
+    assert_eq!(lcp[0].0, "active", "{lcp:?}");
+    assert!(lcp[0].1 > last_ends_at, "re-sent: {lcp:?}");
+    assert!(
+        text.contains("rum_alerts_firing{alertname=\"WebVitalsLCPP75Poor\"} 1"),
+        "{text}"
+    );
+
+    send_signal(pid, "CONT");
+    stop_evaluator(second).await;
 }

@@ -212,7 +212,7 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// An HTTP proxy in front of `upstream` (host:port) that answers 503 to every request whose body
-/// contains `poison`, and forwards the others (one request a connection).
+/// contains `poison`, and forwards the others (one request a connection), each after `delay`.
 pub struct FaultProxy {
     pub url: String,
     pub refused: Arc<AtomicU64>,
@@ -221,6 +221,12 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: u16, poison: &str) -> FaultProxy {
+        Self::start_delayed(upstream, poison, Duration::ZERO)
+    }
+
+    /// Like [`start`](Self::start), holding every forwarded request `delay` first (a slow link or
+    /// a busy Alertmanager).
+    pub fn start_delayed(upstream: u16, poison: &str, delay: Duration) -> FaultProxy {
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the proxy");
         let refused = Arc::new(AtomicU64::new(0));
@@ -252,6 +258,7 @@ impl FaultProxy {
                         .collect();
                     request.extend_from_slice(b"Connection: close\r\n\r\n");
                     request.extend_from_slice(&body);
+                    thread::sleep(delay);
                     let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                         return;
                     };
