@@ -9,6 +9,11 @@ use serde::Deserialize;
 /// The largest `consumer.max_series`: at most ~15 GB of `/metrics`, already far beyond a scrape.
 const MAX_SERIES_LIMIT: usize = 1_000_000;
 
+/// The shortest `consumer.series_idle_secs`: idle label sets are looked for once a minute.
+const SERIES_IDLE_MIN_SECS: u64 = 60;
+/// The longest `consumer.series_idle_secs`: a week.
+const SERIES_IDLE_MAX_SECS: u64 = 7 * 86_400;
+
 /// The consumer's settings, with production defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,6 +46,9 @@ pub struct ConsumerConfig {
     /// At most this many label sets (site, route, device) in the vitals histograms of `/metrics`,
     /// across the five families; later new ones are observed under `other` (see `histograms`).
     pub max_series: usize,
+    /// A label set of the vitals histograms not observed for this long is removed and its place
+    /// in `max_series` freed (see `histograms`).
+    pub series_idle_secs: u64,
     /// Each retention statement (a read of the expired partitions, a `DROP PARTITION`) taking
     /// longer counts as a failed step, so that a server that never answers cannot hang retention.
     pub retention_statement_timeout_secs: u64,
@@ -62,12 +70,20 @@ impl Default for ConsumerConfig {
             dedup_capacity: 1_000_000,
             topic_incarnation: None,
             max_series: 2_000,
+            // An hour: a route with a few beacons an hour keeps its series (and no alert window,
+            // 30 min, loses one), a one-off flood frees its places within the hour.
+            series_idle_secs: 3_600,
             retention_statement_timeout_secs: DEFAULT_RETENTION_STATEMENT_TIMEOUT.as_secs(),
         }
     }
 }
 
 impl ConsumerConfig {
+    /// How long a label set of the vitals histograms keeps its series without a beacon.
+    pub fn series_idle(&self) -> Duration {
+        Duration::from_secs(self.series_idle_secs)
+    }
+
     /// The timeout of each retention statement.
     pub fn retention_statement_timeout(&self) -> Duration {
         Duration::from_secs(self.retention_statement_timeout_secs)
@@ -94,6 +110,12 @@ impl ConsumerConfig {
             return Err(ConfigError::new(
                 "consumer.max_series",
                 "must be between 1 and 1000000",
+            ));
+        }
+        if !(SERIES_IDLE_MIN_SECS..=SERIES_IDLE_MAX_SECS).contains(&self.series_idle_secs) {
+            return Err(ConfigError::new(
+                "consumer.series_idle_secs",
+                "must be between 60 and 604800 (a week)",
             ));
         }
         if !(1..=3_600).contains(&self.retention_statement_timeout_secs) {
@@ -155,6 +177,14 @@ mod tests {
             };
             let err = c.validate().unwrap_err();
             assert_eq!(err.key, "consumer.max_series");
+        }
+        for bad in [0, 59, 604_801] {
+            let c = ConsumerConfig {
+                series_idle_secs: bad,
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.key, "consumer.series_idle_secs");
         }
         for bad in [0, 3_601] {
             let c = ConsumerConfig {

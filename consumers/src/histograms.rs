@@ -3,23 +3,44 @@
 //! only inside a bucket, and a threshold is always a bucket edge.
 //!
 //! A global budget bounds the label sets `{site, route, device}` across the five families
-//! (`consumer.max_series`): the first label sets seen keep their own series; once the budget is
-//! spent, beacons of a new label set are observed under [`FOLDED`] (`other` for all three labels,
-//! the one label set whose device is not a device) and counted in `rum_consumer_series_folded_total`.
-//! The budget includes the folded label set, so `/metrics` holds at most `max_series` label sets
-//! and at most `max_series` x [`worst_case_bytes_per_label_set`] bytes of vitals.
+//! (`consumer.max_series`), fold sets included, so `/metrics` holds at most `max_series` label sets
+//! and at most `max_series` x [`worst_case_bytes_per_label_set`] bytes of vitals:
+//! - a new label set gets its own series while own places remain (all but a tenth of the budget,
+//!   [`fold_reserve`], and one place for [`FOLDED`]);
+//! - then a new label set of a site that has places is observed under the site's fold set
+//!   `{site=S, route="other", device="other"}` (created from the reserve while it lasts), so the
+//!   site's own series keep counting and a per-site view still sees all its beacons;
+//! - else under [`FOLDED`] (`other` for all three labels). Both folds count in
+//!   `rum_consumer_series_folded_total`; `device="other"` marks a fold set, no beacon has it.
+//!
+//! A label set not observed for `consumer.series_idle_secs` is removed from every family and its
+//! place freed (`rum_consumer_series_removed_total`), so a one-off flood of label sets does not hold
+//! the budget for the life of the process. Sweeps run at most once per [`SWEEP_EVERY`] and remove at
+//! most [`SWEEP_LIMIT`] label sets each; the clock is a parameter ([`VitalsHistograms::observe_all_at`]).
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntGauge, Registry};
 use rum_schemas::limits::MAX_SITE_LEN;
 use rum_schemas::route::{MAX_ROUTE_LEN, OTHER_ROUTE};
 use rum_schemas::{BeaconMessage, Device, MetricName};
 
-/// The label set beacons are observed under once the budget is spent.
+/// The label set beacons are observed under once the budget is spent and their site has no fold set.
 pub const FOLDED: [&str; 3] = [OTHER_ROUTE, OTHER_ROUTE, OTHER_ROUTE];
+
+/// Idle label sets are looked for at most this often.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// At most this many label sets are removed by one sweep (5 series families each); more wait for the
+/// next sweep. The scan itself visits at most `consumer.max_series` label sets.
+pub const SWEEP_LIMIT: usize = 10_000;
+
+/// The places of the budget kept for the sites' fold sets: a tenth (0 under a budget of 10).
+pub fn fold_reserve(max_series: usize) -> usize {
+    max_series / 10
+}
 
 /// Observed values below this (in the exported unit: a microsecond, or CLS 0.000001) count as 0,
 /// so that a sum prints in at most [`MAX_SUM_CHARS`] characters (a sum of 1e-300 prints 300 zeros).
@@ -85,45 +106,152 @@ const SPECS: [Spec; 5] = [
 pub struct VitalsHistograms {
     families: Vec<(MetricName, f64, HistogramVec)>,
     budget: Mutex<SeriesBudget>,
-    /// Beacons observed under [`FOLDED`] because the budget was spent.
+    /// Beacons observed under a fold set (the site's or [`FOLDED`]) because the budget was spent.
     folded: IntCounter,
-    /// Label sets with series, the folded one included.
+    /// Label sets removed after `consumer.series_idle_secs` without a beacon.
+    removed: IntCounter,
+    /// Label sets with series, fold sets included.
     label_sets: IntGauge,
 }
 
 /// The histograms of one label set, one slot per family, filled when first observed.
 type Children = Vec<Option<Histogram>>;
 
-/// The label sets that have their own series: at most `max - 1`, one place stays for [`FOLDED`].
+/// Where the beacons of a label set are observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Under its own labels.
+    Own,
+    /// Under `{site, "other", "other"}`.
+    SiteFold,
+    /// Under [`FOLDED`].
+    Global,
+}
+
+/// The key of a label set: `site|route|device` (no label holds `|`). A site's fold set is
+/// `site|other|other`, never a real label set (no device is `other`).
+fn key(site: &str, route: &str, device: &str) -> String {
+    format!("{site}|{route}|{device}")
+}
+
+/// The places of the budget in use, and when each label set was last observed.
 struct SeriesBudget {
-    max: usize,
-    admitted: HashSet<String>,
-    folded_used: bool,
+    /// Own label sets at most: `max` less the fold reserve and the place of [`FOLDED`].
+    own_capacity: usize,
+    /// Site fold sets at most.
+    fold_reserve: usize,
+    idle: Duration,
+    /// Own label sets and site fold sets, by key, with when each was last observed.
+    last_seen: HashMap<String, Instant>,
+    /// Own label sets per site.
+    sites: HashMap<String, usize>,
+    own: usize,
+    site_folds: usize,
+    /// When [`FOLDED`] was last observed, while it has series.
+    global: Option<Instant>,
+    last_sweep: Option<Instant>,
 }
 
 impl SeriesBudget {
-    /// True when the label set (`site|route|device`) has, or now gets, its own series.
-    fn admit(&mut self, key: &str) -> bool {
-        if self.admitted.contains(key) {
-            return true;
+    fn new(max: usize, idle: Duration) -> Self {
+        let fold_reserve = fold_reserve(max);
+        Self {
+            own_capacity: max.saturating_sub(1 + fold_reserve),
+            fold_reserve,
+            idle,
+            last_seen: HashMap::new(),
+            sites: HashMap::new(),
+            own: 0,
+            site_folds: 0,
+            global: None,
+            last_sweep: None,
         }
-        if self.admitted.len() + 1 < self.max {
-            self.admitted.insert(key.to_owned());
-            return true;
+    }
+
+    /// Where a label set's beacons go at `now`, taking a place for it if it needs one and one is free.
+    fn place(&mut self, site: &str, route: &str, device: &str, now: Instant) -> Placement {
+        let own = key(site, route, device);
+        if let Some(seen) = self.last_seen.get_mut(&own) {
+            *seen = now;
+            return Placement::Own;
         }
-        self.folded_used = true;
-        false
+        if self.own < self.own_capacity {
+            self.last_seen.insert(own, now);
+            *self.sites.entry(site.to_owned()).or_default() += 1;
+            self.own += 1;
+            return Placement::Own;
+        }
+        let fold = key(site, OTHER_ROUTE, OTHER_ROUTE);
+        if let Some(seen) = self.last_seen.get_mut(&fold) {
+            *seen = now;
+            return Placement::SiteFold;
+        }
+        if self.sites.contains_key(site) && self.site_folds < self.fold_reserve {
+            self.last_seen.insert(fold, now);
+            self.site_folds += 1;
+            return Placement::SiteFold;
+        }
+        self.global = Some(now);
+        Placement::Global
+    }
+
+    /// Frees the places of label sets idle at `now` (at most `limit`, at most once per
+    /// [`SWEEP_EVERY`]) and returns their labels, for their series to be removed.
+    fn sweep(&mut self, now: Instant, limit: usize) -> Vec<[String; 3]> {
+        if self
+            .last_sweep
+            .is_some_and(|at| now.saturating_duration_since(at) < SWEEP_EVERY)
+        {
+            return Vec::new();
+        }
+        self.last_sweep = Some(now);
+        let idle = |seen: Instant| now.saturating_duration_since(seen) >= self.idle;
+        let expired: Vec<String> = self
+            .last_seen
+            .iter()
+            .filter(|(_, seen)| idle(**seen))
+            .map(|(key, _)| key.clone())
+            .take(limit)
+            .collect();
+        let mut removed = Vec::with_capacity(expired.len() + 1);
+        for key in expired {
+            self.last_seen.remove(&key);
+            let mut labels = key.splitn(3, '|').map(str::to_owned);
+            let labels = [0; 3].map(|_| labels.next().unwrap_or_default());
+            if labels[2] == OTHER_ROUTE {
+                self.site_folds -= 1;
+            } else {
+                self.own -= 1;
+                if let Entry::Occupied(mut site) = self.sites.entry(labels[0].clone()) {
+                    *site.get_mut() -= 1;
+                    if *site.get() == 0 {
+                        site.remove();
+                    }
+                }
+            }
+            removed.push(labels);
+        }
+        if removed.len() < limit && self.global.is_some_and(idle) {
+            self.global = None;
+            removed.push(FOLDED.map(str::to_owned));
+        }
+        removed
     }
 
     fn in_use(&self) -> usize {
-        self.admitted.len() + usize::from(self.folded_used)
+        self.own + self.site_folds + usize::from(self.global.is_some())
     }
 }
 
 impl VitalsHistograms {
-    /// Builds and registers the five histograms, the folded-beacon counter and the label-set
-    /// gauge, for at most `max_series` label sets.
-    pub fn register(registry: &Registry, max_series: usize) -> Result<Self, prometheus::Error> {
+    /// Builds and registers the five histograms, the folded-beacon and removed-label-set counters
+    /// and the label-set gauge, for at most `max_series` label sets, each removed after `idle`
+    /// without a beacon.
+    pub fn register(
+        registry: &Registry,
+        max_series: usize,
+        idle: Duration,
+    ) -> Result<Self, prometheus::Error> {
         let mut families = Vec::with_capacity(SPECS.len());
         for spec in &SPECS {
             let family = HistogramVec::new(
@@ -135,53 +263,82 @@ impl VitalsHistograms {
         }
         let folded = IntCounter::new(
             "rum_consumer_series_folded_total",
-            "Beacons observed in the vitals histograms under site, route and device \"other\" because consumer.max_series label sets were in use.",
+            "Beacons observed in the vitals histograms under route and device \"other\" (of their site, or site \"other\" too) because consumer.max_series label sets were in use.",
+        )?;
+        let removed = IntCounter::new(
+            "rum_consumer_series_removed_total",
+            "Label sets removed from the vitals histograms after consumer.series_idle_secs without a beacon, their places in consumer.max_series freed.",
         )?;
         let label_sets = IntGauge::new(
             "rum_consumer_series_label_sets",
-            "Label sets (site, route, device) with series in the vitals histograms, \"other\" included; at most consumer.max_series.",
+            "Label sets (site, route, device) with series in the vitals histograms, \"other\" ones included; at most consumer.max_series.",
         )?;
         registry.register(Box::new(folded.clone()))?;
+        registry.register(Box::new(removed.clone()))?;
         registry.register(Box::new(label_sets.clone()))?;
         Ok(Self {
             families,
-            budget: Mutex::new(SeriesBudget {
-                max: max_series,
-                admitted: HashSet::new(),
-                folded_used: false,
-            }),
+            budget: Mutex::new(SeriesBudget::new(max_series, idle)),
             folded,
+            removed,
             label_sets,
         })
     }
 
-    /// Observes every metric of stored beacons (FID has no histogram). A label set's histograms
-    /// are looked up in their families, and its place in the budget checked, once per call.
+    /// Observes every metric of stored beacons (FID has no histogram), now.
     pub fn observe_all<'a>(&self, messages: impl IntoIterator<Item = &'a BeaconMessage>) {
+        self.observe_all_at(messages, Instant::now());
+    }
+
+    /// Observes every metric of stored beacons at `now`: first removes the label sets idle at `now`
+    /// (see [`SWEEP_EVERY`]), then places each label set once per call.
+    pub fn observe_all_at<'a>(
+        &self,
+        messages: impl IntoIterator<Item = &'a BeaconMessage>,
+        now: Instant,
+    ) {
         let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
-        let mut children: HashMap<(&str, &str, Device), (bool, Children)> = HashMap::new();
-        let mut folded_children: Children = vec![None; self.families.len()];
+        let removed = budget.sweep(now, SWEEP_LIMIT);
+        for labels in &removed {
+            let labels = [&*labels[0], &*labels[1], &*labels[2]];
+            for (_, _, family) in &self.families {
+                // A family the label set never had a value in has no series to remove.
+                let _ = family.remove_label_values(&labels);
+            }
+        }
+        self.removed.inc_by(removed.len() as u64);
+        let mut children: HashMap<(&str, &str, Device), (Placement, Children)> = HashMap::new();
+        let mut site_children: HashMap<&str, Children> = HashMap::new();
+        let mut global_children: Children = vec![None; self.families.len()];
         let mut folded = 0;
         for message in messages {
-            let labels = (
-                message.site.as_str(),
-                message.route.as_str(),
-                message.device,
-            );
-            let (own, slots) = match children.entry(labels) {
+            let site = message.site.as_str();
+            let labels = (site, message.route.as_str(), message.device);
+            let (placement, own_slots) = match children.entry(labels) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
-                    let own = budget.admit(&message.key());
-                    let slots = if own { self.families.len() } else { 0 };
-                    e.insert((own, vec![None; slots]))
+                    let placement = budget.place(site, labels.1, labels.2.as_str(), now);
+                    let slots = if placement == Placement::Own {
+                        self.families.len()
+                    } else {
+                        0
+                    };
+                    e.insert((placement, vec![None; slots]))
                 }
             };
-            let (slots, values) = if *own {
-                (slots, [labels.0, labels.1, labels.2.as_str()])
-            } else {
-                folded += 1;
-                (&mut folded_children, FOLDED)
+            let (slots, values) = match placement {
+                Placement::Own => (own_slots, [site, labels.1, labels.2.as_str()]),
+                Placement::SiteFold => (
+                    site_children
+                        .entry(site)
+                        .or_insert_with(|| vec![None; self.families.len()]),
+                    [site, OTHER_ROUTE, OTHER_ROUTE],
+                ),
+                Placement::Global => (&mut global_children, FOLDED),
             };
+            if *placement != Placement::Own {
+                folded += 1;
+            }
             for sample in &message.metrics {
                 let Some(i) = self.families.iter().position(|(m, _, _)| *m == sample.name) else {
                     continue;
@@ -234,6 +391,10 @@ mod tests {
     use super::*;
     use rum_schemas::{MetricSample, Rating};
 
+    use std::collections::HashSet;
+
+    const IDLE: Duration = Duration::from_secs(3_600);
+
     fn beacon(site: &str, route: &str, device: Device, metrics: &[MetricName]) -> BeaconMessage {
         BeaconMessage {
             site: site.into(),
@@ -280,7 +441,7 @@ mod tests {
     #[test]
     fn folds_new_label_sets_into_other_once_the_budget_is_spent() {
         let registry = Registry::new();
-        let vitals = VitalsHistograms::register(&registry, 3).unwrap();
+        let vitals = VitalsHistograms::register(&registry, 3, IDLE).unwrap();
         let all = [MetricName::LCP, MetricName::INP];
         let a = beacon("shop", "cart", Device::Mobile, &all);
         let b = beacon("shop", "home", Device::Desktop, &[MetricName::LCP]);
@@ -320,9 +481,162 @@ mod tests {
     }
 
     #[test]
+    fn a_site_with_places_folds_into_its_own_fold_set_when_the_budget_is_spent() {
+        let registry = Registry::new();
+        // 20 places: 17 own, 2 for sites' fold sets, 1 for "other".
+        let vitals = VitalsHistograms::register(&registry, 20, IDLE).unwrap();
+        let lcp = "rum_web_vitals_lcp_seconds";
+        let home = beacon("shop", "home", Device::Mobile, &[MetricName::LCP]);
+        let flood: Vec<_> = (0..16)
+            .map(|i| {
+                beacon(
+                    &format!("flood{i}"),
+                    "x",
+                    Device::Mobile,
+                    &[MetricName::LCP],
+                )
+            })
+            .collect();
+        vitals.observe_all(flood.iter().chain([&home]));
+        assert_eq!(scalar(&registry, "rum_consumer_series_label_sets"), 17.0);
+        // The budget of own places is spent: the shop's new routes fold into the shop's fold set,
+        // its own series keep counting; a site without places goes to "other".
+        let cart = beacon("shop", "cart", Device::Desktop, &[MetricName::LCP]);
+        let account = beacon("shop", "account", Device::Tablet, &[MetricName::LCP]);
+        let stranger = beacon("new-site", "home", Device::Mobile, &[MetricName::LCP]);
+        vitals.observe_all([&cart, &account, &home, &stranger, &cart]);
+        let shop_fold = ["shop", "other", "other"];
+        assert_eq!(sample_count(&registry, lcp, shop_fold), Some(3));
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "home", "mobile"]),
+            Some(2)
+        );
+        assert_eq!(sample_count(&registry, lcp, FOLDED), Some(1));
+        // A second flooding site takes the last reserved place; a third has to go to "other".
+        let more = [0, 1].map(|i| {
+            beacon(
+                &format!("flood{i}"),
+                "y",
+                Device::Mobile,
+                &[MetricName::LCP],
+            )
+        });
+        vitals.observe_all(&more);
+        assert_eq!(
+            sample_count(&registry, lcp, ["flood0", "other", "other"]),
+            Some(1)
+        );
+        assert_eq!(
+            sample_count(&registry, lcp, ["flood1", "other", "other"]),
+            None
+        );
+        assert_eq!(sample_count(&registry, lcp, FOLDED), Some(2));
+        assert_eq!(scalar(&registry, "rum_consumer_series_label_sets"), 20.0);
+        assert_eq!(scalar(&registry, "rum_consumer_series_folded_total"), 6.0);
+    }
+
+    #[test]
+    fn a_flood_is_removed_once_idle_and_a_real_site_gets_its_own_series_again() {
+        let registry = Registry::new();
+        let vitals = VitalsHistograms::register(&registry, 20, IDLE).unwrap();
+        let lcp = "rum_web_vitals_lcp_seconds";
+        let start = Instant::now();
+        let at = |minutes: u64| start + Duration::from_secs(60 * minutes);
+        let home = beacon("shop", "home", Device::Mobile, &[MetricName::LCP]);
+        let flood: Vec<_> = (0..100)
+            .map(|i| {
+                beacon(
+                    &format!("flood{i}"),
+                    "x",
+                    Device::ALL[i % 4],
+                    &[MetricName::LCP],
+                )
+            })
+            .collect();
+        vitals.observe_all_at([&home].into_iter().chain(&flood), at(0));
+        let cart = beacon("shop", "cart", Device::Desktop, &[MetricName::LCP]);
+        vitals.observe_all_at([&cart], at(10));
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "cart", "desktop"]),
+            None
+        );
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "other", "other"]),
+            Some(1)
+        );
+        // The shop's home page has a beacon every 20 minutes; the flood never comes back.
+        for minutes in [20, 40] {
+            vitals.observe_all_at([&home], at(minutes));
+        }
+        // 17 own, the shop's fold set and "other" (one reserved place is free).
+        assert_eq!(scalar(&registry, "rum_consumer_series_label_sets"), 19.0);
+        assert!(sample_count(&registry, lcp, ["flood0", "x", "mobile"]).is_some());
+        // An hour after their last beacons the flood and the shop's fold set are gone.
+        vitals.observe_all_at([&cart, &home], at(70));
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "cart", "desktop"]),
+            Some(1)
+        );
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "home", "mobile"]),
+            Some(4)
+        );
+        assert_eq!(
+            sample_count(&registry, lcp, ["flood0", "x", "mobile"]),
+            None
+        );
+        assert_eq!(
+            sample_count(&registry, lcp, ["shop", "other", "other"]),
+            None
+        );
+        assert_eq!(sample_count(&registry, lcp, FOLDED), None);
+        assert_eq!(scalar(&registry, "rum_consumer_series_label_sets"), 2.0);
+        // 16 flood label sets with places, the shop's fold set and "other".
+        assert_eq!(scalar(&registry, "rum_consumer_series_removed_total"), 18.0);
+        let text = rum_telemetry::encode(&registry);
+        assert!(!text.contains("flood"), "{text}");
+    }
+
+    #[test]
+    fn a_sweep_runs_at_most_once_a_minute_and_removes_at_most_its_limit() {
+        let mut budget = SeriesBudget::new(1_000, IDLE);
+        let start = Instant::now();
+        for i in 0..100 {
+            let placement = budget.place(&format!("s{i}"), "r", "mobile", start);
+            assert_eq!(placement, Placement::Own);
+        }
+        assert_eq!(
+            budget.place("s0", "r", "mobile", start + IDLE),
+            Placement::Own
+        );
+        assert!(budget.sweep(start, 30).is_empty());
+        // Within a minute of the last sweep nothing is looked at.
+        assert!(budget
+            .sweep(start + SWEEP_EVERY - Duration::from_secs(1), 30)
+            .is_empty());
+        let sweep = start + IDLE;
+        let first = budget.sweep(sweep, 30);
+        assert_eq!(first.len(), 30);
+        assert!(budget
+            .sweep(sweep + SWEEP_EVERY - Duration::from_secs(1), 30)
+            .is_empty());
+        let mut removed = first;
+        for minute in 1..=3 {
+            removed.extend(budget.sweep(sweep + SWEEP_EVERY * minute, 30));
+        }
+        // s0 was seen again: 99 removed, in four sweeps, each once.
+        assert_eq!(removed.len(), 99);
+        let sites: HashSet<&str> = removed.iter().map(|l| l[0].as_str()).collect();
+        assert_eq!(sites.len(), 99);
+        assert!(!sites.contains("s0"));
+        assert_eq!(budget.in_use(), 1);
+        assert_eq!((budget.own, budget.sites.len()), (1, 1));
+    }
+
+    #[test]
     fn a_budget_of_one_folds_everything() {
         let registry = Registry::new();
-        let vitals = VitalsHistograms::register(&registry, 1).unwrap();
+        let vitals = VitalsHistograms::register(&registry, 1, IDLE).unwrap();
         vitals.observe_all([&beacon("shop", "cart", Device::Mobile, &[MetricName::TTFB])]);
         assert_eq!(
             sample_count(&registry, "rum_web_vitals_ttfb_seconds", FOLDED),
@@ -334,7 +648,7 @@ mod tests {
     #[test]
     fn values_too_small_to_matter_count_as_zero_so_a_sum_stays_short() {
         let registry = Registry::new();
-        let vitals = VitalsHistograms::register(&registry, 10).unwrap();
+        let vitals = VitalsHistograms::register(&registry, 10, IDLE).unwrap();
         let mut tiny = beacon("shop", "cart", Device::Mobile, &[MetricName::CLS]);
         tiny.metrics[0].value = 1e-300;
         let mut small = beacon("shop", "cart", Device::Mobile, &[MetricName::CLS]);
@@ -364,7 +678,7 @@ mod tests {
     #[test]
     fn the_worst_case_label_set_fills_its_bound() {
         let registry = Registry::new();
-        let vitals = VitalsHistograms::register(&registry, 10).unwrap();
+        let vitals = VitalsHistograms::register(&registry, 10, IDLE).unwrap();
         let all = [
             MetricName::LCP,
             MetricName::INP,

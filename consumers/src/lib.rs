@@ -39,7 +39,10 @@ pub async fn run(
     clickhouse: &ClickHouseConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConsumerError> {
-    let metrics = Arc::new(ConsumerMetrics::new(config.max_series)?);
+    let metrics = Arc::new(ConsumerMetrics::new(
+        config.max_series,
+        config.series_idle(),
+    )?);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -1,5 +1,7 @@
 //! Every metric the consumer exports, registered in one place, and its small HTTP surface.
 
+use std::time::Duration;
+
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -53,8 +55,9 @@ pub struct ConsumerMetrics {
 
 impl ConsumerMetrics {
     /// Builds and registers every metric, with at most `max_series` label sets in the vitals
-    /// histograms; a duplicate name is an error, not a panic.
-    pub fn new(max_series: usize) -> Result<Self, prometheus::Error> {
+    /// histograms, each removed after `series_idle` without a beacon; a duplicate name is an
+    /// error, not a panic.
+    pub fn new(max_series: usize, series_idle: Duration) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let messages_consumed = IntCounter::new(
             "rum_consumer_messages_consumed_total",
@@ -124,7 +127,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_skipped.clone()))?;
         registry.register(Box::new(metrics_deduplicated.clone()))?;
         registry.register(Box::new(lag.clone()))?;
-        let vitals = VitalsHistograms::register(&registry, max_series)?;
+        let vitals = VitalsHistograms::register(&registry, max_series, series_idle)?;
         registry.register(Box::new(rows_inserted.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
         registry.register(Box::new(insert_errors.clone()))?;
@@ -154,7 +157,8 @@ mod tests {
 
     #[test]
     fn builds_the_full_registry_with_rum_names() {
-        let m = ConsumerMetrics::new(10).expect("no duplicate metric names");
+        let m = ConsumerMetrics::new(10, Duration::from_secs(3_600))
+            .expect("no duplicate metric names");
         m.rows_inserted.with_label_values(&["vitals_raw"]).inc();
         m.dead_lettered.with_label_values(&["undecodable"]).inc();
         m.batch_duration.observe(0.1);
@@ -171,7 +175,7 @@ mod tests {
         .unwrap();
         m.vitals.observe_all([&msg]);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 17);
+        assert_eq!(families.len(), 18);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 
@@ -201,8 +205,9 @@ mod tests {
         use rum_schemas::{BeaconMessage, Device, MetricName, MetricSample, Rating};
 
         const SITE_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789._-";
-        let budget = crate::ConsumerConfig::default().max_series;
-        let m = ConsumerMetrics::new(budget).unwrap();
+        let config = crate::ConsumerConfig::default();
+        let budget = config.max_series;
+        let m = ConsumerMetrics::new(budget, config.series_idle()).unwrap();
         let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
         let partitions = 64;
         for p in 0..partitions {
@@ -228,10 +233,14 @@ mod tests {
             })
             .collect();
         let mut batch = Vec::with_capacity(10_000);
+        let mut first_sites = Vec::new();
         for i in 0..budget + 100_000 {
             // Distinct sites: the index, then random characters, at most the longest site.
             let mut site = format!("{i}.{}", rng.text(SITE_CHARS, MAX_SITE_LEN));
             site.truncate(MAX_SITE_LEN);
+            if first_sites.len() < 300 {
+                first_sites.push(site.clone());
+            }
             batch.push(BeaconMessage {
                 site,
                 route: rng.text(b"abcdefghijklmnopqrstuvwxyz0123456789", MAX_ROUTE_LEN),
@@ -247,14 +256,37 @@ mod tests {
             }
         }
         m.vitals.observe_all(&batch);
+        // The first 1,799 sites have their own places, the rest are in site="other". A new label set
+        // of 300 sites with places: 200 take the reserve as their sites' fold sets, 100 go to "other".
+        let second: Vec<BeaconMessage> = first_sites
+            .into_iter()
+            .map(|site| BeaconMessage {
+                site,
+                route: "second".into(),
+                device: Device::Desktop,
+                nav_type: "navigate".into(),
+                sample_rate: 1.0,
+                received_at: 1,
+                metrics: metrics.clone(),
+            })
+            .collect();
+        m.vitals.observe_all(&second);
 
         let text = rum_telemetry::encode(&m.registry);
         let folded = "device=\"other\",route=\"other\",site=\"other\"";
         assert!(text.contains(&format!(
-            "rum_web_vitals_lcp_seconds_count{{{folded}}} 100001\n"
+            "rum_web_vitals_lcp_seconds_count{{{folded}}} 100301\n"
         )));
+        let site_folds = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("rum_web_vitals_lcp_seconds_count{device=\"other\",route=\"other\",")
+                    && !l.contains("site=\"other\"")
+            })
+            .count();
+        assert_eq!(site_folds, crate::histograms::fold_reserve(budget));
         assert!(text.contains(&format!("rum_consumer_series_label_sets {budget}\n")));
-        assert!(text.contains("rum_consumer_series_folded_total 100001\n"));
+        assert!(text.contains("rum_consumer_series_folded_total 100501\n"));
         let label_sets = text
             .lines()
             .filter(|l| l.starts_with("rum_web_vitals_ttfb_seconds_count{"))

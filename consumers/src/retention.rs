@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn counts_every_failure_by_table() {
-        let metrics = ConsumerMetrics::new(10).unwrap();
+        let metrics = ConsumerMetrics::new(10, Duration::from_secs(3_600)).unwrap();
         let failure = |table, partition| RetentionFailure {
             table,
             partition,
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn both_tables_are_exposed_at_zero_before_any_failure() {
-        let metrics = ConsumerMetrics::new(10).unwrap();
+        let metrics = ConsumerMetrics::new(10, Duration::from_secs(3_600)).unwrap();
         let text = rum_telemetry::encode(&metrics.registry);
         for table in [VITALS_RAW, VITALS_1M] {
             let line = format!("rum_consumer_retention_failures_total{{table=\"{table}\"}} 0\n");

@@ -61,7 +61,7 @@ async fn a_clickhouse_that_never_answers_is_counted_logged_and_the_run_returns()
         ..ClickHouseConfig::default()
     };
     migrate(&config).await.unwrap();
-    let metrics = ConsumerMetrics::new(10).unwrap();
+    let metrics = ConsumerMetrics::new(10, Duration::from_secs(3_600)).unwrap();
     // Accepted by the kernel, never answered: a paused server, or a drop blocked behind a lock.
     let pid = server.pid().expect("clickhouse runs");
     send_signal(pid, "STOP");
@@ -119,7 +119,7 @@ async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keep
         .trim()
         .parse()
         .unwrap();
-    let metrics = ConsumerMetrics::new(10).unwrap();
+    let metrics = ConsumerMetrics::new(10, Duration::from_secs(3_600)).unwrap();
 
     let report = run_retention(&config, &metrics, now, DEFAULT_RETENTION_STATEMENT_TIMEOUT).await;
 
