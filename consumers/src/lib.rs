@@ -17,6 +17,7 @@ mod metrics;
 pub mod ownership;
 mod pipeline;
 mod retention;
+mod series_budget;
 
 use std::future::Future;
 use std::sync::Arc;

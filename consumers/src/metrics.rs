@@ -284,7 +284,7 @@ mod tests {
                     && !l.contains("site=\"other\"")
             })
             .count();
-        assert_eq!(site_folds, crate::histograms::fold_reserve(budget));
+        assert_eq!(site_folds, crate::series_budget::fold_reserve(budget));
         assert!(text.contains(&format!("rum_consumer_series_label_sets {budget}\n")));
         assert!(text.contains("rum_consumer_series_folded_total 100501\n"));
         let label_sets = text
