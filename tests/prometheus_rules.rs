@@ -5,6 +5,9 @@
 //! processes really export, where `WebVitalsBeaconsStopped` once failed ("vector cannot contain metrics with the
 //! same labelset") and so could never fire. It also checks that every `rum_*` metric a rule file names (in an
 //! expression or a summary) is one the processes export, so a misspelt name cannot pass as an empty, healthy rule.
+//! A rule's `offset 1d` half (yesterday's volume of `WebVitalsBeaconsStopped`) reads nothing in a fresh Prometheus, so
+//! it is healthy whatever it holds: every rule's expression is also run with every `offset <duration>` removed, as
+//! an instant query, and must succeed over the same series.
 
 mod common;
 
@@ -27,13 +30,19 @@ const VITAL_COUNTS: [&str; 5] = [
 ];
 
 /// The old `WebVitalsBeaconsStopped` selector under increase(): a canary that the series of this test are the ones
-/// that broke it (several vitals of one site, route and device). It must be reported `err`.
+/// that broke it (several vitals of one site, route and device). It must be reported `err`; and the same selector
+/// only in an `offset 1d` half (healthy in a fresh Prometheus) must fail once its offset is removed.
 const CANARY_RULES: &str = r#"groups:
   - name: canary
     rules:
       - alert: CanaryNameRegexUnderIncrease
         expr: |
           sum by (site) (increase({__name__=~"rum_web_vitals_(lcp|inp|cls|fcp|ttfb)(_seconds)?_count"}[30m])) > 0
+      - alert: CanaryNameRegexUnderIncreaseOffset
+        expr: |
+          sum by (site) (increase({__name__=~"rum_web_vitals_(lcp|inp|cls|fcp|ttfb)(_seconds)?_count"}[30m] offset 1d)) > 0
+          unless on (site)
+          sum by (site) (increase(rum_web_vitals_lcp_seconds_count[30m])) > 0
 "#;
 
 /// Never evaluated yet, in Prometheus' rules API.
@@ -181,6 +190,31 @@ async fn every_rule_file_evaluates_healthy_over_the_stacks_own_series() {
         "{canary_rule:?}"
     );
 
+    // The offset canary is healthy as a rule (yesterday is empty) and fails without its offset.
+    let offset_canary = evaluated
+        .iter()
+        .find(|r| r.name == "CanaryNameRegexUnderIncreaseOffset")
+        .expect("the offset canary rule is loaded");
+    assert_eq!(offset_canary.health, "ok", "{offset_canary:?}");
+    let refused = without_offsets_fails(&prometheus, &offset_canary.query)
+        .expect("the offset canary fails without its offset");
+    assert!(refused.contains("same labelset"), "{refused}");
+
+    // Every rule's expression with its offsets removed evaluates over today's series.
+    let failing_without_offsets: Vec<String> = evaluated
+        .iter()
+        .filter(|r| r.file != canary.path.display().to_string())
+        .filter_map(|r| {
+            let error = without_offsets_fails(&prometheus, &r.query)?;
+            Some(format!("{} ({}): {error}", r.name, r.file))
+        })
+        .collect();
+    assert!(
+        failing_without_offsets.is_empty(),
+        "rules whose expression, offsets removed, Prometheus cannot evaluate over the stack's series:\n{}",
+        failing_without_offsets.join("\n")
+    );
+
     let failing: Vec<String> = evaluated
         .iter()
         .filter(|r| r.file != canary.path.display().to_string() && r.health != "ok")
@@ -222,6 +256,59 @@ struct RuleState {
     health: String,
     last_error: String,
     last_evaluation: String,
+    query: String,
+}
+
+/// `expr` with every `offset <duration>` removed (`x[30m] offset 1d` reads today's `x[30m]`).
+fn without_offsets(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut rest = expr;
+    while let Some(at) = rest.find("offset") {
+        let before_ok = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'));
+        let after = rest[at + "offset".len()..].trim_start();
+        let duration_len = after
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(after.len());
+        let is_offset = before_ok
+            && after.len() < rest.len() - at - "offset".len()
+            && after[..duration_len].starts_with(|c: char| c.is_ascii_digit());
+        if is_offset {
+            out.push_str(&rest[..at]);
+            rest = &after[duration_len..];
+        } else {
+            out.push_str(&rest[..at + "offset".len()]);
+            rest = &rest[at + "offset".len()..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs `expr` with its offsets removed as an instant query: `None` when Prometheus answers success without an error,
+/// else what it answered.
+fn without_offsets_fails(prometheus: &Prometheus, expr: &str) -> Option<String> {
+    let promql = without_offsets(expr);
+    match prometheus.query_json(&promql) {
+        Ok(body) => {
+            let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let ok = json["status"] == "success" && json.get("error").is_none();
+            (!ok).then(|| format!("{promql}: {body}"))
+        }
+        Err(e) => Some(format!("{promql}: {e}")),
+    }
+}
+
+#[test]
+fn offsets_are_removed_and_nothing_else() {
+    assert_eq!(
+        without_offsets(
+            "increase(x[30m] offset 1d) or increase(y[5m]  offset 1h30m) or rate(offset_total[5m])"
+        ),
+        "increase(x[30m] ) or increase(y[5m]  ) or rate(offset_total[5m])"
+    );
 }
 
 /// Every rule Prometheus holds, in the API's order.
@@ -239,6 +326,7 @@ fn rules(prometheus: &Prometheus) -> Vec<RuleState> {
                 health: text(rule, "health"),
                 last_error: text(rule, "lastError"),
                 last_evaluation: text(rule, "lastEvaluation"),
+                query: text(rule, "query"),
             });
         }
     }
@@ -275,10 +363,7 @@ fn metric_names_in(file: &Path) -> BTreeSet<String> {
 /// Waits until Prometheus knows every `rum_*` name the rule files mention (a histogram by its `_count`); panics
 /// with the missing ones.
 async fn wait_for_metric_names(prometheus: &Prometheus, rule_files: &[PathBuf]) {
-    let wanted: BTreeSet<String> = rule_files
-        .iter()
-        .flat_map(|f| metric_names_in(f))
-        .collect();
+    let wanted: BTreeSet<String> = rule_files.iter().flat_map(|f| metric_names_in(f)).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let known: BTreeSet<String> = match prometheus.get("/api/v1/label/__name__/values") {
