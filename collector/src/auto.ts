@@ -1,4 +1,5 @@
-// The script-tag bundle: `<script src=".../rum.js" data-site="shop" data-endpoint="..." data-sample-rate="0.5">`.
+// The script-tag bundle: `<script src=".../rum.js" data-site="shop" data-endpoint="..." data-sample-rate="0.5">`,
+// with a signed token (`rum token`) in `data-token`, `data-token-expires` and `data-token-key` (its `t`, `e`, `k`).
 
 import { BEACON_PATH, init } from './index';
 
@@ -11,6 +12,6 @@ if (data?.site) {
     // Without data-endpoint, the beacon goes to the server the script came from.
     endpoint: data.endpoint || new URL(BEACON_PATH, script!.src).href,
     sampleRate: rate,
-    token: data.token && data.tokenExpires ? { t: data.token, e: data.tokenExpires } : undefined,
+    token: data.token && data.tokenExpires ? { t: data.token, e: data.tokenExpires, k: data.tokenKey } : undefined,
   });
 }

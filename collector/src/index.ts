@@ -19,10 +19,15 @@ export const MIN_SAMPLE_RATE = 0.0001;
 /** The default share of sampled page loads: all in development, a quarter in production builds. */
 export const DEFAULT_SAMPLE_RATE = typeof __RUM_DEV__ !== 'undefined' && !__RUM_DEV__ ? 0.25 : 1;
 
-/** A signed token from `rum token`, sent as the `t` and `e` query parameters. */
+/**
+ * A signed token from `rum token` (`site=S&t=...&e=...&k=...`), sent as the `t`, `e` and `k` query
+ * parameters. `k` is the key id: required when the site's keys are `token_secrets` (ids, for a
+ * rotation), absent with a single `token_secret`.
+ */
 export interface SignedToken {
   t: string;
   e: string | number;
+  k?: string;
 }
 
 /** The collector's settings. */
@@ -71,7 +76,8 @@ export function browserHost(): Host {
 /** The beacon URL with the token's query parameters. */
 export function beaconUrl(endpoint: string, token?: SignedToken): string {
   if (!token) return endpoint;
-  const query = `t=${encodeURIComponent(token.t)}&e=${encodeURIComponent(String(token.e))}`;
+  let query = `t=${encodeURIComponent(token.t)}&e=${encodeURIComponent(String(token.e))}`;
+  if (token.k) query += `&k=${encodeURIComponent(token.k)}`;
   return endpoint + (endpoint.includes('?') ? '&' : '?') + query;
 }
 

@@ -231,6 +231,12 @@ describe('beaconUrl', () => {
     expect(beaconUrl(`${ENDPOINT}?site=shop`, { t: 'x', e: '1' })).toBe(`${ENDPOINT}?site=shop&t=x&e=1`);
   });
 
+  it('adds the key id as k, as `rum token` prints it for token_secrets', () => {
+    expect(beaconUrl(ENDPOINT, { t: 'sig', e: 42, k: '2026-12' })).toBe(`${ENDPOINT}?t=sig&e=42&k=2026-12`);
+    expect(beaconUrl(ENDPOINT, { t: 'sig', e: 42, k: 'a&b' })).toBe(`${ENDPOINT}?t=sig&e=42&k=a%26b`);
+    expect(beaconUrl(ENDPOINT, { t: 'sig', e: 42, k: '' })).toBe(`${ENDPOINT}?t=sig&e=42`);
+  });
+
   it('sends the beacon to the signed URL', () => {
     const page = fakePage();
     init({ site: 'shop', endpoint: ENDPOINT, token: { t: 'sig', e: 42 } }, page.host);
