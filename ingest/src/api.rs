@@ -274,11 +274,10 @@ async fn validate(
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        policy.client_ip.resolve(peer, forwarded)
+        let forwarded = headers.get_all("x-forwarded-for").iter();
+        policy
+            .client_ip
+            .resolve_header_values(peer, forwarded.map(HeaderValue::as_bytes))
     };
     if client.unidentified {
         state.events.client_unidentified();
@@ -294,7 +293,8 @@ async fn validate(
         return Err(IngestError::UnsupportedMediaType);
     }
     let query = query.ok_or(IngestError::InvalidQuery)?;
-    if policy.drop_bots && header("user-agent").is_some_and(is_bot) {
+    // On the bytes: a User-Agent that is not ASCII is matched too. None: not a bot (tools, tests).
+    if policy.drop_bots && headers.get(header::USER_AGENT).is_some_and(is_bot) {
         return Err(IngestError::Bot);
     }
     let body = tokio::time::timeout(policy.body_timeout, read_body(body, policy.max_body_bytes))

@@ -6,7 +6,8 @@
 //! hop that is not trusted is the client; what lies to its left is whatever the client chose to
 //! send. A hop is an address (`192.0.2.1`, `2001:db8::1`), with a port (`192.0.2.1:51234`,
 //! `[2001:db8::1]:51234`, as Azure's gateways and some ingress controllers write), or in brackets.
-//! Empty list elements are skipped (RFC 9110, 5.6.1).
+//! Empty list elements are skipped (RFC 9110, 5.6.1). Bytes that are not UTF-8 (a client may send
+//! any) make their hop one that does not parse; the hops to their right are read as usual.
 //!
 //! A hop that is `unknown` (RFC 7239's word, and Squid's) or does not parse was written by a
 //! trusted proxy that could not name its own client: the client's identity ends there. Keying the
@@ -22,6 +23,7 @@
 //! by their /48 (one routed /48 is 65,536 /64s). IPv4 clients have no network level: carrier-grade
 //! NAT already puts many people behind one address.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
@@ -63,6 +65,22 @@ impl ClientIpResolver {
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// [`ClientIpResolver::resolve`] on header values as they came: bytes that are not UTF-8 are
+    /// read as U+FFFD, so a hop holding them is one that does not parse (`unknown`), and the hops
+    /// our proxies appended to its right are still read. (Dropping such a value would key the
+    /// client as the proxy itself.)
+    pub fn resolve_header_values<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a [u8]>,
+    ) -> Client {
+        if !self.is_trusted(canonical(peer)) {
+            return Client::at(peer);
+        }
+        let values: Vec<Cow<'a, str>> = forwarded_for.map(String::from_utf8_lossy).collect();
+        self.resolve(peer, values.iter().map(|v| v.as_ref()))
     }
 
     /// The client of a request from `peer` with these `X-Forwarded-For` header values, in the
@@ -247,6 +265,25 @@ mod tests {
             assert!(c.unidentified, "{garbage}");
             assert_eq!(c.key, None);
         }
+    }
+
+    #[test]
+    fn a_hop_that_is_not_text_is_unknown_and_the_hops_right_of_it_are_read() {
+        let r = resolver();
+        let peer = ip("10.0.0.1");
+        let c = r.resolve_header_values(peer, [&b"\xff, 198.51.100.7"[..]].into_iter());
+        assert_eq!(c, Client::at(ip("198.51.100.7")));
+        let c = r.resolve_header_values(peer, [&b"198.51.100.7, \xff\xfe"[..]].into_iter());
+        assert!(c.unidentified);
+        assert_eq!((c.key, c.network), (Some(ip("198.51.100.7")), Some(peer)));
+        let c = r.resolve_header_values(peer, [&b"\xff"[..], b"10.2.2.2"].into_iter());
+        assert!(c.unidentified);
+        assert_eq!((c.key, c.network), (None, Some(ip("10.2.2.2"))));
+        let untrusted = ip("203.0.113.9");
+        assert_eq!(
+            r.resolve_header_values(untrusted, [&b"\xff"[..]].into_iter()),
+            Client::at(untrusted)
+        );
     }
 
     #[test]

@@ -222,6 +222,16 @@ impl IngestConfig {
             ));
         }
         require_positive("ingest.max_body_bytes", self.max_body_bytes as u64)?;
+        if self.max_body_bytes > MAX_BODY_BYTES {
+            return Err(ConfigError::new(
+                "ingest.max_body_bytes",
+                format!(
+                    "must be at most {MAX_BODY_BYTES} (a beacon is a few hundred bytes; each \
+                     connection may hold this much)"
+                ),
+            ));
+        }
+        check_trusted_proxies(&self.trusted_proxies)?;
         require_positive("ingest.delivery_timeout_ms", self.delivery_timeout_ms)?;
         require_positive(
             "ingest.queue_max_messages",
@@ -289,6 +299,26 @@ impl IngestConfig {
                 self.rate_limit_max_clients as u64,
             )?;
             self.check_network_budget()?;
+        } else {
+            // Rate limiting off: a network budget would be ignored. 0 (off) says the same: allowed.
+            for (key, set) in [
+                (
+                    "ingest.rate_limit_network_per_second",
+                    self.rate_limit_network_per_second.is_some_and(|v| v > 0),
+                ),
+                (
+                    "ingest.rate_limit_network_burst",
+                    self.rate_limit_network_burst.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        key,
+                        "is set but ingest.rate_limit_per_second is 0 (rate limiting off): it \
+                         would be ignored; unset it, or set ingest.rate_limit_per_second",
+                    ));
+                }
+            }
         }
         self.check_admin_listener()?;
         if !(1..=366 * 86_400).contains(&self.token_max_ttl_secs) {
@@ -420,6 +450,21 @@ impl IngestConfig {
             }
         }
         if let Some(port) = self.admin_port {
+            let public = self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| !ip.is_loopback());
+            if self.admin_host.is_none() && public {
+                return Err(ConfigError::new(
+                    "ingest.admin_host",
+                    format!(
+                        "must be set when ingest.admin_port is and ingest.host ({}) is not a \
+                         loopback address: set where /metrics listens: the public host exposes it \
+                         to everyone",
+                        self.host
+                    ),
+                ));
+            }
             let same_host = self.admin_host.as_deref().unwrap_or(&self.host) == self.host;
             if port != 0 && port == self.port && same_host {
                 return Err(ConfigError::new(
@@ -479,19 +524,70 @@ fn check_token_secrets(name: &str, site: &SiteConfig) -> Result<(), ConfigError>
     Ok(())
 }
 
-/// An origin is `*` or `scheme://host[:port]`, without a path.
+/// The largest `ingest.max_body_bytes`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Trusted proxies must be networks of proxies: a prefix shorter than /8 (IPv4) or /7 (IPv6, so
+/// that `fc00::/7` passes) takes in much of the internet, whose every `X-Forwarded-For` would then
+/// be believed.
+fn check_trusted_proxies(nets: &[IpNet]) -> Result<(), ConfigError> {
+    for net in nets {
+        let shortest = match net {
+            IpNet::V4(_) => 8,
+            IpNet::V6(_) => 7,
+        };
+        if net.prefix_len() < shortest {
+            return Err(ConfigError::new(
+                "ingest.trusted_proxies",
+                format!(
+                    "`{net}` is wider than /{shortest}: every client in it could name itself in \
+                     X-Forwarded-For; list the networks of your proxies"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An origin is `*` or `scheme://host[:port]`, without a path, as browsers send it: in lower case,
+/// without the default port, without spaces. Another spelling would never match: every beacon
+/// would be refused.
 fn check_origins(key: &str, origins: &[String]) -> Result<(), ConfigError> {
     for origin in origins {
-        let valid = origin == "*"
-            || origin
-                .strip_prefix("https://")
-                .or_else(|| origin.strip_prefix("http://"))
-                .is_some_and(|host| !host.is_empty() && !host.contains('/'));
-        if !valid {
-            return Err(ConfigError::new(
+        if origin == "*" {
+            continue;
+        }
+        let invalid = |why: &str| {
+            ConfigError::new(
                 key,
-                format!("`{origin}` is not an origin like https://shop.example"),
-            ));
+                format!("`{origin}` is not an origin like https://shop.example: {why}"),
+            )
+        };
+        if origin.chars().any(char::is_whitespace) {
+            return Err(invalid("it has spaces"));
+        }
+        if origin.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("browsers send it in lower case"));
+        }
+        let (scheme, host) = if let Some(host) = origin.strip_prefix("https://") {
+            ("https", host)
+        } else if let Some(host) = origin.strip_prefix("http://") {
+            ("http", host)
+        } else {
+            return Err(invalid("the scheme is https:// or http://"));
+        };
+        if host.is_empty() {
+            return Err(invalid("no host"));
+        }
+        if host.contains('/') {
+            return Err(invalid("no path, no trailing slash"));
+        }
+        let default_port = if scheme == "https" { ":443" } else { ":80" };
+        if host.ends_with(default_port) {
+            return Err(invalid(&format!(
+                "browsers leave out the default port {}",
+                &default_port[1..]
+            )));
         }
     }
     Ok(())
@@ -715,6 +811,147 @@ mod tests {
             .is_err(),
             "unknown fields refused"
         );
+    }
+
+    #[test]
+    fn refuses_origins_a_browser_never_sends() {
+        for bad in [
+            "https://Shop.example",
+            "HTTPS://shop.example",
+            "https://shop.example:443",
+            "http://shop.example:80",
+            "https://shop.example ",
+            " https://shop.example",
+            "https://shop.example/",
+            "https://",
+        ] {
+            let c = IngestConfig {
+                allowed_origins: vec![bad.into()],
+                ..Default::default()
+            };
+            let error = c.validate().unwrap_err();
+            assert_eq!(error.key, "ingest.allowed_origins", "{bad:?}");
+            let mut c = IngestConfig::default();
+            c.sites.insert(
+                "shop".into(),
+                SiteConfig {
+                    allowed_origins: vec![bad.into()],
+                    ..Default::default()
+                },
+            );
+            assert_eq!(
+                c.validate().unwrap_err().key,
+                "ingest.sites.shop.allowed_origins",
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "*",
+            "https://shop.example",
+            "https://shop.example:8443",
+            "http://localhost:8080",
+            "http://shop.example:443",
+            "https://[2001:db8::1]",
+        ] {
+            let c = IngestConfig {
+                allowed_origins: vec![good.into()],
+                ..Default::default()
+            };
+            c.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+    }
+
+    #[test]
+    fn an_admin_port_on_a_public_host_needs_an_explicit_admin_host() {
+        let public = IngestConfig {
+            host: "0.0.0.0".into(),
+            admin_port: Some(9102),
+            ..Default::default()
+        };
+        let error = public.validate().unwrap_err();
+        assert_eq!(error.key, "ingest.admin_host");
+        assert!(error.reason.contains("/metrics"), "{}", error.reason);
+        for admin_host in ["10.1.2.3", "127.0.0.1", "0.0.0.0"] {
+            IngestConfig {
+                admin_host: Some(admin_host.into()),
+                ..public.clone()
+            }
+            .validate()
+            .unwrap();
+        }
+        for host in ["127.0.0.1", "::1"] {
+            IngestConfig {
+                host: host.into(),
+                ..public.clone()
+            }
+            .validate()
+            .unwrap();
+        }
+        IngestConfig {
+            host: "0.0.0.0".into(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn bounds_the_body_the_trusted_networks_and_refuses_network_budgets_without_a_limit() {
+        let c = IngestConfig {
+            max_body_bytes: 1024 * 1024 + 1,
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "ingest.max_body_bytes");
+        IngestConfig {
+            max_body_bytes: 1024 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        for everyone in ["0.0.0.0/0", "::/0", "128.0.0.0/1", "0.0.0.0/7", "2000::/3"] {
+            let c = IngestConfig {
+                trusted_proxies: vec![everyone.parse().unwrap()],
+                ..Default::default()
+            };
+            assert_eq!(
+                c.validate().unwrap_err().key,
+                "ingest.trusted_proxies",
+                "{everyone}"
+            );
+        }
+        for private in ["10.0.0.0/8", "fc00::/7", "192.0.2.1/32", "2001:db8::/32"] {
+            IngestConfig {
+                trusted_proxies: vec![private.parse().unwrap()],
+                ..Default::default()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("{private}: {e}"));
+        }
+        for (per_second, burst, key) in [
+            (Some(50), None, "ingest.rate_limit_network_per_second"),
+            (None, Some(50), "ingest.rate_limit_network_burst"),
+        ] {
+            let c = IngestConfig {
+                rate_limit_per_second: 0,
+                rate_limit_network_per_second: per_second,
+                rate_limit_network_burst: burst,
+                ..Default::default()
+            };
+            let error = c.validate().unwrap_err();
+            assert_eq!(error.key, key);
+            assert!(
+                error.reason.contains("rate_limit_per_second"),
+                "{}",
+                error.reason
+            );
+        }
+        IngestConfig {
+            rate_limit_per_second: 0,
+            rate_limit_network_per_second: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
     }
 
     #[test]

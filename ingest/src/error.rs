@@ -114,9 +114,9 @@ impl IntoResponse for IngestError {
             return StatusCode::NO_CONTENT.into_response();
         }
         // Parser messages can be long; the client needs the gist, the reason label is the contract.
-        let mut message = self.to_string();
-        message.truncate(200);
-        let body = serde_json::json!({ "error": self.reason(), "message": message });
+        // Cut on a character boundary: the parser's messages quote the client's text.
+        let message = self.to_string();
+        let body = serde_json::json!({ "error": self.reason(), "message": cut(&message, 200) });
         let mut response = (self.status(), axum::Json(body)).into_response();
         if let IngestError::Overloaded(_) | IngestError::BodyTimeout(_) = self {
             // Shed the connection too (as Envoy's overload manager does): a client refused on a
@@ -139,5 +139,34 @@ impl IntoResponse for IngestError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
+    }
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        for lead in ["", "x", "xy"] {
+            let e = IngestError::BodyRead(format!("{lead}{}", "é".repeat(300)));
+            let response = e.into_response();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{lead:?}");
+        }
+        assert_eq!(cut("aé", 2), "a");
+        assert_eq!(cut("aé", 3), "aé");
+        assert_eq!(cut("abc", 200), "abc");
     }
 }

@@ -96,11 +96,12 @@ impl ClientRateLimiter {
 
     /// Takes one token at each level that applies to `client`, or says which refused.
     pub fn check(&self, client: &Client) -> Result<(), OverBudget> {
-        // Without a network level, a client nothing names is keyed by its network (the proxy):
-        // merged, but limited.
-        let key = match (&self.network, client.key) {
-            (None, None) => client.network,
-            (_, key) => key,
+        // Without a network level, a client behind a proxy that could not name it is keyed by
+        // that proxy: merged, but limited. Its own claim would be a fresh bucket at each rotation
+        // with nothing above it.
+        let key = match (&self.network, client.unidentified) {
+            (None, true) => client.network,
+            _ => client.key,
         };
         if let Some(key) = key {
             self.client
@@ -226,6 +227,28 @@ mod tests {
         let without = ClientRateLimiter::new(budget(1, 2), None, 100);
         let passed = (0..10).filter(|_| without.check(&unnamed).is_ok()).count();
         assert_eq!(passed, 2, "keyed by the proxy at the client level");
+    }
+
+    #[test]
+    fn without_a_network_level_clients_behind_an_unknown_hop_are_keyed_by_the_proxy() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let limiter = ClientRateLimiter::new(budget(1, 2), None, 100);
+        // A client rotating its claim: each claim would be a fresh bucket with nothing above it.
+        let passed = (0..10u8)
+            .filter(|i| {
+                let claim = Client {
+                    key: Some(IpAddr::from([198, 51, 100, *i])),
+                    network: Some(proxy),
+                    unidentified: true,
+                };
+                limiter.check(&claim).is_ok()
+            })
+            .count();
+        assert_eq!(passed, 2, "the proxy's bucket at the client level");
+        assert!(
+            limiter.check(&at("198.51.100.200")).is_ok(),
+            "a client the proxy names keeps its own bucket"
+        );
     }
 
     #[test]

@@ -359,3 +359,85 @@ async fn with_an_admin_port_metrics_leave_the_public_port() {
         assert_ne!(public.status(), 404, "{path} stays on the public port");
     }
 }
+
+/// Posts `body` (text/plain) with these raw header values; the status.
+async fn post_raw(served: &Served, body: &str, headers: &[(&str, &[u8])]) -> u16 {
+    let mut request = http()
+        .post(format!("http://{}{BEACON_PATH}", served.addr))
+        .header("content-type", "text/plain")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(
+            *name,
+            reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+        );
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_parser_message_with_multibyte_text_is_cut_on_a_character_boundary() {
+    let served = Served::start(|_| {}).await;
+    // serde_json echoes the string in its message; the message is cut at 200 bytes. Both parities
+    // of where the multibyte characters start.
+    for lead in ["", "a", "ab"] {
+        let value = format!("{lead}{}", "é".repeat(200));
+        let body = BEACON.replace("1200", &format!("\"{value}\""));
+        let answer = http()
+            .post(format!("http://{}{BEACON_PATH}", served.addr))
+            .header("content-type", "text/plain")
+            .body(body)
+            .send()
+            .await
+            .expect("an answer, not a reset connection");
+        assert_eq!(answer.status(), 400, "lead {lead:?}");
+        let json: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        assert!(json["message"].as_str().unwrap().len() <= 200);
+    }
+}
+
+#[tokio::test]
+async fn a_forwarded_for_value_that_is_not_text_is_an_unknown_hop_not_the_proxy() {
+    let served = Served::start(|c| limited(c, 2, 1_000)).await;
+    // The client sent a byte that is not text; the trusted proxy appended its real address.
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let mut xff = vec![0xff];
+        xff.extend_from_slice(format!(", {client}").as_bytes());
+        for n in 0..3 {
+            let got = post_raw(&served, BEACON, &[("x-forwarded-for", &xff)]).await;
+            assert_eq!(got, if n < 2 { 204 } else { 429 }, "{client} beacon {n}");
+        }
+    }
+    assert_eq!(
+        served.count("rejected", "rate_limited"),
+        2,
+        "each client its own bucket, not the proxy's"
+    );
+    // Nothing but bytes that are not text: an unknown hop written by the proxy.
+    let got = post_raw(&served, BEACON, &[("x-forwarded-for", b"\xff\xfe")]).await;
+    assert_eq!(got, 204);
+    assert_eq!(served.state.metrics.clients_unidentified.get(), 1);
+}
+
+#[tokio::test]
+async fn a_bot_user_agent_with_a_byte_that_is_not_ascii_is_still_a_bot() {
+    let served = Served::start(|_| {}).await;
+    let mut googlebot =
+        b"Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html) ".to_vec();
+    googlebot.extend_from_slice("é".as_bytes());
+    assert_eq!(
+        post_raw(&served, BEACON, &[("user-agent", &googlebot)]).await,
+        204
+    );
+    let mut latin1 = b"curl/8.5.0 ".to_vec();
+    latin1.push(0xe9);
+    assert_eq!(
+        post_raw(&served, BEACON, &[("user-agent", &latin1)]).await,
+        204
+    );
+    assert_eq!(served.count("rejected", "bot"), 2);
+    assert_eq!(served.published(), 0);
+    // No User-Agent at all (tools, tests): not a bot.
+    assert_eq!(post_raw(&served, BEACON, &[]).await, 204);
+    assert_eq!(served.published(), 1);
+}
