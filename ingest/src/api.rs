@@ -116,6 +116,9 @@ impl AppState {
                     RouteLimits {
                         max_routes: config.max_routes_per_site,
                         max_sites: config.max_sites,
+                        sites_per_client: config.max_new_sites_per_client,
+                        route_idle_secs: config.route_idle_secs,
+                        site_idle_secs: config.site_idle_secs,
                         min_clients: config.route_min_clients,
                         candidates_per_site: config.max_route_candidates_per_site,
                         candidates_per_client: config.max_route_candidates_per_client,

@@ -136,21 +136,38 @@ pub struct IngestConfig {
     /// `site_limit`. Per process: replicas and restarts may each take other sites, so the hard
     /// bound is `only_known_sites`.
     pub max_sites: usize,
+    /// Of those `max_sites`, how many one network (the admission key of `route_min_clients`: an
+    /// IPv6 /48, an IPv4 address) may hold opened; a new site beyond it from that network is
+    /// refused, 403 `site_limit`, so one client cannot take every place. 1 to 1000000 (above
+    /// `max_sites` it is `max_sites`); 10 by default. Behind a proxy, set `trusted_proxies`, or
+    /// every site counts against one network.
+    pub max_new_sites_per_client: usize,
+    /// An unlisted site without a beacon this long (60 to 2592000 s; 86400 by default) is
+    /// forgotten: its place and its opener's quota are free again, and it comes back as a new site.
+    pub site_idle_secs: u64,
+    /// An admitted route without a beacon this long (60 to 2592000 s; 86400 by default: a route
+    /// visited daily keeps its place) is forgotten and its place freed; it comes back through
+    /// admission (`route_min_clients`). A site filled with made-up routes recovers this long after
+    /// they stop.
+    pub route_idle_secs: u64,
     /// Accept only the sites listed under `[ingest.sites]` (others get 403 `unknown_site`). The
     /// production setting: the list, read at start, is the one bound on the sites (and so on the
     /// series and alerts downstream) that no client can move.
     pub only_known_sites: bool,
-    /// Distinct clients (rate-limiter keys: an IPv4 address, an IPv6 /64) that must send a new
-    /// route before it takes one of a site's `max_routes_per_site` places; until then its beacons
+    /// Distinct networks (the rate limiter's network key: an IPv6 /48, or a proxy that could not
+    /// name its client; else the client's IPv4 address) that must send a new route before it
+    /// takes one of a site's `max_routes_per_site` places; until then its beacons
     /// are published as `other` (`rum_ingest_routes_folded_total{reason="unconfirmed"}`). 1 takes
     /// every new route at once; at most 16. Behind a proxy, set `trusted_proxies`, or every
     /// beacon comes from one client.
     pub route_min_clients: usize,
-    /// New routes waiting for `route_min_clients` clients, per site (about 200 bytes each; at most
-    /// 100000); beyond it the oldest is forgotten.
+    /// New routes waiting for `route_min_clients` networks, per site (about 200 bytes each; at
+    /// most 100000).
     pub max_route_candidates_per_site: usize,
-    /// Of those, how many one client may have opened (at most `max_route_candidates_per_site`):
-    /// one client cannot push out the candidates of real routes.
+    /// Of those, how many one network (as in `route_min_clients`) may have opened (at most
+    /// `max_route_candidates_per_site`). On a full table a new candidate pushes out the oldest of
+    /// the network holding the most: networks churning candidates, while fewer than the table's
+    /// size, cannot push out a real route's.
     pub max_route_candidates_per_client: usize,
     /// Origins allowed for every site (in addition to each site's own).
     pub allowed_origins: Vec<String>,
@@ -199,6 +216,9 @@ impl Default for IngestConfig {
             drop_bots: true,
             max_routes_per_site: 500,
             max_sites: 1_000,
+            max_new_sites_per_client: 10,
+            site_idle_secs: 86_400,
+            route_idle_secs: 86_400,
             only_known_sites: false,
             route_min_clients: 3,
             max_route_candidates_per_site: 128,
@@ -334,6 +354,11 @@ impl IngestConfig {
                 100_000,
             ),
             ("ingest.max_sites", self.max_sites, 1_000_000),
+            (
+                "ingest.max_new_sites_per_client",
+                self.max_new_sites_per_client,
+                1_000_000,
+            ),
             ("ingest.route_min_clients", self.route_min_clients, 16),
             (
                 "ingest.max_route_candidates_per_site",
@@ -351,6 +376,14 @@ impl IngestConfig {
                     key,
                     format!("must be between 1 and {max}"),
                 ));
+            }
+        }
+        for (key, value) in [
+            ("ingest.site_idle_secs", self.site_idle_secs),
+            ("ingest.route_idle_secs", self.route_idle_secs),
+        ] {
+            if !(60..=2_592_000).contains(&value) {
+                return Err(ConfigError::new(key, "must be between 60 and 2592000"));
             }
         }
         check_origins("ingest.allowed_origins", &self.allowed_origins)?;
@@ -713,6 +746,16 @@ mod tests {
                 |c| c.max_route_candidates_per_client = 129,
                 "ingest.max_route_candidates_per_client",
             ),
+            (
+                |c| c.max_new_sites_per_client = 1_000_001,
+                "ingest.max_new_sites_per_client",
+            ),
+            (
+                |c| c.max_new_sites_per_client = 0,
+                "ingest.max_new_sites_per_client",
+            ),
+            (|c| c.site_idle_secs = 59, "ingest.site_idle_secs"),
+            (|c| c.route_idle_secs = 2_592_001, "ingest.route_idle_secs"),
         ] {
             let mut c = IngestConfig::default();
             configure(&mut c);

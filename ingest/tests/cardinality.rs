@@ -219,3 +219,122 @@ async fn a_site_full_of_routes_folds_new_ones_as_route_limit() {
     assert_eq!(folded.with_label_values(&["route_limit"]).get(), 1);
     assert_eq!(folded.with_label_values(&["unconfirmed"]).get(), 0);
 }
+
+#[tokio::test]
+async fn a_beacon_for_other_does_not_take_a_new_site_beyond_max_sites() {
+    let served = Served::start(|c| {
+        c.max_sites = 3;
+    })
+    .await;
+    let poster = Poster::new(&served);
+    let mut taken = 0;
+    for i in 0..200 {
+        match poster
+            .post("198.51.100.1", &format!("random-{i}"), "/other")
+            .await
+        {
+            (204, _) => taken += 1,
+            (403, error) => assert_eq!(error, "site_limit"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(taken, 3);
+    assert_eq!(served.count("rejected", "site_limit"), 197);
+    assert_eq!(served.published(), 3, "no refused site was published");
+}
+
+#[tokio::test]
+async fn the_slash_64s_of_one_slash_48_count_as_one_client_for_routes() {
+    let served = Served::start(|c| {
+        trusting_localhost(c);
+        c.max_routes_per_site = 20;
+    })
+    .await;
+    let poster = Poster::new(&served);
+    let attacker = ["2001:db8:66:1::1", "2001:db8:66:2::1", "2001:db8:66:3::1"];
+    for i in 0..20 {
+        for address in attacker {
+            assert_eq!(poster.post(address, "shop", &made_up_route(i)).await.0, 204);
+        }
+    }
+    assert!(
+        routes_of(&served, "shop").iter().all(|r| r == "other"),
+        "three /64s of one /48 admit no route"
+    );
+    for visitor in ["198.51.100.1", "198.51.100.2", "2001:db8:1:2::1"] {
+        poster.post(visitor, "shop", "/cart").await;
+    }
+    assert_eq!(routes_of(&served, "shop").pop().unwrap(), "cart");
+}
+
+#[tokio::test]
+async fn candidates_churned_by_many_networks_leave_a_real_route_its_admission() {
+    let served = Served::start(trusting_localhost).await;
+    let poster = Poster::new(&served);
+    let mut made_up = 0;
+    let mut churn = async |poster: &Poster| {
+        for _ in 0..300 {
+            let network = format!("2001:db8:{:x}::1", 0x100 + made_up % 32);
+            assert_eq!(
+                poster
+                    .post(&network, "shop", &made_up_route(made_up))
+                    .await
+                    .0,
+                204
+            );
+            made_up += 1;
+        }
+    };
+    let visitors = ["198.51.100.1", "198.51.100.2", "2001:db8:1:2::1"];
+    for visitor in visitors {
+        churn(&poster).await;
+        poster.post(visitor, "shop", "/checkout").await;
+    }
+    assert_eq!(
+        routes_of(&served, "shop").pop().unwrap(),
+        "checkout",
+        "admitted at its third network"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", served.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nrum_ingest_route_candidates 127\n"),
+        "the table was full, checkout's place freed: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn one_network_takes_at_most_its_quota_of_new_sites() {
+    let served = Served::start(|c| {
+        trusting_localhost(c);
+        c.max_sites = 50;
+        c.max_new_sites_per_client = 10;
+    })
+    .await;
+    let poster = Poster::new(&served);
+    let mut taken = 0;
+    for i in 0..100 {
+        match poster
+            .post("203.0.113.66", &format!("flood-{i}"), "/")
+            .await
+        {
+            (204, _) => taken += 1,
+            (403, error) => assert_eq!(error, "site_limit"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(taken, 10);
+    assert_eq!(served.count("rejected", "site_limit"), 90);
+    // The /64s of one /48 are one network too.
+    for i in 0..20 {
+        let address = format!("2001:db8:66:{i:x}::1");
+        poster.post(&address, &format!("v6-flood-{i}"), "/").await;
+    }
+    assert_eq!(served.count("rejected", "site_limit"), 100);
+    // A real new site from another network is still taken.
+    assert_eq!(poster.post("198.51.100.1", "blog", "/").await.0, 204);
+}

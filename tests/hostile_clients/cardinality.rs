@@ -80,6 +80,8 @@ async fn random_sites_by_the_hundred_thousand_stop_at_max_sites_in_clickhouse_an
         ("RUM_INGEST_RATE_LIMIT_PER_SECOND", "0"),
         ("RUM_INGEST_TRUSTED_PROXIES", "127.0.0.1"),
         ("RUM_INGEST_MAX_SITES", max_sites.as_str()),
+        // Four clients take every place here; the per-network quota has its own in-process test.
+        ("RUM_INGEST_MAX_NEW_SITES_PER_CLIENT", max_sites.as_str()),
         ("RUM_INGEST_ROUTE_MIN_CLIENTS", "3"),
         ("RUM_INGEST_SITES", "{shop={}}"),
     ])
