@@ -328,14 +328,14 @@ fn cause_of(error: &StatementError) -> RetentionFailureCause {
 /// Tells a drop refused for its size from any other error.
 fn cause_of_error(error: &StorageError) -> RetentionFailureCause {
     let StorageError::ClickHouse(clickhouse::error::Error::BadResponse(text)) = error else {
-        return RetentionFailureCause::Error(one_line(&error_chain(error)));
+        return RetentionFailureCause::Error(one_line(&rum_telemetry::error_chain(error)));
     };
     if error_code(text) == Some(TABLE_SIZE_EXCEEDS_MAX_DROP_SIZE_LIMIT) {
         RetentionFailureCause::PartitionTooLarge {
             sizes: size_comparison(text),
         }
     } else {
-        RetentionFailureCause::Error(one_line(&error_chain(error)))
+        RetentionFailureCause::Error(one_line(&rum_telemetry::error_chain(error)))
     }
 }
 
@@ -355,21 +355,6 @@ fn size_comparison(text: &str) -> Option<String> {
     let limit = start + text[start..].find("size_to_drop (")?;
     let end = limit + text[limit..].find(')')? + 1;
     Some(one_line(&text[start..end]))
-}
-
-/// An error and its causes, each once.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
 
 /// Server messages span lines; a log line does not.

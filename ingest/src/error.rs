@@ -45,7 +45,8 @@ pub enum IngestError {
     /// The site is not configured and `ingest.only_known_sites` is on.
     #[error("unknown site")]
     UnknownSite,
-    /// A new site, not listed, while `ingest.max_sites` unlisted sites are taken (see `routes`).
+    /// A new site, not listed, while `ingest.max_sites` unlisted sites are taken, or its network
+    /// already opened `ingest.max_new_sites_per_client` of them (see `routes`).
     #[error(
         "site limit reached: this ingest takes no more new sites (list it under [ingest.sites])"
     )]
