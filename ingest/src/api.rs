@@ -303,9 +303,13 @@ async fn validate(
     let body = tokio::time::timeout(policy.body_timeout, read_body(body, policy.max_body_bytes))
         .await
         .map_err(|_| IngestError::BodyTimeout(policy.body_timeout.as_millis() as u64))??;
+    // Lossy, as for bots: a User-Agent with a byte that is not ASCII still tells the device.
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
     let ctx = RequestContext {
         query_site: query.get("site").map(String::as_str),
-        header_device: Device::from_headers(header("sec-ch-ua-mobile"), header("user-agent")),
+        header_device: Device::from_headers(header("sec-ch-ua-mobile"), user_agent.as_deref()),
         received_at_ms: unix_millis(),
     };
     let validated = parse_beacon(&body)?.validate(&ctx)?;

@@ -441,3 +441,23 @@ async fn a_bot_user_agent_with_a_byte_that_is_not_ascii_is_still_a_bot() {
     assert_eq!(post_raw(&served, BEACON, &[]).await, 204);
     assert_eq!(served.published(), 1);
 }
+
+#[tokio::test]
+async fn a_user_agent_with_a_byte_that_is_not_ascii_still_tells_the_device() {
+    use tokio::io::AsyncWriteExt;
+    let served = Served::start(|c| c.route_min_clients = 1).await;
+    let mut stream = served.connect().await;
+    let mut request = format!(
+        "POST {BEACON_PATH} HTTP/1.1\r\nHost: ingest\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nUser-Agent: Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Caf",
+        BEACON.len()
+    )
+    .into_bytes();
+    // Latin-1 "é": not UTF-8, not ASCII.
+    request.push(0xe9);
+    request.extend_from_slice(b"\r\n\r\n");
+    request.extend_from_slice(BEACON.as_bytes());
+    stream.write_all(&request).await.unwrap();
+    let answer = common::read_head(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    assert_eq!(served.published_keys(), ["shop|root|mobile"]);
+}
