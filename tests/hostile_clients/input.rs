@@ -92,32 +92,11 @@ async fn bad_forwarded_hops_do_not_merge_the_clients_behind_a_proxy() {
         "198.51.100.9, _hidden",
     ];
     for xff in clients {
-        let statuses = [
-            post_with(
-                &http,
-                &ingest,
-                "",
-                &beacon("a"),
-                &[("x-forwarded-for", xff)],
-            )
-            .await,
-            post_with(
-                &http,
-                &ingest,
-                "",
-                &beacon("b"),
-                &[("x-forwarded-for", xff)],
-            )
-            .await,
-            post_with(
-                &http,
-                &ingest,
-                "",
-                &beacon("c"),
-                &[("x-forwarded-for", xff)],
-            )
-            .await,
-        ];
+        let mut statuses = Vec::new();
+        for id in ["a", "b", "c"] {
+            let headers = [("x-forwarded-for", xff)];
+            statuses.push(post_with(&http, &ingest, "", &beacon(id), &headers).await);
+        }
         assert_eq!(statuses, [204, 204, 429], "{xff}: its own bucket of 2");
     }
     assert_eq!(
