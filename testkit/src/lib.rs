@@ -21,6 +21,7 @@ mod http;
 mod kafka;
 mod process;
 mod prometheus;
+pub mod proxy;
 pub mod stack;
 mod tls;
 mod zookeeper;
@@ -33,5 +34,6 @@ pub use process::{
     free_port, guarded_command, port_open, repo_root, send_signal, spawn_guarded, test_dir,
 };
 pub use prometheus::{alert_rule_files, Prometheus, PrometheusOptions};
+pub use proxy::{FaultProxy, Mode as ProxyMode};
 pub use tls::TestCa;
 pub use zookeeper::ZooKeeper;
