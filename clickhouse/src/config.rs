@@ -1,6 +1,7 @@
 //! How to reach ClickHouse. Section `[clickhouse]` of the config, env `RUM_CLICKHOUSE_*`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use rum_schemas::config::{require_non_empty, ConfigError, Secret};
 use serde::Deserialize;
@@ -28,7 +29,26 @@ pub struct ClickHouseConfig {
     pub raw_retention_days: u32,
     /// Days of `vitals_1m` kept; older months are dropped whole by the consumers.
     pub rollup_retention_days: u32,
+    /// Milliseconds a TCP connection to ClickHouse may take to open (a host that drops packets fails
+    /// after this, not after the OS's SYN retries of about two minutes).
+    pub connect_timeout_ms: u64,
+    /// Milliseconds one request may take as a whole: connecting (TLS included), sending, and reading
+    /// the whole answer. Past it the request is dropped and fails with [`StorageError::Timeout`]
+    /// (see [`bounded`]). A dropped INSERT may still be executed by ClickHouse.
+    ///
+    /// [`StorageError::Timeout`]: crate::StorageError::Timeout
+    /// [`bounded`]: crate::bounded
+    pub request_timeout_ms: u64,
 }
+
+/// [`ClickHouseConfig::connect_timeout_ms`] by default: 10 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`ClickHouseConfig::request_timeout_ms`] by default: 30 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `clickhouse.connect_timeout_ms`: 5 minutes.
+const MAX_CONNECT_TIMEOUT_MS: u64 = 300_000;
+/// The longest `clickhouse.request_timeout_ms`: 1 hour.
+const MAX_REQUEST_TIMEOUT_MS: u64 = 3_600_000;
 
 impl Default for ClickHouseConfig {
     fn default() -> Self {
@@ -41,6 +61,8 @@ impl Default for ClickHouseConfig {
             ca_file: None,
             raw_retention_days: crate::retention::DEFAULT_RAW_DAYS,
             rollup_retention_days: crate::retention::DEFAULT_ROLLUP_DAYS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT.as_millis() as u64,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
         }
     }
 }
@@ -86,7 +108,37 @@ impl ClickHouseConfig {
                 "must be at least clickhouse.raw_retention_days",
             ));
         }
+        for (key, value, max) in [
+            (
+                "clickhouse.connect_timeout_ms",
+                self.connect_timeout_ms,
+                MAX_CONNECT_TIMEOUT_MS,
+            ),
+            (
+                "clickhouse.request_timeout_ms",
+                self.request_timeout_ms,
+                MAX_REQUEST_TIMEOUT_MS,
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("must be between 1 and {max} (milliseconds)"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// How long a TCP connection may take to open (`clickhouse.connect_timeout_ms`).
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// How long one request may take as a whole (`clickhouse.request_timeout_ms`): the bound to give
+    /// [`bounded`](crate::bounded) for every request made with [`client`](Self::client).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 
     /// The password: the value, or the file's content (read now).
@@ -112,7 +164,7 @@ impl ClickHouseConfig {
                 tracing::error!(error = %e, "clickhouse: no trusted CA, https requests will fail");
                 tls::untrusting_tls_config()
             });
-        clickhouse::Client::with_http_client(tls::http_client(tls))
+        clickhouse::Client::with_http_client(tls::http_client(tls, self.connect_timeout()))
             .with_url(&self.url)
             .with_user(&self.user)
             .with_password(password.expose())
@@ -146,6 +198,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad_db.validate().unwrap_err().key, "clickhouse.database");
+    }
+
+    #[test]
+    fn timeouts_are_milliseconds_within_bounds() {
+        let c = ClickHouseConfig::default();
+        assert_eq!(c.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(c.request_timeout(), Duration::from_secs(30));
+        for (connect_timeout_ms, request_timeout_ms, key) in [
+            (0, 30_000, Some("clickhouse.connect_timeout_ms")),
+            (300_001, 30_000, Some("clickhouse.connect_timeout_ms")),
+            (10_000, 0, Some("clickhouse.request_timeout_ms")),
+            (10_000, 3_600_001, Some("clickhouse.request_timeout_ms")),
+            (1, 1, None),
+            (300_000, 3_600_000, None),
+        ] {
+            let c = ClickHouseConfig {
+                connect_timeout_ms,
+                request_timeout_ms,
+                ..Default::default()
+            };
+            assert_eq!(c.validate().err().map(|e| e.key), key.map(String::from));
+        }
+        let c = ClickHouseConfig {
+            request_timeout_ms: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "clickhouse.request_timeout_ms: must be between 1 and 3600000 (milliseconds)"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! `with_validation(false)` because 18.16 lacks `RowBinaryWithNamesAndTypes`, and every
 //! statement goes in its own request.
 
+mod bounded;
 mod config;
 mod migrate;
 mod offsets;
@@ -15,8 +16,9 @@ mod rows;
 mod sketch;
 pub mod tls;
 
+pub use bounded::bounded;
 pub use clickhouse::Client;
-pub use config::ClickHouseConfig;
+pub use config::{ClickHouseConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
 pub use offsets::stored_offsets;
 pub use queries::{
@@ -54,6 +56,14 @@ pub enum StorageError {
         applied: String,
         /// The checksum of the file in this binary.
         current: String,
+    },
+    /// A request took longer than its bound; it was dropped.
+    #[error("clickhouse: {what}: no answer within {after:?}")]
+    Timeout {
+        /// What was being done.
+        what: &'static str,
+        /// The bound.
+        after: std::time::Duration,
     },
     /// The database has a migration this binary does not know: it was migrated by a newer `rum`.
     #[error("the database has migration {version} ({name}), which this binary does not know: it was migrated by a newer rum")]

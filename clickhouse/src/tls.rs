@@ -21,9 +21,6 @@ use rustls::{ClientConfig, RootCertStore};
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Idle connections are closed before ClickHouse's `keep_alive_timeout` (3 s by default) does it.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
-/// A host that drops the connection's packets fails the request after this, not after the OS's
-/// SYN retries (about two minutes).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Checks the URL of an `http://` or `https://` link and its CA file, and builds its TLS settings
 /// (`None` for `http://`): a scheme and a host, no credentials in the URL (the URL is printed in
@@ -123,15 +120,22 @@ fn trusting(roots: RootCertStore) -> ClientConfig {
         .with_no_client_auth()
 }
 
-/// An HTTP/1.1 client for `http://` and `https://` URLs, trusting `tls`.
-pub fn http_client<B>(tls: ClientConfig) -> HyperClient<HttpsConnector<HttpConnector>, B>
+/// An HTTP/1.1 client for `http://` and `https://` URLs, trusting `tls`, whose TCP connections
+/// fail after `connect_timeout` (`clickhouse.connect_timeout_ms`: a host that drops the packets
+/// fails the request after this, not after the OS's SYN retries of about two minutes). Nothing else
+/// is bounded here (the TLS handshake, sending, the answer): callers bound each request as a whole
+/// with [`bounded`](crate::bounded) and `clickhouse.request_timeout_ms`.
+pub fn http_client<B>(
+    tls: ClientConfig,
+    connect_timeout: Duration,
+) -> HyperClient<HttpsConnector<HttpConnector>, B>
 where
     B: hyper::body::Body + Send,
     B::Data: Send,
 {
     let mut tcp = HttpConnector::new();
     tcp.set_keepalive(Some(TCP_KEEPALIVE));
-    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.set_connect_timeout(Some(connect_timeout));
     tcp.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -248,18 +252,20 @@ wKMNs2vw6CC0OnA01QIgFh8izaNzBtcH/zsgEyKq1uKcwNcNY6ryzpKvHzqkzYw=
             queued.push(stream);
             assert!(queued.len() < 100, "the accept queue never filled");
         }
-        let client = http_client::<String>(public_roots_tls_config());
+        // Not the default: the client takes the configured value.
+        let connect_timeout = Duration::from_millis(2500);
+        let client = http_client::<String>(public_roots_tls_config(), connect_timeout);
         let request = hyper::Request::get(format!("http://{addr}/"))
             .body(String::new())
             .unwrap();
         let started = tokio::time::Instant::now();
         // Paused time: the timers fire as soon as the runtime is idle, in their order.
-        let answer = tokio::time::timeout(CONNECT_TIMEOUT * 6, client.request(request)).await;
+        let answer = tokio::time::timeout(connect_timeout * 6, client.request(request)).await;
         let err = answer
             .expect("the connect timeout ends the attempt first")
             .unwrap_err();
         assert!(err.is_connect(), "{err:?}");
-        assert_eq!(started.elapsed(), CONNECT_TIMEOUT);
+        assert_eq!(started.elapsed(), connect_timeout);
     }
 
     #[test]
