@@ -90,6 +90,21 @@ RUM_LOCAL_KAFKA_CONTROLLER_PORT_3="${RUM_LOCAL_KAFKA_CONTROLLER_PORT_3:-19094}"
 RUM_LOCAL_KAFKA_HEAP_MB="${RUM_LOCAL_KAFKA_HEAP_MB:-384}"
 RUM_LOCAL_CLICKHOUSE_PORT="${RUM_LOCAL_CLICKHOUSE_PORT:-8123}"
 RUM_LOCAL_CLICKHOUSE_TCP_PORT="${RUM_LOCAL_CLICKHOUSE_TCP_PORT:-9000}"
+# The ClickHouse cluster (`up --clickhouse cluster`, deploy/local/clickhouse-cluster.sh): ZooKeeper and the servers
+# clickhouse-1..4 (shard 01 replicas s01r1 s01r2, shard 02 replicas s02r1 s02r2): HTTP, native and interserver ports.
+RUM_LOCAL_ZOOKEEPER_PORT="${RUM_LOCAL_ZOOKEEPER_PORT:-2181}"
+RUM_LOCAL_CLICKHOUSE_PORT_1="${RUM_LOCAL_CLICKHOUSE_PORT_1:-8124}"
+RUM_LOCAL_CLICKHOUSE_PORT_2="${RUM_LOCAL_CLICKHOUSE_PORT_2:-8125}"
+RUM_LOCAL_CLICKHOUSE_PORT_3="${RUM_LOCAL_CLICKHOUSE_PORT_3:-8126}"
+RUM_LOCAL_CLICKHOUSE_PORT_4="${RUM_LOCAL_CLICKHOUSE_PORT_4:-8127}"
+RUM_LOCAL_CLICKHOUSE_TCP_PORT_1="${RUM_LOCAL_CLICKHOUSE_TCP_PORT_1:-9001}"
+RUM_LOCAL_CLICKHOUSE_TCP_PORT_2="${RUM_LOCAL_CLICKHOUSE_TCP_PORT_2:-9002}"
+RUM_LOCAL_CLICKHOUSE_TCP_PORT_3="${RUM_LOCAL_CLICKHOUSE_TCP_PORT_3:-9003}"
+RUM_LOCAL_CLICKHOUSE_TCP_PORT_4="${RUM_LOCAL_CLICKHOUSE_TCP_PORT_4:-9004}"
+RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_1="${RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_1:-9011}"
+RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_2="${RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_2:-9012}"
+RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_3="${RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_3:-9013}"
+RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_4="${RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_4:-9014}"
 RUM_LOCAL_PROMETHEUS_PORT="${RUM_LOCAL_PROMETHEUS_PORT:-9090}"
 # Not Alertmanager's usual 9093: that is kafka-2's client port in the three-broker cluster.
 RUM_LOCAL_ALERTMANAGER_PORT="${RUM_LOCAL_ALERTMANAGER_PORT:-9095}"
@@ -103,6 +118,8 @@ RUM_LOCAL_CLICKHOUSE_BIN="${RUM_LOCAL_CLICKHOUSE_BIN:-/usr/sbin/clickhouse-serve
 # or the three brokers kafka-1, kafka-2 and kafka-3 (RUM_KAFKA_CLUSTER), each also a service of its own.
 RUM_SERVICES=(clickhouse kafka alertmanager prometheus)
 RUM_KAFKA_CLUSTER=(kafka-1 kafka-2 kafka-3)
+# Likewise `clickhouse` is one server, or (`up --clickhouse cluster`) zookeeper and the servers clickhouse-1..4.
+RUM_LOCAL_CLICKHOUSE_NODES=(clickhouse-1 clickhouse-2 clickhouse-3 clickhouse-4)
 # The pipeline processes started by ./up.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 RUM_PIPELINE=(standalone ingest consume alerts)
@@ -110,7 +127,11 @@ RUM_PIPELINE=(standalone ingest consume alerts)
 RUM_LOCAL_PORT_VARS=(RUM_INGEST_PORT RUM_CONSUMER_PORT RUM_LOCAL_KAFKA_PORT RUM_LOCAL_KAFKA_CONTROLLER_PORT
     RUM_LOCAL_KAFKA_PORT_1 RUM_LOCAL_KAFKA_PORT_2 RUM_LOCAL_KAFKA_PORT_3 RUM_LOCAL_KAFKA_CONTROLLER_PORT_1
     RUM_LOCAL_KAFKA_CONTROLLER_PORT_2 RUM_LOCAL_KAFKA_CONTROLLER_PORT_3 RUM_LOCAL_CLICKHOUSE_PORT
-    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT)
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT RUM_LOCAL_PROMETHEUS_PORT RUM_LOCAL_ALERTMANAGER_PORT RUM_LOCAL_ZOOKEEPER_PORT
+    RUM_LOCAL_CLICKHOUSE_PORT_1 RUM_LOCAL_CLICKHOUSE_PORT_2 RUM_LOCAL_CLICKHOUSE_PORT_3 RUM_LOCAL_CLICKHOUSE_PORT_4
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT_1 RUM_LOCAL_CLICKHOUSE_TCP_PORT_2 RUM_LOCAL_CLICKHOUSE_TCP_PORT_3
+    RUM_LOCAL_CLICKHOUSE_TCP_PORT_4 RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_1 RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_2
+    RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_3 RUM_LOCAL_CLICKHOUSE_INTERSERVER_PORT_4)
 for _var in "${RUM_LOCAL_PORT_VARS[@]}"; do
     if ! [[ ${!_var} =~ ^[0-9]+$ ]] || ((${!_var} < 1 || ${!_var} > 65535)); then
         die "$_var='${!_var}' is not a port number (1-65535)"
@@ -250,13 +271,20 @@ ensure_cargo() {
 RUM_BUILD_PACKAGES=(build-essential pkg-config libssl-dev zlib1g-dev cmake curl openssl iproute2 jq python3 python3-venv)
 RUM_SERVER_PACKAGES=(clickhouse-server clickhouse-client)
 RUM_MONITORING_PACKAGES=(prometheus prometheus-alertmanager)
+# ZooKeeper for the ClickHouse cluster: the jars only (the `zookeeper` package adds nothing a server needs here, and
+# pulls a full JRE); libslf4j-java (a dependency) brings slf4j-simple, its logging.
+RUM_ZOOKEEPER_PACKAGES=(libzookeeper-java libslf4j-java)
 
-# rum_install: everything the stack and the tests need: apt packages, Java 17 and Maven, Apache Kafka's jars.
+# rum_install: everything the stack and the tests need: apt packages, Java 17 and Maven, Apache Kafka's jars,
+# ZooKeeper's jars.
 rum_install() {
     apt_ensure "${RUM_BUILD_PACKAGES[@]}"
     apt_ensure_servers "${RUM_SERVER_PACKAGES[@]}"
     apt_ensure_servers --no-install-recommends "${RUM_MONITORING_PACKAGES[@]}"
     ensure_java
+    # After Java 17: its headless JRE then satisfies ZooKeeper's dependency on one.
+    apt_ensure --no-install-recommends "${RUM_ZOOKEEPER_PACKAGES[@]}"
+    zookeeper_classpath >/dev/null
     ensure_cargo
     [[ -x $RUM_LOCAL_CLICKHOUSE_BIN ]] ||
         die "clickhouse-server not found at $RUM_LOCAL_CLICKHOUSE_BIN (RUM_LOCAL_CLICKHOUSE_BIN)"
@@ -487,11 +515,13 @@ free_port() {
 
 # shellcheck source=deploy/local/kafka.sh
 source "$RUM_LOCAL_LIB_DIR/kafka.sh"
+# shellcheck source=deploy/local/clickhouse-cluster.sh
+source "$RUM_LOCAL_LIB_DIR/clickhouse-cluster.sh"
 
 # is_service NAME: a service of this folder (the brokers of the cluster count too).
 is_service() {
     local s
-    for s in "${RUM_SERVICES[@]}" "${RUM_KAFKA_CLUSTER[@]}"; do
+    for s in "${RUM_SERVICES[@]}" "${RUM_KAFKA_CLUSTER[@]}" zookeeper "${RUM_LOCAL_CLICKHOUSE_NODES[@]}"; do
         [[ $s == "$1" ]] && return 0
     done
     return 1
@@ -502,6 +532,8 @@ service_url() {
     case $1 in
     kafka | kafka-[123]) printf '127.0.0.1:%s (controller :%s)\n' "$(kafka_port "$1")" "$(kafka_controller_port "$1")" ;;
     clickhouse) printf 'http://127.0.0.1:%s (native tcp :%s)\n' "$RUM_LOCAL_CLICKHOUSE_PORT" "$RUM_LOCAL_CLICKHOUSE_TCP_PORT" ;;
+    clickhouse-[1234]) clickhouse_node_url "$1" ;;
+    zookeeper) printf '127.0.0.1:%s\n' "$RUM_LOCAL_ZOOKEEPER_PORT" ;;
     prometheus) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_PROMETHEUS_PORT" ;;
     alertmanager) printf 'http://127.0.0.1:%s\n' "$RUM_LOCAL_ALERTMANAGER_PORT" ;;
     standalone | ingest) printf 'http://127.0.0.1:%s\n' "$RUM_INGEST_PORT" ;;
@@ -647,23 +679,28 @@ alertmanager_start() {
     log "alertmanager: ready at http://127.0.0.1:$RUM_LOCAL_ALERTMANAGER_PORT"
 }
 
-# service_names NAME...: the processes behind the names (`kafka` is the brokers of the current mode), in order.
+# service_names NAME...: the processes behind the names (`kafka` is the brokers of the current mode, `clickhouse`
+# the server or ZooKeeper and the servers of the cluster), in order.
 service_names() {
     local name
     for name in "$@"; do
-        if [[ $name == kafka ]]; then
-            kafka_names
-        else
-            printf '%s\n' "$name"
-        fi
+        case $name in
+        kafka) kafka_names ;;
+        clickhouse) clickhouse_names ;;
+        *) printf '%s\n' "$name" ;;
+        esac
     done
 }
 
 # service_check NAME: die unless NAME can be managed now (a broker of the cluster only in cluster mode).
 service_check() {
-    is_service "$1" || die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]})"
+    is_service "$1" ||
+        die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]} zookeeper ${RUM_LOCAL_CLICKHOUSE_NODES[*]})"
     if [[ $1 == kafka-[123] && $(kafka_mode) != cluster ]]; then
         die "$1 is a broker of the three-broker cluster, but the local Kafka is one broker (kafka); start the cluster with ./deploy/local/up --kafka cluster"
+    fi
+    if [[ ($1 == clickhouse-[1234] || $1 == zookeeper) && $(clickhouse_mode) != cluster ]]; then
+        die "$1 belongs to the ClickHouse cluster, but the local ClickHouse is one server (clickhouse); start the cluster with ./deploy/local/up --clickhouse cluster"
     fi
 }
 
@@ -677,10 +714,18 @@ service_start() {
         fi
         ;;
     kafka-[123]) kafka_cluster_member_start "$1" ;;
-    clickhouse) clickhouse_start ;;
+    clickhouse)
+        if [[ $(clickhouse_mode) == cluster ]]; then
+            clickhouse_cluster_start
+        else
+            clickhouse_start
+        fi
+        ;;
+    clickhouse-[1234]) clickhouse_cluster_member_start "$1" ;;
+    zookeeper) zookeeper_start ;;
     prometheus) prometheus_start ;;
     alertmanager) alertmanager_start ;;
-    *) die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]})" ;;
+    *) die "unknown service '$1' (known: ${RUM_SERVICES[*]} ${RUM_KAFKA_CLUSTER[*]} zookeeper ${RUM_LOCAL_CLICKHOUSE_NODES[*]})" ;;
     esac
 }
 
@@ -689,8 +734,19 @@ service_stop() {
     local names=()
     mapfile -t names < <(service_names "$1")
     case $1 in
-    clickhouse) stop_processes 20 "${names[@]}" ;; # flushes tables on shutdown (~2 s idle)
-    kafka*) stop_processes 30 "${names[@]}" ;;     # a controlled shutdown moves partition leaders first
+    clickhouse)
+        # The servers first (each flushes its tables on shutdown, ~2 s idle), then the cluster's ZooKeeper.
+        local servers=() name
+        for name in "${names[@]}"; do
+            [[ $name == zookeeper ]] || servers+=("$name")
+        done
+        stop_processes 20 "${servers[@]}"
+        if ((${#servers[@]} < ${#names[@]})); then
+            stop_processes 10 zookeeper
+        fi
+        ;;
+    clickhouse-*) stop_processes 20 "${names[@]}" ;;
+    kafka*) stop_processes 30 "${names[@]}" ;; # a controlled shutdown moves partition leaders first
     *) stop_processes 10 "${names[@]}" ;;
     esac
 }
