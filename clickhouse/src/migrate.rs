@@ -4,7 +4,8 @@
 //!
 //! A file may hold several statements, each ending with `;` at the end of a line; they are sent
 //! one per request (ClickHouse 18.16 drops statements after the first otherwise). Statements use
-//! `IF NOT EXISTS` forms so that a run interrupted half-way can simply be run again.
+//! `IF NOT EXISTS` forms so that a run interrupted half-way can simply be run again; 18.16 has no
+//! `ADD COLUMN IF NOT EXISTS`, so an `ALTER TABLE t ADD COLUMN c ...` is skipped when `t` has `c`.
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "kafka_offsets",
         sql: include_str!("../migrations/003_kafka_offsets.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "ledgers",
+        sql: include_str!("../migrations/004_ledgers.sql"),
     },
 ];
 
@@ -166,6 +172,12 @@ pub async fn migrate_to(
             "applying migration"
         );
         for statement in migration.statements() {
+            if let Some((table, column)) = added_column(&statement) {
+                if column_exists(&client, &config.database, table, column).await? {
+                    tracing::info!(table, column, "column exists, ADD COLUMN skipped");
+                    continue;
+                }
+            }
             client.query(&statement).execute().await?;
         }
         let mut insert = client
@@ -183,6 +195,43 @@ pub async fn migrate_to(
         report.applied.push(migration.version);
     }
     Ok(report)
+}
+
+/// `(table, column)` of an `ALTER TABLE table ADD COLUMN column ...` statement.
+fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let code = statement
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>();
+    let first = code.first()?;
+    let words: Vec<&str> = first.split_whitespace().collect();
+    match words.as_slice() {
+        [alter, table_kw, table, add, column_kw, column, ..]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table_kw.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && column_kw.eq_ignore_ascii_case("COLUMN") =>
+        {
+            Some((table, column))
+        }
+        _ => None,
+    }
+}
+
+async fn column_exists(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+    column: &str,
+) -> Result<bool, StorageError> {
+    let n: u64 = client
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(database)
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await?;
+    Ok(n > 0)
 }
 
 fn unix_seconds() -> u32 {
@@ -224,6 +273,17 @@ mod tests {
                 "SELECT 1"
             ]
         );
+    }
+
+    #[test]
+    fn finds_the_column_an_alter_adds() {
+        assert_eq!(
+            added_column("-- why\nALTER TABLE vitals_1m ADD COLUMN ledger AggregateFunction(max, UInt64)"),
+            Some(("vitals_1m", "ledger"))
+        );
+        assert_eq!(added_column("alter table t add column c String AFTER b"), Some(("t", "c")));
+        assert_eq!(added_column("ALTER TABLE t DROP COLUMN c"), None);
+        assert_eq!(added_column("CREATE TABLE t (a UInt8) ENGINE = Memory"), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct VitalsRawRow {
     pub sample_rate: f64,
     /// The Kafka topic of the message.
     pub kafka_topic: String,
+    /// The Kafka topic's id (a topic deleted and created again has a new one; `''` when unknown).
+    pub kafka_topic_id: String,
     /// The Kafka partition of the message.
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
@@ -68,6 +70,7 @@ impl VitalsRawRow {
             ),
             sample_rate: 1.0,
             kafka_topic: BEACONS_TOPIC.into(),
+            kafka_topic_id: String::new(),
             kafka_partition: 0,
             kafka_offset: 0,
         }
@@ -100,6 +103,8 @@ pub struct VitalsRawRowRef<'a> {
     pub sample_rate: f64,
     /// The Kafka topic of the message.
     pub kafka_topic: &'a str,
+    /// The Kafka topic's id (`''` when unknown).
+    pub kafka_topic_id: &'a str,
     /// The Kafka partition of the message.
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
@@ -110,6 +115,7 @@ pub struct VitalsRawRowRef<'a> {
 pub fn raw_row_refs<'a>(
     msg: &'a BeaconMessage,
     topic: &'a str,
+    topic_id: &'a str,
     partition: u32,
     offset: u64,
 ) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
@@ -126,12 +132,15 @@ pub fn raw_row_refs<'a>(
         metric_id: &metric.id,
         sample_rate: msg.sample_rate,
         kafka_topic: topic,
+        kafka_topic_id: topic_id,
         kafka_partition: partition,
         kafka_offset: offset,
     })
 }
 
-/// Inserts rows into `vitals_raw` in one request.
+/// Inserts rows measured outside Kafka (tests, backfills) into `vitals_raw`, then their rollup into
+/// `vitals_1m`: two requests, with no ledger and no exactly-once (the consumer's path is
+/// `rum_consumers`' write steps).
 pub async fn insert_raw_rows(
     client: &clickhouse::Client,
     rows: &[VitalsRawRow],
@@ -144,33 +153,27 @@ pub async fn insert_raw_rows(
         insert.write(row).await?;
     }
     insert.end().await?;
+    let mut rollup = client
+        .insert::<crate::ledger::RollupInputRef<'_>>(crate::ledger::VITALS_1M_INPUT)
+        .await?;
+    for row in rows {
+        rollup
+            .write(&crate::ledger::RollupInputRef {
+                received_at: row.received_at,
+                site: &row.site,
+                route: &row.route,
+                device: &row.device,
+                metric: &row.metric,
+                value: row.value,
+                rating: &row.rating,
+                sample_rate: row.sample_rate,
+                kafka_partition: row.kafka_partition,
+                ledger_next: 0,
+            })
+            .await?;
+    }
+    rollup.end().await?;
     Ok(())
-}
-
-/// A Kafka message to store: the beacon, its partition and its offset.
-pub type RawMessage<'a> = (&'a BeaconMessage, u32, u64);
-
-/// Inserts the rows of `messages` (of `topic`) into `vitals_raw` in one request, each serialized
-/// straight from its message (no row is allocated); returns how many rows were written. Nothing is
-/// sent when there is none.
-pub async fn insert_raw_messages(
-    client: &clickhouse::Client,
-    topic: &str,
-    messages: &[RawMessage<'_>],
-) -> Result<u64, StorageError> {
-    if messages.iter().all(|(msg, _, _)| msg.metrics.is_empty()) {
-        return Ok(0);
-    }
-    let mut insert = client.insert::<VitalsRawRowRef<'_>>(VITALS_RAW).await?;
-    let mut written = 0;
-    for &(msg, partition, offset) in messages {
-        for row in raw_row_refs(msg, topic, partition, offset) {
-            insert.write(&row).await?;
-            written += 1;
-        }
-    }
-    insert.end().await?;
-    Ok(written)
 }
 
 #[cfg(test)]
@@ -202,7 +205,7 @@ mod tests {
                 },
             ],
         };
-        let rows: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", 3, 42).collect();
+        let rows: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", "id", 3, 42).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].received_at, 1_700_000_000);
         assert_eq!((rows[1].metric, rows[1].rating), ("CLS", "poor"));

@@ -14,6 +14,11 @@ const SERIES_IDLE_MIN_SECS: u64 = 60;
 /// The longest `consumer.series_idle_secs`: a week.
 const SERIES_IDLE_MAX_SECS: u64 = 7 * 86_400;
 
+/// The bounds of `consumer.dlq_timeout_ms`: librdkafka needs a message timeout above its linger
+/// (5 ms), and 0 would mean never; five minutes is librdkafka's own default.
+const DLQ_TIMEOUT_MIN_MS: u64 = 1_000;
+const DLQ_TIMEOUT_MAX_MS: u64 = 300_000;
+
 /// The consumer's settings, with production defaults.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -52,6 +57,20 @@ pub struct ConsumerConfig {
     /// Each retention statement (a read of the expired partitions, a `DROP PARTITION`) taking
     /// longer counts as a failed step, so that a server that never answers cannot hang retention.
     pub retention_statement_timeout_secs: u64,
+    /// How long one dead-letter send may take (librdkafka's `message.timeout.ms` of the dead-letter
+    /// producer is this too, so librdkafka gives up with it), and the start's check of the
+    /// dead-letter topic. A send that fails is an error of its batch, which is retried.
+    pub dlq_timeout_ms: u64,
+    /// Whether `rum consume` creates `kafka.dlq_topic` at start when it does not exist (with the
+    /// brokers' default partitions and replication). Off: a missing dead-letter topic stops the
+    /// start (exit 2) naming `kafka.dlq_topic`, so that a typo cannot stall every partition behind
+    /// the first poison message.
+    pub dlq_create_topic: bool,
+    /// The fence of the write path (see `ownership`): an INSERT is sent only within this long after
+    /// the member last proved it owns its partitions, and a partition's new owner waits this long
+    /// after its assignment before reading the partition's floor. Every member of a group must use
+    /// the same value.
+    pub fence_lease_ms: u64,
 }
 
 impl Default for ConsumerConfig {
@@ -74,6 +93,9 @@ impl Default for ConsumerConfig {
             // 30 min, loses one), a one-off flood frees its places within the hour.
             series_idle_secs: 3_600,
             retention_statement_timeout_secs: DEFAULT_RETENTION_STATEMENT_TIMEOUT.as_secs(),
+            dlq_timeout_ms: 10_000,
+            dlq_create_topic: false,
+            fence_lease_ms: 5_000,
         }
     }
 }
@@ -87,6 +109,11 @@ impl ConsumerConfig {
     /// The timeout of each retention statement.
     pub fn retention_statement_timeout(&self) -> Duration {
         Duration::from_secs(self.retention_statement_timeout_secs)
+    }
+
+    /// The bound of one dead-letter send and of the start's check of the dead-letter topic.
+    pub fn dlq_timeout(&self) -> Duration {
+        Duration::from_millis(self.dlq_timeout_ms)
     }
 
     /// Checks every value; the error names the key.
@@ -135,6 +162,18 @@ impl ConsumerConfig {
                     "must be [a-z0-9._-], 1 to 64 characters",
                 ));
             }
+        }
+        if !(DLQ_TIMEOUT_MIN_MS..=DLQ_TIMEOUT_MAX_MS).contains(&self.dlq_timeout_ms) {
+            return Err(ConfigError::new(
+                "consumer.dlq_timeout_ms",
+                "must be between 1000 and 300000",
+            ));
+        }
+        if !(1_000..=60_000).contains(&self.fence_lease_ms) {
+            return Err(ConfigError::new(
+                "consumer.fence_lease_ms",
+                "must be between 1000 and 60000",
+            ));
         }
         if !(1_000..=300_000).contains(&self.session_timeout_ms) {
             return Err(ConfigError::new(
@@ -193,6 +232,14 @@ mod tests {
             };
             let err = c.validate().unwrap_err();
             assert_eq!(err.key, "consumer.retention_statement_timeout_secs");
+        }
+        for bad in [0, 999, 300_001] {
+            let c = ConsumerConfig {
+                dlq_timeout_ms: bad,
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.key, "consumer.dlq_timeout_ms");
         }
     }
 }

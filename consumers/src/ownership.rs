@@ -1,65 +1,174 @@
-//! Which partitions this member owns, and from which offset each may still be written.
+//! Which partitions this member owns, from which offset each may still be written, and why every
+//! message accepted by the ingest is stored exactly once in `vitals_raw` and in `vitals_1m`.
 //!
-//! Exactly once into ClickHouse rests on three rules:
-//! 1. A batch is one INSERT into `vitals_raw`; the materialized views fill `vitals_1m` and
-//!    `kafka_offsets` in the same INSERT, so a batch is stored whole or not at all.
-//! 2. Before writing a partition for the first time after it was assigned, the member reads that
-//!    partition's highest stored offset from `kafka_offsets` (its *floor*) and skips every message at
-//!    or below it. Kafka's committed offset is only a hint for where to start reading, so a crash
-//!    between the INSERT and the commit replays messages that are then skipped, not stored twice.
-//! 3. A member writes only partitions it owns. Ownership changes only inside a poll (the rebalance
-//!    callbacks run there), and the member never polls while an INSERT is in flight, so a revoked
-//!    partition's messages still in hand are dropped before the next write, and the new owner reads
-//!    the floor only after the old owner's last INSERT finished.
+//! ## What ClickHouse gives us
+//! - An INSERT of one block into one table partition is one part: stored whole or not at all. The
+//!   write path keeps every INSERT to one UTC day (both tables are partitioned by day or month) and
+//!   below [`rum_clickhouse::ledger::MAX_ROWS_PER_INSERT`] rows.
+//! - Nothing is atomic across tables, and a materialized view's failure does not undo its source's
+//!   insert. So no view stands between the tables we rely on: `vitals_raw` and `vitals_1m` are
+//!   written by two INSERTs, and each keeps its own record of what it holds, in the same part as
+//!   the rows: `vitals_raw` rows carry their message's (topic, topic id, partition, offset);
+//!   `vitals_1m` gets, in the same block as a batch's rollup rows, a *ledger row* per partition with
+//!   the next offset (`vitals_1m_input` is a Null table with one view, so its INSERT is one block of
+//!   `vitals_1m` or nothing).
+//! - An INSERT whose answer is lost (a reset connection, a timeout, a restart) may have been stored,
+//!   and may even still be running. Every INSERT carries a `query_id` naming the group, topic and
+//!   partitions, so unfinished ones can be killed and waited for before anything is read again.
 //!
-//! The floors assume a topic's offsets only grow. A topic deleted and created again restarts at 0:
-//! give the consumers a new `kafka.topic` then, or they skip the new topic's first messages as
-//! stored. (`rum standalone`, whose embedded broker is new on every start, keeps its floors per
-//! start for this reason: `ConsumerConfig::topic_incarnation`.)
+//! ## The rules
+//! 1. **Floors are learnt, never assumed.** A partition's floor (everything below it is in both
+//!    tables) is read from the ledgers of `vitals_1m` when the partition is assigned and after ANY
+//!    failed step of a write; before reading, this group's unfinished INSERTs of the partition are
+//!    killed and waited for. Messages below the floor are skipped.
+//! 2. **`vitals_raw` is checked, not trusted.** Above the floor, `vitals_raw` may hold a prefix of
+//!    the partition's messages (an INSERT that reached `vitals_raw` and not `vitals_1m`): before
+//!    writing a partition whose state is unknown, the write asks `vitals_raw` for the highest offset
+//!    it holds in the INSERT's range (one day's partition of the table). Messages up to it are not
+//!    inserted again; their rows are read back from `vitals_raw` and rolled up, so `vitals_1m` gets
+//!    exactly the rows `vitals_raw` has. The held messages are a prefix because each partition is
+//!    written in offset order, one INSERT at a time, stopping at the first failure.
+//! 3. **Order: `vitals_raw`, then `vitals_1m` with the ledger.** So the ledger never runs ahead of
+//!    `vitals_raw`, and a failure between them is repaired by rule 2 on the next attempt.
+//! 4. **Only a proven owner writes.** Ownership changes only inside a poll (the rebalance
+//!    callbacks). Before each INSERT the member proves it is still in the group's current generation
+//!    by committing its floors (the coordinator refuses a fenced member's commit); an INSERT is sent
+//!    only within `consumer.fence_lease_ms` of the last proof being sent. A partition's new owner
+//!    waits the same lease after its assignment, then kills the old owner's unfinished INSERTs of it
+//!    (rule 1), then reads the floor. The old owner's last proof was sent before the generation that
+//!    took the partition away began, so its last INSERT was sent before the new owner's wait ended.
+//! 5. **A topic is known by its id.** Ledgers and raw rows carry the Kafka topic id. A ledger of
+//!    another id (the topic deleted and created again, a broker whose log was wiped), or a floor
+//!    above the partition's high watermark (a log that lost what was stored), starts a new
+//!    incarnation of the partition from its start, logged and counted
+//!    (`rum_consumer_topic_incarnations_total`), never skipped silently.
 //!
-//! The remaining window: a process killed while its INSERT is still being processed by ClickHouse,
-//! with the next owner reading the floor before ClickHouse finishes that INSERT. Rejoining the group
-//! takes seconds and an INSERT of a batch milliseconds, so this needs ClickHouse to stall mid-insert
-//! for longer than a rebalance.
+//! ## What is left
+//! - An INSERT delayed in the network (or in a proxy) for longer than the lease after it was sent,
+//!   arriving after the new owner read the floor. The lease (5 s by default) is orders of magnitude
+//!   above a request's transit time.
+//! - A member paused between its last lease check and the write of the INSERT's first bytes (a few
+//!   instructions), for longer than the lease.
+//! - Messages that produced no rows (every metric a duplicate of an earlier one) do not appear in
+//!   `vitals_raw`; the ledger still covers them once the INSERT's rollup is stored.
+//! - Client re-sends of a metric id are dropped against an in-memory set (see [`crate::dedup`]);
+//!   after a restart a re-send may be stored again. That is about client duplicates, not about Kafka
+//!   messages: each message is stored once.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rum_kafka::KafkaLog;
 
-/// Partitions owned, and the next offset each may write (`None` until read from ClickHouse).
+/// Where a partition resumes, and under which incarnation of the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floor {
+    /// The topic id (or a derived incarnation name) its rows and ledgers carry.
+    pub incarnation: String,
+    /// The next offset to write: everything below is in both tables.
+    pub next: i64,
+    /// The topic ids `vitals_raw` rows above `next` may carry.
+    pub raw_ids: Vec<String>,
+    /// False: `vitals_raw` may hold messages at or above `next` (rule 2); checked before writing.
+    pub raw_checked: bool,
+}
+
+impl Floor {
+    /// A floor just read from the ledgers: `vitals_raw` not checked yet.
+    pub fn new(incarnation: String, next: i64, raw_ids: Vec<String>) -> Self {
+        Self {
+            incarnation,
+            next,
+            raw_ids,
+            raw_checked: false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Owned {
+    assigned_at: Instant,
+    floor: Option<Floor>,
+}
+
+/// Partitions owned, their floors, and the last proof of ownership.
 #[derive(Debug, Default)]
 pub struct Ownership {
-    floors: HashMap<i32, Option<i64>>,
+    owned: HashMap<i32, Owned>,
+    /// When the last successful proof (a commit in the current generation) was sent.
+    proof: Option<Instant>,
 }
 
 impl Ownership {
     /// True when this member owns `partition`.
     pub fn owns(&self, partition: i32) -> bool {
-        self.floors.contains_key(&partition)
+        self.owned.contains_key(&partition)
     }
 
-    /// Owned partitions whose floor is not known yet.
-    pub fn floors_missing(&self) -> Vec<i32> {
-        self.floors
-            .iter()
-            .filter(|(_, f)| f.is_none())
-            .map(|(p, _)| *p)
-            .collect()
+    /// Owned partitions whose floor is not known: (ready to be learnt now, still within the lease).
+    pub fn floors_missing(&self, lease: Duration, now: Instant) -> (Vec<i32>, Vec<i32>) {
+        let mut ready = Vec::new();
+        let mut waiting = Vec::new();
+        for (p, o) in &self.owned {
+            if o.floor.is_none() {
+                if now.duration_since(o.assigned_at) >= lease {
+                    ready.push(*p);
+                } else {
+                    waiting.push(*p);
+                }
+            }
+        }
+        ready.sort_unstable();
+        waiting.sort_unstable();
+        (ready, waiting)
     }
 
-    /// Records the floor read from ClickHouse: the next offset to write is `stored + 1`.
-    pub fn set_floor(&mut self, partition: i32, next: i64) {
-        if let Some(floor) = self.floors.get_mut(&partition) {
-            *floor = Some(next);
+    /// Records a floor read from ClickHouse.
+    pub fn set_floor(&mut self, partition: i32, floor: Floor) {
+        if let Some(o) = self.owned.get_mut(&partition) {
+            o.floor = Some(floor);
         }
     }
 
-    /// True when the message at `offset` of `partition` may be written: owned and above the floor.
-    /// Panics-free for unknown partitions (they are not owned).
+    /// The floor of an owned partition, when known.
+    pub fn floor(&self, partition: i32) -> Option<&Floor> {
+        self.owned.get(&partition)?.floor.as_ref()
+    }
+
+    /// Forgets every floor (after a failed step: rule 1) and the proof.
+    pub fn forget_floors(&mut self) {
+        for o in self.owned.values_mut() {
+            o.floor = None;
+        }
+    }
+
+    /// The known floors, to commit (and so prove ownership).
+    pub fn known_floors(&self) -> Vec<(i32, i64)> {
+        let mut f: Vec<(i32, i64)> = self
+            .owned
+            .iter()
+            .filter_map(|(p, o)| Some((*p, o.floor.as_ref()?.next)))
+            .collect();
+        f.sort_unstable();
+        f
+    }
+
+    /// True when a proof sent less than `lease` before `now` is at hand.
+    pub fn proven_within(&self, lease: Duration, now: Instant) -> bool {
+        self.proof
+            .is_some_and(|sent| now.saturating_duration_since(sent) < lease)
+    }
+
+    /// Records a successful proof sent at `sent`.
+    pub fn proven_at(&mut self, sent: Instant) {
+        self.proof = Some(sent);
+    }
+
+    /// True when the message at `offset` of `partition` may be written: owned and at or above the floor.
     pub fn should_write(&self, partition: i32, offset: i64) -> bool {
-        matches!(self.floors.get(&partition), Some(Some(next)) if offset >= *next)
+        matches!(self.floor(partition), Some(f) if offset >= f.next)
     }
 
     /// Splits a batch into what may be written and what not, in order: a message is written when its
@@ -86,30 +195,40 @@ impl Ownership {
         (keep, skip)
     }
 
-    /// Moves the floor past a written message.
-    pub fn advance(&mut self, partition: i32, offset: i64) {
-        if let Some(Some(next)) = self.floors.get_mut(&partition) {
-            *next = (*next).max(offset + 1);
+    /// Moves the floor to `next` after an INSERT stored both tables up to it; `vitals_raw` then holds
+    /// nothing at or above it (rule 2).
+    pub fn advance(&mut self, partition: i32, next: i64) {
+        if let Some(Some(f)) = self.owned.get_mut(&partition).map(|o| o.floor.as_mut()) {
+            f.next = f.next.max(next);
+            f.raw_checked = true;
         }
     }
 
     /// Owned partitions.
     pub fn partitions(&self) -> Vec<i32> {
-        let mut p: Vec<i32> = self.floors.keys().copied().collect();
+        let mut p: Vec<i32> = self.owned.keys().copied().collect();
         p.sort_unstable();
         p
     }
 
-    fn assign(&mut self, partitions: impl Iterator<Item = i32>) {
+    fn assign(&mut self, partitions: impl Iterator<Item = i32>, now: Instant) {
         for p in partitions {
             // A newly assigned partition's floor must be read again: another member may have written it.
-            self.floors.insert(p, None);
+            self.owned.insert(
+                p,
+                Owned {
+                    assigned_at: now,
+                    floor: None,
+                },
+            );
         }
+        self.proof = None;
     }
 
     fn revoke(&mut self, partitions: impl Iterator<Item = i32>) {
         let revoked: HashSet<i32> = partitions.collect();
-        self.floors.retain(|p, _| !revoked.contains(p));
+        self.owned.retain(|p, _| !revoked.contains(p));
+        self.proof = None;
     }
 }
 
@@ -167,7 +286,7 @@ impl ConsumerContext for OwnershipContext {
                 self.ownership
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .assign(assigned.into_iter());
+                    .assign(assigned.into_iter(), Instant::now());
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {}
@@ -179,39 +298,71 @@ impl ConsumerContext for OwnershipContext {
 mod tests {
     use super::*;
 
+    fn floor(next: i64) -> Floor {
+        Floor::new("id".into(), next, vec!["id".into()])
+    }
+
     #[test]
     fn writes_only_owned_partitions_above_their_floor() {
         let mut o = Ownership::default();
-        o.assign([0, 1].into_iter());
-        assert!(
-            !o.should_write(0, 5),
-            "floor unknown: nothing may be written"
-        );
-        assert_eq!(o.floors_missing().len(), 2);
-        o.set_floor(0, 10);
+        let t0 = Instant::now();
+        o.assign([0, 1].into_iter(), t0);
+        assert!(!o.should_write(0, 5), "floor unknown: nothing may be written");
+        o.set_floor(0, floor(10));
         assert!(!o.should_write(0, 9), "stored before");
         assert!(o.should_write(0, 10));
-        o.advance(0, 12);
+        o.advance(0, 13);
         assert!(!o.should_write(0, 12) && o.should_write(0, 13));
+        assert!(o.floor(0).unwrap().raw_checked, "after a write vitals_raw holds nothing above");
         assert!(!o.should_write(2, 100), "not owned");
+    }
+
+    #[test]
+    fn a_new_owner_learns_floors_only_after_the_lease() {
+        let mut o = Ownership::default();
+        let t0 = Instant::now();
+        o.assign([4, 2].into_iter(), t0);
+        let lease = Duration::from_secs(5);
+        assert_eq!(o.floors_missing(lease, t0), (vec![], vec![2, 4]));
+        assert_eq!(
+            o.floors_missing(lease, t0 + lease),
+            (vec![2, 4], vec![])
+        );
+    }
+
+    #[test]
+    fn a_proof_lasts_one_lease_and_a_rebalance_voids_it() {
+        let mut o = Ownership::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(5);
+        o.assign([0].into_iter(), t0);
+        assert!(!o.proven_within(lease, t0));
+        o.proven_at(t0);
+        assert!(o.proven_within(lease, t0 + Duration::from_secs(4)));
+        assert!(!o.proven_within(lease, t0 + lease));
+        o.revoke([0].into_iter());
+        assert!(!o.proven_within(lease, t0), "a rebalance needs a new proof");
+    }
+
+    #[test]
+    fn a_failed_write_forgets_every_floor() {
+        let mut o = Ownership::default();
+        o.assign([0, 1].into_iter(), Instant::now());
+        o.set_floor(0, floor(3));
+        o.set_floor(1, floor(4));
+        assert_eq!(o.known_floors(), vec![(0, 3), (1, 4)]);
+        o.forget_floors();
+        assert!(o.known_floors().is_empty());
+        assert!(!o.should_write(0, 100));
     }
 
     #[test]
     fn selects_each_offset_once_even_when_a_batch_holds_it_twice() {
         let mut o = Ownership::default();
-        o.assign([0, 1].into_iter());
-        o.set_floor(0, 5);
-        o.set_floor(1, 0);
-        let batch = vec![
-            (0, 4),
-            (0, 5),
-            (0, 6),
-            (1, 0),
-            (0, 5),
-            (0, 6),
-            (0, 7),
-            (2, 1),
-        ];
+        o.assign([0, 1].into_iter(), Instant::now());
+        o.set_floor(0, floor(5));
+        o.set_floor(1, floor(0));
+        let batch = vec![(0, 4), (0, 5), (0, 6), (1, 0), (0, 5), (0, 6), (0, 7), (2, 1)];
         let (keep, skip) = o.select(batch, |m| *m);
         assert_eq!(keep, vec![(0, 5), (0, 6), (1, 0), (0, 7)]);
         assert_eq!(skip, vec![(0, 4), (0, 5), (0, 6), (2, 1)]);
@@ -220,15 +371,13 @@ mod tests {
     #[test]
     fn a_revoked_then_reassigned_partition_needs_its_floor_again() {
         let mut o = Ownership::default();
-        o.assign([3].into_iter());
-        o.set_floor(3, 7);
+        let t0 = Instant::now();
+        o.assign([3].into_iter(), t0);
+        o.set_floor(3, floor(7));
         o.revoke([3].into_iter());
         assert!(!o.owns(3) && !o.should_write(3, 100));
-        o.assign([3].into_iter());
-        assert!(
-            !o.should_write(3, 100),
-            "another member may have written it meanwhile"
-        );
-        assert_eq!(o.floors_missing(), vec![3]);
+        o.assign([3].into_iter(), t0);
+        assert!(!o.should_write(3, 100), "another member may have written it meanwhile");
+        assert_eq!(o.floors_missing(Duration::ZERO, t0).0, vec![3]);
     }
 }

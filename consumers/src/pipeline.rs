@@ -1,6 +1,5 @@
 //! The consume loop: batch, decode, dead-letter, insert exactly once, commit.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -10,17 +9,17 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rum_clickhouse::{
-    insert_raw_messages, stored_offsets, ClickHouseConfig, RawMessage, VITALS_RAW,
-};
+use rum_clickhouse::ledger::{Tables, MAX_ROWS_PER_INSERT};
+use rum_clickhouse::{ClickHouseConfig, VITALS_1M, VITALS_RAW};
 use rum_kafka::{ClientKind, ClientProperties, LoggingContext};
 use rum_schemas::config::ConfigError;
 use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
-use rum_schemas::{BeaconMessage, MessageError};
+use rum_schemas::BeaconMessage;
 use tokio::sync::watch;
 
 use crate::dedup::SeenMetricIds;
 use crate::ownership::{Ownership, OwnershipContext};
+use crate::write::{blocking, plan_inserts, Consumed, Group, Poison, WriteError, WriteMetrics, Writer};
 use crate::{ConsumerConfig, ConsumerMetrics};
 
 /// How often the lag gauges are refreshed.
@@ -48,24 +47,22 @@ pub enum ConsumerError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// One consumed message, decoded or not.
-struct Consumed {
-    partition: i32,
-    offset: i64,
-    decoded: Result<BeaconMessage, Poison>,
-}
-
-/// A message that can never be decoded, kept whole for the dead-letter topic.
-struct Poison {
-    error: MessageError,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    /// Already in the dead-letter topic: a retried batch does not send it again.
-    sent: bool,
-}
-
 /// The consumer was asked to stop while a batch was being written.
 struct Stopped;
+
+/// Why an attempt did not finish the batch.
+enum Attempt {
+    /// Some messages wait for their partition's lease (see [`crate::ownership`]).
+    Wait,
+    /// A step failed.
+    Failed(WriteError),
+}
+
+impl From<WriteError> for Attempt {
+    fn from(e: WriteError) -> Self {
+        Attempt::Failed(e)
+    }
+}
 
 /// A consumer-group member writing to ClickHouse exactly once (see [`crate::ownership`]).
 pub struct Consumer {
@@ -77,10 +74,11 @@ pub struct Consumer {
     /// still costs CPU, and most runs never see poison.
     dlq: OnceLock<FutureProducer<LoggingContext>>,
     topic: String,
-    /// The topic name stored with the rows and offsets: its offsets are the floors.
-    stored_topic: String,
     dlq_topic: String,
-    clickhouse: rum_clickhouse::Client,
+    writer: Writer,
+    /// Bounds each Kafka request of the write path (topic id, watermarks, dead letters): the
+    /// session timeout, past which the member is out of the group anyway.
+    kafka_timeout: Duration,
     metrics: Arc<ConsumerMetrics>,
     batch_max_messages: usize,
     batch_max_wait: Duration,
@@ -104,18 +102,28 @@ impl Consumer {
         let dlq_config = rum_kafka::client_config(kafka, &dlq_producer_properties())?;
         // A bad setting stops the start, as when the producer was created here.
         dlq_config.create_native_config()?;
+        let stored_topic = match &config.topic_incarnation {
+            Some(incarnation) => format!("{}@{incarnation}", kafka.topic),
+            None => kafka.topic.clone(),
+        };
+        let writer = Writer::new(
+            clickhouse.client(),
+            Tables::single(),
+            &stored_topic,
+            &config.group_id,
+            clickhouse.request_timeout(),
+            Duration::from_millis(config.fence_lease_ms),
+            WriteMetrics::new(&metrics.registry)?,
+        );
         Ok(Self {
             consumer,
             ownership,
             dlq_config,
             dlq: OnceLock::new(),
             topic: kafka.topic.clone(),
-            stored_topic: match &config.topic_incarnation {
-                Some(incarnation) => format!("{}@{incarnation}", kafka.topic),
-                None => kafka.topic.clone(),
-            },
             dlq_topic: kafka.dlq_topic.clone(),
-            clickhouse: clickhouse.client(),
+            writer,
+            kafka_timeout: Duration::from_millis(config.session_timeout_ms),
             metrics,
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
@@ -146,7 +154,7 @@ impl Consumer {
                 );
                 break;
             }
-            self.commit(&batch);
+            self.commit();
             self.metrics
                 .batch_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -238,8 +246,18 @@ impl Consumer {
                     }
                     return Ok(());
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written");
+                Err(Attempt::Wait) => {
+                    // A partition's floor waits for the lease: poll meanwhile, without backoff.
+                    backoff = Duration::from_millis(100);
+                }
+                Err(Attempt::Failed(e)) => {
+                    self.writer.count(&e);
+                    if matches!(e, WriteError::RawInsert(_) | WriteError::RollupInsert(_)) {
+                        self.metrics.insert_errors.inc();
+                    }
+                    // Rule 1 of crate::ownership: after any failed step every floor is read again.
+                    self.ownership().forget_floors();
+                    tracing::warn!(step = e.step(), error = %e, retry_in_ms = backoff.as_millis() as u64, "batch not written");
                 }
             }
             self.set_paused(true);
@@ -263,34 +281,26 @@ impl Consumer {
         }
     }
 
-    /// One attempt: learn missing floors, skip what is stored or not owned, dead-letter poison,
-    /// and insert the rest in one INSERT.
-    async fn try_write(&self, batch: &mut Vec<Consumed>) -> Result<(), String> {
-        let missing = self.ownership().floors_missing();
-        if !missing.is_empty() {
-            let stored = stored_offsets(&self.clickhouse, &self.stored_topic)
-                .await
-                .map_err(|e| {
-                    self.metrics.insert_errors.inc();
-                    format!("reading stored offsets: {}", rum_telemetry::error_chain(&e))
-                })?;
+    /// One attempt, step by step (see [`crate::write`]).
+    async fn try_write(&self, batch: &mut Vec<Consumed>) -> Result<(), Attempt> {
+        // 1. Learn the floors that are missing.
+        let (ready, waiting) = self
+            .ownership()
+            .floors_missing(self.writer.lease(), Instant::now());
+        if !ready.is_empty() {
+            let decided = self.writer.learn_floors(&ready, self).await?;
             let mut ownership = self.ownership();
-            for partition in missing {
-                let next = stored
-                    .iter()
-                    .find(|(p, _)| *p as i32 == partition)
-                    .map_or(0, |(_, max)| *max as i64 + 1);
-                tracing::info!(
-                    partition,
-                    resume_at = next,
-                    "partition floor read from ClickHouse"
-                );
-                ownership.set_floor(partition, next);
+            for (partition, d) in decided {
+                ownership.set_floor(partition, d.floor);
             }
         }
+        // 2. Select what is owned and not stored. Messages of partitions still within the lease wait.
         let (keep, skipped) = self
             .ownership()
             .select(std::mem::take(batch), |c| (c.partition, c.offset));
+        let (waits, skipped): (Vec<Consumed>, Vec<Consumed>) = skipped
+            .into_iter()
+            .partition(|c| waiting.contains(&c.partition));
         for c in &skipped {
             let reason = if self.ownership().owns(c.partition) {
                 "already_stored"
@@ -303,19 +313,20 @@ impl Consumer {
                 .inc();
         }
         *batch = keep;
-        let unsent = batch
+        // 3. Dead-letter poison, once.
+        for poison in batch
             .iter_mut()
             .filter_map(|c| c.decoded.as_mut().err())
-            .filter(|p| !p.sent);
-        for poison in unsent {
-            self.dead_letter(poison).await?;
+            .filter(|p| !p.sent)
+        {
+            self.dead_letter(poison).await.map_err(WriteError::DeadLetter)?;
             poison.sent = true;
             self.metrics
                 .dead_lettered
                 .with_label_values(&[poison.error.reason()])
                 .inc();
         }
-        // Client re-sends of a metric id: the first stored value wins (see crate::dedup).
+        // 4. Drop client re-sends of a metric id: the first stored value wins (see crate::dedup).
         let metrics: usize = batch
             .iter()
             .filter_map(|c| c.decoded.as_ref().ok())
@@ -329,41 +340,37 @@ impl Consumer {
                 duplicates += seen.drop_seen(message, &mut batch_ids);
             }
         }
-        // Rows borrow from the batch and are serialized straight into the INSERT; a retry builds
-        // them again from the messages.
-        let messages: Vec<RawMessage<'_>> = batch
-            .iter()
-            .filter_map(|c| {
-                Some((
-                    c.decoded.as_ref().ok()?,
-                    c.partition as u32,
-                    c.offset as u64,
-                ))
-            })
-            .collect();
-        let inserted = insert_raw_messages(&self.clickhouse, &self.stored_topic, &messages)
-            .await
-            .map_err(|e| {
-                self.metrics.insert_errors.inc();
-                rum_telemetry::error_chain(&e)
-            })?;
-        self.metrics
-            .rows_inserted
-            .with_label_values(&[VITALS_RAW])
-            .inc_by(inserted);
+        // 5. Plan the INSERTs; 6. write each; 7. advance (inside write_group).
+        let today = {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as u32);
+            now - now % 86_400
+        };
+        for plan in plan_inserts(batch, MAX_ROWS_PER_INSERT, today) {
+            let written = self.writer.write_group(batch, &plan, &self.ownership, self).await?;
+            self.metrics
+                .rows_inserted
+                .with_label_values(&[VITALS_RAW])
+                .inc_by(written.raw_rows);
+            self.metrics
+                .rows_inserted
+                .with_label_values(&[VITALS_1M])
+                .inc_by(written.rollup_rows);
+        }
         self.metrics.metrics_deduplicated.inc_by(duplicates as u64);
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remember(batch_ids);
-        let mut ownership = self.ownership();
-        for c in batch.iter() {
-            ownership.advance(c.partition, c.offset);
-        }
-        drop(ownership);
         self.metrics
             .vitals
             .observe_all(batch.iter().filter_map(|c| c.decoded.as_ref().ok()));
+        if !waits.is_empty() {
+            // Written next time round, once their floors are known.
+            *batch = waits;
+            return Err(Attempt::Wait);
+        }
         Ok(())
     }
 
@@ -378,11 +385,13 @@ impl Consumer {
         if let Some(key) = &poison.key {
             record = record.key(key);
         }
-        self.dlq_producer()?
-            .send(record, Duration::from_secs(10))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| format!("dead-letter: {e}"))
+        let send = self.dlq_producer()?.send(record, self.kafka_timeout);
+        match tokio::time::timeout(self.kafka_timeout + Duration::from_secs(1), send).await {
+            Ok(result) => result
+                .map(|_| ())
+                .map_err(|(e, _)| format!("to {}: {e}", self.dlq_topic)),
+            Err(_) => Err(format!("to {}: no answer within {:?}", self.dlq_topic, self.kafka_timeout)),
+        }
     }
 
     /// The dead-letter producer, created on first use. Failing to create it fails this attempt,
@@ -421,29 +430,22 @@ impl Consumer {
         }
     }
 
-    /// Commits, for each owned partition of the batch, the offset after its last message. The commit
-    /// is where reading restarts; ClickHouse's stored offsets, not this, decide what is written.
-    fn commit(&self, batch: &[Consumed]) {
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-        for c in batch {
-            let e = next.entry(c.partition).or_insert(c.offset + 1);
-            *e = (*e).max(c.offset + 1);
-        }
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in next.into_iter().filter(|(p, _)| self.ownership().owns(*p)) {
-            if let Err(e) =
-                list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
-            {
-                tracing::error!(error = %e, partition, "cannot build the commit list");
-            }
-        }
-        if list.count() == 0 {
+    /// Commits the floors of the owned partitions: where reading restarts, and the proof of
+    /// ownership for the next batch's INSERTs (see [`crate::ownership`]). ClickHouse's ledgers, not
+    /// this, decide what is written.
+    fn commit(&self) {
+        let floors = self.ownership().known_floors();
+        if floors.is_empty() {
             return;
         }
-        if let Err(e) = self.consumer.commit(&list, CommitMode::Sync) {
-            // Typically a rebalance took the partition: its new owner resumes from ClickHouse.
-            self.metrics.commit_errors.inc();
-            tracing::warn!(error = %e, "offset commit failed");
+        let sent = Instant::now();
+        match blocking(|| self.prove(&floors)) {
+            Ok(()) => self.ownership().proven_at(sent),
+            Err(e) => {
+                // Typically a rebalance took a partition: its new owner resumes from ClickHouse.
+                self.metrics.commit_errors.inc();
+                tracing::warn!(error = %e, "offset commit failed");
+            }
         }
     }
 
@@ -485,6 +487,34 @@ impl Consumer {
                     .set((high - position).max(0));
             }
         }
+    }
+}
+
+impl Group for Consumer {
+    fn prove(&self, floors: &[(i32, i64)]) -> Result<(), String> {
+        let mut list = TopicPartitionList::new();
+        for &(partition, next) in floors {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(next))
+                .map_err(|e| e.to_string())?;
+        }
+        if list.count() == 0 {
+            return Err("no partition with a known floor".into());
+        }
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(|e| format!("commit refused: {e}"))
+    }
+
+    fn topic_id(&self) -> Result<Option<String>, String> {
+        rum_kafka::topic_id(self.consumer.client(), &self.topic, self.kafka_timeout)
+            .map_err(|e| e.to_string())
+    }
+
+    fn high_watermark(&self, partition: i32) -> Result<i64, String> {
+        self.consumer
+            .fetch_watermarks(&self.topic, partition, self.kafka_timeout)
+            .map(|(_, high)| high)
+            .map_err(|e| format!("watermarks of partition {partition}: {e}"))
     }
 }
 

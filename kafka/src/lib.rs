@@ -8,6 +8,8 @@
 
 pub mod client_config;
 pub mod logging;
+pub mod topic_id;
 
 pub use client_config::{check, client_config, ClientKind, ClientProperties, ALIASES, OWNED};
 pub use logging::{KafkaLog, LoggingContext};
+pub use topic_id::{topic_id, TopicIdError};
