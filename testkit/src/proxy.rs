@@ -22,10 +22,12 @@
 //! not pipeline). Bytes it cannot parse as HTTP (a head over 64 KiB, a bad chunk size) are forwarded as they come,
 //! and that connection is no longer looked into.
 //!
-//! **Matching** ([`Mode::ResetAfterAnswer`]) is a case-insensitive substring test on the request line, decoded
-//! (`%XX` and `+` as in a URL's query string: the `clickhouse` crate sends an INSERT as
-//! `POST /?query=INSERT+INTO+vitals_raw%28...`), and on the first 64 KiB of a `Content-Length` body (where the
-//! crate sends a SELECT's SQL). So pass the SQL as written, e.g. `"INSERT INTO vitals_raw"` or
+//! **Matching** ([`Mode::ResetAfterAnswer`]) is a substring test on the request line, decoded (`%XX` and `+` as in
+//! a URL's query string: the `clickhouse` crate sends an INSERT as
+//! `POST /?database=rum&query=INSERT+INTO+%60vitals_raw%60%28%60site%60...`), and on the first 64 KiB of a
+//! `Content-Length` body (where the crate sends a SELECT's SQL). Both sides of the test are taken in lower case,
+//! without identifier quotes (`` ` `` and `"`) and with every run of white space as one space. So pass the SQL as
+//! written, e.g. `"INSERT INTO vitals_raw"` (matches the crate's ``INSERT INTO `vitals_raw`(`site`, ...)``) or
 //! `"FROM kafka_offsets"`. A request whose body must be looked at is held until that much of its body (or all of
 //! it) arrived, then forwarded. Headers are never matched (they carry credentials), and the proxy logs nothing.
 
@@ -205,13 +207,13 @@ impl Shared {
         *lock(&self.mode) == Mode::Blackhole
     }
 
-    /// Whether a request whose decoded request line and body prefix are `line` and `body` (lower case) gets the
-    /// reset; takes one of the `times` when it does.
+    /// Whether a request whose decoded request line and body prefix are `line` and `body` (both [`normalized`])
+    /// gets the reset; takes one of the `times` when it does.
     fn claim_reset(&self, line: &str, body: &str) -> bool {
         let mut mode = lock(&self.mode);
         match &mut *mode {
             Mode::ResetAfterAnswer { matching, times } if *times > 0 => {
-                let matching = matching.to_lowercase();
+                let matching = normalized(matching);
                 let hit = line.contains(&matching) || body.contains(&matching);
                 if hit {
                     *times -= 1;
@@ -440,7 +442,7 @@ fn client_to_server(shared: &Shared, conn: &Connection, client: &TcpStream, serv
 fn release(shared: &Shared, conn: &Connection, held: Option<Held>, out: &mut Vec<u8>) {
     let Some(held) = held else { return };
     let body = String::from_utf8_lossy(&held.body[..held.body.len().min(MATCH_WINDOW)]);
-    if shared.claim_reset(&held.line, &body.to_lowercase()) {
+    if shared.claim_reset(&held.line, &normalized(&body)) {
         conn.armed.store(true, Ordering::SeqCst);
     }
     out.extend_from_slice(&held.bytes);
@@ -482,7 +484,23 @@ fn server_to_client(shared: &Shared, conn: &Connection, server: &TcpStream, clie
     }
 }
 
-/// The request line (`POST /?query=... HTTP/1.1`) with `%XX` and `+` decoded, in lower case.
+/// SQL as matched: lower case, without identifier quotes, every run of white space one space.
+fn normalized(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    for word in sql.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.extend(
+            word.chars()
+                .filter(|c| !matches!(c, '`' | '"'))
+                .flat_map(char::to_lowercase),
+        );
+    }
+    out
+}
+
+/// The request line (`POST /?query=... HTTP/1.1`) with `%XX` and `+` decoded, [`normalized`].
 fn decoded_request_line(head: &[u8]) -> String {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let mut out = Vec::with_capacity(line.len());
@@ -506,7 +524,7 @@ fn decoded_request_line(head: &[u8]) -> String {
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).trim_end().to_lowercase()
+    normalized(&String::from_utf8_lossy(&out))
 }
 
 /// How a request's body is framed.
@@ -781,12 +799,18 @@ mod tests {
 
     #[test]
     fn the_request_line_is_matched_decoded_and_in_lower_case() {
+        // As the clickhouse crate sends an INSERT.
         let line = decoded_request_line(
-            b"POST /?database=rum&query=INSERT+INTO+vitals_raw%28%60site%60%29+FORMAT+RowBinary HTTP/1.1\r\nX: y\r\n\r\n",
+            b"POST /?database=rum&query=INSERT+INTO+%60vitals_raw%60%28%60site%60%29+FORMAT+RowBinary HTTP/1.1\r\nX: y\r\n\r\n",
         );
         assert_eq!(
             line,
-            "post /?database=rum&query=insert into vitals_raw(`site`) format rowbinary http/1.1"
+            "post /?database=rum&query=insert into vitals_raw(site) format rowbinary http/1.1"
+        );
+        assert!(line.contains(&normalized("INSERT INTO vitals_raw")));
+        assert_eq!(
+            normalized("SELECT max(x)\n  FROM   \"Kafka_Offsets\"\tWHERE 1"),
+            "select max(x) from kafka_offsets where 1"
         );
         assert_eq!(
             decoded_request_line(b"GET /%zz%4 HTTP/1.0\r\n"),
