@@ -86,7 +86,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, String> {
                 &[
                     rum_ingest::producer_properties(&config.ingest),
                     rum_consumers::consumer_properties(&config.consumer),
-                    rum_consumers::dlq_producer_properties(),
+                    rum_consumers::dlq_producer_properties(&config.consumer),
                 ],
             )
         })

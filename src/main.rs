@@ -104,6 +104,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<StartConfigError>() => {
+            let StartConfigError(e) = e.downcast().expect("checked above");
+            eprintln!(
+                "rum: config error: {} ({}): {}",
+                e.key,
+                config::env_name(&e.key),
+                e.reason
+            );
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("rum: {}", rum_telemetry::error_chain(e.as_ref()));
             ExitCode::FAILURE
@@ -118,7 +128,17 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
             ingest.run(stopped(stop_channel())).await?;
         }
         Command::Consume => {
-            let stop = stopped(stop_channel());
+            let stop = stop_channel();
+            // The dead-letter topic must exist before the first poison message holds every
+            // partition (`rum standalone` creates its own in the embedded broker). A SIGTERM
+            // during the check stops cleanly.
+            tokio::select! {
+                checked = rum_consumers::check_dlq_topic(&config.kafka, &config.consumer) => {
+                    checked.map_err(StartConfigError)?;
+                }
+                () = stopped(stop.clone()) => return Ok(()),
+            }
+            let stop = stopped(stop);
             rum_consumers::run(&config.consumer, &config.kafka, &config.clickhouse, stop).await?;
         }
         Command::Alerts => {
@@ -145,6 +165,19 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A setting found unusable at start, after the config was loaded (the dead-letter topic is not on
+/// the brokers): one line naming the key and exit 2, as a config error.
+#[derive(Debug)]
+struct StartConfigError(rum_schemas::config::ConfigError);
+
+impl std::fmt::Display for StartConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StartConfigError {}
 
 /// `rum token`: the query string of a token for the site, signed with its current key.
 fn token(args: &TokenArgs, ingest: &rum_ingest::IngestConfig) -> anyhow::Result<String> {

@@ -11,23 +11,28 @@
 //! enforces retention (whole partitions dropped hourly).
 
 mod config;
+pub mod dead_letter;
 pub mod dedup;
 mod histograms;
+pub mod lag;
 mod metrics;
 pub mod ownership;
 mod pipeline;
 mod retention;
 mod series_budget;
+mod side_client;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use config::ConsumerConfig;
-pub use histograms::worst_case_bytes_per_label_set;
-pub use metrics::{max_exposition_bytes, ConsumerMetrics};
-pub use pipeline::{
-    consumer_config, consumer_properties, dlq_producer_properties, Consumer, ConsumerError,
+pub use dead_letter::{
+    check_dlq_topic, dlq_producer_properties, DeadLetterError, DeadLetters, DlqTopic,
 };
+pub use histograms::worst_case_bytes_per_label_set;
+pub use lag::GroupLag;
+pub use metrics::{max_exposition_bytes, ConsumerMetrics};
+pub use pipeline::{consumer_config, consumer_properties, Consumer, ConsumerError};
 pub use retention::run_retention;
 use rum_clickhouse::ClickHouseConfig;
 use rum_schemas::kafka::KafkaConfig;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use rum_clickhouse::{VITALS_1M, VITALS_RAW};
@@ -13,7 +13,8 @@ use crate::histograms::{worst_case_bytes_per_label_set, VitalsHistograms};
 /// The most bytes of `/metrics` besides the vitals' label sets and the lag gauges: every family's
 /// `# HELP` and `# TYPE` lines and the consumer's own counters and histogram (reasons are bounded).
 pub const FIXED_EXPOSITION_BYTES: usize = 8 * 1024;
-/// The most bytes the lag gauge adds for one Kafka partition the consumer owns.
+/// The most bytes the lag gauge adds for one Kafka partition of the topic (every member exports
+/// every partition's lag).
 pub const BYTES_PER_PARTITION: usize = 72;
 
 /// The most bytes `/metrics` of a consumer can hold: its label-set budget at the worst case each,
@@ -45,8 +46,16 @@ pub struct ConsumerMetrics {
     pub messages_skipped: IntCounterVec,
     /// Metrics dropped because their id was stored before (client re-sends).
     pub metrics_deduplicated: IntCounter,
-    /// Messages behind the end of each owned partition.
+    /// Messages behind the end of each partition of the topic, owned or not (see `lag`).
     pub lag: IntGaugeVec,
+    /// Partitions of the topic this member owns (set by the consume loop).
+    pub partitions_owned: IntGauge,
+    /// Partitions the topic has (from Kafka's metadata, see `lag`).
+    pub topic_partitions: IntGauge,
+    /// Refreshes of the lag gauges that failed in part or whole (their gauges keep the last value).
+    pub lag_refresh_errors: IntCounter,
+    /// Dead-letter sends that failed, by reason (see `dead_letter`); the batch is retried.
+    pub dead_letter_errors: IntCounterVec,
     /// Retention steps that failed (a partition not dropped, a table not read), by table.
     pub retention_failures: IntCounterVec,
     /// The vitals themselves, per site, route and device.
@@ -104,10 +113,33 @@ impl ConsumerMetrics {
         let lag = IntGaugeVec::new(
             Opts::new(
                 "rum_consumer_lag_messages",
-                "Messages behind the end of each owned partition.",
+                "Messages behind the end of each partition of the topic, owned by this member or not: the high watermark minus the group's committed offset (the low watermark where the group committed none).",
             ),
             &["partition"],
         )?;
+        let partitions_owned = IntGauge::new(
+            "rum_consumer_partitions_owned",
+            "Partitions of the topic this member owns; summed over the members it is the topic's partitions when none is unowned.",
+        )?;
+        let topic_partitions = IntGauge::new(
+            "rum_consumer_topic_partitions",
+            "Partitions the topic has, from Kafka's metadata (0 until first read).",
+        )?;
+        let lag_refresh_errors = IntCounter::new(
+            "rum_consumer_lag_refresh_errors_total",
+            "Refreshes of the lag gauges that failed in part or whole (Kafka did not answer in time); the gauges not refreshed keep their last value.",
+        )?;
+        let dead_letter_errors = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_dead_letter_errors_total",
+                "Dead-letter sends that failed, by reason (topic_missing, timeout, broker, producer); the batch holding the message is retried.",
+            ),
+            &["reason"],
+        )?;
+        // Every reason exists from the start, so that increase() sees the first failure.
+        for reason in crate::dead_letter::DeadLetterError::REASONS {
+            dead_letter_errors.with_label_values(&[reason]);
+        }
         let retention_failures = IntCounterVec::new(
             Opts::new(
                 "rum_consumer_retention_failures_total",
@@ -127,6 +159,10 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_skipped.clone()))?;
         registry.register(Box::new(metrics_deduplicated.clone()))?;
         registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(partitions_owned.clone()))?;
+        registry.register(Box::new(topic_partitions.clone()))?;
+        registry.register(Box::new(lag_refresh_errors.clone()))?;
+        registry.register(Box::new(dead_letter_errors.clone()))?;
         let vitals = VitalsHistograms::register(&registry, max_series, series_idle)?;
         registry.register(Box::new(rows_inserted.clone()))?;
         registry.register(Box::new(dead_lettered.clone()))?;
@@ -145,6 +181,10 @@ impl ConsumerMetrics {
             messages_skipped,
             metrics_deduplicated,
             lag,
+            partitions_owned,
+            topic_partitions,
+            lag_refresh_errors,
+            dead_letter_errors,
             retention_failures,
             vitals,
         })
@@ -175,7 +215,7 @@ mod tests {
         .unwrap();
         m.vitals.observe_all([&msg]);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 18);
+        assert_eq!(families.len(), 22);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 
