@@ -34,8 +34,10 @@ pub struct AlertsConfig {
     /// Failed evaluations in a row (ClickHouse unreadable) after which `RumAlertsStoreUnavailable`
     /// fires; firing alerts are re-sent meanwhile, never resolved.
     pub store_unavailable_after: u32,
-    /// Seconds one evaluation's ClickHouse reads may take; longer counts as a failed evaluation
-    /// (a server that accepts connections and never answers).
+    /// Seconds one evaluation's ClickHouse reads (two to four requests) may take together; longer
+    /// counts as a failed evaluation (a server that accepts connections and never answers). Each
+    /// request is bounded by `clickhouse.request_timeout_ms` too, whichever comes first; this one
+    /// also sets how long firing alerts live in Alertmanager ([`crate::firing_lifetime_secs`]).
     pub query_timeout_secs: u64,
 }
 

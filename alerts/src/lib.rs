@@ -35,7 +35,7 @@ pub use notify::{Notifier, NotifyError};
 pub use outage::StoreOutage;
 pub use rules::Rules;
 use rum_clickhouse::ClickHouseConfig;
-pub use store::{StoreError, StoredData};
+pub use store::{StoreError, StoredData, QUERY_TIMEOUT_KEY, REQUEST_TIMEOUT_KEY};
 
 /// p75 LCP above its threshold for the window.
 pub const LCP_P75_POOR: &str = "WebVitalsLCPP75Poor";
@@ -113,11 +113,13 @@ pub struct Evaluator {
     interval_secs: u32,
     max_alerts: usize,
     query_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl Evaluator {
     /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`, with the
-    /// defaults of `alerts.max_alerts` (500) and `alerts.query_timeout_secs` (30).
+    /// defaults of `alerts.max_alerts` (500) and `alerts.query_timeout_secs` (30); each ClickHouse
+    /// request is bounded by `clickhouse.request_timeout_ms` ([`ClickHouseConfig::request_timeout`]).
     pub fn new(clickhouse: &ClickHouseConfig, rules: Rules, interval_secs: u32) -> Self {
         let defaults = AlertsConfig::default();
         Self {
@@ -126,12 +128,19 @@ impl Evaluator {
             interval_secs,
             max_alerts: defaults.max_alerts,
             query_timeout: Duration::from_secs(defaults.query_timeout_secs),
+            request_timeout: clickhouse.request_timeout(),
         }
     }
 
-    /// Gives up one evaluation's reads after `timeout`.
+    /// Gives up one evaluation's reads, all together, after `timeout` (`alerts.query_timeout_secs`).
     pub fn with_query_timeout(mut self, timeout: Duration) -> Self {
         self.query_timeout = timeout;
+        self
+    }
+
+    /// Gives up each ClickHouse request after `timeout` (`clickhouse.request_timeout_ms`).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -142,13 +151,24 @@ impl Evaluator {
     }
 
     /// What the evaluation at `now` reads: the rows of at most `max_alerts + 1` candidates of each
-    /// kind (one more than the cap tells a full cap from an overflow), within the query timeout.
+    /// kind (one more than the cap tells a full cap from an overflow), each request within the
+    /// request timeout and all of them within the query timeout.
     pub async fn fetch_at(&self, now: u32) -> Result<StoredData, StoreError> {
         let limit = u32::try_from(self.max_alerts + 1).unwrap_or(u32::MAX);
-        let read = store::fetch(&self.client, &self.rules, now, self.interval_secs, limit);
+        let read = store::fetch(
+            &self.client,
+            &self.rules,
+            now,
+            self.interval_secs,
+            limit,
+            self.request_timeout,
+        );
         match tokio::time::timeout(self.query_timeout, read).await {
-            Ok(data) => Ok(data?),
-            Err(_) => Err(StoreError::Timeout(self.query_timeout)),
+            Ok(data) => data,
+            Err(_) => Err(StoreError::Timeout {
+                after: self.query_timeout,
+                key: QUERY_TIMEOUT_KEY,
+            }),
         }
     }
 
@@ -231,6 +251,9 @@ pub async fn run(
             Ok(alerts) => outage.succeeded(alerts, now),
             Err(e) => {
                 metrics.evaluation_errors.inc();
+                if matches!(e, StoreError::Timeout { .. }) {
+                    metrics.clickhouse_timeouts.inc();
+                }
                 let failures = outage.failures() + 1;
                 tracing::warn!(error = %rum_telemetry::error_chain(&e), failures, "evaluation failed; the last firing alerts are re-sent");
                 if outage.remembers_nothing() {
@@ -302,8 +325,32 @@ mod tests {
             .with_query_timeout(Duration::from_millis(300));
         let err = evaluator.evaluate_at(1_800_000_000).await.unwrap_err();
         assert!(
-            matches!(err, StoreError::Timeout(t) if t == Duration::from_millis(300)),
+            matches!(err, StoreError::Timeout { after, key: QUERY_TIMEOUT_KEY } if after == Duration::from_millis(300)),
             "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "ClickHouse did not answer within 300ms (alerts.query_timeout_secs)"
+        );
+        // One request's bound, shorter than the evaluation's, from clickhouse.request_timeout_ms.
+        let short_requests = ClickHouseConfig {
+            request_timeout_ms: 200,
+            ..clickhouse.clone()
+        };
+        let started = std::time::Instant::now();
+        let err = Evaluator::new(&short_requests, Rules::default(), 60)
+            .with_query_timeout(Duration::from_secs(5))
+            .evaluate_at(1_800_000_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Timeout { after, key: REQUEST_TIMEOUT_KEY } if after == Duration::from_millis(200)),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
         );
         drop(listener);
         // Refused: a query error, with its cause in the chain.

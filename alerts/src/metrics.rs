@@ -12,6 +12,10 @@ pub struct AlertsMetrics {
     pub evaluations: IntCounter,
     /// Evaluations that could not read ClickHouse.
     pub evaluation_errors: IntCounter,
+    /// Evaluations failed because ClickHouse did not answer in time (`clickhouse.request_timeout_ms`
+    /// for one request, `alerts.query_timeout_secs` for an evaluation's reads); counted in
+    /// `evaluation_errors` too.
+    pub clickhouse_timeouts: IntCounter,
     /// Alerts firing after the last evaluation, by alert name.
     pub firing: IntGaugeVec,
     /// Alerts delivered to Alertmanager (firing and resolved).
@@ -38,6 +42,10 @@ impl AlertsMetrics {
         let evaluation_errors = IntCounter::new(
             "rum_alerts_evaluation_errors_total",
             "Evaluations that could not read ClickHouse.",
+        )?;
+        let clickhouse_timeouts = IntCounter::new(
+            "rum_alerts_clickhouse_timeouts_total",
+            "Evaluations failed because ClickHouse did not answer in time (clickhouse.request_timeout_ms for a request, alerts.query_timeout_secs for an evaluation's reads); also counted in rum_alerts_evaluation_errors_total.",
         )?;
         let firing = IntGaugeVec::new(
             Opts::new(
@@ -80,6 +88,7 @@ impl AlertsMetrics {
         registry.register(Box::new(recall_errors.clone()))?;
         registry.register(Box::new(evaluations.clone()))?;
         registry.register(Box::new(evaluation_errors.clone()))?;
+        registry.register(Box::new(clickhouse_timeouts.clone()))?;
         registry.register(Box::new(firing.clone()))?;
         registry.register(Box::new(notifications_sent.clone()))?;
         registry.register(Box::new(notification_errors.clone()))?;
@@ -94,6 +103,7 @@ impl AlertsMetrics {
             registry,
             evaluations,
             evaluation_errors,
+            clickhouse_timeouts,
             firing,
             notifications_sent,
             notification_errors,
@@ -151,6 +161,7 @@ mod tests {
             "rum_alerts_store_consecutive_failures 0",
             "rum_alerts_omitted 0",
             "rum_alerts_recall_errors_total 0",
+            "rum_alerts_clickhouse_timeouts_total 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

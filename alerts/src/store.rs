@@ -19,6 +19,8 @@
 //! ClickHouse 18.16: no window functions or CTEs, so the candidates are nested subqueries.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
 
 use clickhouse::Row;
 use rum_clickhouse::{GAMMA_LITERAL, ZERO_BUCKET};
@@ -76,9 +78,36 @@ pub enum StoreError {
     /// A query failed (refused, an error answer, a broken connection); the cause is its source.
     #[error("cannot read ClickHouse")]
     Query(#[from] clickhouse::error::Error),
-    /// The reads took longer than the query timeout (a server that accepts and never answers).
-    #[error("ClickHouse did not answer within {0:?}")]
-    Timeout(std::time::Duration),
+    /// ClickHouse did not answer in time (a server that accepts and never answers, or is too slow):
+    /// one request within [`REQUEST_TIMEOUT_KEY`], or the evaluation's reads together within
+    /// [`QUERY_TIMEOUT_KEY`]. Counted in `rum_alerts_clickhouse_timeouts_total`.
+    #[error("ClickHouse did not answer within {after:?} ({key})")]
+    Timeout {
+        /// The bound that was reached.
+        after: Duration,
+        /// The setting of that bound.
+        key: &'static str,
+    },
+}
+
+/// The bound of every ClickHouse request.
+pub const REQUEST_TIMEOUT_KEY: &str = "clickhouse.request_timeout_ms";
+/// The bound of one evaluation's reads together.
+pub const QUERY_TIMEOUT_KEY: &str = "alerts.query_timeout_secs";
+
+/// One request, failed with [`StoreError::Timeout`] after `timeout` ([`REQUEST_TIMEOUT_KEY`]);
+/// dropping it closes its connection.
+async fn request<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, clickhouse::error::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(StoreError::Timeout {
+            after: timeout,
+            key: REQUEST_TIMEOUT_KEY,
+        }),
+    }
 }
 
 /// One day, the offset of the beacons-stopped comparison.
@@ -334,7 +363,8 @@ impl P75Query<'_> {
         &self,
         client: &clickhouse::Client,
         limit: u32,
-    ) -> Result<(Vec<StepStat>, u64), clickhouse::error::Error> {
+        timeout: Duration,
+    ) -> Result<(Vec<StepStat>, u64), StoreError> {
         if self.rules.metric_rules().is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -351,7 +381,7 @@ impl P75Query<'_> {
         );
         let mut binds = self.step_binds(self.spans.start, self.spans.end);
         binds.extend(self.binds());
-        let steps = bound(&sql, &binds, client).fetch_all::<StepStat>().await?;
+        let steps = request(timeout, bound(&sql, &binds, client).fetch_all::<StepStat>()).await?;
         let fetched = steps
             .iter()
             .map(|s| (&s.site, &s.route, &s.device, &s.metric))
@@ -363,9 +393,11 @@ impl P75Query<'_> {
                 "SELECT count() FROM ({})",
                 p75_candidates_sql(self.rules, &scope)
             );
-            let total = bound(&count, &self.binds(), client)
-                .fetch_one::<u64>()
-                .await?;
+            let total = request(
+                timeout,
+                bound(&count, &self.binds(), client).fetch_one::<u64>(),
+            )
+            .await?;
             not_fetched = total.saturating_sub(fetched);
         }
         Ok((steps, not_fetched))
@@ -416,7 +448,8 @@ impl SitesQuery<'_> {
         &self,
         client: &clickhouse::Client,
         limit: u32,
-    ) -> Result<(Vec<SiteMinute>, u64), clickhouse::error::Error> {
+        timeout: Duration,
+    ) -> Result<(Vec<SiteMinute>, u64), StoreError> {
         if !self.rules.beacons_stopped.enabled {
             return Ok((Vec::new(), 0));
         }
@@ -453,9 +486,11 @@ impl SitesQuery<'_> {
             ]
             .map(Bind::U32),
         );
-        let minutes = bound(&sql, &binds, client)
-            .fetch_all::<SiteMinute>()
-            .await?;
+        let minutes = request(
+            timeout,
+            bound(&sql, &binds, client).fetch_all::<SiteMinute>(),
+        )
+        .await?;
         let fetched = minutes
             .iter()
             .map(|m| &m.site)
@@ -467,9 +502,11 @@ impl SitesQuery<'_> {
                 "SELECT count() FROM ({})",
                 stopped_candidates_sql(self.rules)
             );
-            let total = bound(&count, &self.binds(), client)
-                .fetch_one::<u64>()
-                .await?;
+            let total = request(
+                timeout,
+                bound(&count, &self.binds(), client).fetch_one::<u64>(),
+            )
+            .await?;
             not_fetched = total.saturating_sub(fetched);
         }
         Ok((minutes, not_fetched))
@@ -478,17 +515,22 @@ impl SitesQuery<'_> {
 
 /// Reads what the evaluation at `now` needs: the rows of at most `limit` candidate series and
 /// `limit` candidate sites (pass the alert cap + 1, so that a full cap is told from an overflow).
+/// Each request (two to four) gets at most `request_timeout` (`clickhouse.request_timeout_ms`).
 pub async fn fetch(
     client: &clickhouse::Client,
     rules: &Rules,
     now: u32,
     interval_secs: u32,
     limit: u32,
-) -> Result<StoredData, clickhouse::error::Error> {
+    request_timeout: Duration,
+) -> Result<StoredData, StoreError> {
     let spans = spans(rules, now, interval_secs);
-    let (steps, p75_not_fetched) = P75Query { rules, spans }.fetch(client, limit).await?;
-    let (site_minutes, sites_not_fetched) =
-        SitesQuery { rules, spans }.fetch(client, limit).await?;
+    let (steps, p75_not_fetched) = P75Query { rules, spans }
+        .fetch(client, limit, request_timeout)
+        .await?;
+    let (site_minutes, sites_not_fetched) = SitesQuery { rules, spans }
+        .fetch(client, limit, request_timeout)
+        .await?;
     Ok(StoredData {
         steps,
         site_minutes,
