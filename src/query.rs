@@ -97,13 +97,17 @@ async fn run_to(
             let since = unix_u32(now.saturating_sub(args.since));
             let until = unix_u32(now.saturating_sub(args.until));
             let route = args.route.as_deref().map(normalize_route);
-            let rows = rum_clickhouse::p75_by_route_device(
-                &config.client(),
-                &args.site,
-                route.as_deref(),
-                args.device.map(Device::as_str),
-                since,
-                until,
+            let rows = rum_clickhouse::bounded(
+                "querying p75",
+                config.request_timeout(),
+                rum_clickhouse::p75_by_route_device(
+                    &config.client(),
+                    &args.site,
+                    route.as_deref(),
+                    args.device.map(Device::as_str),
+                    since,
+                    until,
+                ),
             )
             .await
             .with_context(|| format!("querying p75 from ClickHouse at {}", config.url))?;

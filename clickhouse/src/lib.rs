@@ -8,6 +8,7 @@
 
 mod bounded;
 mod config;
+pub mod ledger;
 mod migrate;
 mod offsets;
 mod queries;
@@ -31,8 +32,7 @@ pub use retention::{
     MAX_PARTITION_SIZE_TO_DROP, VITALS_1M,
 };
 pub use rows::{
-    insert_raw_messages, insert_raw_rows, raw_row_refs, RawMessage, VitalsRawRow, VitalsRawRowRef,
-    VITALS_RAW,
+    insert_raw_rows, raw_row_refs, VitalsRawRow, VitalsRawRowRef, VITALS_RAW,
 };
 pub use sketch::{
     bucket_of, exact_quantile, quantile, sketch_of, value_of_bucket, GAMMA, GAMMA_LITERAL,

@@ -21,6 +21,7 @@ mod pipeline;
 mod retention;
 mod series_budget;
 mod side_client;
+pub mod write;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,7 +77,10 @@ pub async fn run(
         retention_metrics,
         stop_rx.clone(),
     ));
+    // Its own task: a member stuck in its write path still reports the group's lag.
+    let lag = tokio::spawn(consumer.lag().clone().run(stop_rx.clone()));
     let result = consumer.run(stop_rx).await;
+    let _ = lag.await;
     let _ = http.await;
     retention.abort();
     result

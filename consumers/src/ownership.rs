@@ -137,7 +137,7 @@ impl Ownership {
         self.owned.get(&partition)?.floor.as_ref()
     }
 
-    /// Forgets every floor (after a failed step: rule 1) and the proof.
+    /// Forgets every floor (after a failed step: rule 1).
     pub fn forget_floors(&mut self) {
         for o in self.owned.values_mut() {
             o.floor = None;
@@ -307,13 +307,19 @@ mod tests {
         let mut o = Ownership::default();
         let t0 = Instant::now();
         o.assign([0, 1].into_iter(), t0);
-        assert!(!o.should_write(0, 5), "floor unknown: nothing may be written");
+        assert!(
+            !o.should_write(0, 5),
+            "floor unknown: nothing may be written"
+        );
         o.set_floor(0, floor(10));
         assert!(!o.should_write(0, 9), "stored before");
         assert!(o.should_write(0, 10));
         o.advance(0, 13);
         assert!(!o.should_write(0, 12) && o.should_write(0, 13));
-        assert!(o.floor(0).unwrap().raw_checked, "after a write vitals_raw holds nothing above");
+        assert!(
+            o.floor(0).unwrap().raw_checked,
+            "after a write vitals_raw holds nothing above"
+        );
         assert!(!o.should_write(2, 100), "not owned");
     }
 
@@ -324,10 +330,7 @@ mod tests {
         o.assign([4, 2].into_iter(), t0);
         let lease = Duration::from_secs(5);
         assert_eq!(o.floors_missing(lease, t0), (vec![], vec![2, 4]));
-        assert_eq!(
-            o.floors_missing(lease, t0 + lease),
-            (vec![2, 4], vec![])
-        );
+        assert_eq!(o.floors_missing(lease, t0 + lease), (vec![2, 4], vec![]));
     }
 
     #[test]
@@ -362,7 +365,16 @@ mod tests {
         o.assign([0, 1].into_iter(), Instant::now());
         o.set_floor(0, floor(5));
         o.set_floor(1, floor(0));
-        let batch = vec![(0, 4), (0, 5), (0, 6), (1, 0), (0, 5), (0, 6), (0, 7), (2, 1)];
+        let batch = vec![
+            (0, 4),
+            (0, 5),
+            (0, 6),
+            (1, 0),
+            (0, 5),
+            (0, 6),
+            (0, 7),
+            (2, 1),
+        ];
         let (keep, skip) = o.select(batch, |m| *m);
         assert_eq!(keep, vec![(0, 5), (0, 6), (1, 0), (0, 7)]);
         assert_eq!(skip, vec![(0, 4), (0, 5), (0, 6), (2, 1)]);
@@ -377,7 +389,10 @@ mod tests {
         o.revoke([3].into_iter());
         assert!(!o.owns(3) && !o.should_write(3, 100));
         o.assign([3].into_iter(), t0);
-        assert!(!o.should_write(3, 100), "another member may have written it meanwhile");
+        assert!(
+            !o.should_write(3, 100),
+            "another member may have written it meanwhile"
+        );
         assert_eq!(o.floors_missing(Duration::ZERO, t0).0, vec![3]);
     }
 }

@@ -1,29 +1,30 @@
 //! The consume loop: batch, decode, dead-letter, insert exactly once, commit.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rum_clickhouse::ledger::{Tables, MAX_ROWS_PER_INSERT};
 use rum_clickhouse::{ClickHouseConfig, VITALS_1M, VITALS_RAW};
-use rum_kafka::{ClientKind, ClientProperties, LoggingContext};
+use rum_kafka::{ClientKind, ClientProperties};
 use rum_schemas::config::ConfigError;
-use rum_schemas::kafka::{KafkaConfig, DLQ_REASON_HEADER};
+use rum_schemas::kafka::KafkaConfig;
 use rum_schemas::BeaconMessage;
 use tokio::sync::watch;
 
+use crate::dead_letter::DeadLetters;
 use crate::dedup::SeenMetricIds;
+use crate::lag::GroupLag;
 use crate::ownership::{Ownership, OwnershipContext};
-use crate::write::{blocking, plan_inserts, Consumed, Group, Poison, WriteError, WriteMetrics, Writer};
+use crate::write::{
+    blocking, plan_inserts, Consumed, Group, Poison, WriteError, WriteMetrics, Writer,
+};
 use crate::{ConsumerConfig, ConsumerMetrics};
 
-/// How often the lag gauges are refreshed.
-const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the consumer could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -68,22 +69,19 @@ impl From<WriteError> for Attempt {
 pub struct Consumer {
     consumer: StreamConsumer<OwnershipContext>,
     ownership: Arc<Mutex<Ownership>>,
-    /// The dead-letter producer's settings, checked at start.
-    dlq_config: ClientConfig,
-    /// The dead-letter producer, created on the first dead letter: an idle producer's poll thread
-    /// still costs CPU, and most runs never see poison.
-    dlq: OnceLock<FutureProducer<LoggingContext>>,
+    /// The dead-letter topic's producer (see [`crate::dead_letter`]).
+    dead_letters: DeadLetters,
+    /// The whole group's lag, refreshed by its own task (see [`crate::lag`]).
+    lag: GroupLag,
     topic: String,
-    dlq_topic: String,
     writer: Writer,
-    /// Bounds each Kafka request of the write path (topic id, watermarks, dead letters): the
-    /// session timeout, past which the member is out of the group anyway.
+    /// Bounds each Kafka request of the write path (topic id, watermarks): the session timeout,
+    /// past which the member is out of the group anyway.
     kafka_timeout: Duration,
     metrics: Arc<ConsumerMetrics>,
     batch_max_messages: usize,
     batch_max_wait: Duration,
     retry_max_backoff: Duration,
-    lag_updated: Mutex<Option<Instant>>,
     seen: Mutex<SeenMetricIds>,
 }
 
@@ -99,16 +97,15 @@ impl Consumer {
         let ownership = context.ownership.clone();
         let consumer: StreamConsumer<OwnershipContext> =
             consumer_config(kafka, config)?.create_with_context(context)?;
-        let dlq_config = rum_kafka::client_config(kafka, &dlq_producer_properties())?;
-        // A bad setting stops the start, as when the producer was created here.
-        dlq_config.create_native_config()?;
+        let dead_letters = DeadLetters::new(kafka, config, metrics.clone())?;
+        let lag = GroupLag::new(kafka, config, metrics.clone())?;
         let stored_topic = match &config.topic_incarnation {
             Some(incarnation) => format!("{}@{incarnation}", kafka.topic),
             None => kafka.topic.clone(),
         };
         let writer = Writer::new(
             clickhouse.client(),
-            Tables::single(),
+            Tables::of(clickhouse),
             &stored_topic,
             &config.group_id,
             clickhouse.request_timeout(),
@@ -118,19 +115,22 @@ impl Consumer {
         Ok(Self {
             consumer,
             ownership,
-            dlq_config,
-            dlq: OnceLock::new(),
+            dead_letters,
+            lag,
             topic: kafka.topic.clone(),
-            dlq_topic: kafka.dlq_topic.clone(),
             writer,
             kafka_timeout: Duration::from_millis(config.session_timeout_ms),
             metrics,
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
             retry_max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
-            lag_updated: Mutex::new(None),
             seen: Mutex::new(SeenMetricIds::new(config.dedup_capacity)),
         })
+    }
+
+    /// The whole group's lag reader, to run as its own task.
+    pub fn lag(&self) -> &GroupLag {
+        &self.lag
     }
 
     fn ownership(&self) -> MutexGuard<'_, Ownership> {
@@ -143,7 +143,7 @@ impl Consumer {
         tracing::info!(topic = %self.topic, "consumer subscribed");
         while !*stop.borrow() {
             let (mut batch, started) = self.next_batch(&mut stop).await;
-            self.update_lag();
+            self.lag.set_owned(self.ownership().partitions().len());
             if batch.is_empty() {
                 continue;
             }
@@ -273,7 +273,7 @@ impl Consumer {
                     // Messages fetched before the pause took effect join this batch.
                     received = self.receive(wait) => batch.extend(received),
                 }
-                self.update_lag();
+                self.lag.set_owned(self.ownership().partitions().len());
                 // A rebalance resets pausing: pause what is owned now.
                 self.set_paused(true);
             }
@@ -313,18 +313,17 @@ impl Consumer {
                 .inc();
         }
         *batch = keep;
-        // 3. Dead-letter poison, once.
+        // 3. Dead-letter poison, once (counted by DeadLetters).
         for poison in batch
             .iter_mut()
             .filter_map(|c| c.decoded.as_mut().err())
             .filter(|p| !p.sent)
         {
-            self.dead_letter(poison).await.map_err(WriteError::DeadLetter)?;
+            self.dead_letters
+                .send(poison.key.as_deref(), &poison.payload, &poison.error)
+                .await
+                .map_err(|e| WriteError::DeadLetter(e.to_string()))?;
             poison.sent = true;
-            self.metrics
-                .dead_lettered
-                .with_label_values(&[poison.error.reason()])
-                .inc();
         }
         // 4. Drop client re-sends of a metric id: the first stored value wins (see crate::dedup).
         let metrics: usize = batch
@@ -348,7 +347,10 @@ impl Consumer {
             now - now % 86_400
         };
         for plan in plan_inserts(batch, MAX_ROWS_PER_INSERT, today) {
-            let written = self.writer.write_group(batch, &plan, &self.ownership, self).await?;
+            let written = self
+                .writer
+                .write_group(batch, &plan, &self.ownership, self)
+                .await?;
             self.metrics
                 .rows_inserted
                 .with_label_values(&[VITALS_RAW])
@@ -372,39 +374,6 @@ impl Consumer {
             return Err(Attempt::Wait);
         }
         Ok(())
-    }
-
-    async fn dead_letter(&self, poison: &Poison) -> Result<(), String> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: DLQ_REASON_HEADER,
-            value: Some(poison.error.to_string().as_bytes()),
-        });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dlq_topic)
-            .payload(&poison.payload)
-            .headers(headers);
-        if let Some(key) = &poison.key {
-            record = record.key(key);
-        }
-        let send = self.dlq_producer()?.send(record, self.kafka_timeout);
-        match tokio::time::timeout(self.kafka_timeout + Duration::from_secs(1), send).await {
-            Ok(result) => result
-                .map(|_| ())
-                .map_err(|(e, _)| format!("to {}: {e}", self.dlq_topic)),
-            Err(_) => Err(format!("to {}: no answer within {:?}", self.dlq_topic, self.kafka_timeout)),
-        }
-    }
-
-    /// The dead-letter producer, created on first use. Failing to create it fails this attempt,
-    /// which is retried like any other.
-    fn dlq_producer(&self) -> Result<&FutureProducer<LoggingContext>, String> {
-        if let Some(producer) = self.dlq.get() {
-            return Ok(producer);
-        }
-        let producer: FutureProducer<LoggingContext> = self
-            .dlq_config
-            .create_with_context(LoggingContext::new("dead-letter producer"))
-            .map_err(|e| format!("dead-letter producer: {e}"))?;
-        Ok(self.dlq.get_or_init(|| producer))
     }
 
     fn owned_list(&self) -> TopicPartitionList {
@@ -449,45 +418,6 @@ impl Consumer {
         }
     }
 
-    /// Refreshes the lag gauges, at most every [`LAG_EVERY`].
-    fn update_lag(&self) {
-        {
-            let mut last = self.lag_updated.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < LAG_EVERY) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let positions = match self.consumer.position() {
-            Ok(positions) => positions,
-            Err(e) => {
-                tracing::debug!(error = %e, "no positions for the lag");
-                return;
-            }
-        };
-        self.metrics.lag.reset();
-        for element in positions.elements_for_topic(&self.topic) {
-            let partition = element.partition();
-            let Offset::Offset(position) = element.offset() else {
-                continue;
-            };
-            let fetch = || {
-                self.consumer
-                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
-            };
-            // A blocking network call: tell a multi-threaded runtime, which moves other tasks away.
-            let watermarks = match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(fetch),
-                _ => fetch(),
-            };
-            if let Ok((_, high)) = watermarks {
-                self.metrics
-                    .lag
-                    .with_label_values(&[&partition.to_string()])
-                    .set((high - position).max(0));
-            }
-        }
-    }
 }
 
 impl Group for Consumer {
@@ -544,16 +474,6 @@ pub fn consumer_properties(config: &ConsumerConfig) -> ClientProperties {
             ("queued.max.messages.kbytes", "16384".into()),
             ("queued.min.messages", "20000".into()),
         ],
-    }
-}
-
-/// The dead-letter producer's own librdkafka properties. Not idempotent: a fenced idempotent
-/// producer is dead for good, and a dead letter written twice harms nobody.
-pub fn dlq_producer_properties() -> ClientProperties {
-    ClientProperties {
-        client: "dead-letter producer",
-        kind: ClientKind::Producer,
-        properties: vec![("acks", "all".into())],
     }
 }
 

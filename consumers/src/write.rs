@@ -228,7 +228,10 @@ pub fn decide_floor(
     topic_id: &str,
     high_watermark: i64,
 ) -> Decided {
-    let mine: Vec<&LedgerEntry> = ledgers.iter().filter(|l| l.partition == partition).collect();
+    let mine: Vec<&LedgerEntry> = ledgers
+        .iter()
+        .filter(|l| l.partition == partition)
+        .collect();
     let chained = |id: &str| id == topic_id || id.starts_with(&format!("{topic_id}@"));
     // The current incarnation: the longest chain of this id.
     let current = mine
@@ -238,7 +241,9 @@ pub fn decide_floor(
     let is_legacy = |id: &str| id.is_empty() || id.starts_with('@');
     // Taken over only when no other topic id wrote the partition since (that would be a topic
     // created again after the upgrade).
-    let others = mine.iter().any(|l| !is_legacy(&l.topic_id) && !chained(&l.topic_id));
+    let others = mine
+        .iter()
+        .any(|l| !is_legacy(&l.topic_id) && !chained(&l.topic_id));
     let legacy = (!topic_id.is_empty() && !others)
         .then(|| {
             mine.iter()
@@ -265,7 +270,11 @@ pub fn decide_floor(
     };
     let next = i64::try_from(next).unwrap_or(i64::MAX);
     if next > high_watermark.max(0) {
-        let base = if adopted { topic_id.to_string() } else { incarnation };
+        let base = if adopted {
+            topic_id.to_string()
+        } else {
+            incarnation
+        };
         let derived = format!("{base}@{next}");
         return Decided {
             floor: Floor::new(derived.clone(), 0, vec![derived]),
@@ -431,7 +440,11 @@ impl Writer {
             .await
             .map_err(|e| WriteError::LearnFloors(rum_telemetry::error_chain(&e)))?;
             if killed > 0 {
-                tracing::warn!(partition = p, killed, "killed unfinished inserts of a partition taken over");
+                tracing::warn!(
+                    partition = p,
+                    killed,
+                    "killed unfinished inserts of a partition taken over"
+                );
                 self.metrics.killed_inserts.inc_by(killed as u64);
             }
         }
@@ -491,7 +504,9 @@ impl Writer {
                 .collect()
         };
         if floors.len() != ranges.len() {
-            return Err(WriteError::Fenced("a partition of the batch is no longer owned".into()));
+            return Err(WriteError::Fenced(
+                "a partition of the batch is no longer owned".into(),
+            ));
         }
         // What vitals_raw holds of this INSERT: a prefix of each unchecked partition's messages.
         let unchecked: Vec<OffsetRange> = ranges
@@ -590,6 +605,7 @@ impl Writer {
             self.fence(ownership, group)?;
             written.raw_rows = insert_rows::<VitalsRawRowRef<'_>, _>(
                 &self.client,
+                &self.tables,
                 &self.tables.raw_write,
                 fresh.clone(),
                 &self.query_id(&partitions),
@@ -621,6 +637,7 @@ impl Writer {
         self.fence(ownership, group)?;
         let sent = insert_rows::<RollupInputRef<'_>, _>(
             &self.client,
+            &self.tables,
             &self.tables.rollup_write,
             rollup,
             &self.query_id(&partitions),
@@ -784,11 +801,20 @@ mod tests {
         ];
         let plans = plan_inserts(&batch, 6, 0);
         let got: Vec<Vec<(i32, i64)>> = plans.iter().map(|p| ids(&batch, p)).collect();
-        assert_eq!(got, vec![vec![(0, 0), (0, 1), (0, 2), (0, 3)], vec![(0, 4)]]);
+        assert_eq!(
+            got,
+            vec![vec![(0, 0), (0, 1), (0, 2), (0, 3)], vec![(0, 4)]]
+        );
         // Only poison: one insert of today, for the ledger.
         let only = vec![poison(2, 9)];
         let plans = plan_inserts(&only, 6, 42 * DAY);
-        assert_eq!(plans, vec![Planned { day: 42 * DAY, messages: vec![0] }]);
+        assert_eq!(
+            plans,
+            vec![Planned {
+                day: 42 * DAY,
+                messages: vec![0]
+            }]
+        );
     }
 
     fn entry(id: &str, partition: u32, next: u64) -> LedgerEntry {
@@ -813,7 +839,10 @@ mod tests {
         let ledgers = [entry("A", 0, 500)];
         let d = decide_floor(&ledgers, 0, "B", 20);
         assert_eq!((d.floor.next, d.floor.incarnation.as_str()), (0, "B"));
-        assert!(d.new_incarnation, "logged and counted, never skipped silently");
+        assert!(
+            d.new_incarnation,
+            "logged and counted, never skipped silently"
+        );
         // A partition never written: from 0, not counted.
         let d = decide_floor(&ledgers, 1, "B", 20);
         assert!(!d.new_incarnation && d.floor.next == 0);

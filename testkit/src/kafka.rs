@@ -333,6 +333,34 @@ impl Kafka {
         self.wait_for_leaders_among(name, partitions as usize, Duration::from_secs(60), &nodes);
     }
 
+    /// Deletes a topic and waits until the brokers no longer list it (a topic created again under the name is a new
+    /// topic, with a new id, its offsets from 0).
+    pub fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config().create().expect("kafka admin client");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = block_on(admin.delete_topics(&[name], &options))
+            .unwrap_or_else(|e| panic!("delete topic {name}: {e}"));
+        for result in results {
+            if let Err((topic, code)) = result {
+                panic!("delete topic {topic}: {code}");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .map(|m| m.topics().iter().any(|t| t.name() == name && t.error().is_none()))
+                .unwrap_or(true);
+            if !listed {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "topic {name} still listed 60 s after its deletion");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Creates the pipeline's topics of `deploy/local/stack.env` (beacons and dead letters).
     pub fn create_pipeline_topics(&self) {
         for (name, partitions) in [stack::beacons_topic(), stack::dlq_topic()] {

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
