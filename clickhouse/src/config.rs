@@ -39,6 +39,11 @@ pub struct ClickHouseConfig {
     /// [`StorageError::Timeout`]: crate::StorageError::Timeout
     /// [`bounded`]: crate::bounded
     pub request_timeout_ms: u64,
+    /// Cluster mode: the name of a cluster of the servers' `<remote_servers>`. `rum migrate` creates
+    /// replicated tables on every node and `Distributed` tables over them (see [`crate::cluster`]);
+    /// the consumer writes each Kafka partition to one shard and reads its floors from every replica.
+    /// Unset: one server.
+    pub cluster: Option<String>,
 }
 
 /// [`ClickHouseConfig::connect_timeout_ms`] by default: 10 s.
@@ -63,6 +68,7 @@ impl Default for ClickHouseConfig {
             rollup_retention_days: crate::retention::DEFAULT_ROLLUP_DAYS,
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT.as_millis() as u64,
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+            cluster: None,
         }
     }
 }
@@ -127,7 +133,28 @@ impl ClickHouseConfig {
                 ));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            let ok = cluster
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                && cluster
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(ConfigError::new(
+                    "clickhouse.cluster",
+                    "must be the name of a cluster of the servers' <remote_servers>, [A-Za-z_][A-Za-z0-9_]* \
+                     (leave it unset for one server)",
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The cluster of cluster mode (`None`: one server).
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
     }
 
     /// How long a TCP connection may take to open (`clickhouse.connect_timeout_ms`).
@@ -198,6 +225,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad_db.validate().unwrap_err().key, "clickhouse.database");
+    }
+
+    #[test]
+    fn a_cluster_is_a_name_or_unset() {
+        assert_eq!(ClickHouseConfig::default().cluster(), None);
+        for good in ["rum", "prod_2", "_c"] {
+            let c = ClickHouseConfig {
+                cluster: Some(good.into()),
+                ..Default::default()
+            };
+            c.validate().unwrap();
+            assert_eq!(c.cluster(), Some(good));
+        }
+        for bad in ["", "2shards", "rum; DROP", "a-b", "a.b"] {
+            let c = ClickHouseConfig {
+                cluster: Some(bad.into()),
+                ..Default::default()
+            };
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.key, "clickhouse.cluster", "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,27 @@
 //!
 //! Every request carries a `query_id` given by the caller, so that a request whose answer was lost can
 //! be found and killed ([`kill_queries`]) before anything is read again.
+//!
+//! ## Cluster mode ([`Tables::cluster`])
+//! - INSERTs go through the `Distributed` tables of `<database>` with `insert_distributed_sync = 1`: the
+//!   INSERT returns when every shard it touched stored its rows, each shard's rows as one block (so one
+//!   part), and both `Distributed` tables are sharded by `kafka_partition`: a partition's rows, rollup and
+//!   ledger rows are on one shard, in one block per INSERT, as on one server.
+//! - Reads (ledgers, what `vitals_raw` holds, rows read back) go to EVERY replica of every shard:
+//!   `remote('r1,r2,...', <database>_local, table)` with each replica as its own shard, addresses from
+//!   `system.clusters`. A replica that took an INSERT is always read, even when the others have not
+//!   fetched its part yet; a replica that does not answer fails the read, so a member that cannot read
+//!   every replica learns no floor and writes nothing. Maxima (ledgers, highest stored offset) are the
+//!   same over copies; rows read back are taken once (`DISTINCT` over the whole row and its metric id).
+//! - Unfinished INSERTs: on ClickHouse 18.16 the shard's part of a `Distributed` INSERT runs under a
+//!   query id of its own and does not carry ours as `initial_query_id` (it is an initial query of
+//!   its node). It does carry our INSERT's settings, so every INSERT sets `format_schema` (a setting
+//!   only schema-based formats read; ours is RowBinary) to its query id: [`kill_queries`] finds our
+//!   INSERTs on every node by `query_id`, `initial_query_id` or that setting. 18.16 cannot kill a
+//!   running INSERT (`Code: 380 ... unkillable stages`), with or without `KILL QUERY ... ON CLUSTER`
+//!   (which exists); so it waits until none is left: two listings in a row that find nothing (a shard's
+//!   part is listed on its node before it can receive rows, so a part that can still commit was
+//!   running when its initiator was last seen, and the second listing sees it or it is done).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,19 +49,25 @@ pub const VITALS_1M_INPUT: &str = "vitals_1m_input";
 /// `max_block_size` (65,536); below both, an INSERT is one block, so one part.
 pub const MAX_ROWS_PER_INSERT: usize = 65_536;
 
+/// The setting that carries an INSERT's query id to the shards of a `Distributed` INSERT (cluster mode;
+/// see the module's documentation).
+pub const INSERT_MARKER_SETTING: &str = "format_schema";
+
 /// Where the consumer reads and writes: one server's tables, or a cluster's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tables {
-    /// Read what `vitals_raw` holds (every replica in cluster mode).
+    /// Read what `vitals_raw` holds (cluster mode: `<database>_local.vitals_raw`, read on every replica).
     pub raw_read: String,
-    /// Read the ledger rows of `vitals_1m` (every replica in cluster mode).
+    /// Read the ledger rows of `vitals_1m` (cluster mode: `<database>_local.vitals_1m`, every replica).
     pub rollup_read: String,
-    /// INSERT target of the raw rows.
+    /// INSERT target of the raw rows (cluster mode: the `Distributed` table).
     pub raw_write: String,
-    /// INSERT target of the rollup input.
+    /// INSERT target of the rollup input (cluster mode: the `Distributed` table).
     pub rollup_write: String,
-    /// Where running queries are listed (`system.processes`, of every node in cluster mode).
+    /// Where running queries are listed (`system.processes`; of every node in cluster mode).
     pub processes: String,
+    /// Cluster mode: the reads above are of every replica of this cluster.
+    pub replicas: Option<crate::cluster::ReplicaReads>,
 }
 
 impl Tables {
@@ -52,6 +79,70 @@ impl Tables {
             raw_write: crate::VITALS_RAW.into(),
             rollup_write: VITALS_1M_INPUT.into(),
             processes: "system.processes".into(),
+            replicas: None,
+        }
+    }
+
+    /// A cluster (see the module's documentation): writes through the `Distributed` tables of
+    /// `database` (the client's database), reads of `<database>_local` on every replica of
+    /// `reads.cluster`.
+    pub fn cluster(database: &str, reads: crate::cluster::ReplicaReads) -> Self {
+        let local = crate::cluster::local_database(database);
+        Self {
+            raw_read: format!("{local}.{}", crate::VITALS_RAW),
+            rollup_read: format!("{local}.{}", crate::VITALS_1M),
+            // The `Distributed` tables of `database`, the client's database (the `clickhouse` crate
+            // quotes an INSERT's table name whole, so it takes no database).
+            raw_write: crate::VITALS_RAW.into(),
+            rollup_write: VITALS_1M_INPUT.into(),
+            processes: "system.processes".into(),
+            replicas: Some(reads),
+        }
+    }
+
+    /// The tables of `config`: [`Tables::cluster`] when `clickhouse.cluster` is set, else
+    /// [`Tables::single`].
+    pub fn of(config: &crate::ClickHouseConfig) -> Self {
+        match config.cluster() {
+            None => Self::single(),
+            Some(cluster) => {
+                let password = config.password().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "clickhouse: no password");
+                    Default::default()
+                });
+                Self::cluster(
+                    &config.database,
+                    crate::cluster::ReplicaReads::new(cluster, &config.user, password),
+                )
+            }
+        }
+    }
+
+    /// What to read `table` (`database.table` in cluster mode) from: the table, or `remote()` over
+    /// every replica of the cluster.
+    async fn source(
+        &self,
+        client: &clickhouse::Client,
+        table: &str,
+        timeout: Duration,
+    ) -> Result<String, StorageError> {
+        match (&self.replicas, table.split_once('.')) {
+            (Some(reads), Some((database, table))) => {
+                reads.source(client, database, table, timeout).await
+            }
+            _ => Ok(table.to_string()),
+        }
+    }
+
+    /// The settings of an INSERT with `query_id`: in cluster mode, synchronous `Distributed` INSERTs
+    /// and the query id in [`INSERT_MARKER_SETTING`].
+    pub fn insert_settings(&self, query_id: &str) -> Vec<(&'static str, String)> {
+        match self.replicas {
+            None => Vec::new(),
+            Some(_) => vec![
+                ("insert_distributed_sync", "1".to_string()),
+                (INSERT_MARKER_SETTING, query_id.to_string()),
+            ],
         }
     }
 }
@@ -78,7 +169,7 @@ pub async fn read_ledgers(
     let sql = format!(
         "SELECT metric AS topic_id, toUInt32(device) AS partition, maxMerge(ledger) AS next \
          FROM {} WHERE site = '' AND route = ? GROUP BY metric, device ORDER BY partition, topic_id",
-        tables.rollup_read
+        tables.source(client, &tables.rollup_read, timeout).await?
     );
     let query = client
         .query(&sql)
@@ -129,10 +220,18 @@ impl RawQuery<'_> {
         format!(
             "kafka_topic = {} AND kafka_topic_id IN ({}) AND received_at >= {} AND received_at < {} AND ({})",
             quote(self.topic),
-            if ids.is_empty() { "''".to_string() } else { ids.join(", ") },
+            if ids.is_empty() {
+                "''".to_string()
+            } else {
+                ids.join(", ")
+            },
             self.from,
             self.to,
-            if ranges.is_empty() { "0".to_string() } else { ranges.join(" OR ") },
+            if ranges.is_empty() {
+                "0".to_string()
+            } else {
+                ranges.join(" OR ")
+            },
         )
     }
 }
@@ -157,7 +256,7 @@ pub async fn raw_stored_max(
     }
     let sql = format!(
         "SELECT kafka_partition, max(kafka_offset) AS max_offset FROM {} WHERE {} GROUP BY kafka_partition",
-        tables.raw_read,
+        tables.source(client, &tables.raw_read, timeout).await?,
         query.filter()
     );
     let q = client.query(&sql).with_setting("query_id", query_id);
@@ -205,12 +304,16 @@ pub async fn raw_rollup_rows(
     if query.ranges.is_empty() {
         return Ok(Vec::new());
     }
-    let sql = format!(
-        "SELECT received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, kafka_offset \
-         FROM {} WHERE {}",
-        tables.raw_read,
-        query.filter()
-    );
+    const COLUMNS: &str = "received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, kafka_offset";
+    let source = tables.source(client, &tables.raw_read, timeout).await?;
+    let sql = match tables.replicas {
+        None => format!("SELECT {COLUMNS} FROM {source} WHERE {}", query.filter()),
+        // Every replica's copy: each row once.
+        Some(_) => format!(
+            "SELECT {COLUMNS} FROM (SELECT DISTINCT {COLUMNS}, metric_id FROM {source} WHERE {})",
+            query.filter()
+        ),
+    };
     let q = client.query(&sql).with_setting("query_id", query_id);
     crate::bounded("reading rows back from vitals_raw", timeout, q.fetch_all()).await
 }
@@ -325,6 +428,7 @@ impl LedgerRow {
 /// answer). Returns the rows sent.
 pub async fn insert_rows<'a, T: clickhouse::RowWrite, I>(
     client: &clickhouse::Client,
+    tables: &Tables,
     table: &str,
     rows: I,
     query_id: &str,
@@ -341,6 +445,9 @@ where
             .with_setting("query_id", query_id)
             // Dedup of identical blocks (replicated tables) is harmless and no part of the argument.
             .with_timeouts(Some(timeout), Some(timeout));
+        for (name, value) in tables.insert_settings(query_id) {
+            insert = insert.with_setting(name, value);
+        }
         let mut n = 0u64;
         for row in rows {
             insert.write(&row).await?;
@@ -361,7 +468,8 @@ struct Running {
 }
 
 /// Kills every running query whose id starts with `prefix` and waits until none runs, or fails
-/// (timeout): after it returns Ok, no INSERT of those ids can still commit.
+/// (timeout): after it returns Ok, no INSERT of those ids can still commit. In cluster mode, on every
+/// node, the shards' parts of our `Distributed` INSERTs included (see the module's documentation).
 pub async fn kill_queries(
     client: &clickhouse::Client,
     tables: &Tables,
@@ -371,34 +479,65 @@ pub async fn kill_queries(
 ) -> Result<usize, StorageError> {
     let work = async {
         let like = format!("{}%", like_escape(prefix));
-        let list = format!(
-            "SELECT query_id FROM {} WHERE query_id LIKE ?",
-            tables.processes
-        );
+        let processes = tables.source(client, &tables.processes, timeout).await?;
+        let list = match tables.replicas {
+            None => format!("SELECT query_id FROM {processes} WHERE query_id LIKE ?"),
+            Some(_) => format!(
+                "SELECT query_id FROM {processes} WHERE query_id LIKE ? OR initial_query_id LIKE ? \
+                 OR Settings.Values[indexOf(Settings.Names, '{INSERT_MARKER_SETTING}')] LIKE ?"
+            ),
+        };
+        // Cluster mode: two empty listings in a row (see the module's documentation).
+        let empty_needed = if tables.replicas.is_some() { 2 } else { 1 };
+        let mut empty = 0;
         let mut killed = 0usize;
+        let mut round = 0usize;
         loop {
-            let running: Vec<Running> = client
-                .query(&list)
-                .bind(&like)
-                .with_setting("query_id", format!("{query_id}-list-{killed}"))
+            let mut query = client.query(&list).bind(&like);
+            if tables.replicas.is_some() {
+                query = query.bind(&like).bind(&like);
+            }
+            let running: Vec<Running> = query
+                .with_setting("query_id", format!("{query_id}-list-{round}"))
                 .fetch_all()
                 .await?;
+            round += 1;
             if running.is_empty() {
-                return Ok::<usize, StorageError>(killed);
+                empty += 1;
+                if empty >= empty_needed {
+                    return Ok::<usize, StorageError>(killed);
+                }
+                continue;
             }
+            empty = 0;
             for r in &running {
                 // ASYNC: the loop above waits for it to be gone (SYNC waits on one node only).
-                client
-                    .query("KILL QUERY WHERE query_id = ? ASYNC")
-                    .bind(r.query_id.as_str())
-                    .execute()
-                    .await?;
+                let kill = match &tables.replicas {
+                    None => client.query("KILL QUERY WHERE query_id = ? ASYNC"),
+                    Some(reads) => client
+                        .query(&format!(
+                            "KILL QUERY ON CLUSTER {} WHERE query_id = ? ASYNC",
+                            reads.cluster
+                        ))
+                        .with_setting("wait_end_of_query", "1"),
+                };
+                match kill.bind(r.query_id.as_str()).execute().await {
+                    Ok(()) => {}
+                    // 18.16 cannot kill a running INSERT: it is waited for.
+                    Err(e) if is_unkillable(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             killed += running.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     crate::bounded("killing unfinished inserts", timeout, work).await
+}
+
+/// `Code: 380 ... Can't kill query ... it consits of unkillable stages` (an INSERT, on 18.16).
+fn is_unkillable(error: &clickhouse::error::Error) -> bool {
+    matches!(error, clickhouse::error::Error::BadResponse(text) if text.trim_start().starts_with("Code: 380"))
 }
 
 fn quote(s: &str) -> String {
@@ -465,7 +604,14 @@ mod tests {
         let l = LedgerRow::new(86_400, "t", "id", 7, 43);
         let r = l.input();
         assert_eq!(
-            (r.site, r.route, r.device, r.metric, r.ledger_next, r.kafka_partition),
+            (
+                r.site,
+                r.route,
+                r.device,
+                r.metric,
+                r.ledger_next,
+                r.kafka_partition
+            ),
             ("", "t", "7", "id", 43, 7)
         );
     }

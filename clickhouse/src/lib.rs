@@ -7,6 +7,7 @@
 //! statement goes in its own request.
 
 mod bounded;
+pub mod cluster;
 mod config;
 pub mod ledger;
 mod migrate;
@@ -65,6 +66,10 @@ pub enum StorageError {
         /// The bound.
         after: std::time::Duration,
     },
+    /// Cluster mode: the cluster is unknown to the server, a statement cannot be rendered for a
+    /// cluster, or the database was migrated in the other mode.
+    #[error("clickhouse cluster mode: {0}")]
+    Cluster(String),
     /// The database has a migration this binary does not know: it was migrated by a newer `rum`.
     #[error("the database has migration {version} ({name}), which this binary does not know: it was migrated by a newer rum")]
     UnknownMigration {

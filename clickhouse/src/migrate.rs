@@ -7,11 +7,13 @@
 //! `IF NOT EXISTS` forms so that a run interrupted half-way can simply be run again; 18.16 has no
 //! `ADD COLUMN IF NOT EXISTS`, so an `ALTER TABLE t ADD COLUMN c ...` is skipped when `t` has `c`.
 
+use std::collections::BTreeSet;
+
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{ClickHouseConfig, StorageError};
+use crate::{cluster, ClickHouseConfig, StorageError};
 
 /// One migration file, embedded in the binary.
 #[derive(Debug, Clone, Copy)]
@@ -114,27 +116,38 @@ pub async fn migrate(config: &ClickHouseConfig) -> Result<MigrationReport, Stora
 }
 
 /// Like [`migrate`], but stops after version `target` (to test upgrades from older schemas).
+///
+/// In cluster mode (`clickhouse.cluster`) the same files are rendered for the cluster
+/// ([`crate::cluster::render`]) and `schema_migrations` is one table replicated to every node.
 pub async fn migrate_to(
     config: &ClickHouseConfig,
     target: Option<u32>,
 ) -> Result<MigrationReport, StorageError> {
-    config
-        .server_client()
-        .query(&format!(
-            "CREATE DATABASE IF NOT EXISTS {}",
-            config.database
-        ))
-        .execute()
-        .await?;
+    let cluster = match config.cluster() {
+        None => {
+            config
+                .server_client()
+                .query(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    config.database
+                ))
+                .execute()
+                .await?;
+            check_mode(&config.client(), config, false).await?;
+            config
+                .client()
+                .query(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations \
+                     (version UInt32, name String, checksum String, applied_at DateTime) \
+                     ENGINE = ReplacingMergeTree() ORDER BY version",
+                )
+                .execute()
+                .await?;
+            None
+        }
+        Some(name) => Some(ClusterMigration::prepare(config, name).await?),
+    };
     let client = config.client();
-    client
-        .query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations \
-             (version UInt32, name String, checksum String, applied_at DateTime) \
-             ENGINE = ReplacingMergeTree() ORDER BY version",
-        )
-        .execute()
-        .await?;
     let applied: Vec<AppliedMigration> = client
         .query("SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version")
         .fetch_all()
@@ -169,16 +182,22 @@ pub async fn migrate_to(
         tracing::info!(
             version = migration.version,
             name = migration.name,
+            cluster = config.cluster().unwrap_or(""),
             "applying migration"
         );
         for statement in migration.statements() {
-            if let Some((table, column)) = added_column(&statement) {
-                if column_exists(&client, &config.database, table, column).await? {
-                    tracing::info!(table, column, "column exists, ADD COLUMN skipped");
-                    continue;
+            match &cluster {
+                Some(cluster) => cluster.apply(migration, &statement).await?,
+                None => {
+                    if let Some((table, column)) = added_column(&statement) {
+                        if column_exists(&client, &config.database, table, column).await? {
+                            tracing::info!(table, column, "column exists, ADD COLUMN skipped");
+                            continue;
+                        }
+                    }
+                    client.query(&statement).execute().await?;
                 }
             }
-            client.query(&statement).execute().await?;
         }
         let mut insert = client
             .insert::<AppliedMigration>("schema_migrations")
@@ -195,6 +214,193 @@ pub async fn migrate_to(
         report.applied.push(migration.version);
     }
     Ok(report)
+}
+
+/// Refuses a database migrated in the other mode: `schema_migrations` is replicated in cluster mode
+/// only.
+async fn check_mode(
+    client: &clickhouse::Client,
+    config: &ClickHouseConfig,
+    cluster: bool,
+) -> Result<(), StorageError> {
+    let engines: Vec<String> = client
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+        .bind(config.database.as_str())
+        .fetch_all()
+        .await?;
+    let Some(engine) = engines.first() else {
+        return Ok(());
+    };
+    match (cluster, engine.starts_with("Replicated")) {
+        (false, true) => Err(StorageError::Cluster(format!(
+            "database {} was migrated in cluster mode ({}.schema_migrations is {engine}): set \
+             clickhouse.cluster to its cluster",
+            config.database, config.database
+        ))),
+        (true, false) => Err(StorageError::Cluster(format!(
+            "database {} on {} was migrated as a single server ({}.schema_migrations is {engine}): \
+             cluster mode needs a database of its own (clickhouse.database); rows are not moved",
+            config.database, config.url, config.database
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `rum migrate` on a cluster: DDL with `ON CLUSTER` (answered when every node ran it).
+struct ClusterMigration {
+    /// Runs DDL; `wait_end_of_query`, so that an error on any node is the request's error.
+    ddl: clickhouse::Client,
+    layout: cluster::Layout,
+    reads: cluster::ReplicaReads,
+    tables: BTreeSet<String>,
+    views: BTreeSet<String>,
+    timeout: std::time::Duration,
+}
+
+impl ClusterMigration {
+    /// Checks the cluster and the mode; creates both databases and `schema_migrations` on every node
+    /// unless every node has them.
+    async fn prepare(config: &ClickHouseConfig, name: &str) -> Result<Self, StorageError> {
+        let server = config.server_client();
+        let timeout = config.request_timeout();
+        let replicas = cluster::replicas(&server, name, timeout).await?;
+        let layout = cluster::Layout::new(name, &config.database);
+        let password = config
+            .password()
+            .map_err(|e| StorageError::Cluster(e.to_string()))?;
+        let reads = cluster::ReplicaReads::new(name, &config.user, password);
+        let ddl = server.clone().with_setting("wait_end_of_query", "1");
+        check_mode(&server, config, true).await?;
+        let statements: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements()).collect();
+        let (tables, views) = cluster::created_names(&statements);
+        let migration = Self {
+            ddl,
+            layout,
+            reads,
+            tables,
+            views,
+            timeout,
+        };
+        let (databases, n) = migration
+            .reads
+            .source_and_count(&server, "system", "databases", timeout)
+            .await?;
+        let have: u64 = server
+            .query(&format!(
+                "SELECT count() FROM {databases} WHERE name IN (?, ?)"
+            ))
+            .bind(migration.layout.database.as_str())
+            .bind(migration.layout.local.as_str())
+            .fetch_one()
+            .await?;
+        let (tables_source, _) = migration
+            .reads
+            .source_and_count(&server, "system", "tables", timeout)
+            .await?;
+        let have_table: u64 = server
+            .query(&format!(
+                "SELECT count() FROM {tables_source} WHERE database = ? AND name = 'schema_migrations'"
+            ))
+            .bind(migration.layout.database.as_str())
+            .fetch_one()
+            .await?;
+        tracing::info!(
+            cluster = name,
+            replicas = replicas.len(),
+            "migrating a cluster: tables in {} on every node, Distributed tables in {}",
+            migration.layout.local,
+            migration.layout.database
+        );
+        if have != 2 * n as u64 || have_table != n as u64 {
+            let Self { ddl, layout, .. } = &migration;
+            for database in [&layout.database, &layout.local] {
+                ddl.query(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {}",
+                    layout.cluster
+                ))
+                .execute()
+                .await?;
+            }
+            ddl.query(&format!(
+                "CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {c} \
+                 (version UInt32, name String, checksum String, applied_at DateTime) \
+                 ENGINE = ReplicatedReplacingMergeTree({path}, '{{replica}}') ORDER BY version",
+                db = layout.database,
+                c = layout.cluster,
+                path = cluster::quote(&cluster::schema_migrations_path(&layout.database)),
+            ))
+            .execute()
+            .await?;
+        }
+        Ok(migration)
+    }
+
+    /// Applies one statement of `migration`, rendered for the cluster.
+    async fn apply(&self, migration: &Migration, statement: &str) -> Result<(), StorageError> {
+        let steps =
+            cluster::render(statement, &self.layout, &self.tables, &self.views).map_err(|e| {
+                StorageError::Cluster(format!(
+                    "migration {} ({}): {e}",
+                    migration.version, migration.name
+                ))
+            })?;
+        for step in steps {
+            match step {
+                cluster::Step::Run(sql) => self.ddl.query(&sql).execute().await?,
+                cluster::Step::AddColumn {
+                    database,
+                    table,
+                    column,
+                    statements,
+                } => {
+                    let (columns, n) = self
+                        .reads
+                        .source_and_count(&self.ddl, "system", "columns", self.timeout)
+                        .await?;
+                    let have: u64 = self
+                        .ddl
+                        .query(&format!(
+                            "SELECT count() FROM {columns} WHERE database = ? AND table = ? AND name = ?"
+                        ))
+                        .bind(database.as_str())
+                        .bind(table.as_str())
+                        .bind(column.as_str())
+                        .fetch_one()
+                        .await?;
+                    if have == n as u64 {
+                        tracing::info!(%database, %table, %column, "column exists on every node, ADD COLUMN skipped");
+                        continue;
+                    }
+                    for sql in statements {
+                        self.ddl.query(&sql).execute().await?;
+                    }
+                }
+                cluster::Step::CopyWhenSourcesEmpty { sources, .. } => {
+                    for source in &sources {
+                        let rows: u64 = self
+                            .ddl
+                            .query(&format!("SELECT count() FROM {source}"))
+                            .fetch_one()
+                            .await?;
+                        if rows > 0 {
+                            return Err(StorageError::Cluster(format!(
+                                "migration {} ({}) copies the rows of {source} ({rows} rows): an \
+                                 INSERT ... SELECT cannot run on a cluster; this migration expects an \
+                                 empty {source} there",
+                                migration.version, migration.name
+                            )));
+                        }
+                    }
+                    tracing::info!(
+                        version = migration.version,
+                        ?sources,
+                        "nothing to copy (the sources are empty on every shard): INSERT ... SELECT skipped"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `(table, column)` of an `ALTER TABLE table ADD COLUMN column ...` statement.
@@ -278,12 +484,20 @@ mod tests {
     #[test]
     fn finds_the_column_an_alter_adds() {
         assert_eq!(
-            added_column("-- why\nALTER TABLE vitals_1m ADD COLUMN ledger AggregateFunction(max, UInt64)"),
+            added_column(
+                "-- why\nALTER TABLE vitals_1m ADD COLUMN ledger AggregateFunction(max, UInt64)"
+            ),
             Some(("vitals_1m", "ledger"))
         );
-        assert_eq!(added_column("alter table t add column c String AFTER b"), Some(("t", "c")));
+        assert_eq!(
+            added_column("alter table t add column c String AFTER b"),
+            Some(("t", "c"))
+        );
         assert_eq!(added_column("ALTER TABLE t DROP COLUMN c"), None);
-        assert_eq!(added_column("CREATE TABLE t (a UInt8) ENGINE = Memory"), None);
+        assert_eq!(
+            added_column("CREATE TABLE t (a UInt8) ENGINE = Memory"),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,13 @@
 //! (default 50 GB, error 359): such a partition stays, is reported as
 //! [`RetentionFailureCause::PartitionTooLarge`], and the other partitions still go.
 //!
+//! In cluster mode (`clickhouse.cluster`) the partitions are those of the replicated tables of
+//! `<database>_local` on every node (read with `remote()`; a node that does not answer fails the
+//! table's run), dropped with `ALTER TABLE <database>_local.TABLE ON CLUSTER NAME DROP PARTITION`: every
+//! node runs it (each replicated drop is also replicated to the shard's other replica; a partition a
+//! shard does not have is nothing to drop). A node that is down runs it from the DDL queue when it is
+//! back, after the statement's timeout was reported.
+//!
 //! Every statement has a timeout (the client has only a connect timeout): a server that accepts
 //! and never answers (paused, or a `DROP PARTITION` blocked behind a lock) is a
 //! [`RetentionFailureCause::Timeout`] of that table, whose remaining statements are not sent, and
@@ -205,18 +212,32 @@ pub async fn apply_retention(
     }
 }
 
-/// The active partitions of a table, as numbers (`YYYYMMDD` or `YYYYMM`), ascending.
+/// The active partitions of a table, as numbers (`YYYYMMDD` or `YYYYMM`), ascending. In cluster mode,
+/// of the replicated table on every node (a node that does not answer fails the read).
 pub async fn active_partitions(
     client: &clickhouse::Client,
     config: &ClickHouseConfig,
     table: &str,
 ) -> Result<Vec<u32>, StorageError> {
+    let (parts, database) = match config.cluster() {
+        None => ("system.parts".to_string(), config.database.clone()),
+        Some(cluster) => {
+            let password = config
+                .password()
+                .map_err(|e| StorageError::Cluster(e.to_string()))?;
+            let reads = crate::cluster::ReplicaReads::new(cluster, &config.user, password);
+            let parts = reads
+                .source(client, "system", "parts", config.request_timeout())
+                .await?;
+            (parts, crate::cluster::local_database(&config.database))
+        }
+    };
     let rows: Vec<Partition> = client
-        .query(
-            "SELECT DISTINCT partition FROM system.parts \
-             WHERE database = ? AND table = ? AND active ORDER BY partition",
-        )
-        .bind(config.database.as_str())
+        .query(&format!(
+            "SELECT DISTINCT partition FROM {parts} \
+             WHERE database = ? AND table = ? AND active ORDER BY partition"
+        ))
+        .bind(database.as_str())
         .bind(table)
         .fetch_all()
         .await?;
@@ -290,14 +311,20 @@ async fn drop_older(
     for partition in expired {
         tracing::info!(table, partition, "retention: dropping partition");
         // A number, not bound text: the partition expression's value (UInt32), as ALTER expects.
-        let result = client
-            .run(
-                client
-                    .client
-                    .query(&format!("ALTER TABLE {table} DROP PARTITION {partition}"))
-                    .execute(),
-            )
-            .await;
+        // Cluster mode: the replicated table of every shard (a replicated drop reaches the replicas).
+        let statement = match config.cluster() {
+            None => client
+                .client
+                .query(&format!("ALTER TABLE {table} DROP PARTITION {partition}")),
+            Some(cluster) => client
+                .client
+                .query(&format!(
+                    "ALTER TABLE {}.{table} ON CLUSTER {cluster} DROP PARTITION {partition}",
+                    crate::cluster::local_database(&config.database)
+                ))
+                .with_setting("wait_end_of_query", "1"),
+        };
+        let result = client.run(statement.execute()).await;
         match result {
             Ok(()) => dropped.push(partition),
             Err(e) => {

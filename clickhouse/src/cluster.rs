@@ -1,0 +1,868 @@
+//! Cluster mode (`clickhouse.cluster = "NAME"`): the same tables on a ClickHouse cluster of shards and
+//! replicas, from the same migration files.
+//!
+//! ## Layout
+//! - `<database>_local` holds the real tables on every node, under the names of single-server mode:
+//!   `vitals_raw`, `vitals_1m`, `kafka_offsets` as `Replicated*MergeTree` (ZooKeeper path
+//!   `/clickhouse/tables/{shard}/<database>_local/<table>`, replica `{replica}`: the server's macros),
+//!   `vitals_1m_input` (Null) and the view `vitals_1m_rollup` (each node rolls up what it receives).
+//! - `<database>` holds a `Distributed` table of the same name over each of them, so every reader
+//!   (`rum query`, the analyst queries of `clickhouse/queries/`, the alert evaluator, people) reads the
+//!   whole cluster with the SQL of single-server mode. `vitals_raw` and `vitals_1m_input` are sharded by
+//!   `kafka_partition`: a Kafka partition's rows, its rollup and its ledger rows all live on one shard.
+//! - `<database>.schema_migrations` is one `ReplicatedReplacingMergeTree` replicated to every node of the
+//!   cluster (its ZooKeeper path has no `{shard}`): one record of the cluster's schema, readable from any
+//!   node.
+//!
+//! ## Rendering
+//! [`render`] turns a statement of a migration file into the statements of cluster mode: the tables the
+//! migrations create are qualified with `<database>_local`, `ON CLUSTER NAME` follows the statement's
+//! table, a `...MergeTree(args)` engine becomes `Replicated...MergeTree('path', '{replica}', args)`, and a
+//! `CREATE TABLE` or `ALTER TABLE ... ADD COLUMN` of a table gets its `Distributed` twin in `<database>`.
+//! The files are not edited (their checksums are the same in both modes).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clickhouse::Row;
+use rum_schemas::config::Secret;
+use serde::Deserialize;
+
+use crate::StorageError;
+
+/// Tables sharded by a column (the others are read through `Distributed` tables only: a
+/// `Distributed` table without a sharding key refuses INSERTs on a cluster of several shards).
+pub const SHARDING_KEYS: &[(&str, &str)] = &[
+    ("vitals_raw", "kafka_partition"),
+    ("vitals_1m_input", "kafka_partition"),
+];
+
+/// The ZooKeeper path of the cluster-wide `schema_migrations` (every node is a replica of it).
+pub fn schema_migrations_path(database: &str) -> String {
+    format!("/clickhouse/tables/cluster-wide/{database}/schema_migrations")
+}
+
+/// The database of the real (replicated) tables.
+pub fn local_database(database: &str) -> String {
+    format!("{database}_local")
+}
+
+/// The ZooKeeper path of a replicated table (the macro `{shard}` is the server's).
+pub fn zookeeper_path(local_database: &str, table: &str) -> String {
+    format!("/clickhouse/tables/{{shard}}/{local_database}/{table}")
+}
+
+/// One replica of the cluster, as `system.clusters` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Deserialize)]
+pub struct Replica {
+    /// 1-based.
+    pub shard_num: u32,
+    /// 1-based.
+    pub replica_num: u32,
+    /// The resolved address.
+    pub host_address: String,
+    /// The native (TCP) port.
+    pub port: u16,
+}
+
+impl Replica {
+    /// `host:port` (`[v6]:port`), as `remote()` takes it.
+    pub fn address(&self) -> String {
+        if self.host_address.contains(':') {
+            format!("[{}]:{}", self.host_address, self.port)
+        } else {
+            format!("{}:{}", self.host_address, self.port)
+        }
+    }
+}
+
+/// Every replica of `cluster` as the server behind `client` knows it, shard by shard; an error when the
+/// server knows no such cluster.
+pub async fn replicas(
+    client: &clickhouse::Client,
+    cluster: &str,
+    timeout: Duration,
+) -> Result<Vec<Replica>, StorageError> {
+    let query = client
+        .query(
+            "SELECT shard_num, replica_num, host_address, port FROM system.clusters \
+             WHERE cluster = ? ORDER BY shard_num, replica_num",
+        )
+        .bind(cluster);
+    let replicas: Vec<Replica> =
+        crate::bounded("reading system.clusters", timeout, query.fetch_all()).await?;
+    if replicas.is_empty() {
+        return Err(StorageError::Cluster(format!(
+            "the ClickHouse server knows no cluster {cluster:?} (system.clusters; clickhouse.cluster \
+             must name a cluster of its <remote_servers>)"
+        )));
+    }
+    Ok(replicas)
+}
+
+/// How to read every replica of a cluster: `remote()` over all of them, each address its own shard, so
+/// that every replica is read and one that does not answer fails the read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReplicaReads {
+    /// The cluster's name.
+    pub cluster: String,
+    /// The user and password `remote()` connects with (`None`: the server's `default` user, no password).
+    credentials: Option<(String, Secret)>,
+}
+
+impl std::fmt::Debug for ReplicaReads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaReads")
+            .field("cluster", &self.cluster)
+            .field("user", &self.credentials.as_ref().map(|c| c.0.as_str()))
+            .finish()
+    }
+}
+
+impl ReplicaReads {
+    /// Reads of `cluster` as `user` with `password` (the user `default` without a password is left out
+    /// of the SQL).
+    pub fn new(cluster: &str, user: &str, password: Secret) -> Self {
+        let credentials =
+            (user != "default" || !password.is_empty()).then(|| (user.to_string(), password));
+        Self {
+            cluster: cluster.to_string(),
+            credentials,
+        }
+    }
+
+    /// `remote('a1,a2,...', database, table[, 'user', 'password'])` over every replica of the cluster.
+    pub async fn source(
+        &self,
+        client: &clickhouse::Client,
+        database: &str,
+        table: &str,
+        timeout: Duration,
+    ) -> Result<String, StorageError> {
+        let replicas = replicas(client, &self.cluster, timeout).await?;
+        Ok(remote(
+            &replicas,
+            database,
+            table,
+            self.credentials.as_ref(),
+        ))
+    }
+
+    /// The number of replicas of the cluster and `remote()` over `database.table` of every one of them.
+    pub async fn source_and_count(
+        &self,
+        client: &clickhouse::Client,
+        database: &str,
+        table: &str,
+        timeout: Duration,
+    ) -> Result<(String, usize), StorageError> {
+        let replicas = replicas(client, &self.cluster, timeout).await?;
+        Ok((
+            remote(&replicas, database, table, self.credentials.as_ref()),
+            replicas.len(),
+        ))
+    }
+}
+
+/// `remote(...)` over `replicas`, each its own shard, for a query of the `clickhouse` crate (a `?` of
+/// the password is doubled: the crate reads `?` as a placeholder and `??` as `?`).
+pub fn remote(
+    replicas: &[Replica],
+    database: &str,
+    table: &str,
+    credentials: Option<&(String, Secret)>,
+) -> String {
+    let addresses: Vec<String> = replicas.iter().map(Replica::address).collect();
+    let mut sql = format!(
+        "remote({}, {database}, {table}",
+        quote(&addresses.join(","))
+    );
+    if let Some((user, password)) = credentials {
+        let literals = format!(", {}, {}", quote(user), quote(password.expose()));
+        sql.push_str(&literals.replace('?', "??"));
+    }
+    sql.push(')');
+    sql
+}
+
+/// A SQL string literal.
+pub(crate) fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Where the statements of cluster mode go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The cluster (`ON CLUSTER`, `Distributed(...)`).
+    pub cluster: String,
+    /// The database of the `Distributed` tables (`clickhouse.database`).
+    pub database: String,
+    /// The database of the real tables.
+    pub local: String,
+}
+
+impl Layout {
+    /// The layout of `database` on `cluster`.
+    pub fn new(cluster: &str, database: &str) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            database: database.to_string(),
+            local: local_database(database),
+        }
+    }
+}
+
+/// One statement of cluster mode, and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Run as is (`ON CLUSTER`: on every node).
+    Run(String),
+    /// An `ALTER TABLE ... ADD COLUMN`, skipped when every node has the column (18.16 has no
+    /// `ADD COLUMN IF NOT EXISTS`). On a `Distributed` twin it is a `DROP` and a `CREATE ... AS` the
+    /// altered table: 18.16 refuses `ALTER ... ON CLUSTER` of a table that is not replicated on a
+    /// cluster whose shards are (`Code: 371`), and a `Distributed` table holds no rows here (INSERTs
+    /// are synchronous).
+    AddColumn {
+        /// The database of the table.
+        database: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The statements, in order.
+        statements: Vec<String>,
+    },
+    /// An `INSERT ... SELECT` copying rows between the migrations' tables. Cluster mode has no place
+    /// to run it (an INSERT has no `ON CLUSTER`; the shards' local tables would each need their own):
+    /// it runs only when there is nothing to copy, i.e. it is skipped when every source table is empty
+    /// (as it is on a cluster created by these migrations), and fails otherwise.
+    CopyWhenSourcesEmpty {
+        /// The `Distributed` tables read by the statement.
+        sources: Vec<String>,
+        /// The statement.
+        sql: String,
+    },
+}
+
+/// A piece of SQL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ident,
+    Literal,
+    Comment,
+    Space,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Token<'a> {
+    kind: Kind,
+    text: &'a str,
+}
+
+/// Splits SQL into identifiers, literals (strings, backquoted names, numbers), comments, spaces and
+/// single characters.
+fn tokenize(sql: &str) -> Vec<Token<'_>> {
+    let bytes = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        let b = bytes[i];
+        let kind = if b.is_ascii_whitespace() {
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            Kind::Space
+        } else if sql[i..].starts_with("--") {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+            Kind::Comment
+        } else if sql[i..].starts_with("/*") {
+            i = sql[i + 2..]
+                .find("*/")
+                .map_or(bytes.len(), |end| i + 2 + end + 2);
+            Kind::Comment
+        } else if b == b'\'' || b == b'`' || b == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b {
+                if bytes[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(bytes.len());
+            Kind::Literal
+        } else if b.is_ascii_alphabetic() || b == b'_' {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            Kind::Ident
+        } else if b.is_ascii_digit() {
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'.')
+            {
+                i += 1;
+            }
+            Kind::Literal
+        } else {
+            // One character (UTF-8: the whole character).
+            i += sql[i..].chars().next().map_or(1, char::len_utf8);
+            Kind::Other
+        };
+        out.push(Token {
+            kind,
+            text: &sql[start..i],
+        });
+    }
+    out
+}
+
+fn is_code(t: &Token<'_>) -> bool {
+    !matches!(t.kind, Kind::Space | Kind::Comment)
+}
+
+/// The names the migrations create: (tables, views).
+pub fn created_names(statements: &[String]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut tables = BTreeSet::new();
+    let mut views = BTreeSet::new();
+    for statement in statements {
+        let tokens = tokenize(statement);
+        let code: Vec<&Token<'_>> = tokens.iter().filter(|t| is_code(t)).collect();
+        let words: Vec<String> = code.iter().map(|t| t.text.to_ascii_uppercase()).collect();
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let (is_view, rest) = match words.as_slice() {
+            ["CREATE", "TABLE", ..] => (false, 2),
+            ["CREATE", "MATERIALIZED", "VIEW", ..] => (true, 3),
+            ["CREATE", "VIEW", ..] => (true, 2),
+            _ => continue,
+        };
+        let name_at = if words[rest..].starts_with(&["IF", "NOT", "EXISTS"]) {
+            rest + 3
+        } else {
+            rest
+        };
+        if let Some(name) = code.get(name_at).filter(|t| t.kind == Kind::Ident) {
+            if is_view {
+                views.insert(name.text.to_string());
+            } else {
+                tables.insert(name.text.to_string());
+            }
+        }
+    }
+    (tables, views)
+}
+
+/// The statements of cluster mode for one statement of a migration file. `tables` and `views` are the
+/// names the migrations create ([`created_names`]); only they are qualified.
+pub fn render(
+    statement: &str,
+    layout: &Layout,
+    tables: &BTreeSet<String>,
+    views: &BTreeSet<String>,
+) -> Result<Vec<Step>, String> {
+    let tokens = tokenize(statement);
+    let code: Vec<usize> = (0..tokens.len()).filter(|&i| is_code(&tokens[i])).collect();
+    let mut position_in_code: Vec<Option<usize>> = vec![None; tokens.len()];
+    for (k, &i) in code.iter().enumerate() {
+        position_in_code[i] = Some(k);
+    }
+    let word = |k: usize| -> String {
+        code.get(k)
+            .map(|&i| tokens[i].text.to_ascii_uppercase())
+            .unwrap_or_default()
+    };
+    let words: Vec<String> = (0..code.len().min(8)).map(word).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    let skip_if = |at: usize, guard: &[&str]| {
+        if words.get(at..at + guard.len()) == Some(guard) {
+            at + guard.len()
+        } else {
+            at
+        }
+    };
+    // Index (into `code`) of the statement's object, and what the statement is.
+    let (name_at, what) = match words.as_slice() {
+        ["CREATE", "TABLE", ..] => (skip_if(2, &["IF", "NOT", "EXISTS"]), What::CreateTable),
+        ["CREATE", "MATERIALIZED", "VIEW", ..] => {
+            (skip_if(3, &["IF", "NOT", "EXISTS"]), What::CreateView)
+        }
+        ["ALTER", "TABLE", ..] => (2, What::Alter),
+        ["DROP", "TABLE", ..] => (skip_if(2, &["IF", "EXISTS"]), What::Drop),
+        ["INSERT", "INTO", ..] => (2, What::Insert),
+        _ => {
+            return Err(format!(
+                "cluster mode cannot run this statement (only CREATE TABLE, CREATE MATERIALIZED VIEW, \
+                 ALTER TABLE, DROP TABLE and INSERT INTO are rendered): {}",
+                first_line(statement)
+            ));
+        }
+    };
+    let name_token = code
+        .get(name_at)
+        .map(|&i| tokens[i])
+        .filter(|t| t.kind == Kind::Ident)
+        .ok_or_else(|| format!("no table name in: {}", first_line(statement)))?;
+    let name = name_token.text.to_string();
+    if !tables.contains(&name) && !views.contains(&name) {
+        return Err(format!(
+            "{name} is not a table or view the migrations create: {}",
+            first_line(statement)
+        ));
+    }
+    // The statement with its object in `database` (the others in the local database).
+    let rewrite = |database: &str, replicate: bool| -> String {
+        let mut out = String::with_capacity(statement.len() + 200);
+        let mut engine_state = 0u8;
+        for (i, t) in tokens.iter().enumerate() {
+            let position = position_in_code[i];
+            let prev = position
+                .and_then(|p| p.checked_sub(1))
+                .map(|p| tokens[code[p]].text);
+            let next = position
+                .and_then(|p| code.get(p + 1))
+                .map(|&n| tokens[n].text);
+            let known = t.kind == Kind::Ident
+                && (tables.contains(t.text) || views.contains(t.text))
+                && prev != Some(".")
+                && next != Some(".");
+            if position == Some(name_at) {
+                out.push_str(&format!(
+                    "{database}.{} ON CLUSTER {}",
+                    t.text, layout.cluster
+                ));
+                continue;
+            }
+            // ENGINE = XMergeTree( -> ENGINE = ReplicatedXMergeTree('path', '{replica}'[, ...
+            if replicate
+                && what == What::CreateTable
+                && t.kind != Kind::Space
+                && t.kind != Kind::Comment
+            {
+                match (engine_state, t.text) {
+                    (0, w) if w.eq_ignore_ascii_case("ENGINE") => engine_state = 1,
+                    (1, "=") => engine_state = 2,
+                    (2, w)
+                        if t.kind == Kind::Ident
+                            && w.ends_with("MergeTree")
+                            && !w.starts_with("Replicated") =>
+                    {
+                        out.push_str("Replicated");
+                        out.push_str(w);
+                        engine_state = 3;
+                        continue;
+                    }
+                    (2, _) => engine_state = 9,
+                    (3, "(") => {
+                        out.push('(');
+                        out.push_str(&quote(&zookeeper_path(&layout.local, &name)));
+                        out.push_str(", '{replica}'");
+                        if next != Some(")") {
+                            out.push_str(", ");
+                        }
+                        engine_state = 9;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            if known {
+                out.push_str(&layout.local);
+                out.push('.');
+            }
+            out.push_str(t.text);
+        }
+        out.trim().to_string()
+    };
+    let local = rewrite(&layout.local, true);
+    let twin = tables.contains(&name);
+    let steps = match what {
+        What::CreateTable => vec![Step::Run(local), Step::Run(create_twin(layout, &name))],
+        What::CreateView => vec![Step::Run(local)],
+        What::Alter => {
+            let column = match (word(name_at + 1).as_str(), word(name_at + 2).as_str()) {
+                ("ADD", "COLUMN") => code
+                    .get(name_at + 3)
+                    .map(|&i| tokens[i].text.to_string())
+                    .ok_or_else(|| format!("no column in: {}", first_line(statement)))?,
+                _ => {
+                    return Err(format!(
+                        "cluster mode renders only ALTER TABLE ... ADD COLUMN: {}",
+                        first_line(statement)
+                    ));
+                }
+            };
+            let mut steps = vec![Step::AddColumn {
+                database: layout.local.clone(),
+                table: name.clone(),
+                column: column.clone(),
+                statements: vec![local],
+            }];
+            if twin {
+                steps.push(Step::AddColumn {
+                    database: layout.database.clone(),
+                    table: name.clone(),
+                    column,
+                    statements: vec![drop_twin(layout, &name), create_twin(layout, &name)],
+                });
+            }
+            steps
+        }
+        What::Drop => {
+            let mut steps = vec![Step::Run(local)];
+            if twin {
+                steps.push(Step::Run(drop_twin(layout, &name)));
+            }
+            steps
+        }
+        What::Insert => {
+            let sources: BTreeSet<String> = code
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != name_at)
+                .map(|(_, &i)| tokens[i])
+                .filter(|t| t.kind == Kind::Ident && tables.contains(t.text))
+                .map(|t| format!("{}.{}", layout.database, t.text))
+                .collect();
+            vec![Step::CopyWhenSourcesEmpty {
+                sources: sources.into_iter().collect(),
+                sql: statement.to_string(),
+            }]
+        }
+    };
+    Ok(steps)
+}
+
+/// The `Distributed` table over `table` on every node, sharded as [`SHARDING_KEYS`] says.
+fn create_twin(layout: &Layout, table: &str) -> String {
+    let key = SHARDING_KEYS
+        .iter()
+        .find(|(t, _)| *t == table)
+        .map(|(_, key)| format!(", {key}"))
+        .unwrap_or_default();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER {c} AS {local}.{table} \
+         ENGINE = Distributed({c}, {local}, {table}{key})",
+        db = layout.database,
+        c = layout.cluster,
+        local = layout.local,
+    )
+}
+
+fn drop_twin(layout: &Layout, table: &str) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {}.{table} ON CLUSTER {}",
+        layout.database, layout.cluster
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum What {
+    CreateTable,
+    CreateView,
+    Alter,
+    Drop,
+    Insert,
+}
+
+fn first_line(statement: &str) -> &str {
+    statement
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--"))
+        .unwrap_or("")
+        .trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MIGRATIONS;
+
+    fn all_statements() -> Vec<String> {
+        MIGRATIONS.iter().flat_map(|m| m.statements()).collect()
+    }
+
+    fn layout() -> Layout {
+        Layout::new("rum", "rum")
+    }
+
+    fn render_all() -> Vec<Step> {
+        let statements = all_statements();
+        let (tables, views) = created_names(&statements);
+        statements
+            .iter()
+            .flat_map(|s| render(s, &layout(), &tables, &views).unwrap())
+            .collect()
+    }
+
+    fn sql(step: &Step) -> &str {
+        match step {
+            Step::Run(sql) => sql,
+            Step::AddColumn { statements, .. } => &statements[0],
+            Step::CopyWhenSourcesEmpty { sql, .. } => sql,
+        }
+    }
+
+    /// The statement without its comment lines.
+    fn code(sql: &str) -> String {
+        sql.lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn finds_the_tables_and_views_of_the_migrations() {
+        let (tables, views) = created_names(&all_statements());
+        assert_eq!(
+            tables.into_iter().collect::<Vec<_>>(),
+            [
+                "kafka_offsets",
+                "vitals_1m",
+                "vitals_1m_input",
+                "vitals_raw"
+            ]
+        );
+        assert_eq!(
+            views.into_iter().collect::<Vec<_>>(),
+            ["kafka_offsets_mv", "vitals_1m_mv", "vitals_1m_rollup"]
+        );
+    }
+
+    #[test]
+    fn a_merge_tree_becomes_replicated_with_its_distributed_twin() {
+        let steps = render_all();
+        let raw = sql(&steps[0]);
+        assert!(
+            raw.starts_with("-- One row per metric"),
+            "comments stay: {raw}"
+        );
+        assert!(raw.contains("CREATE TABLE IF NOT EXISTS rum_local.vitals_raw ON CLUSTER rum\n("));
+        assert!(raw.contains(
+            "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/rum_local/vitals_raw', '{replica}')\n"
+        ));
+        assert_eq!(
+            sql(&steps[1]),
+            "CREATE TABLE IF NOT EXISTS rum.vitals_raw ON CLUSTER rum AS rum_local.vitals_raw \
+             ENGINE = Distributed(rum, rum_local, vitals_raw, kafka_partition)"
+        );
+        let rollup = sql(&steps[2]);
+        assert!(rollup.contains(
+            "ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/rum_local/vitals_1m', '{replica}')"
+        ));
+        assert_eq!(
+            sql(&steps[3]),
+            "CREATE TABLE IF NOT EXISTS rum.vitals_1m ON CLUSTER rum AS rum_local.vitals_1m \
+             ENGINE = Distributed(rum, rum_local, vitals_1m)"
+        );
+    }
+
+    #[test]
+    fn views_read_and_write_the_local_tables() {
+        let steps = render_all();
+        let mv = sql(&steps[4]);
+        assert!(mv.contains(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS rum_local.vitals_1m_mv ON CLUSTER rum TO rum_local.vitals_1m AS"
+        ));
+        assert!(mv.contains("FROM rum_local.vitals_raw\nGROUP BY"), "{mv}");
+        // Not a table name: left alone (a column, a function, a string).
+        assert!(mv.contains("countState() AS samples"));
+        let rollup = steps
+            .iter()
+            .map(sql)
+            .find(|s| s.contains("vitals_1m_rollup"))
+            .unwrap();
+        assert!(rollup.contains("FROM rum_local.vitals_1m_input\nGROUP BY"));
+        assert!(rollup.contains("maxStateIf(ledger_next, site = '') AS ledger"));
+    }
+
+    #[test]
+    fn the_null_input_table_is_sharded_by_partition_and_not_replicated() {
+        let steps = render_all();
+        let input: Vec<&str> = steps
+            .iter()
+            .map(sql)
+            .filter(|s| s.contains("vitals_1m_input") && s.contains("CREATE TABLE"))
+            .collect();
+        assert_eq!(input.len(), 2);
+        assert!(input[0]
+            .contains("CREATE TABLE IF NOT EXISTS rum_local.vitals_1m_input ON CLUSTER rum\n("));
+        assert!(input[0].ends_with("ENGINE = Null"));
+        assert_eq!(
+            input[1],
+            "CREATE TABLE IF NOT EXISTS rum.vitals_1m_input ON CLUSTER rum AS rum_local.vitals_1m_input \
+             ENGINE = Distributed(rum, rum_local, vitals_1m_input, kafka_partition)"
+        );
+    }
+
+    #[test]
+    fn add_column_alters_the_replicated_table_and_recreates_its_twin() {
+        let steps = render_all();
+        // Without the file's comments.
+        let adds: Vec<Step> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::AddColumn {
+                    database,
+                    table,
+                    column,
+                    statements,
+                } => Some(Step::AddColumn {
+                    database: database.clone(),
+                    table: table.clone(),
+                    column: column.clone(),
+                    statements: statements.iter().map(|s| code(s)).collect(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let twin = |table: &str| {
+            vec![
+                format!("DROP TABLE IF EXISTS rum.{table} ON CLUSTER rum"),
+                format!(
+                    "CREATE TABLE IF NOT EXISTS rum.{table} ON CLUSTER rum AS rum_local.{table} ENGINE = Distributed(rum, rum_local, {table}{})",
+                    if table == "vitals_raw" {
+                        ", kafka_partition"
+                    } else {
+                        ""
+                    }
+                ),
+            ]
+        };
+        assert_eq!(
+            adds,
+            [
+                Step::AddColumn {
+                    database: "rum_local".into(),
+                    table: "vitals_raw".into(),
+                    column: "kafka_topic_id".into(),
+                    statements: vec!["ALTER TABLE rum_local.vitals_raw ON CLUSTER rum ADD COLUMN kafka_topic_id String DEFAULT '' AFTER kafka_topic".into()],
+                },
+                Step::AddColumn {
+                    database: "rum".into(),
+                    table: "vitals_raw".into(),
+                    column: "kafka_topic_id".into(),
+                    statements: twin("vitals_raw"),
+                },
+                Step::AddColumn {
+                    database: "rum_local".into(),
+                    table: "vitals_1m".into(),
+                    column: "ledger".into(),
+                    statements: vec!["ALTER TABLE rum_local.vitals_1m ON CLUSTER rum ADD COLUMN ledger AggregateFunction(max, UInt64)".into()],
+                },
+                Step::AddColumn {
+                    database: "rum".into(),
+                    table: "vitals_1m".into(),
+                    column: "ledger".into(),
+                    statements: twin("vitals_1m"),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_and_copies() {
+        let steps = render_all();
+        let drops: Vec<&str> = steps
+            .iter()
+            .filter(|s| matches!(s, Step::Run(_)))
+            .map(sql)
+            .filter(|s| s.starts_with("DROP"))
+            .collect();
+        assert_eq!(
+            drops,
+            [
+                "DROP TABLE IF EXISTS rum_local.kafka_offsets_mv ON CLUSTER rum",
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum"
+            ]
+        );
+        let copy = steps
+            .iter()
+            .find(|s| matches!(s, Step::CopyWhenSourcesEmpty { .. }))
+            .unwrap();
+        let Step::CopyWhenSourcesEmpty { sources, .. } = copy else {
+            unreachable!()
+        };
+        assert_eq!(sources, &["rum.kafka_offsets".to_string()]);
+    }
+
+    #[test]
+    fn other_statements_and_unknown_tables_are_refused() {
+        let (tables, views) = created_names(&all_statements());
+        let l = layout();
+        assert!(render("SELECT 1", &l, &tables, &views).is_err());
+        assert!(render(
+            "CREATE TABLE other (a UInt8) ENGINE = Memory",
+            &l,
+            &tables,
+            &views
+        )
+        .is_err());
+        assert!(render(
+            "ALTER TABLE vitals_raw DROP COLUMN site",
+            &l,
+            &tables,
+            &views
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn engine_arguments_are_kept_after_the_path() {
+        let tables: BTreeSet<String> = ["t".to_string()].into();
+        let steps = render(
+            "CREATE TABLE IF NOT EXISTS t (a UInt8, v UInt64) ENGINE = ReplacingMergeTree(v) ORDER BY a",
+            &Layout::new("c1", "db"),
+            &tables,
+            &BTreeSet::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            sql(&steps[0]),
+            "CREATE TABLE IF NOT EXISTS db_local.t ON CLUSTER c1 (a UInt8, v UInt64) ENGINE = \
+             ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db_local/t', '{replica}', v) ORDER BY a"
+        );
+    }
+
+    #[test]
+    fn remote_reads_every_replica_and_quotes() {
+        let replicas = vec![
+            Replica {
+                shard_num: 1,
+                replica_num: 1,
+                host_address: "127.0.0.1".into(),
+                port: 9001,
+            },
+            Replica {
+                shard_num: 1,
+                replica_num: 2,
+                host_address: "::1".into(),
+                port: 9002,
+            },
+        ];
+        assert_eq!(
+            remote(&replicas, "rum_local", "vitals_1m", None),
+            "remote('127.0.0.1:9001,[::1]:9002', rum_local, vitals_1m)"
+        );
+        let creds = ("rum".to_string(), Secret::new("p'w?"));
+        assert_eq!(
+            remote(&replicas[..1], "system", "processes", Some(&creds)),
+            "remote('127.0.0.1:9001', system, processes, 'rum', 'p\\'w??')"
+        );
+        let reads = ReplicaReads::new("rum", "default", Secret::default());
+        assert!(reads.credentials.is_none());
+        let reads = ReplicaReads::new("rum", "rum", Secret::new("secret"));
+        assert!(!format!("{reads:?}").contains("secret"));
+    }
+}
