@@ -56,6 +56,17 @@ fn a_bad_clickhouse_url_stops_every_subcommand() {
 }
 
 #[test]
+fn a_bad_clickhouse_cluster_stops_every_subcommand() {
+    for bad in ["", "my-cluster", "rum; DROP TABLE x"] {
+        assert_config_error(
+            &[("RUM_CLICKHOUSE_CLUSTER", bad)],
+            "clickhouse.cluster",
+            "RUM_CLICKHOUSE_CLUSTER",
+        );
+    }
+}
+
+#[test]
 fn a_typo_in_the_config_file_names_the_file() {
     let dir = std::env::temp_dir().join(format!("rum-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -467,9 +467,49 @@ struct Running {
     query_id: String,
 }
 
-/// Kills every running query whose id starts with `prefix` and waits until none runs, or fails
-/// (timeout): after it returns Ok, no INSERT of those ids can still commit. In cluster mode, on every
-/// node, the shards' parts of our `Distributed` INSERTs included (see the module's documentation).
+/// The ids of the running queries whose id starts with `prefix` (`%` in it matches any run of
+/// characters, see [`kill_queries`]): in cluster mode on
+/// every node, with the shards' parts of our `Distributed` INSERTs (found by their
+/// `initial_query_id` or by [`INSERT_MARKER_SETTING`]); a node that does not answer fails the call.
+pub async fn running_queries(
+    client: &clickhouse::Client,
+    tables: &Tables,
+    prefix: &str,
+    query_id: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, StorageError> {
+    let like = like_prefix(prefix);
+    let processes = tables.source(client, &tables.processes, timeout).await?;
+    let query = match tables.replicas {
+        None => client
+            .query(&format!(
+                "SELECT query_id FROM {processes} WHERE query_id LIKE ?"
+            ))
+            .bind(&like),
+        Some(_) => client
+            .query(&format!(
+                "SELECT query_id FROM {processes} WHERE query_id LIKE ? OR initial_query_id LIKE ? \
+                 OR Settings.Values[indexOf(Settings.Names, '{INSERT_MARKER_SETTING}')] LIKE ?"
+            ))
+            .bind(&like)
+            .bind(&like)
+            .bind(&like),
+    };
+    let running: Vec<Running> = crate::bounded(
+        "listing unfinished inserts",
+        timeout,
+        query.with_setting("query_id", query_id).fetch_all(),
+    )
+    .await?;
+    Ok(running.into_iter().map(|r| r.query_id).collect())
+}
+
+/// Kills every running query whose id starts with `prefix` (`%` in it matches any run of characters,
+/// e.g. `rum:GROUP:TOPIC:%,3,` for the INSERTs of partition 3) and waits until none runs, or fails
+/// (timeout); returns how many queries were found. After it returns Ok, no INSERT of those ids can
+/// still commit. In cluster mode, on every
+/// node, the shards' parts of our `Distributed` INSERTs included, and only after two listings in a row
+/// found none (see the module's documentation).
 pub async fn kill_queries(
     client: &clickhouse::Client,
     tables: &Tables,
@@ -478,39 +518,33 @@ pub async fn kill_queries(
     timeout: Duration,
 ) -> Result<usize, StorageError> {
     let work = async {
-        let like = format!("{}%", like_escape(prefix));
-        let processes = tables.source(client, &tables.processes, timeout).await?;
-        let list = match tables.replicas {
-            None => format!("SELECT query_id FROM {processes} WHERE query_id LIKE ?"),
-            Some(_) => format!(
-                "SELECT query_id FROM {processes} WHERE query_id LIKE ? OR initial_query_id LIKE ? \
-                 OR Settings.Values[indexOf(Settings.Names, '{INSERT_MARKER_SETTING}')] LIKE ?"
-            ),
-        };
-        // Cluster mode: two empty listings in a row (see the module's documentation).
         let empty_needed = if tables.replicas.is_some() { 2 } else { 1 };
         let mut empty = 0;
-        let mut killed = 0usize;
+        // Each query is asked to stop once (in cluster mode each KILL is a task of the DDL queue).
+        let mut killed = std::collections::BTreeSet::new();
         let mut round = 0usize;
         loop {
-            let mut query = client.query(&list).bind(&like);
-            if tables.replicas.is_some() {
-                query = query.bind(&like).bind(&like);
-            }
-            let running: Vec<Running> = query
-                .with_setting("query_id", format!("{query_id}-list-{round}"))
-                .fetch_all()
-                .await?;
+            let running = running_queries(
+                client,
+                tables,
+                prefix,
+                &format!("{query_id}-list-{round}"),
+                timeout,
+            )
+            .await?;
             round += 1;
             if running.is_empty() {
                 empty += 1;
                 if empty >= empty_needed {
-                    return Ok::<usize, StorageError>(killed);
+                    return Ok::<usize, StorageError>(killed.len());
                 }
                 continue;
             }
             empty = 0;
-            for r in &running {
+            for id in running {
+                if !killed.insert(id.clone()) {
+                    continue;
+                }
                 // ASYNC: the loop above waits for it to be gone (SYNC waits on one node only).
                 let kill = match &tables.replicas {
                     None => client.query("KILL QUERY WHERE query_id = ? ASYNC"),
@@ -521,14 +555,13 @@ pub async fn kill_queries(
                         ))
                         .with_setting("wait_end_of_query", "1"),
                 };
-                match kill.bind(r.query_id.as_str()).execute().await {
+                match kill.bind(id.as_str()).execute().await {
                     Ok(()) => {}
                     // 18.16 cannot kill a running INSERT: it is waited for.
                     Err(e) if is_unkillable(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            killed += running.len();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -554,10 +587,10 @@ fn quote(s: &str) -> String {
     out
 }
 
-fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
+/// The LIKE pattern of the ids that start with `prefix`, in which `%` matches any run of characters
+/// (the callers' prefixes skip the partitions before theirs that way) and everything else is itself.
+fn like_prefix(prefix: &str) -> String {
+    format!("{}%", prefix.replace('\\', "\\\\").replace('_', "\\_"))
 }
 
 #[cfg(test)]
@@ -596,7 +629,11 @@ mod tests {
     #[test]
     fn quotes_and_like_patterns_are_escaped() {
         assert_eq!(quote("a'b\\c"), "'a\\'b\\\\c'");
-        assert_eq!(like_escape("rum_1%"), "rum\\_1\\%");
+        assert_eq!(
+            like_prefix("rum:rum_consumers:t:%,1,"),
+            "rum:rum\\_consumers:t:%,1,%"
+        );
+        assert_eq!(like_prefix("a\\b"), "a\\\\b%");
     }
 
     #[test]
