@@ -125,17 +125,23 @@ pub fn p75_sql() -> String {
 /// metrics (array), start, end (unix seconds), then those of `filter` (more conditions of the
 /// WHERE, e.g. the scope's arrays, see [`scope_sql`], and the candidates: filtering on grouping keys
 /// there, not after the GROUP BY, spares merging the sketches of every other series).
+///
+/// p75 is computed a level above the GROUP BY, as in the analyst queries: over a cluster's `Distributed`
+/// `vitals_1m` (`clickhouse.cluster`) ClickHouse 18.16 sends the grouping level to the shards as text and
+/// prints `(sk.1)[idx]` as `sk.1[idx]`, which the shards cannot parse (`Code: 62`).
 fn step_rows_sql(step_secs: u32, filter: &str) -> String {
     format!(
-        "SELECT site, route, device, metric, \
-           toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
-           countMerge(samples) AS n, \
-           sumMapMerge(sketch) AS sk, \
-           arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx, \
-           toFloat64({p75}) AS p75 \
-         FROM vitals_1m \
-         WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){filter} \
-         GROUP BY site, route, device, metric, step_start",
+        "SELECT site, route, device, metric, step_start, n, sk, idx, toFloat64({p75}) AS p75 \
+         FROM ( \
+           SELECT site, route, device, metric, \
+             toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
+             countMerge(samples) AS n, \
+             sumMapMerge(sketch) AS sk, \
+             arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx \
+           FROM vitals_1m \
+           WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){filter} \
+           GROUP BY site, route, device, metric, step_start \
+         )",
         p75 = p75_sql()
     )
 }

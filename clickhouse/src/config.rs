@@ -198,9 +198,17 @@ impl ClickHouseConfig {
             .with_validation(false)
     }
 
-    /// A client bound to the database.
+    /// A client bound to the database. In cluster mode its queries run with
+    /// `distributed_product_mode = 'global'`: an `IN (SELECT ... FROM vitals_1m)` over the `Distributed`
+    /// tables (the alert evaluator's queries) reads the whole cluster once, as `GLOBAL IN`, instead of
+    /// being refused (`Code: 288 ... Double-distributed IN/JOIN subqueries is denied`), so the SQL of
+    /// single-server mode runs unchanged.
     pub fn client(&self) -> clickhouse::Client {
-        self.server_client().with_database(&self.database)
+        let client = self.server_client().with_database(&self.database);
+        match self.cluster {
+            Some(_) => client.with_setting("distributed_product_mode", "global"),
+            None => client,
+        }
     }
 }
 

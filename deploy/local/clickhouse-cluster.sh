@@ -250,7 +250,8 @@ clickhouse_cluster_member_start() {
 # clickhouse_replication_status [NAME...]: one line a running server of the cluster (default: all): its replicated
 # tables, how many are read-only (no ZooKeeper session) or not replicating yet (restarted, waiting until the old
 # session of its replica expired: 18.16 then reports a delay of decades), the replication queue, the largest
-# delay and the fewest active replicas of a table (a killed replica counts as active until its session expired).
+# delay and the fewest active replicas of a table, of that table's replicas (rum.schema_migrations has one on every
+# node, a shard's tables one on each of its nodes; a killed replica counts as active until its session expired).
 clickhouse_replication_status() {
     local names=("$@") name port out tables ro waiting queue delay active total
     ((${#names[@]})) || names=("${RUM_LOCAL_CLICKHOUSE_NODES[@]}")
@@ -260,7 +261,7 @@ clickhouse_replication_status() {
         port=$(clickhouse_node_port "$name" http)
         if ! out=$(curl -fsS --max-time 3 "http://127.0.0.1:$port/" --data-binary "SELECT count(), \
             countIf(is_readonly), countIf(absolute_delay > 315360000), sum(queue_size), \
-            maxIf(absolute_delay, absolute_delay <= 315360000), min(active_replicas), max(total_replicas) \
+            maxIf(absolute_delay, absolute_delay <= 315360000), min(active_replicas), argMin(total_replicas, active_replicas) \
             FROM system.replicas" 2>/dev/null); then
             printf '%-13s no answer from 127.0.0.1:%s\n' "$name" "$port"
             continue
