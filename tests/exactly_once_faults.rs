@@ -26,11 +26,16 @@ async fn metrics_of(port: u16) -> String {
     exposition(&format!("http://127.0.0.1:{port}/metrics")).await
 }
 
-/// Waits until the member on `port` counted at least one failed `step`.
+/// Waits until the member on `port` (maybe still starting) counted at least one failed `step`.
 async fn wait_for_failed_step(port: u16, step: &str, within: Duration) {
     let label = format!("step=\"{step}\"");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let url = format!("http://127.0.0.1:{port}/metrics");
     eventually(&format!("a failed {step}"), within, async || {
-        let m = metrics_of(port).await;
+        let m = http.get(&url).send().await.ok()?.text().await.ok()?;
         (labelled(&m, "rum_consumer_write_errors_total", &label) > 0.0).then_some(())
     })
     .await;
@@ -108,17 +113,20 @@ async fn an_insert_stored_but_answered_with_an_error_is_not_stored_again() {
     const N: u64 = 400;
     let port = free_port();
     let _consumer = stack.consumer(port);
-    for (table, step, range) in [
-        ("vitals_raw", "raw_insert", 0..N / 2),
-        ("vitals_1m", "rollup_insert", N / 2..N),
+    // A column in the condition: a constant one throws when the view is created. 18.16 pushes a block to a
+    // table's views in the order of their names, after the table itself, and does not cascade to the views of a
+    // view's target: `zz_fault` on vitals_1m_input runs after vitals_1m_rollup stored the rollup.
+    for (view, table, condition, step, range) in [
+        ("fault", "vitals_raw", "kafka_offset >= 0", "raw_insert", 0..N / 2),
+        ("zz_fault", "vitals_1m_input", "ledger_next >= 0", "rollup_insert", N / 2..N),
     ] {
         stack.clickhouse.query(&format!(
-            "CREATE MATERIALIZED VIEW rum.fault ENGINE = Memory AS SELECT throwIf(1) AS x FROM rum.{table}"
+            "CREATE MATERIALIZED VIEW rum.{view} ENGINE = Memory AS SELECT throwIf({condition}) AS x FROM rum.{table}"
         ));
         stack.produce(range).await;
         wait_for_failed_step(port, step, Duration::from_secs(60)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        stack.clickhouse.query("DROP TABLE rum.fault");
+        stack.clickhouse.query(&format!("DROP TABLE rum.{view}"));
     }
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(60))
@@ -142,13 +150,16 @@ async fn the_rollup_failing_after_the_raw_write_is_repaired_from_vitals_raw() {
         .query("RENAME TABLE rum.vitals_1m TO rum.vitals_1m_away");
     stack.produce(N / 2..N).await;
     wait_for_failed_step(port, "rollup_insert", Duration::from_secs(60)).await;
-    eventually("vitals_raw to take the batches", Duration::from_secs(60), async || {
-        let raw = stack
-            .clickhouse
-            .query("SELECT count() FROM rum.vitals_raw FORMAT TSV");
-        (raw.trim().parse::<u64>().ok()? == N * METRICS_PER_BEACON).then_some(())
-    })
-    .await;
+    // Nothing more is written while the ledgers cannot be read: vitals_raw holds what it took alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let raw_alone = stack
+        .clickhouse
+        .query("SELECT count() FROM rum.vitals_raw FORMAT TSV")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        - N / 2 * METRICS_PER_BEACON;
+    assert!(raw_alone > 0, "a batch reached vitals_raw only");
     stack
         .clickhouse
         .query("RENAME TABLE rum.vitals_1m_away TO rum.vitals_1m");
@@ -159,7 +170,7 @@ async fn the_rollup_failing_after_the_raw_write_is_repaired_from_vitals_raw() {
     let m = metrics_of(port).await;
     assert_eq!(
         metric_sum(&m, "rum_consumer_rollup_repaired_rows_total"),
-        (N / 2 * METRICS_PER_BEACON) as f64,
+        raw_alone as f64,
         "exactly the rows vitals_raw took alone were rolled up from it:\n{m}"
     );
 }

@@ -59,7 +59,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, Rebalance};
 use rum_kafka::KafkaLog;
 
 /// Where a partition resumes, and under which incarnation of the topic.
@@ -278,11 +278,17 @@ impl ConsumerContext for OwnershipContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
                 let assigned: Vec<i32> = self.partitions(list).collect();
                 tracing::info!(?assigned, "partitions assigned");
+                // librdkafka keeps a partition's pause across a revoke and a new assignment: one paused
+                // during a failed write and assigned again would never be fetched. A fresh assignment
+                // fetches; the write path pauses it again if it has to.
+                if let Err(e) = consumer.resume(list) {
+                    tracing::warn!(error = %e, "cannot resume the assigned partitions");
+                }
                 self.ownership
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

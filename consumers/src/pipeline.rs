@@ -376,16 +376,16 @@ impl Consumer {
         Ok(())
     }
 
-    fn owned_list(&self) -> TopicPartitionList {
-        let mut list = TopicPartitionList::new();
-        for p in self.ownership().partitions() {
-            list.add_partition(&self.topic, p);
-        }
-        list
-    }
-
+    /// Pauses or resumes fetching of the partitions librdkafka has assigned now (its assignment,
+    /// not the ownership map, which a rebalance in between may have changed).
     fn set_paused(&self, paused: bool) {
-        let list = self.owned_list();
+        let list = match self.consumer.assignment() {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, paused, "cannot read the assignment");
+                return;
+            }
+        };
         if list.count() == 0 {
             return;
         }
