@@ -78,6 +78,8 @@ pub struct Consumer {
     /// Bounds each Kafka request of the write path (topic id, watermarks): the session timeout,
     /// past which the member is out of the group anyway.
     kafka_timeout: Duration,
+    /// `consumer.topic_incarnation` is set: the topic's id is not asked for.
+    explicit_incarnation: bool,
     metrics: Arc<ConsumerMetrics>,
     batch_max_messages: usize,
     batch_max_wait: Duration,
@@ -120,6 +122,7 @@ impl Consumer {
             topic: kafka.topic.clone(),
             writer,
             kafka_timeout: Duration::from_millis(config.session_timeout_ms),
+            explicit_incarnation: config.topic_incarnation.is_some(),
             metrics,
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
@@ -436,6 +439,11 @@ impl Group for Consumer {
     }
 
     fn topic_id(&self) -> Result<Option<String>, String> {
+        if self.explicit_incarnation {
+            // `consumer.topic_incarnation` names the topic's life (`rum standalone`'s embedded broker,
+            // which answers no DescribeTopics): the stored topic name carries it.
+            return Ok(None);
+        }
         rum_kafka::topic_id(self.consumer.client(), &self.topic, self.kafka_timeout)
             .map_err(|e| e.to_string())
     }
