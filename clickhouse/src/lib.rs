@@ -32,9 +32,7 @@ pub use retention::{
     DEFAULT_RAW_DAYS, DEFAULT_RETENTION_STATEMENT_TIMEOUT, DEFAULT_ROLLUP_DAYS,
     MAX_PARTITION_SIZE_TO_DROP, VITALS_1M,
 };
-pub use rows::{
-    insert_raw_rows, raw_row_refs, VitalsRawRow, VitalsRawRowRef, VITALS_RAW,
-};
+pub use rows::{insert_raw_rows, raw_row_refs, VitalsRawRow, VitalsRawRowRef, VITALS_RAW};
 pub use sketch::{
     bucket_of, exact_quantile, quantile, sketch_of, value_of_bucket, GAMMA, GAMMA_LITERAL,
     MAX_BUCKET, ZERO_BUCKET,

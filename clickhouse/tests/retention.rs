@@ -35,7 +35,13 @@ fn insert(server: &ClickHouseServer, database: &str) {
     for (i, at) in TIMES.iter().enumerate() {
         server.query(&format!(
             "INSERT INTO {database}.vitals_raw VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', \
-             'LCP', {}, 'good', 'id-{i}', 1, 'rum.beacons.v1', 0, {i})",
+             'LCP', {}, 'good', 'id-{i}', 1, 'rum.beacons.v1', '', 0, {i})",
+            1000 + i
+        ));
+        // The rollup has its own INSERT since migration 004 (no view from vitals_raw).
+        server.query(&format!(
+            "INSERT INTO {database}.vitals_1m_input VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', {}, \
+             'good', 1, 0, 0)",
             1000 + i
         ));
     }
@@ -108,14 +114,8 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
         server.query("SELECT toString(min(minute)), countMerge(samples) FROM rum.vitals_1m"),
         "2023-02-01 00:00:00\t5\n"
     );
-    // The consumer's resume points are not partitioned data: untouched.
-    assert_eq!(
-        count(
-            &server,
-            "SELECT maxMerge(max_offset) FROM rum.kafka_offsets"
-        ),
-        6
-    );
+    // (The consumer's resume points are ledger rows of vitals_1m since migration 004: kafka_offsets, which
+    // retention never touches, is no longer filled.)
     // Another database on the same server is not touched.
     assert_eq!(
         count(&server, "SELECT count() FROM rum_other.vitals_raw"),
@@ -191,7 +191,7 @@ fn insert_rows(server: &ClickHouseServer, at: &str, rows: u64) {
     server.query(&format!(
         "INSERT INTO rum.vitals_raw SELECT toDateTime('{at}'), 'shop', 'root', 'mobile', 'navigate', \
          'LCP', toFloat64(number * 7919 % 100003), 'good', concat('id-', toString(cityHash64(number))), \
-         1, 'rum.beacons.v1', 0, number FROM system.numbers LIMIT {rows}"
+         1, 'rum.beacons.v1', '', 0, number FROM system.numbers LIMIT {rows}"
     ));
 }
 
