@@ -297,9 +297,9 @@ async fn a_cluster_stores_each_message_once_through_a_killed_replica_and_answers
 
     let metrics = exposition(&format!("http://127.0.0.1:{port}/metrics")).await;
     eprintln!(
-        "cluster member: write errors {}, killed inserts {}, rows repaired {}",
+        "cluster member: write errors {}, unfinished inserts waited for {}, rows repaired {}",
         metric_sum(&metrics, "rum_consumer_write_errors_total"),
-        metric_sum(&metrics, "rum_consumer_killed_inserts_total"),
+        metric_sum(&metrics, "rum_consumer_unfinished_inserts_total"),
         metric_sum(&metrics, "rum_consumer_rollup_repaired_rows_total"),
     );
     assert!(member.terminate(Duration::from_secs(30)).success());

@@ -14,13 +14,14 @@
 //!   `vitals_1m` or nothing).
 //! - An INSERT whose answer is lost (a reset connection, a timeout, a restart) may have been stored,
 //!   and may even still be running. Every INSERT carries a `query_id` naming the group, topic and
-//!   partitions, so unfinished ones can be killed and waited for before anything is read again.
+//!   partitions, so unfinished ones can be found, asked to stop and waited for before anything is read
+//!   again (ClickHouse 18.16 cannot kill a running INSERT; it finishes or fails, and then it is gone).
 //!
 //! ## The rules
 //! 1. **Floors are learnt, never assumed.** A partition's floor (everything below it is in both
 //!    tables) is read from the ledgers of `vitals_1m` when the partition is assigned and after ANY
 //!    failed step of a write; before reading, this group's unfinished INSERTs of the partition are
-//!    killed and waited for. Messages below the floor are skipped.
+//!    waited for (on every node in cluster mode). Messages below the floor are skipped.
 //! 2. **`vitals_raw` is checked, not trusted.** Above the floor, `vitals_raw` may hold a prefix of
 //!    the partition's messages (an INSERT that reached `vitals_raw` and not `vitals_1m`): before
 //!    writing a partition whose state is unknown, the write asks `vitals_raw` for the highest offset
@@ -34,7 +35,7 @@
 //!    callbacks). Before each INSERT the member proves it is still in the group's current generation
 //!    by committing its floors (the coordinator refuses a fenced member's commit); an INSERT is sent
 //!    only within `consumer.fence_lease_ms` of the last proof being sent. A partition's new owner
-//!    waits the same lease after its assignment, then kills the old owner's unfinished INSERTs of it
+//!    waits the same lease after its assignment, then waits out the old owner's unfinished INSERTs of it
 //!    (rule 1), then reads the floor. The old owner's last proof was sent before the generation that
 //!    took the partition away began, so its last INSERT was sent before the new owner's wait ended.
 //! 5. **A topic is known by its id.** Ledgers and raw rows carry the Kafka topic id. A ledger of
@@ -223,6 +224,12 @@ impl Ownership {
             );
         }
         self.proof = None;
+    }
+
+    /// Assigns `partitions` now, as a rebalance does (tests of the write path).
+    #[cfg(test)]
+    pub(crate) fn assign_for_tests(&mut self, partitions: &[i32]) {
+        self.assign(partitions.iter().copied(), Instant::now());
     }
 
     fn revoke(&mut self, partitions: impl Iterator<Item = i32>) {

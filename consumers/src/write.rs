@@ -2,7 +2,7 @@
 //! [`crate::ownership`]):
 //!
 //! 1. [`Writer::learn_floors`]: for partitions whose floor is unknown (newly assigned, or after any
-//!    failed write), kill our unfinished INSERTs of them, read the ledgers of `vitals_1m` and decide
+//!    failed write), stop and wait for this group's unfinished INSERTs of them, read the ledgers of `vitals_1m` and decide
 //!    the floor and the topic incarnation ([`decide_floor`]);
 //! 2. select owned: [`crate::ownership::Ownership::select`] drops what is stored or not ours;
 //! 3. dead-letter poison (the consume loop, [`crate::dead_letter`]);
@@ -143,8 +143,9 @@ pub struct WriteMetrics {
     pub timeouts: IntCounterVec,
     /// New incarnations of a partition (the topic deleted and created again, or its log wiped).
     pub incarnations: IntCounter,
-    /// Unfinished INSERTs of this consumer's group killed before the floors were read.
-    pub killed_inserts: IntCounter,
+    /// Unfinished INSERTs of this group found before floors were read (asked to stop, and waited for:
+    /// ClickHouse 18.16 cannot kill a running INSERT).
+    pub unfinished_inserts: IntCounter,
     /// Rollup rows read back from `vitals_raw` (the rollup of an INSERT that reached only `vitals_raw`).
     pub repaired_rows: IntCounter,
 }
@@ -170,9 +171,9 @@ impl WriteMetrics {
             "rum_consumer_topic_incarnations_total",
             "Partitions found to be a new incarnation (topic deleted and created again, or log wiped): written from their start under the new topic id.",
         )?;
-        let killed_inserts = IntCounter::new(
-            "rum_consumer_killed_inserts_total",
-            "Unfinished INSERTs of the partitions being taken over, killed before their floors were read.",
+        let unfinished_inserts = IntCounter::new(
+            "rum_consumer_unfinished_inserts_total",
+            "Unfinished INSERTs of the partitions whose floors were being read, asked to stop and waited for first.",
         )?;
         let repaired_rows = IntCounter::new(
             "rum_consumer_rollup_repaired_rows_total",
@@ -181,7 +182,7 @@ impl WriteMetrics {
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(incarnations.clone()))?;
-        registry.register(Box::new(killed_inserts.clone()))?;
+        registry.register(Box::new(unfinished_inserts.clone()))?;
         registry.register(Box::new(repaired_rows.clone()))?;
         for step in [
             "learn_floors",
@@ -200,7 +201,7 @@ impl WriteMetrics {
             errors,
             timeouts,
             incarnations,
-            killed_inserts,
+            unfinished_inserts,
             repaired_rows,
         })
     }
@@ -418,7 +419,7 @@ impl Writer {
         }
     }
 
-    /// Step 1: learns the floors of `partitions` (assigned at least a lease ago): kills this group's
+    /// Step 1: learns the floors of `partitions` (assigned at least a lease ago): waits out this group's
     /// unfinished INSERTs of them, reads the ledgers, and decides each floor.
     pub async fn learn_floors(
         &self,
@@ -442,10 +443,10 @@ impl Writer {
             if killed > 0 {
                 tracing::warn!(
                     partition = p,
-                    killed,
-                    "killed unfinished inserts of a partition taken over"
+                    inserts = killed,
+                    "waited for unfinished inserts of the partition before reading its floor"
                 );
-                self.metrics.killed_inserts.inc_by(killed as u64);
+                self.metrics.unfinished_inserts.inc_by(killed as u64);
             }
         }
         let ledgers = read_ledgers(
@@ -878,6 +879,77 @@ mod tests {
         let d = decide_floor(&ledgers, 0, "", 10);
         assert_eq!((d.floor.next, d.floor.incarnation.as_str()), (4, "@500"));
         assert!(!d.new_incarnation);
+    }
+
+    /// A group whose coordinator accepts or refuses commits, counting them.
+    struct Coordinator {
+        accepts: std::sync::atomic::AtomicBool,
+        commits: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Group for Coordinator {
+        fn prove(&self, floors: &[(i32, i64)]) -> Result<(), String> {
+            assert!(!floors.is_empty(), "a proof commits the known floors");
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.accepts.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("UnknownMemberId".into())
+            }
+        }
+        fn topic_id(&self) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+        fn high_watermark(&self, _: i32) -> Result<i64, String> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_write_is_sent_only_within_a_lease_of_an_accepted_proof() {
+        let lease = Duration::from_millis(200);
+        let writer = Writer::new(
+            rum_clickhouse::Client::default(),
+            Tables::single(),
+            "t",
+            "g",
+            Duration::from_secs(1),
+            lease,
+            WriteMetrics::new(&Registry::new()).unwrap(),
+        );
+        let group = Coordinator {
+            accepts: true.into(),
+            commits: 0.into(),
+        };
+        let ownership = std::sync::Mutex::new(Ownership::default());
+        {
+            let mut o = lock(&ownership);
+            o.assign_for_tests(&[0]);
+            o.set_floor(0, Floor::new("id".into(), 5, vec!["id".into()]));
+        }
+        writer.fence(&ownership, &group).expect("proven");
+        writer.fence(&ownership, &group).expect("still proven");
+        assert_eq!(
+            group.commits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one proof per lease"
+        );
+        std::thread::sleep(lease);
+        group
+            .accepts
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let refused = writer.fence(&ownership, &group).unwrap_err();
+        assert_eq!(refused.step(), "fence");
+        assert_eq!(
+            group.commits.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "the lease ran out: proven again"
+        );
+        assert!(
+            writer.fence(&ownership, &group).is_err(),
+            "no write without a new proof"
+        );
     }
 
     #[test]
