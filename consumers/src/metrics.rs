@@ -35,7 +35,8 @@ pub struct ConsumerMetrics {
     pub rows_inserted: IntCounterVec,
     /// Messages sent to the dead-letter topic, by reason.
     pub dead_lettered: IntCounterVec,
-    /// Failed ClickHouse inserts (each is retried).
+    /// Failed ClickHouse steps of the write path: reads of the ledgers and of vitals_raw, and inserts
+    /// (each is retried).
     pub insert_errors: IntCounter,
     /// Failed offset commits.
     pub commit_errors: IntCounter,
@@ -88,7 +89,7 @@ impl ConsumerMetrics {
         )?;
         let insert_errors = IntCounter::new(
             "rum_consumer_insert_errors_total",
-            "Failed ClickHouse inserts; each is retried with backoff.",
+            "Failed ClickHouse steps of the write path (ledger and vitals_raw reads, inserts); each is retried with backoff.",
         )?;
         let commit_errors = IntCounter::new(
             "rum_consumer_commit_errors_total",

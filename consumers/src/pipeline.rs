@@ -25,7 +25,6 @@ use crate::write::{
 };
 use crate::{ConsumerConfig, ConsumerMetrics};
 
-
 /// Why the consumer could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
@@ -255,7 +254,12 @@ impl Consumer {
                 }
                 Err(Attempt::Failed(e)) => {
                     self.writer.count(&e);
-                    if matches!(e, WriteError::RawInsert(_) | WriteError::RollupInsert(_)) {
+                    // Every failed ClickHouse step: nothing new is stored while they last
+                    // (RumConsumerInsertErrors).
+                    if !matches!(
+                        e,
+                        WriteError::Fenced(_) | WriteError::DeadLetter(_) | WriteError::Topic(_)
+                    ) {
                         self.metrics.insert_errors.inc();
                     }
                     // Rule 1 of crate::ownership: after any failed step every floor is read again.
@@ -420,7 +424,6 @@ impl Consumer {
             }
         }
     }
-
 }
 
 impl Group for Consumer {
