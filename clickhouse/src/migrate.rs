@@ -123,35 +123,39 @@ pub async fn migrate_to(
     config: &ClickHouseConfig,
     target: Option<u32>,
 ) -> Result<MigrationReport, StorageError> {
+    // Every request is bounded (a server that accepts connections and never answers fails the run).
+    let timeout = config.request_timeout();
     let cluster = match config.cluster() {
         None => {
-            config
-                .server_client()
-                .query(&format!(
-                    "CREATE DATABASE IF NOT EXISTS {}",
-                    config.database
-                ))
-                .execute()
-                .await?;
-            check_mode(&config.client(), config, false).await?;
-            config
-                .client()
-                .query(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations \
-                     (version UInt32, name String, checksum String, applied_at DateTime) \
-                     ENGINE = ReplacingMergeTree() ORDER BY version",
-                )
-                .execute()
-                .await?;
+            let create = config.server_client();
+            let create = create.query(&format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                config.database
+            ));
+            crate::bounded("creating the database", timeout, create.execute()).await?;
+            crate::bounded(
+                "checking the database's mode",
+                timeout,
+                check_mode(&config.client(), config, false),
+            )
+            .await?;
+            let client = config.client();
+            let create = client.query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations \
+                 (version UInt32, name String, checksum String, applied_at DateTime) \
+                 ENGINE = ReplacingMergeTree() ORDER BY version",
+            );
+            crate::bounded("creating schema_migrations", timeout, create.execute()).await?;
             None
         }
         Some(name) => Some(ClusterMigration::prepare(config, name).await?),
     };
     let client = config.client();
-    let applied: Vec<AppliedMigration> = client
-        .query("SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version")
-        .fetch_all()
-        .await?;
+    let applied = client.query(
+        "SELECT version, name, checksum, toUInt32(applied_at) FROM schema_migrations FINAL ORDER BY version",
+    );
+    let applied: Vec<AppliedMigration> =
+        crate::bounded("reading schema_migrations", timeout, applied.fetch_all()).await?;
     let mut report = MigrationReport::default();
     for row in &applied {
         let known = MIGRATIONS.iter().find(|m| m.version == row.version);
@@ -190,27 +194,32 @@ pub async fn migrate_to(
                 Some(cluster) => cluster.apply(migration, &statement).await?,
                 None => {
                     if let Some((table, column)) = added_column(&statement) {
-                        if column_exists(&client, &config.database, table, column).await? {
+                        let exists = column_exists(&client, &config.database, table, column);
+                        if crate::bounded("reading system.columns", timeout, exists).await? {
                             tracing::info!(table, column, "column exists, ADD COLUMN skipped");
                             continue;
                         }
                     }
-                    client.query(&statement).execute().await?;
+                    let run = client.query(&statement);
+                    crate::bounded("applying a migration", timeout, run.execute()).await?;
                 }
             }
         }
-        let mut insert = client
-            .insert::<AppliedMigration>("schema_migrations")
-            .await?;
-        insert
-            .write(&AppliedMigration {
-                version: migration.version,
-                name: migration.name.to_string(),
-                checksum: migration.checksum(),
-                applied_at: unix_seconds(),
-            })
-            .await?;
-        insert.end().await?;
+        let record = async {
+            let mut insert = client
+                .insert::<AppliedMigration>("schema_migrations")
+                .await?;
+            insert
+                .write(&AppliedMigration {
+                    version: migration.version,
+                    name: migration.name.to_string(),
+                    checksum: migration.checksum(),
+                    applied_at: unix_seconds(),
+                })
+                .await?;
+            insert.end().await
+        };
+        crate::bounded("recording the migration", timeout, record).await?;
         report.applied.push(migration.version);
     }
     Ok(report)

@@ -7,8 +7,9 @@
 //! server's (its time zone), so the cutoff partition is computed by the server too.
 //!
 //! TTL would do this on current ClickHouse, but 18.16 has no TTL; `ALTER TABLE ... DROP PARTITION`
-//! and `system.parts` work on both. Dropping a partition is cheap (files are unlinked), and
-//! `kafka_offsets` is untouched, so the consumer still resumes where it stopped.
+//! and `system.parts` work on both. Dropping a partition is cheap (files are unlinked). The ledger rows
+//! of `vitals_1m` (where each Kafka partition is stored up to) go with their month: a partition written
+//! within the rollup retention keeps a newer one.
 //!
 //! ClickHouse refuses to drop a partition larger than its server setting `max_partition_size_to_drop`
 //! (default 50 GB, error 359): such a partition stays, is reported as
