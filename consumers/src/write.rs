@@ -522,23 +522,14 @@ impl Writer {
             .collect();
         let ids = raw_ids(&floors);
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let raw_query = |ranges: &[OffsetRange]| -> (u32, u32, Vec<OffsetRange>) {
-            (plan.day, plan.day.saturating_add(DAY), ranges.to_vec())
-        };
         let stored: BTreeMap<u32, u64> = if unchecked.is_empty() {
             BTreeMap::new()
         } else {
-            let (from, to, rs) = raw_query(&unchecked);
+            let query = self.raw_query(&id_refs, plan.day, &unchecked);
             raw_stored_max(
                 &self.client,
                 &self.tables,
-                &RawQuery {
-                    topic: &self.stored_topic,
-                    topic_ids: &id_refs,
-                    from,
-                    to,
-                    ranges: &rs,
-                },
+                &query,
                 &self.query_id(&[]),
                 self.timeout,
             )
@@ -565,17 +556,11 @@ impl Writer {
         let read_back: Vec<RollupRow> = if held.is_empty() {
             Vec::new()
         } else {
-            let (from, to, rs) = raw_query(&held);
+            let query = self.raw_query(&id_refs, plan.day, &held);
             raw_rollup_rows(
                 &self.client,
                 &self.tables,
-                &RawQuery {
-                    topic: &self.stored_topic,
-                    topic_ids: &id_refs,
-                    from,
-                    to,
-                    ranges: &rs,
-                },
+                &query,
                 &self.query_id(&[]),
                 self.timeout,
             )
@@ -632,8 +617,8 @@ impl Writer {
         // Collected (not a lazy chain): the future must stay Send across the await.
         let mut rollup: Vec<RollupInputRef<'_>> =
             Vec::with_capacity(read_back.len() + fresh.len() + ledgers.len());
-        rollup.extend(read_back.iter().map(|r| RollupInputRef::of(r)));
-        rollup.extend(fresh.iter().map(|r| RollupInputRef::of_raw(r)));
+        rollup.extend(read_back.iter().map(RollupInputRef::of));
+        rollup.extend(fresh.iter().map(RollupInputRef::of_raw));
         rollup.extend(ledgers.iter().map(|l| l.input()));
         self.fence(ownership, group)?;
         let sent = insert_rows::<RollupInputRef<'_>, _>(
@@ -661,6 +646,22 @@ impl Writer {
             o.advance(*p, *last + 1);
         }
         Ok(written)
+    }
+
+    /// What `vitals_raw` holds of `ranges`, among the rows of the UTC day starting at `day`.
+    fn raw_query<'q>(
+        &'q self,
+        topic_ids: &'q [&'q str],
+        day: u32,
+        ranges: &'q [OffsetRange],
+    ) -> RawQuery<'q> {
+        RawQuery {
+            topic: &self.stored_topic,
+            topic_ids,
+            from: day,
+            to: day.saturating_add(DAY),
+            ranges,
+        }
     }
 
     /// Proves ownership unless a proof younger than the lease is at hand: commits the floors of every
