@@ -67,6 +67,9 @@ impl MessageError {
     }
 }
 
+/// `received_at` must be below this (unix ms): 2^32 seconds, the end of ClickHouse's `DateTime`.
+pub const MAX_RECEIVED_AT_MS: u64 = (u32::MAX as u64) * 1000;
+
 impl BeaconMessage {
     /// The Kafka key: `site|route|device`, so one route's beacons stay on one partition.
     pub fn key(&self) -> String {
@@ -106,6 +109,11 @@ impl BeaconMessage {
         }
         if !is_valid_sample_rate(self.sample_rate) {
             return Err(MessageError::Invalid("invalid_sample_rate"));
+        }
+        // ClickHouse's DateTime is u32 seconds: a later time could not be stored as itself (and a
+        // clamped one would not be found again by the consumer's check of what is stored).
+        if self.received_at >= MAX_RECEIVED_AT_MS {
+            return Err(MessageError::Invalid("invalid_received_at"));
         }
         if self.metrics.is_empty() || self.metrics.len() > MAX_METRICS_PER_BEACON {
             return Err(MessageError::Invalid("invalid_metric_count"));
@@ -180,5 +188,14 @@ mod tests {
             BeaconMessage::decode(&msg.encode()).unwrap_err().reason(),
             "invalid_metric_count"
         );
+        let mut msg = sample();
+        msg.received_at = MAX_RECEIVED_AT_MS;
+        assert_eq!(
+            BeaconMessage::decode(&msg.encode()).unwrap_err().reason(),
+            "invalid_received_at",
+            "past ClickHouse's DateTime: dead-lettered, not clamped"
+        );
+        msg.received_at = MAX_RECEIVED_AT_MS - 1;
+        assert!(BeaconMessage::decode(&msg.encode()).is_ok());
     }
 }
