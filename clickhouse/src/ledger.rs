@@ -178,6 +178,23 @@ pub async fn read_ledgers(
     crate::bounded("reading the ledgers", timeout, query.fetch_all()).await
 }
 
+/// Checks that the server's time zone is UTC: a UTC day of `vitals_raw` (and a UTC month of
+/// `vitals_1m`) is one partition of the table only then, so that each INSERT of the write path is one
+/// part. Another time zone cuts a UTC day in two parts, committed one after the other.
+pub async fn check_utc(client: &clickhouse::Client, timeout: Duration) -> Result<(), StorageError> {
+    let tz: String = crate::bounded(
+        "reading the server's time zone",
+        timeout,
+        client.query("SELECT timezone()").fetch_one(),
+    )
+    .await?;
+    if tz == "UTC" || tz == "Etc/UTC" || tz == "UCT" || tz == "Etc/UCT" {
+        Ok(())
+    } else {
+        Err(StorageError::ServerTimezone(tz))
+    }
+}
+
 /// A range of one partition's offsets, `first..=last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetRange {
@@ -443,6 +460,10 @@ where
             .insert::<T>(table)
             .await?
             .with_setting("query_id", query_id)
+            // Refused at once rather than queued out of sight of system.processes when the server
+            // runs max_concurrent_queries already (an INSERT waiting there could commit after the
+            // partition's next owner looked for unfinished ones).
+            .with_setting("queue_max_wait_ms", "0")
             // Dedup of identical blocks (replicated tables) is harmless and no part of the argument.
             .with_timeouts(Some(timeout), Some(timeout));
         for (name, value) in tables.insert_settings(query_id) {
@@ -518,7 +539,9 @@ pub async fn kill_queries(
     timeout: Duration,
 ) -> Result<usize, StorageError> {
     let work = async {
-        let empty_needed = if tables.replicas.is_some() { 2 } else { 1 };
+        // Two listings in a row that find none: a request in flight while the first ran (a shard's part
+        // of a Distributed INSERT, a request still reaching the server) is listed by the second.
+        let empty_needed = 2;
         let mut empty = 0;
         // Each query is asked to stop once (in cluster mode each KILL is a task of the DDL queue).
         let mut killed = std::collections::BTreeSet::new();
@@ -538,6 +561,7 @@ pub async fn kill_queries(
                 if empty >= empty_needed {
                     return Ok::<usize, StorageError>(killed.len());
                 }
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
             empty = 0;

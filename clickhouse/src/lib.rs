@@ -56,6 +56,9 @@ pub enum StorageError {
         /// The checksum of the file in this binary.
         current: String,
     },
+    /// The server's time zone is not UTC (`<timezone>UTC</timezone>` in its config.xml).
+    #[error("clickhouse: the server's time zone is {0}, rum needs UTC (<timezone>UTC</timezone> in the server's config.xml): its days and months must be UTC ones for each INSERT to be one part")]
+    ServerTimezone(String),
     /// A request took longer than its bound; it was dropped.
     #[error("clickhouse: {what}: no answer within {after:?}")]
     Timeout {

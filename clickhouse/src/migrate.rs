@@ -125,6 +125,7 @@ pub async fn migrate_to(
 ) -> Result<MigrationReport, StorageError> {
     // Every request is bounded (a server that accepts connections and never answers fails the run).
     let timeout = config.request_timeout();
+    crate::ledger::check_utc(&config.server_client(), timeout).await?;
     let cluster = match config.cluster() {
         None => {
             let create = config.server_client();

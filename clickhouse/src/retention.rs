@@ -310,6 +310,22 @@ async fn drop_older(
     };
     let mut dropped = Vec::new();
     for partition in expired {
+        if table == VITALS_1M {
+            // The ledger rows of the month (where each Kafka partition is stored up to) move to the
+            // current month first: a partition idle since then keeps its floor. max is idempotent, so a
+            // carry repeated after a failed drop changes nothing.
+            if let Err(e) = client
+                .run(carry_ledgers(&client.client, config, partition))
+                .await
+            {
+                failures.push(RetentionFailure {
+                    table,
+                    partition: Some(partition),
+                    cause: cause_of(&e),
+                });
+                continue;
+            }
+        }
         tracing::info!(table, partition, "retention: dropping partition");
         // A number, not bound text: the partition expression's value (UInt32), as ALTER expects.
         // Cluster mode: the replicated table of every shard (a replicated drop reaches the replicas).
@@ -346,6 +362,29 @@ async fn drop_older(
 }
 
 /// Tells a timeout and a drop refused for its size from any other error.
+/// Re-writes the ledger rows of month `partition` of `vitals_1m` into the current month, through
+/// `vitals_1m_input` (in cluster mode its `Distributed` table, so each row reaches its partition's shard).
+async fn carry_ledgers(
+    client: &clickhouse::Client,
+    config: &ClickHouseConfig,
+    partition: u32,
+) -> Result<(), StorageError> {
+    let sql = format!(
+        "INSERT INTO {db}.{input} (received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, ledger_next) \
+         SELECT toStartOfMonth(now()), '', route, device, metric, 0, '', 1, toUInt32(device), maxMerge(ledger) \
+         FROM {db}.{VITALS_1M} WHERE site = '' AND toYYYYMM(minute) = {partition} \
+         GROUP BY route, device, metric",
+        db = config.database,
+        input = crate::ledger::VITALS_1M_INPUT,
+    );
+    let mut query = client.query(&sql);
+    if config.cluster().is_some() {
+        query = query.with_setting("insert_distributed_sync", "1");
+    }
+    query.execute().await?;
+    Ok(())
+}
+
 fn cause_of(error: &StatementError) -> RetentionFailureCause {
     match error {
         StatementError::TimedOut(after) => RetentionFailureCause::Timeout(*after),

@@ -103,3 +103,26 @@ async fn refuses_a_database_migrated_by_a_newer_binary() {
         other => panic!("expected UnknownMigration, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn refuses_a_server_whose_time_zone_is_not_utc() {
+    // A UTC day of vitals_raw would be two partitions of the table there: an INSERT two parts.
+    let server = ClickHouseServer::start_with_settings(
+        &rum_testkit::ClickHouseOptions::default(),
+        &[("timezone", "Europe/Berlin")],
+    );
+    let err = migrate(&config(&server, "rum")).await.unwrap_err();
+    assert!(
+        matches!(&err, StorageError::ServerTimezone(tz) if tz == "Europe/Berlin"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("<timezone>UTC</timezone>"),
+        "{err}"
+    );
+    assert_eq!(
+        server.query("SELECT count() FROM system.databases WHERE name = 'rum'"),
+        "0\n",
+        "nothing created"
+    );
+}

@@ -60,6 +60,12 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     migrate(&other).await.unwrap();
     insert(&server, "rum");
     insert(&server, "rum_other");
+    // Partition 3 of the topic was last written in December 2022: its ledger row lives in that month.
+    server.query(
+        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+         sample_rate, kafka_partition, ledger_next) VALUES ('2022-12-15 00:00:00', '', 'rum.beacons.v1', '3', 'id', \
+         0, '', 1, 3, 77)",
+    );
     let client = rum.client();
     assert_eq!(
         active_partitions(&client, &rum, "vitals_raw")
@@ -102,9 +108,11 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
             .unwrap(),
         [20240214, 20240315]
     );
+    // (and the current month: the ledger rows carried there)
+    let this_month: u32 = count(&server, "SELECT toYYYYMM(now())") as u32;
     assert_eq!(
         active_partitions(&client, &rum, "vitals_1m").await.unwrap(),
-        [202302, 202402, 202403]
+        [202302, 202402, 202403, this_month]
     );
     assert_eq!(
         server.query("SELECT toString(min(received_at)), count() FROM rum.vitals_raw"),
@@ -114,8 +122,15 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
         server.query("SELECT toString(min(minute)), countMerge(samples) FROM rum.vitals_1m"),
         "2023-02-01 00:00:00\t5\n"
     );
-    // (The consumer's resume points are ledger rows of vitals_1m since migration 004: kafka_offsets, which
-    // retention never touches, is no longer filled.)
+    // The consumer's resume points are ledger rows of vitals_1m since migration 004: December 2022 went,
+    // partition 3's floor moved to the current month first.
+    assert_eq!(
+        server.query(
+            "SELECT device, metric, maxMerge(ledger) FROM rum.vitals_1m WHERE site = '' \
+             GROUP BY device, metric FORMAT TSV"
+        ),
+        "3\tid\t77\n"
+    );
     // Another database on the same server is not touched.
     assert_eq!(
         count(&server, "SELECT count() FROM rum_other.vitals_raw"),
