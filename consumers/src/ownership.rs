@@ -25,10 +25,13 @@
 //! 2. **`vitals_raw` is checked, not trusted.** Above the floor, `vitals_raw` may hold a prefix of
 //!    the partition's messages (an INSERT that reached `vitals_raw` and not `vitals_1m`): before
 //!    writing a partition whose state is unknown, the write asks `vitals_raw` for the highest offset
-//!    it holds in the INSERT's range (one day's partition of the table). Messages up to it are not
-//!    inserted again; their rows are read back from `vitals_raw` and rolled up, so `vitals_1m` gets
-//!    exactly the rows `vitals_raw` has. The held messages are a prefix because each partition is
-//!    written in offset order, one INSERT at a time, stopping at the first failure.
+//!    it holds above the floor (in the INSERT's day partition of the table). Messages up to it are
+//!    not inserted again; their rows are read back from `vitals_raw` and rolled up, so `vitals_1m`
+//!    gets exactly the rows `vitals_raw` has. The held messages are a prefix because each partition
+//!    is written in offset order, one INSERT at a time, stopping at the first failure. The prefix
+//!    may run past the INSERT (its writer, killed before its rollup, cut its batches otherwise than
+//!    the new owner): the partition's state then stays unknown, and its next INSERT is checked
+//!    too, until one goes past the prefix.
 //! 3. **Order: `vitals_raw`, then `vitals_1m` with the ledger.** So the ledger never runs ahead of
 //!    `vitals_raw`, and a failure between them is repaired by rule 2 on the next attempt.
 //! 4. **Only a proven owner writes.** Ownership changes only inside a poll (the rebalance
@@ -196,12 +199,14 @@ impl Ownership {
         (keep, skip)
     }
 
-    /// Moves the floor to `next` after an INSERT stored both tables up to it; `vitals_raw` then holds
-    /// nothing at or above it (rule 2).
-    pub fn advance(&mut self, partition: i32, next: i64) {
+    /// Moves the floor to `next` after an INSERT stored both tables up to it. `vitals_raw` then holds
+    /// nothing at or above it, unless `raw_held_above`: the check before the INSERT found more of the
+    /// partition there (an INSERT of a member that cut its batches otherwise, killed before its rollup),
+    /// so the next INSERT checks again (rule 2).
+    pub fn advance(&mut self, partition: i32, next: i64, raw_held_above: bool) {
         if let Some(Some(f)) = self.owned.get_mut(&partition).map(|o| o.floor.as_mut()) {
             f.next = f.next.max(next);
-            f.raw_checked = true;
+            f.raw_checked = !raw_held_above;
         }
     }
 
@@ -327,11 +332,16 @@ mod tests {
         o.set_floor(0, floor(10));
         assert!(!o.should_write(0, 9), "stored before");
         assert!(o.should_write(0, 10));
-        o.advance(0, 13);
+        o.advance(0, 13, false);
         assert!(!o.should_write(0, 12) && o.should_write(0, 13));
         assert!(
             o.floor(0).unwrap().raw_checked,
             "after a write vitals_raw holds nothing above"
+        );
+        o.advance(0, 20, true);
+        assert!(
+            !o.floor(0).unwrap().raw_checked,
+            "vitals_raw held more than the write: checked again"
         );
         assert!(!o.should_write(2, 100), "not owned");
     }

@@ -509,16 +509,19 @@ impl Writer {
                 "a partition of the batch is no longer owned".into(),
             ));
         }
-        // What vitals_raw holds of this INSERT: a prefix of each unchecked partition's messages.
+        // What vitals_raw holds above each unchecked partition's floor: a prefix of the partition's messages,
+        // which may run past this INSERT (written by a member that cut its batches otherwise and was killed
+        // before its rollup): asked without an upper bound, so that the rest is not inserted again either.
+        let insert_last = |p: u32| ranges.get(&(p as i32)).map_or(0, |r| r.1.max(0) as u64);
         let unchecked: Vec<OffsetRange> = ranges
             .iter()
             .filter(|(p, _)| !floors[p].raw_checked)
-            .map(|(p, (_first, last))| OffsetRange {
+            .map(|(p, _)| OffsetRange {
                 partition: *p as u32,
                 first: floors[p].next.max(0) as u64,
-                last: (*last).max(0) as u64,
+                last: i64::MAX as u64,
             })
-            .filter(|r| r.first <= r.last)
+            .filter(|r| r.first <= insert_last(r.partition))
             .collect();
         let ids = raw_ids(&floors);
         let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -549,7 +552,7 @@ impl Writer {
                 (max >= r.first).then_some(OffsetRange {
                     partition: r.partition,
                     first: r.first,
-                    last: max,
+                    last: max.min(insert_last(r.partition)),
                 })
             })
             .collect();
@@ -643,7 +646,11 @@ impl Writer {
         // Step 7: advance.
         let mut o = lock(ownership);
         for (p, (_, last)) in &ranges {
-            o.advance(*p, *last + 1);
+            // vitals_raw holds more of the partition than this INSERT: the next one checks again.
+            let held_above = stored
+                .get(&(*p as u32))
+                .is_some_and(|max| *max > (*last).max(0) as u64);
+            o.advance(*p, *last + 1, held_above);
         }
         Ok(written)
     }

@@ -94,14 +94,28 @@ impl Stack {
 
     /// Like [`produce`](Self::produce), beacon `i` received at `received_at(i)` (unix ms).
     pub async fn produce_at(&self, range: std::ops::Range<u64>, received_at: impl Fn(u64) -> u64) {
+        self.produce_on(&self.producer(), range, received_at).await;
+    }
+
+    /// The producer of [`produce`](Self::produce), to keep for many calls of [`produce_on`](Self::produce_on).
+    pub fn producer(&self) -> FutureProducer {
         // Batched as a production producer batches: the consumer resumes from committed offsets in the middle
         // of batches.
-        let producer: FutureProducer = ClientConfig::new()
+        ClientConfig::new()
             .set("bootstrap.servers", &self.kafka.brokers)
             .set("enable.idempotence", "true")
             .set("linger.ms", "20")
             .create()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Like [`produce_at`](Self::produce_at), on `producer` (from [`producer`](Self::producer)).
+    pub async fn produce_on(
+        &self,
+        producer: &FutureProducer,
+        range: std::ops::Range<u64>,
+        received_at: impl Fn(u64) -> u64,
+    ) {
         let mut pending = Vec::new();
         for i in range {
             let message = BeaconMessage {
