@@ -68,7 +68,10 @@ impl Stack {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_insert_stored_whose_answer_is_lost_is_not_stored_again() {
     let mut stack = Stack::start();
-    let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], stack.clickhouse.http_port)));
+    let proxy = FaultProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        stack.clickhouse.http_port,
+    )));
     stack.clickhouse_url = proxy.url();
     const N: u64 = 600;
     let port = free_port();
@@ -79,26 +82,40 @@ async fn an_insert_stored_whose_answer_is_lost_is_not_stored_again() {
         times: 3,
     });
     stack.produce(0..N / 2).await;
-    eventually("three lost answers of vitals_raw", Duration::from_secs(60), async || {
-        (proxy.resets() >= 3).then_some(())
-    })
+    eventually(
+        "three lost answers of vitals_raw",
+        Duration::from_secs(60),
+        async || (proxy.resets() >= 3).then_some(()),
+    )
     .await;
     proxy.set_mode(ProxyMode::ResetAfterAnswer {
         matching: "INSERT INTO vitals_1m_input".into(),
         times: 3,
     });
     stack.produce(N / 2..N).await;
-    eventually("three lost answers of vitals_1m", Duration::from_secs(60), async || {
-        (proxy.resets() >= 6).then_some(())
-    })
+    eventually(
+        "three lost answers of vitals_1m",
+        Duration::from_secs(60),
+        async || (proxy.resets() >= 6).then_some(()),
+    )
     .await;
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(60))
         .await;
     stack.assert_ledgers_at_the_end();
     let m = metrics_of(port).await;
-    assert!(labelled(&m, "rum_consumer_write_errors_total", "step=\"raw_insert\"") >= 3.0, "{m}");
-    assert!(labelled(&m, "rum_consumer_write_errors_total", "step=\"rollup_insert\"") >= 3.0, "{m}");
+    assert!(
+        labelled(&m, "rum_consumer_write_errors_total", "step=\"raw_insert\"") >= 3.0,
+        "{m}"
+    );
+    assert!(
+        labelled(
+            &m,
+            "rum_consumer_write_errors_total",
+            "step=\"rollup_insert\""
+        ) >= 3.0,
+        "{m}"
+    );
     assert!(
         metric_sum(&m, "rum_consumer_rollup_repaired_rows_total") > 0.0,
         "the raw rows whose INSERT lost its answer were rolled up from vitals_raw:\n{m}"
@@ -117,8 +134,20 @@ async fn an_insert_stored_but_answered_with_an_error_is_not_stored_again() {
     // table's views in the order of their names, after the table itself, and does not cascade to the views of a
     // view's target: `zz_fault` on vitals_1m_input runs after vitals_1m_rollup stored the rollup.
     for (view, table, condition, step, range) in [
-        ("fault", "vitals_raw", "kafka_offset >= 0", "raw_insert", 0..N / 2),
-        ("zz_fault", "vitals_1m_input", "ledger_next >= 0", "rollup_insert", N / 2..N),
+        (
+            "fault",
+            "vitals_raw",
+            "kafka_offset >= 0",
+            "raw_insert",
+            0..N / 2,
+        ),
+        (
+            "zz_fault",
+            "vitals_1m_input",
+            "ledger_next >= 0",
+            "rollup_insert",
+            N / 2..N,
+        ),
     ] {
         stack.clickhouse.query(&format!(
             "CREATE MATERIALIZED VIEW rum.{view} ENGINE = Memory AS SELECT throwIf({condition}) AS x FROM rum.{table}"
@@ -185,7 +214,7 @@ async fn a_batch_across_midnight_with_a_failure_between_the_days() {
     let midnight_ms = now_ms - now_ms % 86_400_000;
     // Blocks of 40 beacons: 23:59:59 of yesterday, 00:00:00 of today, yesterday again (late), ...
     let received_at = move |i: u64| {
-        if (i / 40) % 2 == 0 {
+        if (i / 40).is_multiple_of(2) {
             midnight_ms - 1_000 + i % 40
         } else {
             midnight_ms + i % 40
@@ -201,7 +230,13 @@ async fn a_batch_across_midnight_with_a_failure_between_the_days() {
     stack.produce_at(0..N, received_at).await;
     let port = free_port();
     // One batch holds all of it, both days.
-    let _consumer = stack.consumer_with(port, &[("RUM_CONSUMER_BATCH_MAX_MESSAGES", "1000"), ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "2000")]);
+    let _consumer = stack.consumer_with(
+        port,
+        &[
+            ("RUM_CONSUMER_BATCH_MAX_MESSAGES", "1000"),
+            ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "2000"),
+        ],
+    );
     wait_for_failed_step(port, "raw_insert", Duration::from_secs(60)).await;
     stack.clickhouse.query("DROP TABLE rum.fault");
     stack
@@ -215,7 +250,11 @@ async fn a_batch_across_midnight_with_a_failure_between_the_days() {
         .lines()
         .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
         .collect();
-    assert_eq!(counts, vec![N / 2 * METRICS_PER_BEACON, N / 2 * METRICS_PER_BEACON], "{per_day}");
+    assert_eq!(
+        counts,
+        vec![N / 2 * METRICS_PER_BEACON, N / 2 * METRICS_PER_BEACON],
+        "{per_day}"
+    );
     let parts = stack.clickhouse.query(
         "SELECT count() FROM system.parts WHERE database = 'rum' AND table = 'vitals_raw' \
          AND active AND toDate(min_time) != toDate(max_time) FORMAT TSV",
@@ -226,7 +265,10 @@ async fn a_batch_across_midnight_with_a_failure_between_the_days() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clickhouse_that_accepts_connections_and_never_answers() {
     let mut stack = Stack::start();
-    let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], stack.clickhouse.http_port)));
+    let proxy = FaultProxy::start(std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        stack.clickhouse.http_port,
+    )));
     stack.clickhouse_url = proxy.url();
     const N: u64 = 600;
     let port = free_port();
@@ -245,9 +287,15 @@ async fn clickhouse_that_accepts_connections_and_never_answers() {
         timeouts_seen = metric_sum(&m, "rum_consumer_clickhouse_timeouts_total");
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    assert!(timeouts_seen >= 3.0, "timeouts are counted while ClickHouse does not answer: {timeouts_seen}");
+    assert!(
+        timeouts_seen >= 3.0,
+        "timeouts are counted while ClickHouse does not answer: {timeouts_seen}"
+    );
     let m = metrics_of(port).await;
-    assert!(metric_sum(&m, "rum_consumer_write_errors_total") >= 3.0, "{m}");
+    assert!(
+        metric_sum(&m, "rum_consumer_write_errors_total") >= 3.0,
+        "{m}"
+    );
     proxy.set_mode(ProxyMode::Pass);
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(90))
@@ -288,10 +336,14 @@ async fn a_topic_deleted_and_created_again_is_written_from_its_start() {
         metric_sum(&m, "rum_consumer_messages_skipped_total") == 0.0,
         "nothing of the new topic skipped as stored:\n{m}"
     );
-    let ids = stack.clickhouse.query(
-        "SELECT uniqExact(kafka_topic_id) FROM rum.vitals_raw FORMAT TSV",
+    let ids = stack
+        .clickhouse
+        .query("SELECT uniqExact(kafka_topic_id) FROM rum.vitals_raw FORMAT TSV");
+    assert_eq!(
+        ids.trim(),
+        "2",
+        "rows carry the id of the topic they came from"
     );
-    assert_eq!(ids.trim(), "2", "rows carry the id of the topic they came from");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,9 +355,13 @@ async fn a_member_stopped_past_its_session_does_not_write_after_its_successor() 
     const PER_ROUND: u64 = 150;
     let mut rng_state = 0x9e37_79b9_u64;
     for round in 0..ROUNDS {
-        stack.produce(round * PER_ROUND..(round + 1) * PER_ROUND).await;
+        stack
+            .produce(round * PER_ROUND..(round + 1) * PER_ROUND)
+            .await;
         // SIGSTOP one member at a moment somewhere in its write path, past the session timeout (6 s).
-        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng_state = rng_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let victim = (rng_state >> 33) as usize % 2;
         let after = Duration::from_millis(50 + (rng_state >> 40) % 400);
         tokio::time::sleep(after).await;
@@ -319,7 +375,10 @@ async fn a_member_stopped_past_its_session_does_not_write_after_its_successor() 
         );
     }
     stack
-        .assert_exactly(ROUNDS * PER_ROUND * METRICS_PER_BEACON, Duration::from_secs(120))
+        .assert_exactly(
+            ROUNDS * PER_ROUND * METRICS_PER_BEACON,
+            Duration::from_secs(120),
+        )
         .await;
     stack.assert_ledgers_at_the_end();
     let mut fenced = 0.0;
@@ -332,4 +391,37 @@ async fn a_member_stopped_past_its_session_does_not_write_after_its_successor() 
         assert!(m.is_running());
     }
     let _: &mut [RumProcess; 2] = &mut members;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_while_its_member_runs_is_written_from_its_start() {
+    let stack = Stack::start();
+    const N: u64 = 400;
+    let port = free_port();
+    let _consumer = stack.consumer(port);
+    stack.produce(0..N).await;
+    stack
+        .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(60))
+        .await;
+    // librdkafka resets the member's positions to the new log's start, with no rebalance.
+    stack.kafka.delete_topic(TOPIC);
+    stack.kafka.create_pipeline_topics();
+    stack.produce(N..N + N / 2).await;
+    stack
+        .assert_exactly((N + N / 2) * METRICS_PER_BEACON, Duration::from_secs(90))
+        .await;
+    let m = metrics_of(port).await;
+    assert_eq!(
+        labelled(
+            &m,
+            "rum_consumer_messages_skipped_total",
+            "reason=\"already_stored\""
+        ),
+        0.0,
+        "nothing of the new log skipped as stored:\n{m}"
+    );
+    let ids = stack
+        .clickhouse
+        .query("SELECT uniqExact(kafka_topic_id) FROM rum.vitals_raw FORMAT TSV");
+    assert_eq!(ids.trim(), "2", "the new log's rows carry the new topic id");
 }

@@ -29,9 +29,10 @@ async fn a_database_of_the_old_layout_upgrades_without_losing_or_doubling_a_row(
     // vitals_raw per batch, the views filling vitals_1m and kafka_offsets.
     let brokers = stack.kafka.brokers.clone();
     let expected_records = (N + N / 500) as usize;
-    let records = tokio::task::spawn_blocking(move || read_topic(&brokers, TOPIC, 4, expected_records))
-        .await
-        .unwrap();
+    let records =
+        tokio::task::spawn_blocking(move || read_topic(&brokers, TOPIC, 4, expected_records))
+            .await
+            .unwrap();
     assert_eq!(records.len(), expected_records);
     let mut per_partition: BTreeMap<i32, Vec<&rum_testkit::KafkaRecord>> = BTreeMap::new();
     for r in &records {
@@ -79,18 +80,33 @@ async fn a_database_of_the_old_layout_upgrades_without_losing_or_doubling_a_row(
     let rollup_before = stack
         .clickhouse
         .query("SELECT countMerge(samples) FROM rum.vitals_1m FORMAT TSV");
-    assert_eq!(rollup_before.trim(), old_rows.to_string(), "the old views filled vitals_1m");
+    assert_eq!(
+        rollup_before.trim(),
+        old_rows.to_string(),
+        "the old views filled vitals_1m"
+    );
 
     // The upgrade was interrupted once, after its first statement: running it again completes it.
-    stack
-        .clickhouse
-        .query("ALTER TABLE rum.vitals_raw ADD COLUMN kafka_topic_id String DEFAULT '' AFTER kafka_topic");
-    let out = rum_output(&["migrate"], &[("RUM_CLICKHOUSE_URL", stack.clickhouse.url.as_str())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stack.clickhouse.query(
+        "ALTER TABLE rum.vitals_raw ADD COLUMN kafka_topic_id String DEFAULT '' AFTER kafka_topic",
+    );
+    let out = rum_output(
+        &["migrate"],
+        &[("RUM_CLICKHOUSE_URL", stack.clickhouse.url.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let views = stack.clickhouse.query(
         "SELECT name FROM system.tables WHERE database = 'rum' AND engine = 'MaterializedView' FORMAT TSV",
     );
-    assert_eq!(views.trim(), "vitals_1m_rollup", "the old views are gone, the rollup's one is there");
+    assert_eq!(
+        views.trim(),
+        "vitals_1m_rollup",
+        "the old views are gone, the rollup's one is there"
+    );
 
     // The new consumer resumes after what the old one stored, and more beacons arrive.
     let port = free_port();

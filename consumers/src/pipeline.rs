@@ -21,7 +21,7 @@ use crate::dedup::SeenMetricIds;
 use crate::lag::GroupLag;
 use crate::ownership::{Ownership, OwnershipContext};
 use crate::write::{
-    blocking, plan_inserts, Consumed, Group, Poison, WriteError, WriteMetrics, Writer,
+    blocking, days_of, plan_inserts, Consumed, Group, Poison, WriteError, WriteMetrics, Writer,
 };
 use crate::{ConsumerConfig, ConsumerMetrics};
 
@@ -183,7 +183,7 @@ impl Consumer {
             }
         };
         let started = Instant::now();
-        batch.push(first);
+        self.take(&mut batch, first);
         // One deadline for the batch. Messages already fetched are taken without arming a timer
         // or reading the clock; the clock is read every 64 of them in case they never stop coming.
         let deadline = started + self.batch_max_wait;
@@ -198,7 +198,7 @@ impl Consumer {
                 received = self.consumer.recv() => match received {
                     Ok(msg) => {
                         self.metrics.messages_consumed.inc();
-                        batch.push(decode(&msg));
+                        self.take(&mut batch, decode(&msg));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "kafka receive error");
@@ -212,6 +212,33 @@ impl Consumer {
             }
         }
         (batch, started)
+    }
+
+    /// Adds a fetched message to the batch. A partition whose offsets went back within one assignment
+    /// was deleted and created again under its name, or its log was truncated (librdkafka resets the
+    /// position without a rebalance): the messages of it in hand are of the old log, which is gone, and
+    /// would hide the new log's first messages; they are dropped (counted) and the partition's floor
+    /// is read again (a new topic id makes it a new incarnation: crate::ownership, rule 5).
+    fn take(&self, batch: &mut Vec<Consumed>, c: Consumed) {
+        let went_back = self.ownership().observe_fetch(c.partition, c.offset);
+        if let Some(last) = went_back {
+            let before = batch.len();
+            batch.retain(|old| old.partition != c.partition);
+            let dropped = (before - batch.len()) as u64;
+            self.metrics
+                .messages_skipped
+                .with_label_values(&["offsets_went_back"])
+                .inc_by(dropped);
+            self.writer.metrics.offset_resets.inc();
+            tracing::warn!(
+                partition = c.partition,
+                offset = c.offset,
+                last_fetched = last,
+                dropped,
+                "the partition's offsets went back (topic deleted and created again, or its log truncated): its floor is read again"
+            );
+        }
+        batch.push(c);
     }
 
     /// Polls for up to `wait`: a message, or `None`. Rebalance callbacks run in here.
@@ -278,7 +305,9 @@ impl Consumer {
                 tokio::select! {
                     _ = stop.changed() => {}
                     // Messages fetched before the pause took effect join this batch.
-                    received = self.receive(wait) => batch.extend(received),
+                    received = self.receive(wait) => if let Some(c) = received {
+                        self.take(batch, c);
+                    },
                 }
                 self.lag.set_owned(self.ownership().partitions().len());
                 // A rebalance resets pausing: pause what is owned now.
@@ -320,6 +349,21 @@ impl Consumer {
                 .inc();
         }
         *batch = keep;
+        if let Err(e) = self.write_kept(batch).await {
+            // The waiting messages stay in hand: the fetch positions of their partitions are past them.
+            batch.extend(waits);
+            return Err(e);
+        }
+        if !waits.is_empty() {
+            // Written next time round, once their floors are known.
+            *batch = waits;
+            return Err(Attempt::Wait);
+        }
+        Ok(())
+    }
+
+    /// Steps 3 to 7 for the selected messages (see [`crate::write`]).
+    async fn write_kept(&self, batch: &mut [Consumed]) -> Result<(), Attempt> {
         // 3. Dead-letter poison, once (counted by DeadLetters).
         for poison in batch
             .iter_mut()
@@ -353,10 +397,11 @@ impl Consumer {
                 .map_or(0, |d| d.as_secs() as u32);
             now - now % 86_400
         };
+        let window = days_of(batch, today);
         for plan in plan_inserts(batch, MAX_ROWS_PER_INSERT, today) {
             let written = self
                 .writer
-                .write_group(batch, &plan, &self.ownership, self)
+                .write_group(batch, &plan, window, &self.ownership, self)
                 .await?;
             self.metrics
                 .rows_inserted
@@ -375,11 +420,6 @@ impl Consumer {
         self.metrics
             .vitals
             .observe_all(batch.iter().filter_map(|c| c.decoded.as_ref().ok()));
-        if !waits.is_empty() {
-            // Written next time round, once their floors are known.
-            *batch = waits;
-            return Err(Attempt::Wait);
-        }
         Ok(())
     }
 

@@ -148,6 +148,8 @@ pub struct WriteMetrics {
     pub unfinished_inserts: IntCounter,
     /// Rollup rows read back from `vitals_raw` (the rollup of an INSERT that reached only `vitals_raw`).
     pub repaired_rows: IntCounter,
+    /// Partitions whose offsets went back while assigned (topic created again, log truncated).
+    pub offset_resets: IntCounter,
 }
 
 impl WriteMetrics {
@@ -175,6 +177,10 @@ impl WriteMetrics {
             "rum_consumer_unfinished_inserts_total",
             "Unfinished INSERTs of the partitions whose floors were being read, asked to stop and waited for first.",
         )?;
+        let offset_resets = IntCounter::new(
+            "rum_consumer_offset_resets_total",
+            "Partitions whose offsets went back while assigned (the topic deleted and created again, or its log truncated): their floors were read again.",
+        )?;
         let repaired_rows = IntCounter::new(
             "rum_consumer_rollup_repaired_rows_total",
             "Rows of vitals_raw whose rollup was missing (an INSERT that reached vitals_raw only), rolled up from vitals_raw.",
@@ -184,6 +190,7 @@ impl WriteMetrics {
         registry.register(Box::new(incarnations.clone()))?;
         registry.register(Box::new(unfinished_inserts.clone()))?;
         registry.register(Box::new(repaired_rows.clone()))?;
+        registry.register(Box::new(offset_resets.clone()))?;
         for step in [
             "learn_floors",
             "topic",
@@ -202,6 +209,7 @@ impl WriteMetrics {
             timeouts,
             incarnations,
             unfinished_inserts,
+            offset_resets,
             repaired_rows,
         })
     }
@@ -296,6 +304,18 @@ pub struct Planned {
     pub day: u32,
     /// Indexes into the batch.
     pub messages: Vec<usize>,
+}
+
+/// The UTC days `[first day, last day + 1)` of the rows of `batch` (unix seconds), `today`'s when it
+/// has none: where `vitals_raw` may hold any of it.
+pub fn days_of(batch: &[Consumed], today: u32) -> (u32, u32) {
+    let days = batch.iter().filter_map(Consumed::day);
+    let (first, last) = days.fold((u32::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
+    if first > last {
+        (today, today.saturating_add(DAY))
+    } else {
+        (first, last.saturating_add(DAY))
+    }
 }
 
 /// Cuts `batch` (already selected: owned, above the floors, each partition in offset order) into
@@ -461,6 +481,19 @@ impl Writer {
         let topic_id = blocking(|| group.topic_id())
             .map_err(WriteError::Topic)?
             .unwrap_or_default();
+        if topic_id.is_empty() {
+            // The brokers answered without an id (a broker without ids in a rolling upgrade): the
+            // ledgers written under an id cannot be told from another topic's. Wait for an id.
+            if let Some(l) = ledgers
+                .iter()
+                .find(|l| !l.topic_id.is_empty() && !l.topic_id.starts_with('@'))
+            {
+                return Err(WriteError::Topic(format!(
+                    "the brokers gave no id for the topic, but its ledgers carry one ({}): not writing until they do",
+                    l.topic_id
+                )));
+            }
+        }
         let mut decided = Vec::with_capacity(partitions.len());
         for &p in partitions {
             let high = blocking(|| group.high_watermark(p)).map_err(WriteError::Topic)?;
@@ -486,6 +519,7 @@ impl Writer {
         &self,
         batch: &[Consumed],
         plan: &Planned,
+        window: (u32, u32),
         ownership: &std::sync::Mutex<Ownership>,
         group: &(impl Group + Sync),
     ) -> Result<Written, WriteError> {
@@ -528,7 +562,9 @@ impl Writer {
         let stored: BTreeMap<u32, u64> = if unchecked.is_empty() {
             BTreeMap::new()
         } else {
-            let query = self.raw_query(&id_refs, plan.day, &unchecked);
+            // Over every day of the batch: what vitals_raw holds above the floor may be of another day
+            // than this INSERT's (a message without rows rides with any day).
+            let query = self.raw_query(&id_refs, window, &unchecked);
             raw_stored_max(
                 &self.client,
                 &self.tables,
@@ -559,7 +595,8 @@ impl Writer {
         let read_back: Vec<RollupRow> = if held.is_empty() {
             Vec::new()
         } else {
-            let query = self.raw_query(&id_refs, plan.day, &held);
+            // Held messages of this INSERT: rows of its day only.
+            let query = self.raw_query(&id_refs, (plan.day, plan.day.saturating_add(DAY)), &held);
             raw_rollup_rows(
                 &self.client,
                 &self.tables,
@@ -655,18 +692,18 @@ impl Writer {
         Ok(written)
     }
 
-    /// What `vitals_raw` holds of `ranges`, among the rows of the UTC day starting at `day`.
+    /// What `vitals_raw` holds of `ranges`, among its rows received in `[from, to)` (unix seconds).
     fn raw_query<'q>(
         &'q self,
         topic_ids: &'q [&'q str],
-        day: u32,
+        (from, to): (u32, u32),
         ranges: &'q [OffsetRange],
     ) -> RawQuery<'q> {
         RawQuery {
             topic: &self.stored_topic,
             topic_ids,
-            from: day,
-            to: day.saturating_add(DAY),
+            from,
+            to,
             ranges,
         }
     }
@@ -824,6 +861,13 @@ mod tests {
                 messages: vec![0]
             }]
         );
+    }
+
+    #[test]
+    fn the_raw_check_covers_every_day_of_the_batch() {
+        let batch = vec![poison(0, 10), msg(0, 11, 12, 1), msg(1, 5, 10, 2)];
+        assert_eq!(days_of(&batch, 0), (10 * DAY, 13 * DAY));
+        assert_eq!(days_of(&[poison(0, 1)], 7 * DAY), (7 * DAY, 8 * DAY));
     }
 
     fn entry(id: &str, partition: u32, next: u64) -> LedgerEntry {
