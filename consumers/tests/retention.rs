@@ -65,6 +65,24 @@ async fn a_clickhouse_that_never_answers_is_counted_logged_and_the_run_returns()
     // Accepted by the kernel, never answered: a paused server, or a drop blocked behind a lock.
     let pid = server.pid().expect("clickhouse runs");
     send_signal(pid, "STOP");
+    // kill(1) returns before the kernel has stopped every thread: a loaded machine let a first quick
+    // query through. Wait until every thread of the process is stopped (state T).
+    let all_stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|rest| rest.trim_start().starts_with('T'))
+                })
+            })
+        })
+    };
+    let asked = std::time::Instant::now();
+    while !all_stopped() {
+        assert!(asked.elapsed() < Duration::from_secs(10), "ClickHouse did not stop");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let run = run_retention(&config, &metrics, 1_710_504_000, Duration::from_secs(1));
     // Far beyond the two statements' timeouts: a run that hangs fails here instead of forever.
     let report = tokio::time::timeout(Duration::from_secs(60), run).await;
@@ -110,8 +128,10 @@ async fn a_drop_refused_by_max_partition_size_to_drop_is_counted_logged_and_keep
     // the rollup has not (400 days).
     for at in ["2024-02-13 10:00:00", "2024-03-15 10:00:00"] {
         server.query(&format!(
-            "INSERT INTO rum.vitals_raw VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', \
-             'LCP', 1200, 'good', 'id-{at}', 1, 'rum.beacons.v1', 0, 1)"
+            "INSERT INTO rum.vitals_raw (received_at, site, route, device, nav_type, metric, value, \
+             rating, metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset) \
+             VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', 'LCP', 1200, 'good', 'id-{at}', 1, \
+             'rum.beacons.v1', 0, 1)"
         ));
     }
     let now: u32 = server

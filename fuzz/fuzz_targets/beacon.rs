@@ -18,7 +18,9 @@ const CONTEXTS: [RequestContext<'static>; 2] = [
     RequestContext {
         query_site: Some("query-site"),
         header_device: Device::Tablet,
-        received_at_ms: u64::MAX,
+        // The latest a message may carry (ClickHouse's DateTime ends at 2^32 s; later is dead-lettered
+        // as invalid_received_at: the ingest stamps its own clock, never that far).
+        received_at_ms: rum_schemas::MAX_RECEIVED_AT_MS - 1,
     },
 ];
 

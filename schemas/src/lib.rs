@@ -20,6 +20,6 @@ pub mod route;
 pub use beacon::{parse_beacon, Beacon, BeaconError, RawMetric};
 pub use config::ConfigError;
 pub use device::Device;
-pub use message::{BeaconMessage, MessageError, MetricSample};
+pub use message::{BeaconMessage, MessageError, MetricSample, MAX_RECEIVED_AT_MS};
 pub use metric::{MetricName, Rating};
 pub use route::normalize_route;
