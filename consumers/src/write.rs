@@ -418,6 +418,7 @@ impl Writer {
         self.lease
     }
 
+    /// The id of an INSERT of `partitions`: `rum:GROUP:TOPIC:,P1,P2,:RANDOM`, found by the prefix.
     fn query_id(&self, partitions: &[i32]) -> String {
         let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
         format!(
@@ -426,6 +427,11 @@ impl Writer {
             list.join(","),
             rand::random::<u64>()
         )
+    }
+
+    /// The id of a read: never matched by the prefix of the INSERTs.
+    fn read_id(&self) -> String {
+        format!("rum-read:{:016x}", rand::random::<u64>())
     }
 
     /// Counts a failed step.
@@ -449,31 +455,31 @@ impl Writer {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        for &p in partitions {
-            let prefix = format!("{}%,{p},", self.query_prefix);
-            let killed = kill_queries(
-                &self.client,
-                &self.tables,
-                &prefix,
-                &self.query_id(&[]),
-                self.timeout,
-            )
-            .await
-            .map_err(|e| WriteError::LearnFloors(rum_telemetry::error_chain(&e)))?;
-            if killed > 0 {
-                tracing::warn!(
-                    partition = p,
-                    inserts = killed,
-                    "waited for unfinished inserts of the partition before reading its floor"
-                );
-                self.metrics.unfinished_inserts.inc_by(killed as u64);
-            }
+        // One wait for all of them (and the group's other INSERTs of the topic, short ones): a request
+        // a partition would add up over many partitions without a poll in between.
+        let prefix = format!("{}%", self.query_prefix);
+        let killed = kill_queries(
+            &self.client,
+            &self.tables,
+            &prefix,
+            &self.read_id(),
+            self.timeout,
+        )
+        .await
+        .map_err(|e| WriteError::LearnFloors(rum_telemetry::error_chain(&e)))?;
+        if killed > 0 {
+            tracing::warn!(
+                ?partitions,
+                inserts = killed,
+                "waited for unfinished inserts before reading the floors"
+            );
+            self.metrics.unfinished_inserts.inc_by(killed as u64);
         }
         let ledgers = read_ledgers(
             &self.client,
             &self.tables,
             &self.stored_topic,
-            &self.query_id(&[]),
+            &self.read_id(),
             self.timeout,
         )
         .await
@@ -569,7 +575,7 @@ impl Writer {
                 &self.client,
                 &self.tables,
                 &query,
-                &self.query_id(&[]),
+                &self.read_id(),
                 self.timeout,
             )
             .await
@@ -601,7 +607,7 @@ impl Writer {
                 &self.client,
                 &self.tables,
                 &query,
-                &self.query_id(&[]),
+                &self.read_id(),
                 self.timeout,
             )
             .await
