@@ -80,7 +80,10 @@ async fn a_clickhouse_that_never_answers_is_counted_logged_and_the_run_returns()
     };
     let asked = std::time::Instant::now();
     while !all_stopped() {
-        assert!(asked.elapsed() < Duration::from_secs(10), "ClickHouse did not stop");
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "ClickHouse did not stop"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let run = run_retention(&config, &metrics, 1_710_504_000, Duration::from_secs(1));
