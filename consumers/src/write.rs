@@ -306,16 +306,14 @@ pub struct Planned {
     pub messages: Vec<usize>,
 }
 
-/// The UTC days `[first day, last day + 1)` of the rows of `batch` (unix seconds), `today`'s when it
-/// has none: where `vitals_raw` may hold any of it.
+/// Where `vitals_raw` may hold messages of the batch's partitions above their floors, as received-at
+/// seconds `[from, to)`: from the day before the batch's first day to the day after today (or its last
+/// day). Messages of the batch are in it; so are later ones a member killed before its rollup stored
+/// beyond what is in hand (received after the batch's first, by ingests whose clocks may be a day off).
 pub fn days_of(batch: &[Consumed], today: u32) -> (u32, u32) {
     let days = batch.iter().filter_map(Consumed::day);
-    let (first, last) = days.fold((u32::MAX, 0), |(lo, hi), d| (lo.min(d), hi.max(d)));
-    if first > last {
-        (today, today.saturating_add(DAY))
-    } else {
-        (first, last.saturating_add(DAY))
-    }
+    let (first, last) = days.fold((today, today), |(lo, hi), d| (lo.min(d), hi.max(d)));
+    (first.saturating_sub(DAY), last.saturating_add(2 * DAY))
 }
 
 /// Cuts `batch` (already selected: owned, above the floors, each partition in offset order) into
@@ -870,10 +868,10 @@ mod tests {
     }
 
     #[test]
-    fn the_raw_check_covers_every_day_of_the_batch() {
+    fn the_raw_check_covers_every_day_of_the_batch_and_up_to_today() {
         let batch = vec![poison(0, 10), msg(0, 11, 12, 1), msg(1, 5, 10, 2)];
-        assert_eq!(days_of(&batch, 0), (10 * DAY, 13 * DAY));
-        assert_eq!(days_of(&[poison(0, 1)], 7 * DAY), (7 * DAY, 8 * DAY));
+        assert_eq!(days_of(&batch, 20 * DAY), (9 * DAY, 22 * DAY));
+        assert_eq!(days_of(&[poison(0, 1)], 7 * DAY), (6 * DAY, 9 * DAY));
     }
 
     fn entry(id: &str, partition: u32, next: u64) -> LedgerEntry {
