@@ -41,7 +41,9 @@ pub fn topic_id<C: ClientContext>(
         topic: topic.into(),
         message: "the name holds a NUL byte".into(),
     })?;
-    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+    let timeout_ms = i32::try_from(timeout.as_millis())
+        .unwrap_or(i32::MAX)
+        .max(1);
     let rk = client.native_ptr();
     // SAFETY: every pointer below is created here, checked for null, used while alive and destroyed
     // once, in reverse order, on every path (the guards). The strings read from the result are copied
@@ -54,7 +56,10 @@ pub fn topic_id<C: ClientContext>(
             rd::rd_kafka_TopicCollection_destroy,
         );
         let options = Guard(
-            rd::rd_kafka_AdminOptions_new(rk, rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS),
+            rd::rd_kafka_AdminOptions_new(
+                rk,
+                rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+            ),
             rd::rd_kafka_AdminOptions_destroy,
         );
         if queue.0.is_null() || topics.0.is_null() || options.0.is_null() {
@@ -82,7 +87,8 @@ pub fn topic_id<C: ClientContext>(
                 after: timeout,
             });
         }
-        if rd::rd_kafka_event_error(event.0) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        if rd::rd_kafka_event_error(event.0) != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        {
             return Err(TopicIdError::Broker {
                 topic: topic.into(),
                 message: text(rd::rd_kafka_event_error_string(event.0)),
@@ -142,5 +148,7 @@ unsafe fn text(ptr: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: librdkafka returns NUL-terminated strings that live as long as their object.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }

@@ -351,12 +351,19 @@ impl Kafka {
             let listed = admin
                 .inner()
                 .fetch_metadata(None, Duration::from_secs(5))
-                .map(|m| m.topics().iter().any(|t| t.name() == name && t.error().is_none()))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.name() == name && t.error().is_none())
+                })
                 .unwrap_or(true);
             if !listed {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "topic {name} still listed 60 s after its deletion");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "topic {name} still listed 60 s after its deletion"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
