@@ -280,15 +280,17 @@ pub fn stored_counts(clickhouse: &rum_testkit::ClickHouseServer) -> Option<(u64,
     Some((raw.next()??, raw.next()??, rollup.trim().parse().ok()?))
 }
 
-/// Waits (at most `within`) until `vitals_raw` holds at least `expected` rows, then 2 s more for stragglers;
-/// returns the counts of [`stored_counts`].
+/// Waits (at most `within`) until `vitals_raw` holds at least `expected` rows and `vitals_1m` as many samples
+/// (the two tables are written by two INSERTs: a member killed between them leaves the rollup to its
+/// successor, after the session timeout), then 2 s more for stragglers; returns the counts of [`stored_counts`].
 pub async fn settled_counts(
     clickhouse: &rum_testkit::ClickHouseServer,
     expected: u64,
     within: Duration,
 ) -> (u64, u64, u64) {
     let deadline = Instant::now() + within;
-    while stored_counts(clickhouse).is_none_or(|(raw, _, _)| raw < expected)
+    while stored_counts(clickhouse)
+        .is_none_or(|(raw, _, rollup)| raw < expected || rollup < expected)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
