@@ -39,6 +39,7 @@ use std::time::Duration;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::quote;
 use crate::StorageError;
 
 /// The rollup's entry table (Null engine; the view `vitals_1m_rollup` fills `vitals_1m`).
@@ -595,20 +596,6 @@ pub async fn kill_queries(
 /// `Code: 380 ... Can't kill query ... it consits of unkillable stages` (an INSERT, on 18.16).
 fn is_unkillable(error: &clickhouse::error::Error) -> bool {
     matches!(error, clickhouse::error::Error::BadResponse(text) if text.trim_start().starts_with("Code: 380"))
-}
-
-fn quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\'' => out.push_str("\\'"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
 }
 
 /// The LIKE pattern of the ids that start with `prefix`, in which `%` matches any run of characters
