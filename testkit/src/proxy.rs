@@ -73,6 +73,15 @@ pub enum Mode {
     /// A server that is down: new connections are reset as soon as they are accepted, and the connections open
     /// when this mode is set are closed.
     Refuse,
+    /// A request delayed on its way, as a client paused or a network path stalled while sending it would: the next
+    /// request matching `matching` (its request line, as for [`Mode::ResetAfterAnswer`]), and everything its
+    /// connection sends after it, is kept by the proxy instead of forwarded, until [`FaultProxy::release`] sends it
+    /// on. The mode is then back to [`Mode::Pass`] for other requests; [`FaultProxy::holding`] tells whether a
+    /// request is held.
+    Hold {
+        /// The SQL to look for, case-insensitive.
+        matching: String,
+    },
 }
 
 /// A fault-injecting TCP proxy on a free 127.0.0.1 port; see the module's documentation. Dropping it closes every
@@ -95,6 +104,8 @@ impl FaultProxy {
             connections: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            hold: Mutex::new(HeldRequest::default()),
+            held_answered: AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             workers: Mutex::new(Vec::new()),
         });
@@ -156,6 +167,32 @@ impl FaultProxy {
     pub fn resets(&self) -> u64 {
         self.shared.resets.load(Ordering::SeqCst)
     }
+
+    /// Whether a whole request (its head and body) is held ([`Mode::Hold`]) and not yet released.
+    pub fn holding(&self) -> bool {
+        let hold = lock(&self.shared.hold);
+        hold.server.is_some() && hold.complete
+    }
+
+    /// Whether the server began to answer a request held and released ([`Mode::Hold`]): it executed it.
+    pub fn held_answered(&self) -> bool {
+        self.shared.held_answered.load(Ordering::SeqCst)
+    }
+
+    /// Sends the held request (and what its connection sent after it) on to the server, and forwards that
+    /// connection as usual from now on. False when no request is held.
+    pub fn release(&self) -> bool {
+        let mut hold = lock(&self.shared.hold);
+        let Some(server) = hold.server.take() else {
+            return false;
+        };
+        let bytes = std::mem::take(&mut hold.bytes);
+        let _ = (&*server).write_all(&bytes);
+        if std::mem::take(&mut hold.client_done) {
+            let _ = server.shutdown(Shutdown::Write);
+        }
+        true
+    }
 }
 
 impl Drop for FaultProxy {
@@ -197,12 +234,38 @@ struct Shared {
     connections: AtomicU64,
     requests: AtomicU64,
     resets: AtomicU64,
+    /// The request held by [`Mode::Hold`].
+    hold: Mutex<HeldRequest>,
+    /// The server answered the released request.
+    held_answered: AtomicBool,
     /// The sockets of open connections, to close them on drop or [`Mode::Refuse`].
     live: Mutex<HashMap<u64, Vec<Arc<TcpStream>>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// [`Mode::Hold`]'s request: the server side of its connection while held, and the bytes kept.
+#[derive(Default)]
+struct HeldRequest {
+    server: Option<Arc<TcpStream>>,
+    bytes: Vec<u8>,
+    /// The client finished sending while its request was held: the server's side is shut for writing after the
+    /// release, as the client's FIN would have arrived after its bytes.
+    client_done: bool,
+    /// The whole request is kept (its body ended).
+    complete: bool,
+}
+
 impl Shared {
+    /// Whether a request whose decoded request line is `line` is held; the mode is back to pass when it is.
+    fn claim_hold(&self, line: &str) -> bool {
+        let mut mode = lock(&self.mode);
+        let hit = matches!(&*mode, Mode::Hold { matching } if line.contains(&normalized(matching)));
+        if hit {
+            *mode = Mode::Pass;
+        }
+        hit
+    }
+
     fn blackholed(&self) -> bool {
         *lock(&self.mode) == Mode::Blackhole
     }
@@ -269,7 +332,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
                     .name(format!("fault-proxy-hole-{id}"))
                     .spawn(move || swallow(&shared, id, client))
             }
-            Mode::Pass | Mode::ResetAfterAnswer { .. } => {
+            Mode::Pass | Mode::ResetAfterAnswer { .. } | Mode::Hold { .. } => {
                 let shared = shared.clone();
                 thread::Builder::new()
                     .name(format!("fault-proxy-conn-{id}"))
@@ -315,6 +378,8 @@ struct Connection {
     reset: AtomicBool,
     /// [`Mode::Blackhole`] was seen: nothing is forwarded any more, either way.
     blackholed: AtomicBool,
+    /// This connection's request is the one [`Mode::Hold`] took.
+    held: AtomicBool,
 }
 
 impl Connection {
@@ -371,9 +436,16 @@ struct Held {
     body: Vec<u8>,
 }
 
-fn client_to_server(shared: &Shared, conn: &Connection, client: &TcpStream, server: &TcpStream) {
+fn client_to_server(
+    shared: &Shared,
+    conn: &Connection,
+    client: &TcpStream,
+    server: &Arc<TcpStream>,
+) {
     let mut framer = RequestFramer::default();
     let mut held: Option<Held> = None;
+    // Where in this read's bytes the request [`Mode::Hold`] took begins.
+    let mut hold_from: Option<usize> = None;
     let mut buf = vec![0; BUFFER];
     let clean_eof = loop {
         let n = match (&*client).read(&mut buf) {
@@ -388,12 +460,18 @@ fn client_to_server(shared: &Shared, conn: &Connection, client: &TcpStream, serv
             continue;
         }
         let mut out = Vec::with_capacity(n);
+        // A request ended in these bytes (the held one, when a request is held).
+        let mut ended = false;
         for event in framer.feed(&buf[..n]) {
             match event {
                 Event::Head { raw, body } => {
                     shared.requests.fetch_add(1, Ordering::SeqCst);
                     let line = decoded_request_line(&raw);
-                    if shared.claim_reset(&line, "") {
+                    if shared.claim_hold(&line) {
+                        // What came before the request goes on; the request and the rest are kept.
+                        hold_from = Some(out.len());
+                        out.extend_from_slice(&raw);
+                    } else if shared.claim_reset(&line, "") {
                         conn.armed.store(true, Ordering::SeqCst);
                         out.extend_from_slice(&raw);
                     } else if matches!(body, Body::Length(n) if n > 0) {
@@ -418,15 +496,48 @@ fn client_to_server(shared: &Shared, conn: &Connection, client: &TcpStream, serv
                     }
                     None => out.extend_from_slice(&raw),
                 },
-                Event::End => release(shared, conn, held.take(), &mut out),
+                Event::End => {
+                    ended = true;
+                    release(shared, conn, held.take(), &mut out);
+                }
             }
         }
-        if !out.is_empty() && (&*server).write_all(&out).is_err() {
+        if let Some(from) = hold_from.take() {
+            if (&**server).write_all(&out[..from]).is_err() {
+                break false;
+            }
+            let mut hold = lock(&shared.hold);
+            hold.server = Some(server.clone());
+            hold.bytes = out.split_off(from);
+            hold.client_done = false;
+            hold.complete = ended;
+            shared.held_answered.store(false, Ordering::SeqCst);
+            conn.held.store(true, Ordering::SeqCst);
+            continue;
+        }
+        if conn.held.load(Ordering::SeqCst) {
+            let mut hold = lock(&shared.hold);
+            if hold.server.is_some() {
+                hold.bytes.extend_from_slice(&out);
+                hold.complete |= ended;
+                continue;
+            }
+            // Released (under the same lock, after the bytes kept): forwarded in order from here on.
+            conn.held.store(false, Ordering::SeqCst);
+        }
+        if !out.is_empty() && (&**server).write_all(&out).is_err() {
             break false;
         }
     };
     if conn.reset.load(Ordering::SeqCst) {
         return;
+    }
+    if clean_eof && conn.held.load(Ordering::SeqCst) {
+        let mut hold = lock(&shared.hold);
+        if hold.server.is_some() {
+            hold.client_done = true;
+            return;
+        }
     }
     if conn.blackholed.load(Ordering::SeqCst) {
         let _ = server.shutdown(Shutdown::Both);
@@ -458,6 +569,10 @@ fn server_to_client(shared: &Shared, conn: &Connection, server: &TcpStream, clie
         };
         if conn.blackholed(shared) {
             continue;
+        }
+        if conn.held.load(Ordering::SeqCst) {
+            // Nothing else is in flight on a held connection: this is the released request's answer.
+            shared.held_answered.store(true, Ordering::SeqCst);
         }
         if conn.armed.load(Ordering::SeqCst) {
             // The answer began: the server executed the request. Reset the client instead of answering.
@@ -943,6 +1058,47 @@ mod tests {
         );
         assert_eq!(count(&ch, "default.t"), 6);
         assert_eq!(proxy.resets(), 2);
+    }
+
+    #[test]
+    fn hold_keeps_a_request_until_released_then_it_runs_and_is_answered() {
+        let ch = ClickHouseServer::start();
+        ch.query("CREATE TABLE default.h (x UInt32) ENGINE = MergeTree ORDER BY x");
+        let proxy = FaultProxy::start(clickhouse_addr(&ch));
+        proxy.set_mode(Mode::Hold {
+            matching: "INSERT INTO default.h".into(),
+        });
+        assert!(!proxy.holding() && !proxy.release());
+        let mut held = KeepAlive::connect(proxy.port(), Duration::from_secs(30));
+        let insert =
+            "POST /?query=INSERT%20INTO%20default.h%20FORMAT%20TSV HTTP/1.1\r\nHost: x\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n4\r\n1\n2\n\r\n0\r\n\r\n";
+        held.stream.write_all(insert.as_bytes()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !proxy.holding() {
+            assert!(std::time::Instant::now() < deadline, "the INSERT is held");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Other connections pass meanwhile, the same INSERT included; the held one has not reached the server.
+        let mut other = KeepAlive::connect(proxy.port(), Duration::from_secs(30));
+        assert_eq!(
+            other.post("/", "INSERT INTO default.h VALUES (7)").unwrap(),
+            (200, String::new())
+        );
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(count(&ch, "default.h"), 1);
+        assert_eq!(proxy.mode(), Mode::Pass);
+        // Released: it runs, and its client gets the answer on the same connection, which then goes on.
+        assert!(!proxy.held_answered());
+        assert!(proxy.release());
+        assert!(!proxy.holding());
+        assert_eq!(held.exchange("").unwrap(), (200, String::new()));
+        assert!(proxy.held_answered());
+        assert_eq!(count(&ch, "default.h"), 3);
+        assert_eq!(
+            held.post("/", "SELECT sum(x) FROM default.h").unwrap(),
+            (200, "10\n".into())
+        );
     }
 
     #[test]
