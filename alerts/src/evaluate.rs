@@ -7,7 +7,10 @@
 //! * [`p75_poor`] holds at the end `E` of the last complete step when every step of `[E - for, E)`
 //!   has samples and a p75 strictly above the threshold, and the window holds at least
 //!   `min_samples` samples in all (per window, not per step). It starts where the run of bad steps
-//!   ending at `E` starts (looked for within the lookback).
+//!   ending at `E` starts (looked for within the lookback). "Above" is each step's
+//!   [`StepStat::above`], decided in SQL: exactly from the rating counts at the metric's poor or good
+//!   threshold, from the sketch at any other ([`AboveBy`](crate::store::AboveBy)); the p75 shown is
+//!   the sketch's.
 //! * [`beacons_stopped`] holds for a site when `[E - for, E)` has no sample while
 //!   `[E - for - 1d, E - 1d)` had at least `beacons_stopped.min_page_loads` page loads, counted as
 //!   the samples of the site's most frequent metric there (a page load sends each metric at most
@@ -289,11 +292,12 @@ pub fn p75_poor(
 ) -> Option<Finding> {
     let step = rules.step_minutes * 60;
     let window_start = end.saturating_sub(rules.for_minutes * 60);
+    // Not `p75 > threshold`: the sketch's p75 is off by up to 0.5% (see `AboveBy`).
     let bad = |start: u32| {
         steps
             .get(&start)
             .copied()
-            .filter(|s| s.samples > 0 && s.p75 > rule.threshold)
+            .filter(|s| s.samples > 0 && s.above)
     };
     let window: Vec<&StepStat> = (window_start..end)
         .step_by(step as usize)
@@ -458,6 +462,7 @@ mod tests {
     const T0: u32 = 1_800_000_100 / 300 * 300;
     const CAP: usize = 500;
 
+    /// A step of LCP whose exact p75 is `p75` (so above the default 4000 exactly when it is).
     fn step(route: &str, start: u32, p75: f64, samples: u64) -> StepStat {
         StepStat {
             site: "shop".into(),
@@ -467,6 +472,19 @@ mod tests {
             step_start: start,
             p75,
             samples,
+            above: p75 > 4000.0,
+        }
+    }
+
+    fn by_start(stats: &[StepStat]) -> BTreeMap<u32, &StepStat> {
+        stats.iter().map(|s| (s.step_start, s)).collect()
+    }
+
+    /// A step whose sketch p75 is `p75` while the exact decision (from the counts) is `above`.
+    fn sketched(start: u32, p75: f64, above: bool) -> StepStat {
+        StepStat {
+            above,
+            ..step("edge", start, p75, 1000)
         }
     }
 
@@ -571,6 +589,43 @@ mod tests {
             ..Default::default()
         };
         assert!(p75_poor(&short, rule, key, &one, T0 + 300, T0).is_none());
+    }
+
+    #[test]
+    fn the_stored_decision_decides_not_the_sketch_p75() {
+        let rules = Rules::default();
+        let rule = rules.metric_rules()[0];
+        let key = ("shop", "edge", "mobile", "LCP");
+        let end = T0 + 30 * 60;
+        // The data: 600 LCP of 2500 ms and 400 of 4000 ms a step. The sketch says 4003.2, the
+        // counts say p75 = 4000, not above 4000: no alert.
+        let at_threshold: Vec<StepStat> = (0..6)
+            .map(|i| sketched(T0 + i * 300, 4003.2, false))
+            .collect();
+        assert!(p75_poor(&rules, rule, key, &by_start(&at_threshold), end, T0).is_none());
+        assert!(evaluate(&rules, &steps_data(at_threshold), end, 60, CAP).is_empty());
+        // Above by the counts while the sketch reads under the threshold: it fires, and shows the
+        // sketch's p75.
+        let above: Vec<StepStat> = (0..6)
+            .map(|i| sketched(T0 + i * 300, 3990.0, true))
+            .collect();
+        let f = p75_poor(&rules, rule, key, &by_start(&above), end, T0).unwrap();
+        assert_eq!(f.details[0], ("p75", "3990".to_string()));
+        assert_eq!(f.samples, 6000);
+        let alerts = evaluate(&rules, &steps_data(above.clone()), end, 60, CAP);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].name(), "WebVitalsLCPP75Poor");
+        // One step not above by the counts in the window: nothing, whatever its sketch says.
+        let mut one_not = above.clone();
+        one_not[2] = sketched(T0 + 600, 9000.0, false);
+        assert!(p75_poor(&rules, rule, key, &by_start(&one_not), end, T0).is_none());
+        // The start of the run is found the same way: a step before it whose sketch is above but
+        // whose counts are not stops the search.
+        let mut run = above;
+        run.insert(0, sketched(T0 - 300, 4003.2, false));
+        run.insert(0, sketched(T0 - 600, 3990.0, true));
+        let f = p75_poor(&rules, rule, key, &by_start(&run), end, T0 - 3600).unwrap();
+        assert_eq!(f.starts_at, T0);
     }
 
     #[test]

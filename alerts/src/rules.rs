@@ -10,7 +10,7 @@
 //!
 //! [lcp]                 # WebVitalsLCPP75Poor, likewise [inp] and [cls]
 //! enabled = true
-//! threshold = 4000.0    # ms (CLS unitless); p75 strictly above it is poor
+//! threshold = 4000.0    # ms (CLS unitless); p75 strictly above it is poor (see MetricRule::threshold)
 //! severity = "warning"
 //!
 //! [beacons_stopped]     # WebVitalsBeaconsStopped
@@ -57,7 +57,10 @@ pub struct Rules {
 pub struct MetricRule {
     /// Whether the alert is evaluated.
     pub enabled: bool,
-    /// p75 strictly above this is poor (milliseconds; unitless for CLS).
+    /// p75 strictly above this is poor (milliseconds; unitless for CLS). At the metric's poor or good
+    /// threshold ([`MetricName::thresholds`]) "above" is decided exactly from the stored rating
+    /// counts; at any other, from the sketch's p75, within its 0.5% (see
+    /// [`AboveBy`](crate::store::AboveBy)).
     pub threshold: f64,
     /// The `severity` label.
     pub severity: String,

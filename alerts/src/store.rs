@@ -14,8 +14,10 @@
 //! tells how many candidates were not read ([`StoredData::not_fetched`]).
 //!
 //! The SQL repeats the evaluator's conditions only to choose what to read; the decision itself is
-//! [`evaluate`](crate::evaluate::evaluate)'s, over the rows read. The two agree on the same data
-//! (same p75 expression, same comparisons), which `tests/storm.rs` checks on a real server.
+//! [`evaluate`](crate::evaluate::evaluate)'s, over the rows read. Whether a step's p75 is above its
+//! threshold is decided once, in SQL ([`above_sql`], see [`AboveBy`]): the candidates use it and each
+//! row read carries it ([`StepStat::above`]), so the two cannot disagree on it; the rest (every step,
+//! the samples) is the same comparisons on both sides, which `tests/storm.rs` checks on a real server.
 //! ClickHouse 18.16: no window functions or CTEs, so the candidates are nested subqueries.
 
 use std::collections::BTreeSet;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use clickhouse::Row;
 use rum_clickhouse::{GAMMA_LITERAL, ZERO_BUCKET};
+use rum_schemas::MetricName;
 use serde::Deserialize;
 
 use crate::rules::Rules;
@@ -41,10 +44,81 @@ pub struct StepStat {
     pub metric: String,
     /// Unix seconds at which the step starts (a multiple of the step).
     pub step_start: u32,
-    /// The p75 from the step's merged sketches.
+    /// The p75 from the step's merged sketches (within 0.5% of the exact nearest-rank p75): what the
+    /// alert shows.
     pub p75: f64,
     /// The samples of the step.
     pub samples: u64,
+    /// Whether the step's p75 is above its rule's threshold, decided in SQL ([`above_sql`], a `UInt8`
+    /// 0 or 1): exactly from the rating counts at a metric's poor or good threshold, from the sketch's
+    /// p75 at any other (see [`AboveBy`]).
+    pub above: bool,
+}
+
+/// How "p75 above the threshold" is decided for one rule's metric and threshold.
+///
+/// p75 is the nearest-rank one: the `k`-th smallest of a step's `n` samples, `k = ceil(0.75 n)`
+/// (`intDiv(3 n + 3, 4)`). It is above `T` exactly when fewer than `k` samples are at most `T`, that
+/// is when at least `n - k + 1` samples are above `T`. `vitals_1m` counts those samples for two values
+/// of `T`: the ratings are set when a beacon is read ([`MetricName::rate`]: good at most the good
+/// threshold, poor above the poor threshold), so `poor` counts the samples above the poor threshold
+/// and `needs_improvement + poor` those above the good one. At those two thresholds the decision is
+/// exact; the sketch's p75 (0.5% relative error) decides wrongly near them: 600 LCP samples of
+/// 2500 ms and 400 of 4000 ms have p75 4000, not above 4000, while the sketch says 4003.2. At any
+/// other threshold (the rules file may set one) only the sketch can tell.
+///
+/// Counts are of samples, unweighted, as the sketch and `min_samples` are (`sample_rate` is not
+/// applied; weighted counts are for later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AboveBy {
+    /// The threshold is the metric's poor threshold: `poor >= n - k + 1`.
+    PoorCount,
+    /// The threshold is the metric's good threshold: `needs_improvement + poor >= n - k + 1`.
+    NotGoodCount,
+    /// Any other threshold: the sketch's `p75 > threshold`, within the sketch's 0.5%.
+    Sketch,
+}
+
+impl AboveBy {
+    /// How a rule of `metric` with `threshold` decides (the thresholds of [`MetricName::thresholds`]).
+    pub fn of(metric: MetricName, threshold: f64) -> AboveBy {
+        let (good, poor) = metric.thresholds();
+        if threshold == poor {
+            AboveBy::PoorCount
+        } else if threshold == good {
+            AboveBy::NotGoodCount
+        } else {
+            AboveBy::Sketch
+        }
+    }
+}
+
+/// The per-step decision "p75 above the rule's threshold", a `UInt8` 0 or 1 over the columns of
+/// the step rows (`metric`, `n`, `n_needs`, `n_poor`, `p75`): for each enabled rule, its
+/// [`AboveBy`]. Placeholders: the metrics and the thresholds (arrays, in [`Rules::metric_rules`]'
+/// order) of the sketch's comparison, which every rule deciding from counts skips.
+///
+/// `n - k + 1 <= c` is written `c + k > n`: no subtraction of unsigned counts.
+pub fn above_sql(rules: &Rules) -> String {
+    let k = "intDiv(3 * n + 3, 4)";
+    let mut branches = String::new();
+    for (_, metric, rule) in rules.metric_rules() {
+        let counted = match AboveBy::of(metric, rule.threshold) {
+            AboveBy::PoorCount => "n_poor",
+            AboveBy::NotGoodCount => "n_needs + n_poor",
+            AboveBy::Sketch => continue,
+        };
+        branches.push_str(&format!(
+            "metric = '{}', {counted} + {k} > n, ",
+            metric.as_str()
+        ));
+    }
+    let sketch = "p75 > transform(metric, ?, ?, toFloat64(0))";
+    if branches.is_empty() {
+        format!("toUInt8({sketch})")
+    } else {
+        format!("toUInt8(multiIf({branches}{sketch}))")
+    }
 }
 
 /// Samples of one site and metric in one minute.
@@ -121,21 +195,26 @@ pub fn p75_sql() -> String {
     )
 }
 
-/// Per site, route, device, metric and step: `step_start`, `n` (samples) and `p75`. Placeholders:
+/// Per site, route, device, metric and step: `step_start`, `n` (samples), `n_needs` and `n_poor`
+/// (samples rated needs-improvement and poor) and `p75`. Placeholders:
 /// metrics (array), start, end (unix seconds), then those of `filter` (more conditions of the
 /// WHERE, e.g. the scope's arrays, see [`scope_sql`], and the candidates: filtering on grouping keys
 /// there, not after the GROUP BY, spares merging the sketches of every other series).
 ///
 /// p75 is computed a level above the GROUP BY, as in the analyst queries: over a cluster's `Distributed`
 /// `vitals_1m` (`clickhouse.cluster`) ClickHouse 18.16 sends the grouping level to the shards as text and
-/// prints `(sk.1)[idx]` as `sk.1[idx]`, which the shards cannot parse (`Code: 62`).
+/// prints `(sk.1)[idx]` as `sk.1[idx]`, which the shards cannot parse (`Code: 62`). The decision of
+/// [`above_sql`] is made a level above this one too. The counts' aliases are not the names of the
+/// columns they merge (`sumMerge(poor) AS poor` would shadow the column).
 fn step_rows_sql(step_secs: u32, filter: &str) -> String {
     format!(
-        "SELECT site, route, device, metric, step_start, n, sk, idx, toFloat64({p75}) AS p75 \
+        "SELECT site, route, device, metric, step_start, n, n_needs, n_poor, sk, idx, toFloat64({p75}) AS p75 \
          FROM ( \
            SELECT site, route, device, metric, \
              toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
              countMerge(samples) AS n, \
+             sumMerge(needs_improvement) AS n_needs, \
+             sumMerge(poor) AS n_poor, \
              sumMapMerge(sketch) AS sk, \
              arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx \
            FROM vitals_1m \
@@ -197,7 +276,7 @@ pub fn spans(rules: &Rules, now: u32, interval_secs: u32) -> Spans {
 }
 
 /// The p75 candidates: series whose every step of the window (now or an interval ago) has a p75
-/// strictly above its metric's threshold, with `min_samples` in the window. Ordered as the
+/// strictly above its metric's threshold ([`above_sql`]), with `min_samples` in the window. Ordered as the
 /// evaluator ranks alerts (firing first, severity, samples descending, then the labels; the metric
 /// orders as its alert name does). Placeholders: see [`P75Query::binds`].
 fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
@@ -213,12 +292,12 @@ fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
            bad_now = {window_steps} AND n_now >= {min_samples} AS holds_now, \
            bad_before = {window_steps} AND n_before >= {min_samples} AS holds_before \
          FROM ( \
-           SELECT site, route, device, metric, step_start, n, \
-             p75 > transform(metric, ?, ?, toFloat64(0)) AS bad \
+           SELECT site, route, device, metric, step_start, n, {above} AS bad \
            FROM ({steps}) \
          ) \
          GROUP BY site, route, device, metric \
          HAVING holds_now OR holds_before",
+        above = above_sql(rules),
         steps = step_rows_sql(step, scope)
     )
 }
@@ -327,7 +406,6 @@ impl P75Query<'_> {
             end.saturating_sub(window),
             previous_end.saturating_sub(window),
         );
-        let rules = self.rules.metric_rules();
         let mut b = vec![
             Bind::U32(now_from),
             Bind::U32(end),
@@ -337,11 +415,45 @@ impl P75Query<'_> {
             Bind::U32(previous_end),
             Bind::U32(before_from),
             Bind::U32(previous_end),
-            Bind::Strs(self.metrics()),
-            Bind::F64s(rules.iter().map(|(_, _, r)| r.threshold).collect()),
         ];
+        b.extend(self.above_binds());
         b.extend(self.step_binds(before_from, end));
         b
+    }
+
+    /// [`above_sql`]'s binds: the metrics and their thresholds.
+    fn above_binds(&self) -> [Bind; 2] {
+        let rules = self.rules.metric_rules();
+        [
+            Bind::Strs(self.metrics()),
+            Bind::F64s(rules.iter().map(|(_, _, r)| r.threshold).collect()),
+        ]
+    }
+
+    /// The rows read: every step of the lookback of the (at most `limit`) candidates, with the
+    /// decision of [`above_sql`]. Placeholders: see [`rows_binds`](Self::rows_binds).
+    fn rows_sql(&self, limit: u32) -> String {
+        // The candidates filter the inner read, before its GROUP BY merges any sketch.
+        let filter = format!(
+            "{} AND (site, route, device, metric) IN ({})",
+            scope_sql(self.rules),
+            self.candidates_sql(limit)
+        );
+        format!(
+            "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples, \
+               {} AS above \
+             FROM ({}) \
+             ORDER BY site, route, device, metric, step_start",
+            above_sql(self.rules),
+            step_rows_sql(self.rules.step_minutes * 60, &filter),
+        )
+    }
+
+    fn rows_binds(&self) -> Vec<Bind> {
+        let mut binds = Vec::from(self.above_binds());
+        binds.extend(self.step_binds(self.spans.start, self.spans.end));
+        binds.extend(self.binds());
+        binds
     }
 
     fn candidates_sql(&self, limit: u32) -> String {
@@ -375,18 +487,8 @@ impl P75Query<'_> {
             return Ok((Vec::new(), 0));
         }
         let scope = scope_sql(self.rules);
-        // The candidates filter the inner read, before its GROUP BY merges any sketch.
-        let filter = format!(
-            "{scope} AND (site, route, device, metric) IN ({})",
-            self.candidates_sql(limit)
-        );
-        let sql = format!(
-            "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples FROM ({}) \
-             ORDER BY site, route, device, metric, step_start",
-            step_rows_sql(self.rules.step_minutes * 60, &filter),
-        );
-        let mut binds = self.step_binds(self.spans.start, self.spans.end);
-        binds.extend(self.binds());
+        let sql = self.rows_sql(limit);
+        let binds = self.rows_binds();
         let steps = request(timeout, bound(&sql, &binds, client).fetch_all::<StepStat>()).await?;
         let fetched = steps
             .iter()
@@ -565,6 +667,70 @@ mod tests {
         assert_eq!(spans(&rules, 1_000_000_123, 600).previous_end, s.end - 600);
     }
 
+    /// Rules with these LCP, INP and CLS thresholds.
+    fn thresholds(lcp: f64, inp: f64, cls: f64) -> Rules {
+        let mut rules = Rules::default();
+        rules.lcp.threshold = lcp;
+        rules.inp.threshold = inp;
+        rules.cls.threshold = cls;
+        rules
+    }
+
+    #[test]
+    fn above_is_decided_from_the_counts_at_the_metrics_thresholds_only() {
+        use AboveBy::*;
+        assert_eq!(AboveBy::of(MetricName::LCP, 4000.0), PoorCount);
+        assert_eq!(AboveBy::of(MetricName::LCP, 2500.0), NotGoodCount);
+        assert_eq!(AboveBy::of(MetricName::LCP, 3000.0), Sketch);
+        assert_eq!(AboveBy::of(MetricName::LCP, 4000.5), Sketch);
+        assert_eq!(AboveBy::of(MetricName::INP, 500.0), PoorCount);
+        assert_eq!(AboveBy::of(MetricName::INP, 200.0), NotGoodCount);
+        assert_eq!(AboveBy::of(MetricName::INP, 4000.0), Sketch);
+        assert_eq!(AboveBy::of(MetricName::CLS, 0.25), PoorCount);
+        assert_eq!(AboveBy::of(MetricName::CLS, 0.1), NotGoodCount);
+        // The rules file's spelling of the thresholds is the same number.
+        let rules = Rules::from_toml("[cls]\nthreshold = 0.1\n[inp]\nthreshold = 2e2\n").unwrap();
+        assert_eq!(
+            AboveBy::of(MetricName::CLS, rules.cls.threshold),
+            NotGoodCount
+        );
+        assert_eq!(
+            AboveBy::of(MetricName::INP, rules.inp.threshold),
+            NotGoodCount
+        );
+    }
+
+    #[test]
+    fn above_sql_has_one_branch_a_rule_that_counts() {
+        let k = "intDiv(3 * n + 3, 4) > n";
+        let sql = above_sql(&Rules::default());
+        for metric in ["LCP", "INP", "CLS"] {
+            assert!(
+                sql.contains(&format!("metric = '{metric}', n_poor + {k}")),
+                "{sql}"
+            );
+        }
+        let sql = above_sql(&thresholds(2500.0, 700.0, 0.25));
+        assert!(
+            sql.contains(&format!("metric = 'LCP', n_needs + n_poor + {k}")),
+            "{sql}"
+        );
+        assert!(!sql.contains("metric = 'INP'"), "the sketch decides: {sql}");
+        assert!(
+            sql.contains(&format!("metric = 'CLS', n_poor + {k}")),
+            "{sql}"
+        );
+        // No rule counts: the sketch alone, as before.
+        assert_eq!(
+            above_sql(&thresholds(3000.0, 700.0, 0.3)),
+            "toUInt8(p75 > transform(metric, ?, ?, toFloat64(0)))"
+        );
+        // A disabled rule has no branch.
+        let mut rules = Rules::default();
+        rules.lcp.enabled = false;
+        assert!(!above_sql(&rules).contains("'LCP'"));
+    }
+
     #[test]
     fn every_placeholder_gets_a_value() {
         let spans = spans(&Rules::default(), 1_000_000_123, 60);
@@ -575,6 +741,11 @@ mod tests {
                 routes: vec!["root".into()],
                 ..Default::default()
             },
+            thresholds(2500.0, 700.0, 0.25),
+            Rules {
+                sites: vec!["shop".into()],
+                ..thresholds(3000.0, 700.0, 0.3)
+            },
         ] {
             let p = P75Query {
                 rules: &rules,
@@ -582,6 +753,7 @@ mod tests {
             };
             let candidates = p75_candidates_sql(&rules, &scope_sql(&rules));
             assert_eq!(candidates.matches('?').count(), p.binds().len());
+            assert_eq!(p.rows_sql(501).matches('?').count(), p.rows_binds().len());
             let s = SitesQuery {
                 rules: &rules,
                 spans,
