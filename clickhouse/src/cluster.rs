@@ -5,11 +5,10 @@
 //! - `<database>_local` holds the real tables on every node, under the names of single-server mode:
 //!   `vitals_raw`, `vitals_1m`, `kafka_offsets` as `Replicated*MergeTree` (ZooKeeper path
 //!   `/clickhouse/tables/{shard}/<database>_local/<table>`, replica `{replica}`: the server's macros),
-//!   the Null input tables `vitals_raw_input` and `vitals_1m_fenced_input` and their views (each node
-//!   stores and rolls up what it receives, behind its own copy of the partition's ledger).
+//!   `vitals_1m_input` (Null) and the view `vitals_1m_rollup` (each node rolls up what it receives).
 //! - `<database>` holds a `Distributed` table of the same name over each of them, so every reader
 //!   (`rum query`, the analyst queries of `clickhouse/queries/`, the alert evaluator, people) reads the
-//!   whole cluster with the SQL of single-server mode. `vitals_raw` and the input tables are sharded by
+//!   whole cluster with the SQL of single-server mode. `vitals_raw` and `vitals_1m_input` are sharded by
 //!   `kafka_partition`: a Kafka partition's rows, its rollup and its ledger rows all live on one shard.
 //! - `<database>.schema_migrations` is one `ReplicatedReplacingMergeTree` replicated to every node of the
 //!   cluster (its ZooKeeper path has no `{shard}`): one record of the cluster's schema, readable from any
@@ -36,8 +35,6 @@ use crate::StorageError;
 pub const SHARDING_KEYS: &[(&str, &str)] = &[
     ("vitals_raw", "kafka_partition"),
     ("vitals_1m_input", "kafka_partition"),
-    ("vitals_raw_input", "kafka_partition"),
-    ("vitals_1m_fenced_input", "kafka_partition"),
 ];
 
 /// The ZooKeeper path of the cluster-wide `schema_migrations` (every node is a replica of it).
@@ -633,45 +630,14 @@ mod tests {
             [
                 "kafka_offsets",
                 "vitals_1m",
-                "vitals_1m_fenced_input",
                 "vitals_1m_input",
-                "vitals_raw",
-                "vitals_raw_input"
+                "vitals_raw"
             ]
         );
         assert_eq!(
             views.into_iter().collect::<Vec<_>>(),
-            [
-                "kafka_offsets_mv",
-                "vitals_1m_fence",
-                "vitals_1m_mv",
-                "vitals_1m_rollup",
-                "vitals_raw_fence"
-            ]
+            ["kafka_offsets_mv", "vitals_1m_mv", "vitals_1m_rollup"]
         );
-    }
-
-    #[test]
-    fn a_fence_reads_the_ledger_of_its_own_node() {
-        let steps = render_all();
-        for (view, input) in [
-            ("vitals_raw_fence", "vitals_raw_input"),
-            ("vitals_1m_fence", "vitals_1m_fenced_input"),
-        ] {
-            let create = steps
-                .iter()
-                .map(sql)
-                .find(|s| s.contains(&format!("VIEW IF NOT EXISTS rum_local.{view} ON CLUSTER")))
-                .unwrap_or_else(|| panic!("{view} is rendered"));
-            assert!(
-                create.contains(&format!("FROM rum_local.{input}\nANY LEFT JOIN")),
-                "{create}"
-            );
-            assert!(
-                create.contains("FROM rum_local.vitals_1m\n    WHERE site = ''"),
-                "{create}"
-            );
-        }
     }
 
     #[test]
@@ -722,30 +688,22 @@ mod tests {
     }
 
     #[test]
-    fn the_null_input_tables_are_sharded_by_partition_and_not_replicated() {
+    fn the_null_input_table_is_sharded_by_partition_and_not_replicated() {
         let steps = render_all();
-        for table in [
-            "vitals_1m_input",
-            "vitals_raw_input",
-            "vitals_1m_fenced_input",
-        ] {
-            let local = format!("CREATE TABLE IF NOT EXISTS rum_local.{table} ON CLUSTER rum\n(");
-            let twin = format!("CREATE TABLE IF NOT EXISTS rum.{table} ON CLUSTER rum ");
-            let input: Vec<&str> = steps
-                .iter()
-                .map(sql)
-                .filter(|s| s.contains(&local) || s.starts_with(&twin))
-                .collect();
-            assert_eq!(input.len(), 2, "{table}: {input:?}");
-            assert!(input[0].ends_with("ENGINE = Null"), "{}", input[0]);
-            assert_eq!(
-                input[1],
-                format!(
-                    "CREATE TABLE IF NOT EXISTS rum.{table} ON CLUSTER rum AS rum_local.{table} \
-                     ENGINE = Distributed(rum, rum_local, {table}, kafka_partition)"
-                )
-            );
-        }
+        let input: Vec<&str> = steps
+            .iter()
+            .map(sql)
+            .filter(|s| s.contains("vitals_1m_input") && s.contains("CREATE TABLE"))
+            .collect();
+        assert_eq!(input.len(), 2);
+        assert!(input[0]
+            .contains("CREATE TABLE IF NOT EXISTS rum_local.vitals_1m_input ON CLUSTER rum\n("));
+        assert!(input[0].ends_with("ENGINE = Null"));
+        assert_eq!(
+            input[1],
+            "CREATE TABLE IF NOT EXISTS rum.vitals_1m_input ON CLUSTER rum AS rum_local.vitals_1m_input \
+             ENGINE = Distributed(rum, rum_local, vitals_1m_input, kafka_partition)"
+        );
     }
 
     #[test]
@@ -826,10 +784,7 @@ mod tests {
             drops,
             [
                 "DROP TABLE IF EXISTS rum_local.kafka_offsets_mv ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_input ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum.vitals_1m_input ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_rollup ON CLUSTER rum"
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum"
             ]
         );
         let copy = steps

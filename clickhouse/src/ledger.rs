@@ -2,9 +2,7 @@
 //!
 //! `vitals_raw` and `vitals_1m` are written by separate INSERTs (no materialized view between them,
 //! migration 004), each one block, so each lands whole or not at all and each can be asked what it
-//! holds. Both go through a Null input table and one view that keeps a row only while its partition's
-//! ledger has not moved past the row's `fence`, the ledger its writer read (migration 005): an INSERT
-//! of a member that lost its partitions on the way stores nothing once the next owner wrote.
+//! holds:
 //! - `vitals_1m` keeps *ledger rows* (site `''`), written in the same block as a batch's rollup rows:
 //!   per topic, topic id and partition, the next offset to write ([`read_ledgers`]);
 //! - `vitals_raw` rows carry their message's topic, topic id, partition and offset: for a batch in
@@ -44,15 +42,8 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::quote;
 use crate::StorageError;
 
-/// The rollup's entry table (Null engine; the view `vitals_1m_fence` fills `vitals_1m`).
-pub const VITALS_1M_INPUT: &str = "vitals_1m_fenced_input";
-
-/// The raw rows' entry table (Null engine; the view `vitals_raw_fence` fills `vitals_raw`).
-pub const VITALS_RAW_INPUT: &str = "vitals_raw_input";
-
-/// The fence of rows that belong to no batch of a consumer (rows seeded by tools and tests, ledger rows
-/// carried by retention): above every ledger, never dropped.
-pub const NO_FENCE: u64 = u64::MAX;
+/// The rollup's entry table (Null engine; the view `vitals_1m_rollup` fills `vitals_1m`).
+pub const VITALS_1M_INPUT: &str = "vitals_1m_input";
 
 /// The most rows one INSERT may carry: ClickHouse 18.16 cuts HTTP input into blocks of
 /// `max_insert_block_size` rows (1,048,576) and a view's GROUP BY output into blocks of
@@ -86,7 +77,7 @@ impl Tables {
         Self {
             raw_read: crate::VITALS_RAW.into(),
             rollup_read: crate::VITALS_1M.into(),
-            raw_write: VITALS_RAW_INPUT.into(),
+            raw_write: crate::VITALS_RAW.into(),
             rollup_write: VITALS_1M_INPUT.into(),
             processes: "system.processes".into(),
             replicas: None,
@@ -103,7 +94,7 @@ impl Tables {
             rollup_read: format!("{local}.{}", crate::VITALS_1M),
             // The `Distributed` tables of `database`, the client's database (the `clickhouse` crate
             // quotes an INSERT's table name whole, so it takes no database).
-            raw_write: VITALS_RAW_INPUT.into(),
+            raw_write: crate::VITALS_RAW.into(),
             rollup_write: VITALS_1M_INPUT.into(),
             processes: "system.processes".into(),
             replicas: Some(reads),
@@ -345,8 +336,7 @@ pub async fn raw_rollup_rows(
     crate::bounded("reading rows back from vitals_raw", timeout, q.fetch_all()).await
 }
 
-/// A row of the rollup's input table, borrowed. A ledger row has an empty site and metric = the topic
-/// id.
+/// A row of `vitals_1m_input`, borrowed. A ledger row has an empty site and metric = the topic id.
 #[derive(Debug, Clone, Copy, PartialEq, Row, Serialize)]
 pub struct RollupInputRef<'a> {
     /// Unix seconds (a ledger row: the start of the batch's day).
@@ -365,32 +355,15 @@ pub struct RollupInputRef<'a> {
     pub rating: &'a str,
     /// The sample rate.
     pub sample_rate: f64,
-    /// The Kafka topic (the ledger's key, with the topic id and the partition).
-    pub kafka_topic: &'a str,
-    /// The Kafka topic id (or the incarnation's name) of the ledger.
-    pub kafka_topic_id: &'a str,
     /// The Kafka partition (the shard in cluster mode).
     pub kafka_partition: u32,
-    /// The ledger the writer read: the row is dropped when the stored ledger is higher.
-    pub fence: u64,
     /// A ledger row: the next offset to write; 0 otherwise.
     pub ledger_next: u64,
 }
 
-/// Where a batch's rows of one partition belong: the ledger's key and the writer's fence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence<'a> {
-    /// The Kafka topic.
-    pub topic: &'a str,
-    /// The topic id (or the incarnation's name).
-    pub topic_id: &'a str,
-    /// The ledger the writer read (the partition's floor).
-    pub next: u64,
-}
-
 impl<'a> RollupInputRef<'a> {
-    /// The input of a row read back from `vitals_raw`, written behind `fence`.
-    pub fn of(row: &'a RollupRow, fence: Fence<'a>) -> Self {
+    /// The input of a row read back from `vitals_raw`.
+    pub fn of(row: &'a RollupRow) -> Self {
         Self {
             received_at: row.received_at,
             site: &row.site,
@@ -400,10 +373,7 @@ impl<'a> RollupInputRef<'a> {
             value: row.value,
             rating: &row.rating,
             sample_rate: row.sample_rate,
-            kafka_topic: fence.topic,
-            kafka_topic_id: fence.topic_id,
             kafka_partition: row.kafka_partition,
-            fence: fence.next,
             ledger_next: 0,
         }
     }
@@ -419,10 +389,7 @@ impl<'a> RollupInputRef<'a> {
             value: row.value,
             rating: row.rating,
             sample_rate: row.sample_rate,
-            kafka_topic: row.kafka_topic,
-            kafka_topic_id: row.kafka_topic_id,
             kafka_partition: row.kafka_partition,
-            fence: row.fence,
             ledger_next: 0,
         }
     }
@@ -443,21 +410,18 @@ pub struct LedgerRow {
     pub partition_text: String,
     /// The next offset to write.
     pub next: u64,
-    /// The ledger the writer read.
-    pub fence: u64,
 }
 
 impl LedgerRow {
-    /// The ledger of `partition` after this batch, written behind `fence`.
-    pub fn new(day_start: u32, fence: Fence<'_>, partition: u32, next: u64) -> Self {
+    /// The ledger of `partition` after this batch.
+    pub fn new(day_start: u32, topic: &str, topic_id: &str, partition: u32, next: u64) -> Self {
         Self {
             day_start,
-            topic: fence.topic.into(),
-            topic_id: fence.topic_id.into(),
+            topic: topic.into(),
+            topic_id: topic_id.into(),
             partition,
             partition_text: partition.to_string(),
             next,
-            fence: fence.next,
         }
     }
 
@@ -472,10 +436,7 @@ impl LedgerRow {
             value: 0.0,
             rating: "",
             sample_rate: 1.0,
-            kafka_topic: &self.topic,
-            kafka_topic_id: &self.topic_id,
             kafka_partition: self.partition,
-            fence: self.fence,
             ledger_next: self.next,
         }
     }
@@ -688,12 +649,7 @@ mod tests {
 
     #[test]
     fn a_ledger_row_is_keyed_by_topic_partition_and_id() {
-        let fence = Fence {
-            topic: "t",
-            topic_id: "id",
-            next: 40,
-        };
-        let l = LedgerRow::new(86_400, fence, 7, 43);
+        let l = LedgerRow::new(86_400, "t", "id", 7, 43);
         let r = l.input();
         assert_eq!(
             (
@@ -706,7 +662,5 @@ mod tests {
             ),
             ("", "t", "7", "id", 43, 7)
         );
-        // The view's key and fence: the same topic, id and partition, behind the ledger the writer read.
-        assert_eq!((r.kafka_topic, r.kafka_topic_id, r.fence), ("t", "id", 40));
     }
 }

@@ -48,11 +48,6 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledgers",
         sql: include_str!("../migrations/004_ledgers.sql"),
     },
-    Migration {
-        version: 5,
-        name: "fences",
-        sql: include_str!("../migrations/005_fences.sql"),
-    },
 ];
 
 /// What a run did.

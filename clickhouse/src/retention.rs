@@ -363,22 +363,19 @@ async fn drop_older(
 
 /// Tells a timeout and a drop refused for its size from any other error.
 /// Re-writes the ledger rows of month `partition` of `vitals_1m` into the current month, through
-/// the rollup's input table (in cluster mode its `Distributed` table, so each row reaches its partition's shard).
+/// `vitals_1m_input` (in cluster mode its `Distributed` table, so each row reaches its partition's shard).
 async fn carry_ledgers(
     client: &clickhouse::Client,
     config: &ClickHouseConfig,
     partition: u32,
 ) -> Result<(), StorageError> {
     let sql = format!(
-        "INSERT INTO {db}.{input} (received_at, site, route, device, metric, value, rating, sample_rate, \
-         kafka_topic, kafka_topic_id, kafka_partition, fence, ledger_next) \
-         SELECT toStartOfMonth(now()), '', route, device, metric, 0, '', 1, route, metric, toUInt32(device), \
-         {no_fence}, maxMerge(ledger) \
+        "INSERT INTO {db}.{input} (received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, ledger_next) \
+         SELECT toStartOfMonth(now()), '', route, device, metric, 0, '', 1, toUInt32(device), maxMerge(ledger) \
          FROM {db}.{VITALS_1M} WHERE site = '' AND toYYYYMM(minute) = {partition} \
          GROUP BY route, device, metric",
         db = config.database,
         input = crate::ledger::VITALS_1M_INPUT,
-        no_fence = crate::ledger::NO_FENCE,
     );
     let mut query = client.query(&sql);
     if config.cluster().is_some() {

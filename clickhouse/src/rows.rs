@@ -77,9 +77,8 @@ impl VitalsRawRow {
     }
 }
 
-/// A row of `vitals_raw` that borrows its strings from the message: what the consumer writes (into
-/// `vitals_raw_input`), with no allocation per row. The columns of [`VitalsRawRow`] in the same order,
-/// and the writer's fence.
+/// A row of `vitals_raw` that borrows its strings from the message: what the consumer writes, with
+/// no allocation per row. The same columns in the same order as [`VitalsRawRow`].
 #[derive(Debug, Clone, Copy, PartialEq, Row, Serialize)]
 pub struct VitalsRawRowRef<'a> {
     /// Unix seconds (ClickHouse `DateTime`) at which the ingest received the beacon.
@@ -110,15 +109,13 @@ pub struct VitalsRawRowRef<'a> {
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
     pub kafka_offset: u64,
-    /// The ledger the writer read (see [`crate::ledger`]): not stored; the input table's view drops
-    /// the row when the partition's stored ledger is higher.
-    pub fence: u64,
 }
 
-/// The rows of one Kafka message, one per metric, borrowing from it, written behind `fence`.
+/// The rows of one Kafka message, one per metric, borrowing from it.
 pub fn raw_row_refs<'a>(
     msg: &'a BeaconMessage,
-    fence: crate::ledger::Fence<'a>,
+    topic: &'a str,
+    topic_id: &'a str,
     partition: u32,
     offset: u64,
 ) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
@@ -134,11 +131,10 @@ pub fn raw_row_refs<'a>(
         rating: metric.rating.as_str(),
         metric_id: &metric.id,
         sample_rate: msg.sample_rate,
-        kafka_topic: fence.topic,
-        kafka_topic_id: fence.topic_id,
+        kafka_topic: topic,
+        kafka_topic_id: topic_id,
         kafka_partition: partition,
         kafka_offset: offset,
-        fence: fence.next,
     })
 }
 
@@ -171,10 +167,7 @@ pub async fn insert_raw_rows(
                 value: row.value,
                 rating: &row.rating,
                 sample_rate: row.sample_rate,
-                kafka_topic: &row.kafka_topic,
-                kafka_topic_id: &row.kafka_topic_id,
                 kafka_partition: row.kafka_partition,
-                fence: crate::ledger::NO_FENCE,
                 ledger_next: 0,
             })
             .await?;
@@ -212,35 +205,20 @@ mod tests {
                 },
             ],
         };
-        let rows: Vec<_> = raw_row_refs(
-            &msg,
-            crate::ledger::Fence {
-                topic: "rum.beacons.v1",
-                topic_id: "id",
-                next: 40,
-            },
-            3,
-            42,
-        )
-        .collect();
+        let rows: Vec<_> = raw_row_refs(&msg, "rum.beacons.v1", "id", 3, 42).collect();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].received_at, 1_700_000_000);
         assert_eq!((rows[1].metric, rows[1].rating), ("CLS", "poor"));
         assert_eq!((rows[1].kafka_partition, rows[1].kafka_offset), (3, 42));
         assert_eq!(rows[0].device, "tablet");
         assert_eq!((rows[0].metric_id, rows[1].metric_id), ("a", "b"));
-        assert_eq!(
-            (rows[0].kafka_topic, rows[0].kafka_topic_id, rows[0].fence),
-            ("rum.beacons.v1", "id", 40)
-        );
     }
 
     #[test]
-    fn borrowed_rows_have_the_columns_of_owned_rows_and_the_fence() {
-        let (fence, columns) = <VitalsRawRowRef<'_> as Row>::COLUMN_NAMES
-            .split_last()
-            .unwrap();
-        assert_eq!(columns, <VitalsRawRow as Row>::COLUMN_NAMES);
-        assert_eq!(*fence, "fence");
+    fn borrowed_and_owned_rows_have_the_same_columns() {
+        assert_eq!(
+            <VitalsRawRowRef<'_> as Row>::COLUMN_NAMES,
+            <VitalsRawRow as Row>::COLUMN_NAMES
+        );
     }
 }

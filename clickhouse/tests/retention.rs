@@ -40,8 +40,8 @@ fn insert(server: &ClickHouseServer, database: &str) {
         ));
         // The rollup has its own INSERT since migration 004 (no view from vitals_raw).
         server.query(&format!(
-            "INSERT INTO {database}.vitals_1m_fenced_input VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', {}, \
-             'good', 1, 'rum.beacons.v1', '', 0, 0, 0)",
+            "INSERT INTO {database}.vitals_1m_input VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', {}, \
+             'good', 1, 0, 0)",
             1000 + i
         ));
     }
@@ -62,9 +62,9 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     insert(&server, "rum_other");
     // Partition 3 of the topic was last written in December 2022: its ledger row lives in that month.
     server.query(
-        "INSERT INTO rum.vitals_1m_fenced_input (received_at, site, route, device, metric, value, rating, \
-         sample_rate, kafka_topic, kafka_topic_id, kafka_partition, ledger_next) VALUES ('2022-12-15 00:00:00', '', \
-         'rum.beacons.v1', '3', 'id', 0, '', 1, 'rum.beacons.v1', 'id', 3, 77)",
+        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+         sample_rate, kafka_partition, ledger_next) VALUES ('2022-12-15 00:00:00', '', 'rum.beacons.v1', '3', 'id', \
+         0, '', 1, 3, 77)",
     );
     let client = rum.client();
     assert_eq!(

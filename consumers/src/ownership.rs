@@ -10,9 +10,8 @@
 //!   written by two INSERTs, and each keeps its own record of what it holds, in the same part as
 //!   the rows: `vitals_raw` rows carry their message's (topic, topic id, partition, offset);
 //!   `vitals_1m` gets, in the same block as a batch's rollup rows, a *ledger row* per partition with
-//!   the next offset. Each table is written through a Null input table with one view
-//!   (`vitals_raw_input`, `vitals_1m_fenced_input`), so each INSERT is one block of its table or
-//!   nothing.
+//!   the next offset (`vitals_1m_input` is a Null table with one view, so its INSERT is one block of
+//!   `vitals_1m` or nothing).
 //! - An INSERT whose answer is lost (a reset connection, a timeout, a restart) may have been stored,
 //!   and may even still be running. Every INSERT carries a `query_id` naming the group, topic and
 //!   partitions, so unfinished ones can be found, asked to stop and waited for before anything is read
@@ -42,15 +41,6 @@
 //!    waits the same lease after its assignment, then waits out the old owner's unfinished INSERTs of it
 //!    (rule 1), then reads the floor. The old owner's last proof was sent before the generation that
 //!    took the partition away began, so its last INSERT was sent before the new owner's wait ended.
-//! 6. **The server fences what arrives late.** A member can still be paused between its last lease
-//!    check and the moment ClickHouse takes its INSERT (the request built, a connection opened, the
-//!    bytes in flight), past the new owner's lease and checks. So every row carries `fence`, the
-//!    ledger its writer read for its partition, and each input table's view reads the partition's
-//!    current ledger (of the same topic and incarnation) in the same INSERT and keeps the row only
-//!    when the ledger is not past the fence (migration 005). The rightful writer's fence is the
-//!    ledger it wrote last (rule 1, rule 3), so its rows pass; a late INSERT finds the ledger its
-//!    successor advanced and stores nothing. A raw INSERT is fenced too, so a late one stores no
-//!    duplicate rows once the successor's rollup is in.
 //! 5. **A topic is known by its id.** Ledgers and raw rows carry the Kafka topic id. A ledger of
 //!    another id (the topic deleted and created again, a broker whose log was wiped), or a floor
 //!    above the partition's high watermark (a log that lost what was stored), starts a new
@@ -58,14 +48,19 @@
 //!    (`rum_consumer_topic_incarnations_total`), never skipped silently.
 //!
 //! ## What is left
-//! - **Rule 6 has a window of one INSERT pair**: a late raw INSERT that lands after the successor's
-//!   raw INSERT of the same messages and before the successor's rollup (with its ledger) finds the
-//!   old ledger and is stored: those rows are doubled in `vitals_raw` (not in `vitals_1m`: the late
-//!   member's rollup is fenced by then). Two INSERTs racing in flight read the ledger each before the
-//!   other commits, so both may pass. A late INSERT dropped by a fence is not reported to its
-//!   writer (ClickHouse answers an INSERT whose view kept no row as any other): the writer finds
-//!   itself fenced at its next proof. In cluster mode the fence reads the ledger of the replica that
-//!   takes the INSERT, which may not have fetched its shard's latest part yet.
+//! - **A member paused between its last lease check and the moment its INSERT is listed by the server**
+//!   (the request built and sent, a connection opened, ClickHouse's queue: INSERTs set
+//!   `queue_max_wait_ms = 0`), for longer than the new owner's lease and checks. Its INSERT then lands
+//!   after the new owner read the floor: a batch doubled (shown by a review with gdb pausing a member
+//!   at the INSERT for 45 s; reproduced with testkit's `FaultProxy` in `Mode::Hold`, which delays one
+//!   INSERT until released). The lease narrows this to a pause at one point of the code. A check
+//!   inside ClickHouse was tried and taken out: each row carrying the ledger its writer read, a view
+//!   on a Null input table joining the current ledger and dropping rows behind it. It closed the case
+//!   above (1,380 rows for 1,080 without it, exact with it), but (a) on 18.16 a view with a JOIN
+//!   subquery fails on the local shard of a `Distributed` INSERT (`Code: 393, There is no query`), so
+//!   cluster mode cannot use it, and (b) a late rollup landing between the successor's raw and rollup
+//!   INSERTs, when the two cut their batches differently, makes the fence drop the successor's rollup
+//!   with no error: every rollup would have to be verified against the ledger afterwards.
 //! - A log truncated under the same topic id (an unclean leader election) is taken for a new
 //!   incarnation: what Kafka still retains of the partition is written again.
 //! - A poison message too large for the dead-letter topic stops its partition (counted in

@@ -11,8 +11,7 @@
 //!    [`MAX_ROWS_PER_INSERT`] rows, each partition's messages in offset order;
 //! 6. for each planned INSERT, [`Writer::write_group`]: check what `vitals_raw` already holds of it,
 //!    insert the rest into `vitals_raw`, then the rollup rows of all of it plus the ledger rows into
-//!    `vitals_1m`, each only while the member's ownership is proven, each row behind the fence of its
-//!    partition's floor (the ledger this member read: ownership.rs, rule 6);
+//!    `vitals_1m` (through `vitals_1m_input`), each only while the member's ownership is proven;
 //! 7. advance: the floors move past the INSERT ([`crate::ownership::Ownership::advance`]).
 
 use std::collections::BTreeMap;
@@ -20,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rum_clickhouse::ledger::{
-    insert_rows, kill_queries, raw_rollup_rows, raw_stored_max, read_ledgers, Fence, LedgerEntry,
+    insert_rows, kill_queries, raw_rollup_rows, raw_stored_max, read_ledgers, LedgerEntry,
     LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
 };
 use rum_clickhouse::{raw_row_refs, StorageError, VitalsRawRowRef, VITALS_1M, VITALS_RAW};
@@ -612,13 +611,6 @@ impl Writer {
             .await
             .map_err(WriteError::RawReadBack)?
         };
-        // Each partition's rows carry the ledger this member read: the server stores them only while the
-        // stored ledger is not past it (a member fenced on the way stores nothing, see ownership.rs).
-        let fence = |p: i32| Fence {
-            topic: &self.stored_topic,
-            topic_id: floors[&p].incarnation.as_str(),
-            next: floors[&p].next.max(0) as u64,
-        };
         let fresh: Vec<VitalsRawRowRef<'_>> = plan
             .messages
             .iter()
@@ -626,9 +618,11 @@ impl Writer {
             .filter(|c| !raw_stored(c))
             .filter_map(|c| {
                 let msg = c.decoded.as_ref().ok()?;
+                let id = floors[&c.partition].incarnation.as_str();
                 Some(raw_row_refs(
                     msg,
-                    fence(c.partition),
+                    &self.stored_topic,
+                    id,
                     c.partition as u32,
                     c.offset as u64,
                 ))
@@ -655,17 +649,19 @@ impl Writer {
         let ledgers: Vec<LedgerRow> = ranges
             .iter()
             .map(|(p, (_, last))| {
-                LedgerRow::new(plan.day, fence(*p), *p as u32, (*last + 1) as u64)
+                LedgerRow::new(
+                    plan.day,
+                    &self.stored_topic,
+                    &floors[p].incarnation,
+                    *p as u32,
+                    (*last + 1) as u64,
+                )
             })
             .collect();
         // Collected (not a lazy chain): the future must stay Send across the await.
         let mut rollup: Vec<RollupInputRef<'_>> =
             Vec::with_capacity(read_back.len() + fresh.len() + ledgers.len());
-        rollup.extend(
-            read_back
-                .iter()
-                .map(|r| RollupInputRef::of(r, fence(r.kafka_partition as i32))),
-        );
+        rollup.extend(read_back.iter().map(RollupInputRef::of));
         rollup.extend(fresh.iter().map(RollupInputRef::of_raw));
         rollup.extend(ledgers.iter().map(|l| l.input()));
         self.fence(ownership, group)?;

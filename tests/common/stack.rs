@@ -22,14 +22,9 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Stack {
-        Self::start_with_server_settings(&[])
-    }
-
-    /// Like [`start`](Self::start), with ClickHouse server settings over the testkit's.
-    pub fn start_with_server_settings(settings: &[(&str, &str)]) -> Stack {
         let kafka = Kafka::start();
         kafka.create_pipeline_topics();
-        let clickhouse = ClickHouseServer::start_with_settings(&Default::default(), settings);
+        let clickhouse = ClickHouseServer::start();
         let out = rum_output(
             &["migrate"],
             &[("RUM_CLICKHOUSE_URL", clickhouse.url.as_str())],
@@ -172,22 +167,6 @@ impl Stack {
                 .map_err(|(e, _)| e)
                 .expect("produced");
         }
-    }
-
-    /// Makes every rollup INSERT fail before it stores anything, until [`Stack::heal_rollup`]: a view that throws,
-    /// named before `vitals_1m_fence` (18.16 pushes a block to a table's views in the order of their names, and an
-    /// error stops the rest). The raw INSERTs go on storing.
-    #[allow(dead_code)]
-    pub fn fail_rollup(&self) {
-        self.clickhouse.query(
-            "CREATE MATERIALIZED VIEW rum.aa_fail_rollup ENGINE = Memory AS \
-             SELECT throwIf(ledger_next >= 0) AS x FROM rum.vitals_1m_fenced_input",
-        );
-    }
-
-    #[allow(dead_code)]
-    pub fn heal_rollup(&self) {
-        self.clickhouse.query("DROP TABLE rum.aa_fail_rollup");
     }
 
     /// Per partition: the group's committed offset and the high watermark, for diagnostics.

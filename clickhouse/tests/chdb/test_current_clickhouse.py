@@ -2,8 +2,8 @@
 
 The Rust tests run them on ClickHouse 18.16 (Debian's server); this proves the same files also run on a
 current release. Every file of clickhouse/migrations/ is applied statement by statement (split like
-rum_clickhouse::migrate: on `;` at the end of a line), sample rows go into vitals_raw and their rollup
-through vitals_1m_fenced_input (as the consumer writes them), and every file of clickhouse/queries/ runs with its `?` placeholders replaced by
+rum_clickhouse::migrate: on `;` at the end of a line), sample rows go into vitals_raw (the materialized
+view fills vitals_1m), and every file of clickhouse/queries/ runs with its `?` placeholders replaced by
 literals. A query file without parameters below fails the test.
 
 Run with clickhouse/tests/chdb/run (a venv under ~/.cache/rum with chdb-core and pytest), or
@@ -142,20 +142,6 @@ def close_to(got, exact):
     return abs(got - exact) / exact <= ALPHA + 1e-9
 
 
-def migrated_session(prefix):
-    """A session of its own (a temporary directory), database rum with every migration applied."""
-    d = tempfile.mkdtemp(prefix=prefix)
-    s = session.Session(d)
-    s.query("SET session_timezone = 'UTC'")
-    s.query("CREATE DATABASE IF NOT EXISTS rum")
-    s.query("USE rum")
-    for path in MIGRATIONS:
-        with open(path, encoding="utf-8") as f:
-            for statement in split_statements(f.read()):
-                apply_statement(s, statement)
-    return d, s
-
-
 class CurrentClickHouse(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -188,8 +174,7 @@ class CurrentClickHouse(unittest.TestCase):
             "INSERT INTO vitals_raw (received_at, site, route, device, nav_type, metric, value, rating, "
             "metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset) VALUES " + values
         )
-        # The rollup, as the consumer writes it (migration 004: no view between the tables; 005: through the
-        # fenced input, no ledger yet so any fence passes).
+        # The rollup, as the consumer writes it (migration 004: no view between the tables).
         rollup = ",\n".join(
             "({}, {}, {}, {}, {}, {!r}, {}, {}, 0, 0)".format(
                 t, literal(site), literal(route), literal(device), literal(metric), value,
@@ -198,7 +183,7 @@ class CurrentClickHouse(unittest.TestCase):
             for (t, site, route, device, metric, value, rate) in cls.rows
         )
         cls.session.query(
-            "INSERT INTO vitals_1m_fenced_input (received_at, site, route, device, metric, value, rating, "
+            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
             "sample_rate, kafka_partition, ledger_next) VALUES " + rollup
         )
 
@@ -234,7 +219,7 @@ class CurrentClickHouse(unittest.TestCase):
         self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m"), str(len(self.rows)))
         # A ledger row (site ''): one more row of vitals_1m, no sample, its next offset kept.
         self.session.query(
-            "INSERT INTO vitals_1m_fenced_input (received_at, site, route, device, metric, value, rating, "
+            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
             "sample_rate, kafka_partition, ledger_next) VALUES (1700000000, '', 'rum.beacons.v1', '3', 'id', 0, '', 1, 3, 42)"
         )
         self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m"), str(len(self.rows)))
@@ -314,12 +299,24 @@ class CurrentClickHouse(unittest.TestCase):
             self.assertTrue(close_to(r["p75"], nearest_rank(values)), r)
 
 
+if __name__ == "__main__":
+    unittest.main()
+
+
 class RetentionOnCurrentClickHouse(unittest.TestCase):
     """The statements rum_clickhouse::retention sends (system.parts listing, DROP PARTITION <number>)."""
 
     def test_drops_whole_expired_partitions(self):
-        d, s = migrated_session("rum-chdb-retention-")
+        d = tempfile.mkdtemp(prefix="rum-chdb-retention-")
+        s = session.Session(d)
         try:
+            s.query("SET session_timezone = 'UTC'")
+            s.query("CREATE DATABASE IF NOT EXISTS rum")
+            s.query("USE rum")
+            for path in MIGRATIONS:
+                with open(path, encoding="utf-8") as f:
+                    for statement in split_statements(f.read()):
+                        apply_statement(s, statement)
             now = 1_790_000_000
             for days_ago in (90, 45, 31, 2, 0):
                 t = now - days_ago * 86400
@@ -329,7 +326,7 @@ class RetentionOnCurrentClickHouse(unittest.TestCase):
                     f"({t}, 'shop', 'root', 'mobile', 'navigate', 'LCP', 1000, 'good', 'id{days_ago}', 1, 't', 0, {days_ago})"
                 )
                 s.query(
-                    "INSERT INTO vitals_1m_fenced_input (received_at, site, route, device, metric, value, rating, "
+                    "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
                     f"sample_rate, kafka_partition, ledger_next) VALUES ({t}, 'shop', 'root', 'mobile', 'LCP', 1000, 'good', 1, 0, 0)"
                 )
             cutoff_day = int(str(s.query(f"SELECT toYYYYMMDD(toDateTime({now - 30 * 86400}))", "TSV")).strip())
@@ -348,52 +345,3 @@ class RetentionOnCurrentClickHouse(unittest.TestCase):
         finally:
             s.close()
             shutil.rmtree(d, ignore_errors=True)
-
-
-class FencesOnCurrentClickHouse(unittest.TestCase):
-    """Migration 005's views: a row whose fence is behind its partition's stored ledger is not stored."""
-
-    def test_the_fences_drop_rows_behind_the_stored_ledger(self):
-        d, s = migrated_session("rum-chdb-fences-")
-
-        def q1(sql):
-            return str(s.query(sql, "TSV")).strip()
-
-        try:
-            self.check_fences(s, q1)
-        finally:
-            s.close()
-            shutil.rmtree(d, ignore_errors=True)
-
-    def check_fences(self, s, q1):
-        # Topic 'fence.t' (its own ledger key): a ledger of 100 for partition 5, written with fence 0.
-        cols_1m = ("(received_at, site, route, device, metric, value, rating, sample_rate, kafka_topic, "
-                   "kafka_topic_id, kafka_partition, fence, ledger_next)")
-        s.query(
-            f"INSERT INTO vitals_1m_fenced_input {cols_1m} VALUES "
-            "(1700000000, '', 'fence.t', '5', 'tid', 0, '', 1, 'fence.t', 'tid', 5, 0, 100)"
-        )
-        cols_raw = ("(received_at, site, route, device, nav_type, metric, value, rating, metric_id, sample_rate, "
-                    "kafka_topic, kafka_topic_id, kafka_partition, kafka_offset, fence)")
-        for fence in (99, 100):
-            s.query(
-                f"INSERT INTO vitals_raw_input {cols_raw} VALUES (1700000000, 'fenced', 'root', 'mobile', "
-                f"'navigate', 'LCP', 1, 'good', 'f{fence}', 1, 'fence.t', 'tid', 5, 100, {fence})"
-            )
-            s.query(
-                f"INSERT INTO vitals_1m_fenced_input {cols_1m} VALUES "
-                f"(1700000000, 'fenced', 'root', 'mobile', 'LCP', 1, 'good', 1, 'fence.t', 'tid', 5, {fence}, 0)"
-            )
-        # A writer behind the ledger (fence 99) stored nothing; one at the ledger (100) stored its rows.
-        self.assertEqual(q1("SELECT groupArray(metric_id) FROM vitals_raw WHERE site = 'fenced'"), "['f100']")
-        self.assertEqual(q1("SELECT countMerge(samples) FROM vitals_1m WHERE site = 'fenced'"), "1")
-        # Another topic id or partition has its own ledger: fence 0 passes.
-        s.query(
-            f"INSERT INTO vitals_raw_input {cols_raw} VALUES (1700000000, 'fenced', 'root', 'mobile', "
-            "'navigate', 'LCP', 1, 'good', 'other', 1, 'fence.t', 'tid2', 5, 0, 0)"
-        )
-        self.assertEqual(q1("SELECT count() FROM vitals_raw WHERE site = 'fenced'"), "2")
-
-
-if __name__ == "__main__":
-    unittest.main()
