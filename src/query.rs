@@ -1,11 +1,15 @@
 //! `rum query`: stored percentiles from ClickHouse, for people and scripts.
 //!
-//! `rum query p75 --site shop [--route R] [--device D] [--since 30m] [--until 0] [--format table|json]`
-//! prints p75, the sample count and the good / needs-improvement / poor shares per route, device
-//! and metric (`rum_clickhouse::p75_by_route_device`, the query of
-//! `clickhouse/queries/p75_by_route_device.sql`). `table` is aligned columns under a header;
-//! `json` is one object a line with the fields `site, route, device, metric, p75, samples,
-//! good_share, needs_improvement_share, poor_share`.
+//! `rum query p75 --site shop [--route R] [--device D] [--since 30m] [--until 0] [--percentile N]...
+//! [--format table|json|csv]` prints p75 (and each `--percentile`, 1 to 99), the sample count and the
+//! good / needs-improvement / poor shares per route, device and metric
+//! (`rum_clickhouse::P75Row::with_percentiles`: the columns of
+//! `clickhouse/queries/p75_by_route_device.sql`, with more nearest-rank percentiles of the same merged
+//! sketches). `table` is aligned columns under a header; `json` is one object a line with the fields
+//! `site, route, device, metric, p75, samples, good_share, needs_improvement_share, poor_share` and a
+//! `pNN` beside `p75` for each other percentile; `csv` is a header line (the JSON field names) and one
+//! line a row, quoted as RFC 4180 says. The percentiles are of the samples, not weighted by their
+//! sample rate.
 
 use std::io::{self, Write};
 
@@ -46,7 +50,11 @@ pub struct P75Args {
     /// The window ends this long ago (0: now).
     #[arg(long, default_value = "0", value_parser = crate::duration::parse_secs)]
     pub until: u64,
-    /// Output: aligned columns, or one JSON object a line.
+    /// Another percentile to print beside p75, an integer from 1 to 99 (repeatable: `--percentile 50
+    /// --percentile 99`): nearest rank over the merged sketches, within 0.5%, unweighted.
+    #[arg(long = "percentile", value_name = "N", value_parser = parse_percentile)]
+    pub percentiles: Vec<u8>,
+    /// Output: aligned columns, one JSON object a line, or CSV with a header line.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -58,6 +66,50 @@ pub enum Format {
     Table,
     /// One JSON object a line.
     Json,
+    /// A header line, then one line a row (RFC 4180 quoting).
+    Csv,
+}
+
+/// A row of `rum query p75`: the p75 row and every percentile printed, p75 among them, in
+/// increasing order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PercentilesRow {
+    /// Site, route, device, metric, p75, samples and rating shares.
+    pub row: P75Row,
+    /// `(N, the N-th percentile)`, increasing in N, one of them 75.
+    pub percentiles: Vec<(u8, f64)>,
+}
+
+impl PercentilesRow {
+    /// `row` with the percentiles `extra` (increasing, without 75) at `values`, and p75.
+    fn new(row: P75Row, extra: &[u8], values: &[f64]) -> PercentilesRow {
+        let mut percentiles: Vec<(u8, f64)> =
+            extra.iter().copied().zip(values.iter().copied()).collect();
+        percentiles.push((75, row.p75));
+        percentiles.sort_unstable_by_key(|&(p, _)| p);
+        PercentilesRow { row, percentiles }
+    }
+}
+
+/// The JSON object: the fields of [`P75Row`] with `pNN` beside `p75`, in increasing order.
+impl serde::Serialize for PercentilesRow {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let r = &self.row;
+        let mut map = serializer.serialize_map(Some(8 + self.percentiles.len()))?;
+        map.serialize_entry("site", &r.site)?;
+        map.serialize_entry("route", &r.route)?;
+        map.serialize_entry("device", &r.device)?;
+        map.serialize_entry("metric", &r.metric)?;
+        for (p, value) in &self.percentiles {
+            map.serialize_entry(&format!("p{p}"), value)?;
+        }
+        map.serialize_entry("samples", &r.samples)?;
+        map.serialize_entry("good_share", &r.good_share)?;
+        map.serialize_entry("needs_improvement_share", &r.needs_improvement_share)?;
+        map.serialize_entry("poor_share", &r.poor_share)?;
+        map.end()
+    }
 }
 
 /// Runs `rum query`, printing to stdout.
@@ -97,20 +149,29 @@ async fn run_to(
             let since = unix_u32(now.saturating_sub(args.since));
             let until = unix_u32(now.saturating_sub(args.until));
             let route = args.route.as_deref().map(normalize_route);
+            let mut extra = args.percentiles.clone();
+            extra.sort_unstable();
+            extra.dedup();
+            extra.retain(|&p| p != 75);
             let rows = rum_clickhouse::bounded(
                 "querying p75",
                 config.request_timeout(),
-                rum_clickhouse::p75_by_route_device(
+                P75Row::with_percentiles(
                     &config.client(),
                     &args.site,
                     route.as_deref(),
                     args.device.map(Device::as_str),
                     since,
                     until,
+                    &extra,
                 ),
             )
             .await
             .with_context(|| format!("querying p75 from ClickHouse at {}", config.url))?;
+            let rows: Vec<PercentilesRow> = rows
+                .into_iter()
+                .map(|(row, values)| PercentilesRow::new(row, &extra, &values))
+                .collect();
             if rows.is_empty() && args.format == Format::Table {
                 eprintln!(
                     "rum: no samples for site `{}`{}{} in the minutes starting in the window",
@@ -121,7 +182,7 @@ async fn run_to(
                         .unwrap_or_default(),
                 );
             }
-            render(&rows, args.format, out)?;
+            render(&rows, &percentile_columns(&extra), args.format, out)?;
         }
     }
     Ok(())
@@ -131,8 +192,22 @@ fn unix_u32(secs: u64) -> u32 {
     u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
-/// Prints rows as a table (header included, even with no rows) or as JSON lines.
-pub fn render(rows: &[P75Row], format: Format, out: &mut impl Write) -> io::Result<()> {
+/// The percentiles printed: `extra` (increasing, without 75) and 75, in increasing order.
+fn percentile_columns(extra: &[u8]) -> Vec<u8> {
+    let mut columns = extra.to_vec();
+    columns.push(75);
+    columns.sort_unstable();
+    columns
+}
+
+/// Prints rows (each with the percentiles `columns`) as a table or CSV (header included, even with
+/// no rows) or as JSON lines.
+pub fn render(
+    rows: &[PercentilesRow],
+    columns: &[u8],
+    format: Format,
+    out: &mut impl Write,
+) -> io::Result<()> {
     match format {
         Format::Json => {
             for row in rows {
@@ -140,46 +215,80 @@ pub fn render(rows: &[P75Row], format: Format, out: &mut impl Write) -> io::Resu
                 out.write_all(b"\n")?;
             }
         }
+        Format::Csv => {
+            let mut header: Vec<String> = ["site", "route", "device", "metric"]
+                .map(String::from)
+                .to_vec();
+            header.extend(columns.iter().map(|p| format!("p{p}")));
+            header.extend(
+                [
+                    "samples",
+                    "good_share",
+                    "needs_improvement_share",
+                    "poor_share",
+                ]
+                .map(String::from),
+            );
+            write_csv_line(out, &header)?;
+            for row in rows {
+                let r = &row.row;
+                let mut cells = vec![
+                    r.site.clone(),
+                    r.route.clone(),
+                    r.device.clone(),
+                    r.metric.clone(),
+                ];
+                cells.extend(row.percentiles.iter().map(|(_, v)| v.to_string()));
+                cells.extend([
+                    r.samples.to_string(),
+                    r.good_share.to_string(),
+                    r.needs_improvement_share.to_string(),
+                    r.poor_share.to_string(),
+                ]);
+                write_csv_line(out, &cells)?;
+            }
+        }
         Format::Table => {
-            const HEADER: [&str; 9] = [
-                "site",
-                "route",
-                "device",
-                "metric",
-                "p75",
-                "samples",
-                "good",
-                "needs_improvement",
-                "poor",
-            ];
+            let mut header: Vec<String> = ["site", "route", "device", "metric"]
+                .map(String::from)
+                .to_vec();
+            header.extend(columns.iter().map(|p| format!("p{p}")));
+            header.extend(["samples", "good", "needs_improvement", "poor"].map(String::from));
             // Text columns align left, numbers right.
             const NUMERIC_FROM: usize = 4;
-            let cells: Vec<[String; 9]> = rows
+            let cells: Vec<Vec<String>> = rows
                 .iter()
-                .map(|r| {
-                    [
+                .map(|row| {
+                    let r = &row.row;
+                    let mut cells = vec![
                         r.site.clone(),
                         r.route.clone(),
                         r.device.clone(),
                         r.metric.clone(),
-                        format_p75(&r.metric, r.p75),
+                    ];
+                    cells.extend(
+                        row.percentiles
+                            .iter()
+                            .map(|&(_, v)| format_percentile(&r.metric, v)),
+                    );
+                    cells.extend([
                         r.samples.to_string(),
                         percent(r.good_share),
                         percent(r.needs_improvement_share),
                         percent(r.poor_share),
-                    ]
+                    ]);
+                    cells
                 })
                 .collect();
-            let mut widths = HEADER.map(str::len);
+            let mut widths: Vec<usize> = header.iter().map(String::len).collect();
             for row in &cells {
                 for (w, cell) in widths.iter_mut().zip(row) {
                     *w = (*w).max(cell.chars().count());
                 }
             }
-            let header = HEADER.map(String::from);
             for row in std::iter::once(&header).chain(&cells) {
                 let mut line = String::new();
-                for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+                for (i, (cell, &width)) in row.iter().zip(&widths).enumerate() {
                     if i > 0 {
                         line.push_str("  ");
                     }
@@ -196,17 +305,40 @@ pub fn render(rows: &[P75Row], format: Format, out: &mut impl Write) -> io::Resu
     out.flush()
 }
 
-/// Milliseconds as whole numbers (the sketch is good to 0.5%); CLS, unitless, with 4 decimals.
-fn format_p75(metric: &str, p75: f64) -> String {
-    if metric == "CLS" {
-        format!("{p75:.4}")
+/// One CSV line (ending in LF): fields joined by `,`, each holding a `,`, a `"`, a CR or a LF
+/// quoted with its quotes doubled (RFC 4180).
+fn write_csv_line(out: &mut impl Write, fields: &[String]) -> io::Result<()> {
+    let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    writeln!(out, "{}", line.join(","))
+}
+
+fn csv_field(field: &str) -> String {
+    if field.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
     } else {
-        format!("{p75:.0}")
+        field.to_string()
+    }
+}
+
+/// Milliseconds as whole numbers (the sketch is good to 0.5%); CLS, unitless, with 4 decimals.
+fn format_percentile(metric: &str, value: f64) -> String {
+    if metric == "CLS" {
+        format!("{value:.4}")
+    } else {
+        format!("{value:.0}")
     }
 }
 
 fn percent(share: f64) -> String {
     format!("{:.1}%", share * 100.0)
+}
+
+/// `--percentile`: an integer from 1 to 99.
+fn parse_percentile(text: &str) -> Result<u8, String> {
+    text.parse::<u8>()
+        .ok()
+        .filter(|p| (1..=99).contains(p))
+        .ok_or_else(|| format!("`{text}` is not a percentile: use an integer from 1 to 99"))
 }
 
 fn parse_device(text: &str) -> Result<Device, String> {
@@ -238,18 +370,31 @@ mod tests {
         Ok(p75)
     }
 
-    fn row(route: &str, device: &str, metric: &str, p75: f64, samples: u64) -> P75Row {
-        P75Row {
-            site: "shop".into(),
-            route: route.into(),
-            device: device.into(),
-            metric: metric.into(),
-            p75,
-            samples,
-            good_share: 0.75,
-            needs_improvement_share: 0.2,
-            poor_share: 0.05,
-        }
+    fn row(route: &str, device: &str, metric: &str, p75: f64, samples: u64) -> PercentilesRow {
+        PercentilesRow::new(
+            P75Row {
+                site: "shop".into(),
+                route: route.into(),
+                device: device.into(),
+                metric: metric.into(),
+                p75,
+                samples,
+                good_share: 0.75,
+                needs_improvement_share: 0.2,
+                poor_share: 0.05,
+            },
+            &[],
+            &[],
+        )
+    }
+
+    /// `row` with p50 and p99 too.
+    fn row_50_99(metric: &str, p50: f64, p75: f64, p99: f64) -> PercentilesRow {
+        PercentilesRow::new(
+            row("root", "mobile", metric, p75, 7).row,
+            &[50, 99],
+            &[p50, p99],
+        )
     }
 
     #[test]
@@ -287,7 +432,36 @@ mod tests {
         assert!(parse(&[]).is_err(), "--site is required");
         assert!(parse(&["--site", "s", "--device", "phone"]).is_err());
         assert!(parse(&["--site", "s", "--since", "30x"]).is_err());
-        assert!(parse(&["--site", "s", "--format", "csv"]).is_err());
+        assert!(parse(&["--site", "s", "--format", "xml"]).is_err());
+        assert_eq!(
+            parse(&["--site", "s", "--format", "csv"]).unwrap().format,
+            Format::Csv
+        );
+        assert!(args.percentiles.is_empty());
+        let args = parse(&[
+            "--site",
+            "s",
+            "--percentile",
+            "99",
+            "--percentile",
+            "1",
+            "--percentile",
+            "75",
+        ])
+        .unwrap();
+        assert_eq!(args.percentiles, [99, 1, 75]);
+        for bad in ["0", "100", "-5", "50.5", "p90", ""] {
+            let flag = format!("--percentile={bad}");
+            let err = parse(&["--site", "s", &flag])
+                .err()
+                .unwrap_or_else(|| panic!("--percentile {bad:?} accepted"));
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains("--percentile"), "{text}");
+            if !bad.is_empty() {
+                assert!(text.contains("an integer from 1 to 99"), "{text}");
+            }
+        }
     }
 
     #[test]
@@ -297,7 +471,7 @@ mod tests {
             row("product-id", "desktop", "LCP", 3411.3, 22_521),
         ];
         let mut out = Vec::new();
-        render(&rows, Format::Table, &mut out).unwrap();
+        render(&rows, &[75], Format::Table, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -309,7 +483,7 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        render(&[], Format::Table, &mut out).unwrap();
+        render(&[], &[75], Format::Table, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap().lines().count(),
             1,
@@ -324,7 +498,7 @@ mod tests {
             row("a", "b", "INP", 1.0, 1),
         ];
         let mut out = Vec::new();
-        render(&rows, Format::Json, &mut out).unwrap();
+        render(&rows, &[75], Format::Json, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -350,8 +524,82 @@ mod tests {
         assert_eq!(first["samples"], 3);
         assert_eq!(first["route"], "root");
         let mut out = Vec::new();
-        render(&[], Format::Json, &mut out).unwrap();
+        render(&[], &[75], Format::Json, &mut out).unwrap();
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn more_percentiles_are_columns_and_fields_in_increasing_order() {
+        let rows = [
+            row_50_99("LCP", 2003.2, 2510.7, 7001.9),
+            row_50_99("CLS", 0.0, 0.0512, 0.25),
+        ];
+        assert_eq!(
+            rows[0].percentiles,
+            [(50, 2003.2), (75, 2510.7), (99, 7001.9)]
+        );
+        let mut out = Vec::new();
+        render(&rows, &[50, 75, 99], Format::Table, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [
+                "site  route  device  metric     p50     p75     p99  samples   good  needs_improvement  poor",
+                "shop  root   mobile  LCP       2003    2511    7002        7  75.0%              20.0%  5.0%",
+                "shop  root   mobile  CLS     0.0000  0.0512  0.2500        7  75.0%              20.0%  5.0%",
+            ]
+        );
+
+        let mut out = Vec::new();
+        render(&rows, &[50, 75, 99], Format::Json, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let first = text.lines().next().unwrap();
+        assert_eq!(
+            first,
+            "{\"site\":\"shop\",\"route\":\"root\",\"device\":\"mobile\",\"metric\":\"LCP\",\
+             \"p50\":2003.2,\"p75\":2510.7,\"p99\":7001.9,\"samples\":7,\"good_share\":0.75,\
+             \"needs_improvement_share\":0.2,\"poor_share\":0.05}"
+        );
+        // Still a P75Row to a reader that knows only those fields.
+        let old: P75Row = serde_json::from_str(first).unwrap();
+        assert_eq!(old, rows[0].row);
+
+        let mut out = Vec::new();
+        render(&rows, &[50, 75, 99], Format::Csv, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "site,route,device,metric,p50,p75,p99,samples,good_share,needs_improvement_share,poor_share\n\
+             shop,root,mobile,LCP,2003.2,2510.7,7001.9,7,0.75,0.2,0.05\n\
+             shop,root,mobile,CLS,0,0.0512,0.25,7,0.75,0.2,0.05\n"
+        );
+        let mut out = Vec::new();
+        render(&[], &[75], Format::Csv, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "site,route,device,metric,p75,samples,good_share,needs_improvement_share,poor_share\n",
+            "the header only"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_fields_with_commas_quotes_and_line_breaks() {
+        assert_eq!(csv_field("shop"), "shop");
+        assert_eq!(csv_field(""), "");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("\""), "\"\"\"\"");
+        assert_eq!(csv_field("a\nb"), "\"a\nb\"");
+        assert_eq!(csv_field("a\rb"), "\"a\rb\"");
+        assert_eq!(csv_field("it's ; fine"), "it's ; fine");
+        let mut row = row("a,\"b\"", "mobile", "LCP", 1.5, 1);
+        row.row.site = "x\ny".into();
+        let mut out = Vec::new();
+        render(&[row], &[75], Format::Csv, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text.split_once('\n').unwrap().1,
+            "\"x\ny\",\"a,\"\"b\"\"\",mobile,LCP,1.5,1,0.75,0.2,0.05\n"
+        );
     }
 
     /// The whole command against a real ClickHouse 18.16.

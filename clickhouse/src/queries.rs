@@ -153,6 +153,134 @@ pub async fn p75_by_route_device(
     Ok(rows)
 }
 
+/// The representative value of the bucket at 1-based index `idx` of the merged sketch `sk`: the
+/// expression of the analyst queries (`2 * GAMMA^k / (GAMMA + 1)`, 0 for the zero bucket).
+fn bucket_value_sql(idx: &str) -> String {
+    use crate::sketch::{GAMMA_LITERAL, ZERO_BUCKET};
+    format!(
+        "toFloat64(if((sk.1)[{idx}] = {ZERO_BUCKET}, 0, 2 * pow({GAMMA_LITERAL}, (sk.1)[{idx}]) / ({GAMMA_LITERAL} + 1)))"
+    )
+}
+
+/// The query of [`P75Row::with_percentiles`]: the columns of `p75_by_route_device.sql` (p75 with the
+/// file's expression) and `percentiles`, an `Array(Float64)` holding the nearest-rank `p`-th percentile
+/// of each `p` of `percentiles`, in that order. Placeholders: site, window start, window end, route
+/// ('' for all), the same route, device ('' for all), the same device.
+///
+/// The `p`-th percentile is read like p75: the first bucket whose cumulative count `c` reaches
+/// `p / 100 * n`, written `c * 100 >= p * n` in integers, so that the rank is exactly
+/// `ceil(p * n / 100)` (`0.9 * n` in floating point can land just above an integer and take the next
+/// rank). For p75 both forms agree (0.75 is exact in binary). As in `alerts`' `step_rows_sql`, the
+/// bucket values are taken a level above the GROUP BY: over a cluster's `Distributed` `vitals_1m`,
+/// ClickHouse 18.16 sends the grouping level to the shards as text and prints `(sk.1)[idx]` as
+/// `sk.1[idx]`, which the shards cannot parse.
+fn percentiles_sql(percentiles: &[u8]) -> String {
+    let mut idx = String::new();
+    let mut values = Vec::new();
+    for p in percentiles {
+        assert!((1..=99).contains(p), "percentile {p} is not in 1..=99");
+        idx.push_str(&format!(
+            ", arrayFirstIndex(c -> c * 100 >= {p} * n, arrayCumSum(sk.2)) AS idx_{p}"
+        ));
+        values.push(bucket_value_sql(&format!("idx_{p}")));
+    }
+    let percentiles = if values.is_empty() {
+        "emptyArrayFloat64()".to_string()
+    } else {
+        format!("[{}]", values.join(", "))
+    };
+    format!(
+        "SELECT site, route, device, metric, {p75} AS p75, toUInt64(n) AS samples, \
+           toFloat64(n_good / n) AS good_share, \
+           toFloat64(n_needs_improvement / n) AS needs_improvement_share, \
+           toFloat64(n_poor / n) AS poor_share, \
+           {percentiles} AS percentiles \
+         FROM ( \
+           SELECT site, route, device, metric, \
+             countMerge(samples) AS n, \
+             sumMerge(good) AS n_good, \
+             sumMerge(needs_improvement) AS n_needs_improvement, \
+             sumMerge(poor) AS n_poor, \
+             sumMapMerge(sketch) AS sk, \
+             arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx{idx} \
+           FROM vitals_1m \
+           WHERE site = ? AND minute >= toDateTime(?) AND minute < toDateTime(?) \
+             AND (? = '' OR route = ?) AND (? = '' OR device = ?) \
+           GROUP BY site, route, device, metric \
+         ) \
+         ORDER BY site, route, device, metric",
+        p75 = bucket_value_sql("idx"),
+    )
+}
+
+/// A row of [`percentiles_sql`], in its column order.
+#[derive(Row, Deserialize)]
+struct PercentilesRow {
+    site: String,
+    route: String,
+    device: String,
+    metric: String,
+    p75: f64,
+    samples: u64,
+    good_share: f64,
+    needs_improvement_share: f64,
+    poor_share: f64,
+    percentiles: Vec<f64>,
+}
+
+impl P75Row {
+    /// [`p75_by_route_device`] with more percentiles of the same merged sketches: each row comes with
+    /// the nearest-rank `p`-th percentile (the `ceil(p * n / 100)`-th smallest sample, within 0.5%) of
+    /// each `p` of `percentiles`, in that order. The sketch holds the samples unweighted, so these
+    /// percentiles are of the samples, not re-weighted by their sample rate.
+    ///
+    /// Panics if a percentile is not in `1..=99` (callers validate their input).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn with_percentiles(
+        client: &clickhouse::Client,
+        site: &str,
+        route: Option<&str>,
+        device: Option<&str>,
+        since: u32,
+        until: u32,
+        percentiles: &[u8],
+    ) -> Result<Vec<(P75Row, Vec<f64>)>, StorageError> {
+        let sql = percentiles_sql(percentiles);
+        let route = route.unwrap_or("");
+        let device = device.unwrap_or("");
+        let rows = client
+            .query(&sql)
+            .bind(site)
+            .bind(since)
+            .bind(until)
+            .bind(route)
+            .bind(route)
+            .bind(device)
+            .bind(device)
+            .fetch_all::<PercentilesRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    P75Row {
+                        site: r.site,
+                        route: r.route,
+                        device: r.device,
+                        metric: r.metric,
+                        p75: r.p75,
+                        samples: r.samples,
+                        good_share: r.good_share,
+                        needs_improvement_share: r.needs_improvement_share,
+                        poor_share: r.poor_share,
+                    },
+                    r.percentiles,
+                )
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +348,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn percentiles_sql_reads_each_rank_above_the_group_by() {
+        let sql = percentiles_sql(&[50, 99]);
+        assert_eq!(sql.matches('?').count(), 7, "{sql}");
+        let (outer, inner) = sql.split_once("FROM (").unwrap();
+        // Bucket values (`(sk.1)[...]`) only outside the grouping level, sent to shards as text.
+        assert!(!inner.contains("(sk.1)"), "{inner}");
+        for p in ["50", "99"] {
+            assert!(
+                inner.contains(&format!(
+                    "arrayFirstIndex(c -> c * 100 >= {p} * n, arrayCumSum(sk.2)) AS idx_{p}"
+                )),
+                "{inner}"
+            );
+            assert!(
+                outer.contains(&format!("pow(1.01005, (sk.1)[idx_{p}])")),
+                "{outer}"
+            );
+        }
+        // p75 with the file's own expressions.
+        let file = P75_BY_ROUTE_DEVICE.sql();
+        for expr in [
+            "arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx",
+            "if((sk.1)[idx] = -32768, 0, 2 * pow(1.01005, (sk.1)[idx]) / (1.01005 + 1))",
+        ] {
+            assert!(file.contains(expr) && sql.contains(expr), "{expr}");
+        }
+        assert!(outer.find("idx_50").unwrap() < outer.find("idx_99").unwrap());
+        assert!(percentiles_sql(&[]).contains("emptyArrayFloat64() AS percentiles"));
+    }
+
+    #[test]
+    #[should_panic(expected = "percentile 100 is not in 1..=99")]
+    fn percentiles_sql_refuses_100() {
+        percentiles_sql(&[50, 100]);
     }
 
     #[test]

@@ -209,6 +209,111 @@ mod tests {
         assert_eq!(exact_quantile(&v, 1.0), Some(5.0));
     }
 
+    /// `rum query p75 --percentile P` in Rust: the first bucket whose cumulative count `c` has
+    /// `c * 100 >= P * n` (`queries.rs`, `percentiles_sql`): the bucket of the `ceil(P * n / 100)`-th
+    /// smallest sample, in integers.
+    fn percentile(sketch: &[(i16, u64)], p: u8) -> f64 {
+        let n: u64 = sketch.iter().map(|&(_, c)| c).sum();
+        let mut cumulative = 0;
+        for &(k, c) in sketch {
+            cumulative += c;
+            if cumulative * 100 >= u64::from(p) * n {
+                return value_of_bucket(k);
+            }
+        }
+        unreachable!("the last bucket's cumulative count is n")
+    }
+
+    /// The exact nearest-rank percentile: the `ceil(p * n / 100)`-th smallest value.
+    fn exact_percentile(sorted: &[f64], p: u8) -> f64 {
+        let rank = (u64::from(p) * sorted.len() as u64).div_ceil(100) as usize;
+        sorted[rank.max(1) - 1]
+    }
+
+    /// The bound, from the bucket width: bucket `k` holds `(GAMMA^(k-1), GAMMA^k]` and stands for
+    /// `r = 2 * GAMMA^k / (GAMMA + 1)`, so for a value `v` of it `r / v` lies in
+    /// `[2 / (GAMMA + 1), 2 * GAMMA / (GAMMA + 1))`: `|r - v| / v <= (GAMMA - 1) / (GAMMA + 1)` = ALPHA,
+    /// 0.49999%. Buckets sort like their values, so the first bucket whose cumulative count reaches
+    /// the rank holds the exact nearest-rank value: the sketch's percentile is within ALPHA of it
+    /// (and exactly 0 when that value is <= 0), whatever the distribution or the merge.
+    #[test]
+    fn percentiles_are_within_alpha_of_the_nearest_rank_on_several_distributions() {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::Distribution;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let lognormal = rand_distr::LogNormal::new(7.6, 0.6).unwrap();
+        let distributions: Vec<(&str, Vec<f64>)> = vec![
+            (
+                "uniform 1..10000 ms",
+                (0..20_000)
+                    .map(|_| rng.random_range(1.0..10_000.0))
+                    .collect(),
+            ),
+            (
+                "log-normal (median 2 s)",
+                (0..20_000).map(|_| lognormal.sample(&mut rng)).collect(),
+            ),
+            ("constant 1234.5", vec![1234.5; 1000]),
+            (
+                "two-point 600 x 2500 + 400 x 4000",
+                [vec![2500.0; 600], vec![4000.0; 400]].concat(),
+            ),
+            (
+                "CLS, 80% zeros",
+                (0..5000)
+                    .map(|i| {
+                        if i % 5 == 0 {
+                            rng.random_range(0.001..0.5)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            ),
+            ("three values", vec![10.0, 20.0, 30.0]),
+        ];
+        let percentiles = [50u8, 75, 90, 95, 99];
+        let mut worst = [0.0f64; 5];
+        for (name, values) in &distributions {
+            let sketch = sketch_of(values.iter().copied());
+            let mut sorted = values.clone();
+            sorted.sort_unstable_by(f64::total_cmp);
+            for (i, &p) in percentiles.iter().enumerate() {
+                let exact = exact_percentile(&sorted, p);
+                let got = percentile(&sketch, p);
+                let err = if exact == 0.0 {
+                    assert_eq!(got, 0.0, "{name} p{p}: {got} for 0");
+                    0.0
+                } else {
+                    (got - exact).abs() / exact
+                };
+                assert!(
+                    err <= ALPHA + 1e-12,
+                    "{name} p{p}: {got} vs exact {exact} ({err})"
+                );
+                worst[i] = worst[i].max(err);
+            }
+        }
+        for (p, err) in percentiles.iter().zip(worst) {
+            eprintln!("p{p}: worst relative error {:.4}%", err * 100.0);
+        }
+        // The rank, not a neighbour: 600 x 2500 + 400 x 4000 has p60 in 2500's bucket, p61 in 4000's.
+        let two_point = sketch_of([vec![2500.0; 600], vec![4000.0; 400]].concat());
+        assert_eq!(
+            percentile(&two_point, 60),
+            value_of_bucket(bucket_of(2500.0))
+        );
+        assert_eq!(
+            percentile(&two_point, 61),
+            value_of_bucket(bucket_of(4000.0))
+        );
+        // And p75 is the SQL's `c >= 0.75 * n` (0.75 is exact in binary).
+        for (_, values) in &distributions {
+            let sketch = sketch_of(values.iter().copied());
+            assert_eq!(Some(percentile(&sketch, 75)), quantile(&sketch, 0.75));
+        }
+    }
+
     /// Every SQL file that computes buckets or bucket values uses the same gamma, zero bucket and clamp.
     #[test]
     fn the_sql_files_use_the_same_constants() {
