@@ -81,6 +81,34 @@ pub struct PercentilesRow {
 }
 
 impl PercentilesRow {
+    /// The row's cells in column order: site, route, device, metric, each percentile as
+    /// `percentile(metric, value)`, samples, then the three rating shares as `share(value)`.
+    fn cells(
+        &self,
+        percentile: impl Fn(&str, f64) -> String,
+        share: impl Fn(f64) -> String,
+    ) -> Vec<String> {
+        let r = &self.row;
+        let mut cells = vec![
+            r.site.clone(),
+            r.route.clone(),
+            r.device.clone(),
+            r.metric.clone(),
+        ];
+        cells.extend(
+            self.percentiles
+                .iter()
+                .map(|&(_, v)| percentile(&r.metric, v)),
+        );
+        cells.push(r.samples.to_string());
+        cells.extend(
+            [r.good_share, r.needs_improvement_share, r.poor_share]
+                .into_iter()
+                .map(share),
+        );
+        cells
+    }
+
     /// `row` with the percentiles `extra` (increasing, without 75) at `values`, and p75.
     fn new(row: P75Row, extra: &[u8], values: &[f64]) -> PercentilesRow {
         let mut percentiles: Vec<(u8, f64)> =
@@ -231,20 +259,7 @@ pub fn render(
             );
             write_csv_line(out, &header)?;
             for row in rows {
-                let r = &row.row;
-                let mut cells = vec![
-                    r.site.clone(),
-                    r.route.clone(),
-                    r.device.clone(),
-                    r.metric.clone(),
-                ];
-                cells.extend(row.percentiles.iter().map(|(_, v)| v.to_string()));
-                cells.extend([
-                    r.samples.to_string(),
-                    r.good_share.to_string(),
-                    r.needs_improvement_share.to_string(),
-                    r.poor_share.to_string(),
-                ]);
+                let cells = row.cells(|_, v| v.to_string(), |share| share.to_string());
                 write_csv_line(out, &cells)?;
             }
         }
@@ -258,27 +273,7 @@ pub fn render(
             const NUMERIC_FROM: usize = 4;
             let cells: Vec<Vec<String>> = rows
                 .iter()
-                .map(|row| {
-                    let r = &row.row;
-                    let mut cells = vec![
-                        r.site.clone(),
-                        r.route.clone(),
-                        r.device.clone(),
-                        r.metric.clone(),
-                    ];
-                    cells.extend(
-                        row.percentiles
-                            .iter()
-                            .map(|&(_, v)| format_percentile(&r.metric, v)),
-                    );
-                    cells.extend([
-                        r.samples.to_string(),
-                        percent(r.good_share),
-                        percent(r.needs_improvement_share),
-                        percent(r.poor_share),
-                    ]);
-                    cells
-                })
+                .map(|row| row.cells(format_percentile, percent))
                 .collect();
             let mut widths: Vec<usize> = header.iter().map(String::len).collect();
             for row in &cells {

@@ -137,10 +137,25 @@ pub async fn p75_by_route_device(
          ORDER BY site, route, device, metric",
         P75_BY_ROUTE_DEVICE.sql()
     );
+    let rows = by_route_device(client.query(&sql), site, route, device, since, until)
+        .fetch_all::<P75Row>()
+        .await?;
+    Ok(rows)
+}
+
+/// Binds the placeholders the per route and device queries share: site, window start, window end,
+/// route ('' for all) twice, device ('' for all) twice.
+fn by_route_device(
+    query: clickhouse::query::Query,
+    site: &str,
+    route: Option<&str>,
+    device: Option<&str>,
+    since: u32,
+    until: u32,
+) -> clickhouse::query::Query {
     let route = route.unwrap_or("");
     let device = device.unwrap_or("");
-    let rows = client
-        .query(&sql)
+    query
         .bind(site)
         .bind(since)
         .bind(until)
@@ -148,9 +163,6 @@ pub async fn p75_by_route_device(
         .bind(route)
         .bind(device)
         .bind(device)
-        .fetch_all::<P75Row>()
-        .await?;
-    Ok(rows)
 }
 
 /// The representative value of the bucket at 1-based index `idx` of the merged sketch `sk`: the
@@ -246,17 +258,7 @@ impl P75Row {
         percentiles: &[u8],
     ) -> Result<Vec<(P75Row, Vec<f64>)>, StorageError> {
         let sql = percentiles_sql(percentiles);
-        let route = route.unwrap_or("");
-        let device = device.unwrap_or("");
-        let rows = client
-            .query(&sql)
-            .bind(site)
-            .bind(since)
-            .bind(until)
-            .bind(route)
-            .bind(route)
-            .bind(device)
-            .bind(device)
+        let rows = by_route_device(client.query(&sql), site, route, device, since, until)
             .fetch_all::<PercentilesRow>()
             .await?;
         Ok(rows
