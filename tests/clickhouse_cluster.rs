@@ -64,6 +64,9 @@ fn beacon(i: u64, received_at: u64) -> BeaconMessage {
         nav_type: "navigate".into(),
         sample_rate: 1.0,
         received_at,
+        page_id: String::new(),
+        release: String::new(),
+        rtt: "unknown".into(),
         metrics: [
             (MetricName::LCP, 800.0 + 4.0 * spread as f64),
             (MetricName::CLS, spread as f64 / 2000.0),
@@ -75,6 +78,7 @@ fn beacon(i: u64, received_at: u64) -> BeaconMessage {
             value,
             id: format!("{i}-{}", name.as_str()),
             rating: name.rate(value),
+            attribution: Default::default(),
         })
         .collect(),
     }

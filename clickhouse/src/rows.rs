@@ -190,18 +190,23 @@ mod tests {
             nav_type: "reload".into(),
             sample_rate: 0.25,
             received_at: 1_700_000_000_999,
+            page_id: String::new(),
+            release: String::new(),
+            rtt: "unknown".into(),
             metrics: vec![
                 MetricSample {
                     name: MetricName::LCP,
                     value: 1.0,
                     id: "a".into(),
                     rating: Rating::Good,
+                    attribution: Default::default(),
                 },
                 MetricSample {
                     name: MetricName::CLS,
                     value: 0.3,
                     id: "b".into(),
                     rating: Rating::Poor,
+                    attribution: Default::default(),
                 },
             ],
         };

@@ -126,6 +126,9 @@ mod tests {
             nav_type: "navigate".into(),
             sample_rate: 1.0,
             received_at: 0,
+            page_id: String::new(),
+            release: String::new(),
+            rtt: "unknown".into(),
             metrics: ids
                 .iter()
                 .map(|id| MetricSample {
@@ -133,6 +136,7 @@ mod tests {
                     value: 0.1,
                     id: (*id).into(),
                     rating: MetricName::CLS.rate(0.1),
+                    attribution: Default::default(),
                 })
                 .collect(),
         }

@@ -266,6 +266,9 @@ mod tests {
             nav_type: "navigate".into(),
             sample_rate: 1.0,
             received_at: 1,
+            page_id: String::new(),
+            release: String::new(),
+            rtt: "unknown".into(),
             metrics: metrics
                 .iter()
                 .map(|&name| MetricSample {
@@ -273,6 +276,7 @@ mod tests {
                     value: 2_000.0,
                     id: String::new(),
                     rating: Rating::Good,
+                    attribution: Default::default(),
                 })
                 .collect(),
         }

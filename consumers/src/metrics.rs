@@ -271,6 +271,7 @@ mod tests {
                 value: 1_234.567_890_123_4,
                 id: String::new(),
                 rating: Rating::Good,
+                attribution: Default::default(),
             })
             .collect();
         let mut batch = Vec::with_capacity(10_000);
@@ -289,6 +290,9 @@ mod tests {
                 nav_type: "navigate".into(),
                 sample_rate: 1.0,
                 received_at: i as u64,
+                page_id: String::new(),
+                release: String::new(),
+                rtt: "unknown".into(),
                 metrics: metrics.clone(),
             });
             if batch.len() == 10_000 {
@@ -308,6 +312,9 @@ mod tests {
                 nav_type: "navigate".into(),
                 sample_rate: 1.0,
                 received_at: 1,
+                page_id: String::new(),
+                release: String::new(),
+                rtt: "unknown".into(),
                 metrics: metrics.clone(),
             })
             .collect();

@@ -775,12 +775,16 @@ mod tests {
                 nav_type: "navigate".into(),
                 sample_rate: 1.0,
                 received_at: (u64::from(day) * u64::from(DAY) + 3600) * 1000,
+                page_id: String::new(),
+                release: String::new(),
+                rtt: "unknown".into(),
                 metrics: (0..metrics)
                     .map(|i| MetricSample {
                         name: MetricName::LCP,
                         value: 1.0,
                         id: format!("{partition}-{offset}-{i}"),
                         rating: Rating::Good,
+                        attribution: Default::default(),
                     })
                     .collect(),
             }),

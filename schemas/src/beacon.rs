@@ -8,8 +8,12 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use crate::attribution::{Attribution, RawAttribution};
 use crate::device::Device;
-use crate::limits::{is_valid_sample_rate, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
+use crate::limits::{
+    is_valid_page_id, is_valid_rtt, is_valid_sample_rate, normalize_release, rtt_bucket,
+    MAX_RELEASE_LEN, MAX_RTT_MS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE,
+};
 pub use crate::limits::{is_valid_site, MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN, MAX_SITE_LEN};
 use crate::message::{BeaconMessage, MetricSample};
 use crate::metric::MetricName;
@@ -30,6 +34,10 @@ pub struct RawMetric<'a> {
     /// The client's rating (must be a string when present); the server recomputes it from the thresholds.
     #[serde(default, borrow)]
     pub rating: Option<Text<'a>>,
+    /// What caused the value (`web-vitals`' attribution build), see [`crate::attribution`]; `null`
+    /// is absent.
+    #[serde(default, borrow)]
+    pub attribution: Option<RawAttribution<'a>>,
 }
 
 /// A parsed beacon in either accepted form, before validation. Strings borrow from the body.
@@ -45,6 +53,12 @@ pub struct Beacon<'a> {
     pub nav_type: Option<Text<'a>>,
     /// The share of page loads the collector sampled, in [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`].
     pub sample_rate: Option<f64>,
+    /// A random id of the page load, joining its metrics across beacons.
+    pub page_id: Option<Text<'a>>,
+    /// The site's release (version, build) the page ran.
+    pub release: Option<Text<'a>>,
+    /// The network's round-trip time in milliseconds (`navigator.connection.rtt`).
+    pub rtt: Option<f64>,
     /// The metrics, unvalidated.
     pub metrics: Vec<RawMetric<'a>>,
 }
@@ -98,6 +112,11 @@ struct WireBeacon<'a> {
     navigation_type: Option<Text<'a>>,
     sample_rate: Option<f64>,
     #[serde(borrow)]
+    page_id: Option<Text<'a>>,
+    #[serde(borrow)]
+    release: Option<Text<'a>>,
+    rtt: Option<f64>,
+    #[serde(borrow)]
     metrics: Option<Vec<RawMetric<'a>>>,
     #[serde(borrow)]
     name: Option<Text<'a>>,
@@ -106,6 +125,8 @@ struct WireBeacon<'a> {
     id: Option<Text<'a>>,
     #[serde(borrow)]
     rating: Option<Text<'a>>,
+    #[serde(borrow)]
+    attribution: Option<RawAttribution<'a>>,
 }
 
 /// Why a whole beacon was rejected.
@@ -126,6 +147,15 @@ pub enum BeaconError {
     /// `sample_rate` outside [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] (0.0001 to 1).
     #[error("invalid sample_rate: must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")]
     InvalidSampleRate,
+    /// `page_id` is not 8 to 64 characters of `[A-Za-z0-9_-]`.
+    #[error("invalid page_id: must be 8 to 64 characters of [A-Za-z0-9_-]")]
+    InvalidPageId,
+    /// `release`, trimmed, is not 1 to [`MAX_RELEASE_LEN`] printable ASCII characters.
+    #[error("invalid release: must be 1 to {MAX_RELEASE_LEN} printable ASCII characters")]
+    InvalidRelease,
+    /// `rtt` is not a number of milliseconds from 0 to [`MAX_RTT_MS`].
+    #[error("invalid rtt: must be a number of milliseconds between 0 and {MAX_RTT_MS}")]
+    InvalidRtt,
     /// More than [`MAX_METRICS_PER_BEACON`] metrics.
     #[error("too many metrics: at most 32")]
     TooManyMetrics,
@@ -143,6 +173,9 @@ impl BeaconError {
             BeaconError::InvalidSite => "invalid_site",
             BeaconError::MissingRoute => "missing_route",
             BeaconError::InvalidSampleRate => "invalid_sample_rate",
+            BeaconError::InvalidPageId => "invalid_page_id",
+            BeaconError::InvalidRelease => "invalid_release",
+            BeaconError::InvalidRtt => "invalid_rtt",
             BeaconError::TooManyMetrics => "too_many_metrics",
             BeaconError::NoValidMetrics => "no_valid_metrics",
         }
@@ -164,6 +197,8 @@ pub enum MetricRejection {
     IdTooLong,
     /// The same id twice in one beacon.
     DuplicateId,
+    /// A field of the metric's `attribution` is invalid (or `attribution` is not an object).
+    InvalidAttribution,
 }
 
 impl MetricRejection {
@@ -176,6 +211,7 @@ impl MetricRejection {
             MetricRejection::ValueOutOfRange => "value_out_of_range",
             MetricRejection::IdTooLong => "id_too_long",
             MetricRejection::DuplicateId => "duplicate_id",
+            MetricRejection::InvalidAttribution => "invalid_attribution",
         }
     }
 }
@@ -211,6 +247,7 @@ pub fn parse_beacon(body: &[u8]) -> Result<Beacon<'_>, BeaconError> {
             value,
             id: wire.id.unwrap_or_default(),
             rating: wire.rating,
+            attribution: wire.attribution,
         }],
         (None, _, _) => Vec::new(),
     };
@@ -220,6 +257,9 @@ pub fn parse_beacon(body: &[u8]) -> Result<Beacon<'_>, BeaconError> {
         device: wire.device,
         nav_type: wire.nav_type.or(wire.navigation_type),
         sample_rate: wire.sample_rate,
+        page_id: wire.page_id,
+        release: wire.release,
+        rtt: wire.rtt,
         metrics,
     })
 }
@@ -240,6 +280,18 @@ impl Beacon<'_> {
         let sample_rate = self.sample_rate.unwrap_or(MAX_SAMPLE_RATE);
         if !is_valid_sample_rate(sample_rate) {
             return Err(BeaconError::InvalidSampleRate);
+        }
+        let page_id = match self.page_id.as_deref() {
+            None => "",
+            Some(id) if is_valid_page_id(id) => id,
+            Some(_) => return Err(BeaconError::InvalidPageId),
+        };
+        let release = match self.release.as_deref() {
+            None => "",
+            Some(release) => normalize_release(release).ok_or(BeaconError::InvalidRelease)?,
+        };
+        if self.rtt.is_some_and(|rtt| !is_valid_rtt(rtt)) {
+            return Err(BeaconError::InvalidRtt);
         }
         if self.metrics.len() > MAX_METRICS_PER_BEACON {
             return Err(BeaconError::TooManyMetrics);
@@ -275,6 +327,9 @@ impl Beacon<'_> {
                 sample_rate,
                 received_at: ctx.received_at_ms,
                 metrics,
+                page_id: page_id.to_string(),
+                release: release.to_string(),
+                rtt: rtt_bucket(self.rtt).to_string(),
             },
             dropped,
         })
@@ -288,11 +343,14 @@ pub fn validate_metric(raw: RawMetric<'_>) -> Result<MetricSample, MetricRejecti
     if raw.id.len() > MAX_METRIC_ID_LEN {
         return Err(MetricRejection::IdTooLong);
     }
+    let attribution = Attribution::normalize(name, raw.attribution.as_ref())
+        .map_err(|_| MetricRejection::InvalidAttribution)?;
     Ok(MetricSample {
         name,
         value: raw.value,
         rating: name.rate(raw.value),
         id: raw.id.0.into_owned(),
+        attribution,
     })
 }
 
@@ -318,6 +376,9 @@ pub fn normalize_nav_type(nav_type: Option<&str>) -> &'static str {
         Some("back-forward-cache") => "back-forward-cache",
         Some("prerender") => "prerender",
         Some("restore") => "restore",
+        // web-vitals' soft navigations (a single-page app's route change, reported as its own page
+        // view); the collector sends the new route.
+        Some("soft-navigation") => "soft-navigation",
         None | Some("") => "unknown",
         Some(_) => "other",
     }
@@ -523,7 +584,172 @@ mod tests {
     }
 
     #[test]
+    fn accepts_and_normalizes_the_optional_fields() {
+        let v = validate(
+            r##"{"site":"shop","route":"/p/1","page_id":"pg_0123-ABCD","release":"  v2.4.1 (build 88) ","rtt":250,
+            "metrics":[
+              {"name":"LCP","value":3000,"id":"l","attribution":{"target":"img.hero","url":"https://cdn.example/a.jpg?w=1#x",
+                "timeToFirstByte":200,"resourceLoadDelay":10,"resourceLoadDuration":900,"elementRenderDelay":5,
+                "interactionType":{"not":"LCP's"},"lcpEntry":{}}},
+              {"name":"INP","value":180,"id":"i","attribution":{"interactionTarget":"#buy","interactionType":"touch",
+                "inputDelay":3,"processingDuration":100,"presentationDelay":77,"scriptUrl":"/app.js?v=3","scriptInvoker":"BUTTON.onclick"}},
+              {"name":"CLS","value":0.05,"id":"c","attribution":{"largestShiftTarget":"#ad","largestShiftValue":0.04}},
+              {"name":"TTFB","value":200,"id":"t","attribution":{"waitingDuration":1,"target":7}}]}"##,
+        )
+        .unwrap();
+        assert!(v.dropped.is_empty(), "{:?}", v.dropped);
+        let m = v.message;
+        assert_eq!(m.page_id, "pg_0123-ABCD");
+        assert_eq!(m.release, "v2.4.1 (build 88)");
+        assert_eq!(m.rtt, "100-300");
+        let a = &m.metrics[0].attribution;
+        assert_eq!(
+            (a.target.as_str(), a.url.as_str()),
+            ("img.hero", "https://cdn.example/a.jpg")
+        );
+        assert_eq!(
+            [
+                a.time_to_first_byte,
+                a.resource_load_delay,
+                a.resource_load_duration,
+                a.element_render_delay
+            ],
+            [Some(200.0), Some(10.0), Some(900.0), Some(5.0)]
+        );
+        assert_eq!(a.interaction_type, "", "INP's field on an LCP is ignored");
+        let a = &m.metrics[1].attribution;
+        assert_eq!(
+            (
+                a.interaction_target.as_str(),
+                a.interaction_type.as_str(),
+                a.script_url.as_str(),
+                a.script_invoker.as_str()
+            ),
+            ("#buy", "other", "/app.js", "BUTTON.onclick")
+        );
+        assert_eq!(
+            [a.input_delay, a.processing_duration, a.presentation_delay],
+            [Some(3.0), Some(100.0), Some(77.0)]
+        );
+        assert_eq!(m.metrics[2].attribution.largest_shift_target, "#ad");
+        assert!(m.metrics[3].attribution.is_empty());
+        assert_eq!(BeaconMessage::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn the_bare_metric_form_carries_the_optional_fields_too() {
+        let v = validate(
+            r#"{"name":"INP","value":90,"id":"v5-9","route":"/","site":"s","page_id":"abcdefgh","rtt":1000,
+            "attribution":{"interactionType":"keyboard","inputDelay":1}}"#,
+        )
+        .unwrap();
+        let m = v.message;
+        assert_eq!((m.page_id.as_str(), m.rtt.as_str()), ("abcdefgh", "1000+"));
+        assert_eq!(m.metrics[0].attribution.interaction_type, "keyboard");
+        assert_eq!(m.metrics[0].attribution.input_delay, Some(1.0));
+    }
+
+    #[test]
+    fn buckets_rtt_and_says_unknown_without_it() {
+        for (rtt, bucket) in [
+            ("0", "0-100"),
+            ("99.9", "0-100"),
+            ("100", "100-300"),
+            ("300", "300-1000"),
+            ("1000", "1000+"),
+            ("60000", "1000+"),
+        ] {
+            let body = format!(
+                r#"{{"site":"s","route":"/","rtt":{rtt},"metrics":[{{"name":"LCP","value":1}}]}}"#
+            );
+            assert_eq!(validate(&body).unwrap().message.rtt, bucket, "rtt {rtt}");
+        }
+        for body in [
+            r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1}]}"#,
+            r#"{"site":"s","route":"/","rtt":null,"metrics":[{"name":"LCP","value":1}]}"#,
+        ] {
+            assert_eq!(validate(body).unwrap().message.rtt, "unknown", "{body}");
+        }
+    }
+
+    #[test]
+    fn rejects_invalid_optional_fields_with_a_reason_and_a_message() {
+        let with = |field: &str| {
+            format!(r#"{{"site":"s","route":"/",{field},"metrics":[{{"name":"LCP","value":1}}]}}"#)
+        };
+        let cases = [
+            (r#""page_id":"abc1234""#.to_string(), "invalid_page_id"),
+            (
+                format!(r#""page_id":"{}""#, "a".repeat(65)),
+                "invalid_page_id",
+            ),
+            (r#""page_id":"abcd 1234""#.to_string(), "invalid_page_id"),
+            (r#""page_id":"abcd.1234""#.to_string(), "invalid_page_id"),
+            (r#""page_id":"""#.to_string(), "invalid_page_id"),
+            (r#""page_id":12345678"#.to_string(), "malformed_json"),
+            (r#""release":"""#.to_string(), "invalid_release"),
+            (r#""release":"   ""#.to_string(), "invalid_release"),
+            (
+                format!(r#""release":"{}""#, "r".repeat(65)),
+                "invalid_release",
+            ),
+            (r#""release":"v1\tbeta""#.to_string(), "invalid_release"),
+            (r#""release":"v1\u0000""#.to_string(), "invalid_release"),
+            (r#""release":"versión""#.to_string(), "invalid_release"),
+            (r#""rtt":-1"#.to_string(), "invalid_rtt"),
+            (r#""rtt":60000.5"#.to_string(), "invalid_rtt"),
+            (r#""rtt":"50""#.to_string(), "malformed_json"),
+            (r#""rtt":1e999"#.to_string(), "malformed_json"),
+        ];
+        for (field, reason) in cases {
+            let body = with(&field);
+            assert_eq!(validate(&body).unwrap_err().reason(), reason, "{body}");
+        }
+        assert_eq!(
+            BeaconError::InvalidPageId.to_string(),
+            "invalid page_id: must be 8 to 64 characters of [A-Za-z0-9_-]"
+        );
+        assert_eq!(
+            BeaconError::InvalidRelease.to_string(),
+            "invalid release: must be 1 to 64 printable ASCII characters"
+        );
+        assert_eq!(
+            BeaconError::InvalidRtt.to_string(),
+            "invalid rtt: must be a number of milliseconds between 0 and 60000"
+        );
+        assert!(validate(&with(&format!(r#""page_id":"{}""#, "Z".repeat(64)))).is_ok());
+        assert!(validate(&with(&format!(r#""release":"{}""#, "~".repeat(64)))).is_ok());
+    }
+
+    #[test]
+    fn drops_a_metric_whose_attribution_is_invalid_and_keeps_the_others() {
+        let v = validate(
+            r##"{"site":"s","route":"/","metrics":[
+            {"name":"LCP","value":1,"id":"a","attribution":{"target":"img\u0007"}},
+            {"name":"LCP","value":1,"id":"b","attribution":{"timeToFirstByte":-3}},
+            {"name":"INP","value":1,"id":"c","attribution":{"presentationDelay":"slow"}},
+            {"name":"CLS","value":0,"id":"d","attribution":"#ad"},
+            {"name":"INP","value":1,"id":"e","attribution":{"scriptInvoker":"x","url":"\u0000 not INP's"}}]}"##,
+        )
+        .unwrap();
+        let reasons: Vec<_> = v.dropped.iter().map(|r| r.reason()).collect();
+        assert_eq!(reasons, ["invalid_attribution"; 4]);
+        assert_eq!(v.message.metrics.len(), 1);
+        assert_eq!(v.message.metrics[0].id, "e");
+        let only_invalid = r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1,"attribution":{"url":7}}]}"#;
+        assert_eq!(
+            validate(only_invalid).unwrap_err().reason(),
+            "no_valid_metrics"
+        );
+    }
+
+    #[test]
     fn bounds_the_nav_type_label() {
+        assert_eq!(
+            normalize_nav_type(Some("soft-navigation")),
+            "soft-navigation"
+        );
+        assert_eq!(normalize_nav_type(Some("soft_navigation")), "other");
         assert_eq!(normalize_nav_type(Some("navigate")), "navigate");
         assert_eq!(normalize_nav_type(Some("<script>")), "other");
         assert_eq!(normalize_nav_type(None), "unknown");

@@ -1,13 +1,16 @@
 //! The contracts every other crate of `rum` relies on.
 //!
 //! - [`beacon`]: what browsers send (beacon v1, or a bare `web-vitals` Metric with a `route`).
+//! - [`attribution`]: a metric's optional attribution (the element, resource and phases behind it).
 //! - [`metric`]: the metric names, their validation ranges and Google's thresholds.
-//! - [`limits`]: the bounds of a beacon (metrics, ids, site names, `sample_rate`), stated once.
+//! - [`limits`]: the bounds of a beacon (metrics, ids, site names, `sample_rate`, `page_id`,
+//!   `release`, the `rtt` buckets, attribution strings), stated once.
 //! - [`message`]: the normalized beacon that travels through Kafka.
 //! - [`route`] and [`device`]: the bounded labels.
 //! - [`kafka`]: topic names and the connection settings shared by producers and consumers.
 //! - [`config`]: the error every configuration check reports.
 
+pub mod attribution;
 pub mod beacon;
 pub mod config;
 pub mod device;
@@ -17,6 +20,7 @@ pub mod message;
 pub mod metric;
 pub mod route;
 
+pub use attribution::Attribution;
 pub use beacon::{parse_beacon, Beacon, BeaconError, RawMetric};
 pub use config::ConfigError;
 pub use device::Device;

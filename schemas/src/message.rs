@@ -6,10 +6,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::Attribution;
 use crate::beacon::check_value;
 use crate::device::Device;
 use crate::limits::{
-    is_valid_sample_rate, is_valid_site, MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN,
+    is_rtt_bucket, is_valid_page_id, is_valid_release, is_valid_sample_rate, is_valid_site,
+    MAX_METRICS_PER_BEACON, MAX_METRIC_ID_LEN, RTT_UNKNOWN,
 };
 use crate::metric::{MetricName, Rating};
 use crate::route::is_normalized_route;
@@ -25,6 +27,9 @@ pub struct MetricSample {
     pub id: String,
     /// Recomputed from the thresholds by the ingest.
     pub rating: Rating,
+    /// The metric's normalized attribution; absent from the JSON when empty (as before it existed).
+    #[serde(default, skip_serializing_if = "Attribution::is_empty")]
+    pub attribution: Attribution,
 }
 
 /// A normalized beacon: the value of a message on `rum.beacons.v1`.
@@ -44,6 +49,26 @@ pub struct BeaconMessage {
     pub received_at: u64,
     /// At least one metric.
     pub metrics: Vec<MetricSample>,
+    /// The page load's random id (empty when the beacon had none). The new fields are left out of
+    /// the JSON when absent, so the message of a beacon without them is the one it was before they
+    /// existed, and a message written before decodes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub page_id: String,
+    /// The site's release, trimmed (empty when the beacon had none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub release: String,
+    /// The bucket of the network's round-trip time, see [`crate::limits::RTT_BUCKETS`]; `unknown`
+    /// without one.
+    #[serde(default = "rtt_unknown", skip_serializing_if = "is_rtt_unknown")]
+    pub rtt: String,
+}
+
+fn rtt_unknown() -> String {
+    RTT_UNKNOWN.to_string()
+}
+
+fn is_rtt_unknown(rtt: &str) -> bool {
+    rtt == RTT_UNKNOWN
 }
 
 /// Why a Kafka message cannot be used. Its [`MessageError::reason`] goes into the dead letter's header.
@@ -115,6 +140,15 @@ impl BeaconMessage {
         if self.received_at >= MAX_RECEIVED_AT_MS {
             return Err(MessageError::Invalid("invalid_received_at"));
         }
+        if !self.page_id.is_empty() && !is_valid_page_id(&self.page_id) {
+            return Err(MessageError::Invalid("invalid_page_id"));
+        }
+        if !self.release.is_empty() && !is_valid_release(&self.release) {
+            return Err(MessageError::Invalid("invalid_release"));
+        }
+        if !is_rtt_bucket(&self.rtt) {
+            return Err(MessageError::Invalid("invalid_rtt"));
+        }
         if self.metrics.is_empty() || self.metrics.len() > MAX_METRICS_PER_BEACON {
             return Err(MessageError::Invalid("invalid_metric_count"));
         }
@@ -124,6 +158,9 @@ impl BeaconMessage {
             }
             if m.id.len() > MAX_METRIC_ID_LEN {
                 return Err(MessageError::Invalid("invalid_metric_id"));
+            }
+            if !m.attribution.is_valid_for(m.name) {
+                return Err(MessageError::Invalid("invalid_attribution"));
             }
         }
         Ok(())
@@ -147,8 +184,21 @@ mod tests {
                 value: 0.12,
                 id: "v5-1".into(),
                 rating: Rating::NeedsImprovement,
+                attribution: Attribution::default(),
             }],
+            page_id: String::new(),
+            release: String::new(),
+            rtt: RTT_UNKNOWN.into(),
         }
+    }
+
+    fn with_new_fields() -> BeaconMessage {
+        let mut msg = sample();
+        msg.page_id = "pg_0123-abcd".into();
+        msg.release = "v1.2.3 (build 7)".into();
+        msg.rtt = "100-300".into();
+        msg.metrics[0].attribution.largest_shift_target = "#banner".into();
+        msg
     }
 
     #[test]
@@ -156,6 +206,62 @@ mod tests {
         let msg = sample();
         assert_eq!(BeaconMessage::decode(&msg.encode()).unwrap(), msg);
         assert_eq!(msg.key(), "shop|product-id|mobile");
+        let msg = with_new_fields();
+        let encoded = msg.encode();
+        assert_eq!(
+            String::from_utf8_lossy(&encoded),
+            r##"{"site":"shop","route":"product-id","device":"mobile","nav_type":"navigate","sample_rate":0.5,"received_at":1700000000123,"metrics":[{"name":"CLS","value":0.12,"id":"v5-1","rating":"needs-improvement","attribution":{"largest_shift_target":"#banner"}}],"page_id":"pg_0123-abcd","release":"v1.2.3 (build 7)","rtt":"100-300"}"##
+        );
+        assert_eq!(BeaconMessage::decode(&encoded).unwrap(), msg);
+    }
+
+    #[test]
+    fn leaves_absent_new_fields_out_of_the_json() {
+        let json = String::from_utf8(sample().encode()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"site":"shop","route":"product-id","device":"mobile","nav_type":"navigate","sample_rate":0.5,"received_at":1700000000123,"metrics":[{"name":"CLS","value":0.12,"id":"v5-1","rating":"needs-improvement"}]}"#
+        );
+    }
+
+    #[test]
+    fn dead_letters_new_fields_out_of_their_bounds() {
+        let reason =
+            |msg: BeaconMessage| BeaconMessage::decode(&msg.encode()).unwrap_err().reason();
+        let mut msg = with_new_fields();
+        msg.page_id = "short".into();
+        assert_eq!(reason(msg), "invalid_page_id");
+        let mut msg = with_new_fields();
+        msg.release = " v1".into();
+        assert_eq!(reason(msg), "invalid_release");
+        let mut msg = with_new_fields();
+        msg.rtt = "42".into();
+        assert_eq!(reason(msg), "invalid_rtt");
+        let mut msg = with_new_fields();
+        msg.rtt = String::new();
+        assert_eq!(
+            reason(msg),
+            "invalid_rtt",
+            "an explicit empty rtt is not absent"
+        );
+        let mut msg = with_new_fields();
+        msg.metrics[0].attribution.target = "img".into();
+        assert_eq!(reason(msg), "invalid_attribution", "LCP's field on a CLS");
+        let mut msg = with_new_fields();
+        msg.metrics[0].attribution.largest_shift_target = "a\u{7}".into();
+        assert_eq!(reason(msg), "invalid_attribution");
+        let mut msg = sample();
+        msg.metrics[0].name = MetricName::INP;
+        msg.metrics[0].attribution.interaction_type = "touch".into();
+        assert_eq!(reason(msg), "invalid_attribution");
+        let mut msg = sample();
+        msg.metrics[0].name = MetricName::LCP;
+        msg.metrics[0].attribution.url = "https://a.example/x?token=1".into();
+        assert_eq!(reason(msg), "invalid_attribution");
+        let mut msg = sample();
+        msg.metrics[0].name = MetricName::INP;
+        msg.metrics[0].attribution.input_delay = Some(-1.0);
+        assert_eq!(reason(msg), "invalid_attribution");
     }
 
     #[test]

@@ -40,15 +40,54 @@ fn valid_examples_pass_the_schema_and_the_server_keeps_every_metric() {
 }
 
 #[test]
-fn invalid_examples_fail_the_schema_and_the_server_rejects_or_trims_them() {
+fn invalid_examples_fail_the_schema_and_the_server_rejects_or_trims_them_with_their_reason() {
     let schema = schema();
     for example in examples()["invalid"].as_array().unwrap() {
         let (why, body) = (&example["why"], &example["body"]);
+        let reason = example["reason"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{why}: no reason"));
         assert!(!schema.is_valid(body), "schema accepts {why}: {body}");
         let server = parse_beacon(body.to_string().as_bytes()).and_then(|b| b.validate(&CTX));
         match server {
-            Err(_) => {}
-            Ok(v) => assert!(!v.dropped.is_empty(), "server keeps {why} whole: {body}"),
+            Err(e) => assert_eq!(e.reason(), reason, "{why}: {e}"),
+            Ok(v) => {
+                let dropped: Vec<_> = v.dropped.iter().map(|r| r.reason()).collect();
+                assert_eq!(dropped, [reason], "{why}: {body}");
+            }
         }
     }
+}
+
+#[test]
+fn valid_examples_carry_the_optional_fields_into_the_message() {
+    let examples = examples();
+    let with_everything = examples["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["page_id"] == "pg_8fJ2-kQ91xZ")
+        .expect("the example with every optional field");
+    let message = parse_beacon(with_everything.to_string().as_bytes())
+        .and_then(|b| b.validate(&CTX))
+        .unwrap()
+        .message;
+    assert_eq!(
+        (
+            message.page_id.as_str(),
+            message.release.as_str(),
+            message.rtt.as_str()
+        ),
+        ("pg_8fJ2-kQ91xZ", "2024.05.1 (a1b2c3d)", "100-300")
+    );
+    assert_eq!(message.nav_type, "soft-navigation");
+    let [lcp, inp, cls, ttfb, fcp] = &message.metrics[..] else {
+        panic!("five metrics: {:?}", message.metrics);
+    };
+    assert_eq!(lcp.attribution.url, "https://cdn.example/hero.jpg");
+    assert_eq!(lcp.attribution.element_render_delay, Some(12.0));
+    assert_eq!(inp.attribution.script_url, "https://shop.example/app.js");
+    assert_eq!(inp.attribution.interaction_type, "pointer");
+    assert_eq!(cls.attribution.largest_shift_target, "div.banner");
+    assert!(ttfb.attribution.is_empty() && fcp.attribution.is_empty());
 }

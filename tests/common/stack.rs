@@ -125,6 +125,9 @@ impl Stack {
                 nav_type: "navigate".into(),
                 sample_rate: 1.0,
                 received_at: received_at(i),
+                page_id: String::new(),
+                release: String::new(),
+                rtt: "unknown".into(),
                 metrics: [
                     (MetricName::LCP, 1800.0),
                     (MetricName::CLS, 0.05),
@@ -136,6 +139,7 @@ impl Stack {
                     value,
                     id: format!("{i}-{}", name.as_str()),
                     rating: name.rate(value),
+                    attribution: Default::default(),
                 })
                 .collect(),
             };
