@@ -252,11 +252,36 @@ fn url(field: &Option<Loose<'_>>) -> Result<String, InvalidAttribution> {
     match field {
         None => Ok(String::new()),
         Some(Loose::Str(s)) => {
+            // An inline image or a blob (an LCP element can be either) is named by its scheme only:
+            // its payload says nothing about where the time went, and can be megabytes.
+            let trimmed = s.trim_ascii();
+            for scheme in ["data:", "blob:"] {
+                if trimmed
+                    .get(..scheme.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+                {
+                    return Ok(scheme.to_string());
+                }
+            }
             if s.chars().count() > MAX_ATTRIBUTION_URL_IN_LEN || s.chars().any(char::is_control) {
                 return Err(InvalidAttribution);
             }
-            let s = s.trim_ascii();
-            let s = s.split(['?', '#']).next().unwrap_or_default();
+            let s = trimmed.split(['?', '#']).next().unwrap_or_default();
+            // No credentials: `scheme://user:password@host/...` keeps `scheme://host/...`.
+            let without_userinfo;
+            let s = match s.split_once("://") {
+                Some((scheme, rest)) => {
+                    let authority_end = rest.find('/').unwrap_or(rest.len());
+                    match rest[..authority_end].rfind('@') {
+                        Some(at) => {
+                            without_userinfo = format!("{scheme}://{}", &rest[at + 1..]);
+                            without_userinfo.as_str()
+                        }
+                        None => s,
+                    }
+                }
+                None => s,
+            };
             let end = s
                 .char_indices()
                 .nth(MAX_ATTRIBUTION_URL_LEN)
@@ -398,6 +423,25 @@ mod tests {
     fn normalize(name: MetricName, json: &str) -> Result<Attribution, InvalidAttribution> {
         let raw: Option<RawAttribution> = serde_json::from_str(json).expect("parses");
         Attribution::normalize(name, raw.as_ref())
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_inline_payloads() {
+        let url_of = |json: &str| normalize(MetricName::LCP, json).unwrap().url;
+        assert_eq!(
+            url_of(r#"{"url":"https://user:secret@cdn.example/a.jpg?t=1"}"#),
+            "https://cdn.example/a.jpg"
+        );
+        assert_eq!(
+            url_of(r#"{"url":"https://cdn.example/a@2x.jpg"}"#),
+            "https://cdn.example/a@2x.jpg"
+        );
+        let huge = format!(
+            r#"{{"url":"data:image/png;base64,{}"}}"#,
+            "A".repeat(100_000)
+        );
+        assert_eq!(url_of(&huge), "data:");
+        assert_eq!(url_of(r#"{"url":" BLOB:https://x/1"}"#), "blob:");
     }
 
     #[test]
