@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::stack::{Stack, METRICS_PER_BEACON};
-use common::{eventually, metric_sum, stored_counts, RumProcess};
+use common::{eventually, metric_sum, stored_counts, wait_for_failed_step, RumProcess};
 use rand::Rng;
 use rum_testkit::{alert_rule_files, free_port, Prometheus, PrometheusOptions};
 use serde_json::Value;
@@ -466,15 +466,6 @@ async fn a_stalled_group_shows_in_the_metrics_fires_its_rule_and_recovers_exactl
     );
 }
 
-/// The sum of `name` over the label sets that contain `label`.
-fn labelled(exposition: &str, name: &str, label: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// What the stall test's SIGKILL of every member once hit: a member killed after its INSERT into `vitals_raw` and
 /// before the rollup's, its partitions resumed by a member that cuts its batches otherwise (here smaller). The new
 /// owner's first batch of a partition covers only part of what `vitals_raw` holds above the ledger; the rest comes
@@ -490,29 +481,9 @@ async fn a_member_killed_between_its_two_inserts_is_resumed_in_smaller_batches_w
         .assert_exactly(N / 2 * METRICS_PER_BEACON, Duration::from_secs(60))
         .await;
     // The rollup's INSERT fails after vitals_raw took the batch (up to 100 messages), at every retry.
-    stack
-        .clickhouse
-        .query("RENAME TABLE rum.vitals_1m TO rum.vitals_1m_away");
+    stack.break_rollup();
     stack.produce(N / 2..N).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("http client");
-    eventually(
-        "a failed rollup INSERT",
-        Duration::from_secs(60),
-        async || {
-            let url = format!("http://127.0.0.1:{port}/metrics");
-            let m = http.get(&url).send().await.ok()?.text().await.ok()?;
-            let failed = labelled(
-                &m,
-                "rum_consumer_write_errors_total",
-                "step=\"rollup_insert\"",
-            );
-            (failed > 0.0).then_some(())
-        },
-    )
-    .await;
+    wait_for_failed_step(port, "rollup_insert", Duration::from_secs(60)).await;
     first.kill();
     let raw: u64 = stack
         .clickhouse
@@ -525,9 +496,7 @@ async fn a_member_killed_between_its_two_inserts_is_resumed_in_smaller_batches_w
         raw_alone > 5 * METRICS_PER_BEACON,
         "vitals_raw took a batch alone: {raw_alone} rows"
     );
-    stack
-        .clickhouse
-        .query("RENAME TABLE rum.vitals_1m_away TO rum.vitals_1m");
+    stack.restore_rollup();
     let _second = stack.consumer_with(free_port(), &[("RUM_CONSUMER_BATCH_MAX_MESSAGES", "5")]);
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(60))

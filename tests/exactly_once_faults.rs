@@ -8,37 +8,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::stack::{Stack, METRICS_PER_BEACON};
-use common::{eventually, exposition, metric_sum, stored_counts, RumProcess};
+use common::{
+    eventually, exposition, labelled, metric_sum, stored_counts, wait_for_failed_step, RumProcess,
+};
 use rum_testkit::{free_port, send_signal, FaultProxy, ProxyMode};
 
 const TOPIC: &str = "rum.beacons.v1";
 
-/// The sum of `name` over the label sets that contain `label` (e.g. `step="raw_insert"`).
-fn labelled(exposition: &str, name: &str, label: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics_of(port: u16) -> String {
     exposition(&format!("http://127.0.0.1:{port}/metrics")).await
-}
-
-/// Waits until the member on `port` (maybe still starting) counted at least one failed `step`.
-async fn wait_for_failed_step(port: u16, step: &str, within: Duration) {
-    let label = format!("step=\"{step}\"");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("http client");
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    eventually(&format!("a failed {step}"), within, async || {
-        let m = http.get(&url).send().await.ok()?.text().await.ok()?;
-        (labelled(&m, "rum_consumer_write_errors_total", &label) > 0.0).then_some(())
-    })
-    .await;
 }
 
 impl Stack {
@@ -165,7 +143,7 @@ async fn an_insert_stored_but_answered_with_an_error_is_not_stored_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rollup_failing_after_the_raw_write_is_repaired_from_vitals_raw() {
-    // vitals_1m away: the rollup INSERT fails before storing anything, after vitals_raw took the batch.
+    // The rollup INSERT fails before storing anything, after vitals_raw took the batch.
     let stack = Stack::start();
     const N: u64 = 500;
     let port = free_port();
@@ -174,9 +152,7 @@ async fn the_rollup_failing_after_the_raw_write_is_repaired_from_vitals_raw() {
     stack
         .assert_exactly(N / 2 * METRICS_PER_BEACON, Duration::from_secs(60))
         .await;
-    stack
-        .clickhouse
-        .query("RENAME TABLE rum.vitals_1m TO rum.vitals_1m_away");
+    stack.break_rollup();
     stack.produce(N / 2..N).await;
     wait_for_failed_step(port, "rollup_insert", Duration::from_secs(60)).await;
     // Nothing more is written while the ledgers cannot be read: vitals_raw holds what it took alone.
@@ -189,9 +165,7 @@ async fn the_rollup_failing_after_the_raw_write_is_repaired_from_vitals_raw() {
         .unwrap()
         - N / 2 * METRICS_PER_BEACON;
     assert!(raw_alone > 0, "a batch reached vitals_raw only");
-    stack
-        .clickhouse
-        .query("RENAME TABLE rum.vitals_1m_away TO rum.vitals_1m");
+    stack.restore_rollup();
     stack
         .assert_exactly(N * METRICS_PER_BEACON, Duration::from_secs(60))
         .await;

@@ -322,6 +322,31 @@ pub async fn exposition(url: &str) -> String {
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
+/// The sum of `name` over the label sets that contain `label` (e.g. `step="raw_insert"`).
+pub fn labelled(exposition: &str, name: &str, label: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until the consumer whose metrics are on `port` (maybe still starting) counted at least one
+/// failed write `step` (`rum_consumer_write_errors_total{step}`).
+pub async fn wait_for_failed_step(port: u16, step: &str, within: Duration) {
+    let label = format!("step=\"{step}\"");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    eventually(&format!("a failed {step}"), within, async || {
+        let m = http.get(&url).send().await.ok()?.text().await.ok()?;
+        (labelled(&m, "rum_consumer_write_errors_total", &label) > 0.0).then_some(())
+    })
+    .await;
+}
+
 /// The sum of every sample of `name` (all label sets) in a Prometheus text exposition.
 pub fn metric_sum(exposition: &str, name: &str) -> f64 {
     exposition

@@ -173,6 +173,18 @@ impl Stack {
         }
     }
 
+    /// Makes every rollup INSERT fail before it stores anything (vitals_1m renamed away, so the view of
+    /// `vitals_1m_input` has no target), while the raw INSERTs go on storing; [`Stack::restore_rollup`] undoes it.
+    pub fn break_rollup(&self) {
+        self.clickhouse
+            .query("RENAME TABLE rum.vitals_1m TO rum.vitals_1m_away");
+    }
+
+    pub fn restore_rollup(&self) {
+        self.clickhouse
+            .query("RENAME TABLE rum.vitals_1m_away TO rum.vitals_1m");
+    }
+
     /// Per partition: the group's committed offset and the high watermark, for diagnostics.
     pub fn kafka_positions(&self) -> Vec<(i32, String, i64)> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
