@@ -67,6 +67,8 @@ fn beacon(i: u64, received_at: u64) -> BeaconMessage {
         page_id: String::new(),
         release: String::new(),
         rtt: "unknown".into(),
+        browser: "unknown".into(),
+        browser_major: 0,
         metrics: [
             (MetricName::LCP, 800.0 + 4.0 * spread as f64),
             (MetricName::CLS, spread as f64 / 2000.0),

@@ -193,6 +193,8 @@ mod tests {
             page_id: String::new(),
             release: String::new(),
             rtt: "unknown".into(),
+            browser: "unknown".into(),
+            browser_major: 0,
             metrics: vec![
                 MetricSample {
                     name: MetricName::LCP,

@@ -269,6 +269,8 @@ mod tests {
             page_id: String::new(),
             release: String::new(),
             rtt: "unknown".into(),
+            browser: "unknown".into(),
+            browser_major: 0,
             metrics: metrics
                 .iter()
                 .map(|&name| MetricSample {

@@ -293,6 +293,8 @@ mod tests {
                 page_id: String::new(),
                 release: String::new(),
                 rtt: "unknown".into(),
+                browser: "unknown".into(),
+                browser_major: 0,
                 metrics: metrics.clone(),
             });
             if batch.len() == 10_000 {
@@ -315,6 +317,8 @@ mod tests {
                 page_id: String::new(),
                 release: String::new(),
                 rtt: "unknown".into(),
+                browser: "unknown".into(),
+                browser_major: 0,
                 metrics: metrics.clone(),
             })
             .collect();

@@ -778,6 +778,8 @@ mod tests {
                 page_id: String::new(),
                 release: String::new(),
                 rtt: "unknown".into(),
+                browser: "unknown".into(),
+                browser_major: 0,
                 metrics: (0..metrics)
                     .map(|i| MetricSample {
                         name: MetricName::LCP,

@@ -330,6 +330,8 @@ impl Beacon<'_> {
                 page_id: page_id.to_string(),
                 release: release.to_string(),
                 rtt: rtt_bucket(self.rtt).to_string(),
+                browser: crate::browser::BROWSER_UNKNOWN.to_string(),
+                browser_major: 0,
             },
             dropped,
         })

@@ -6,12 +6,13 @@
 //! - [`limits`]: the bounds of a beacon (metrics, ids, site names, `sample_rate`, `page_id`,
 //!   `release`, the `rtt` buckets, attribution strings), stated once.
 //! - [`message`]: the normalized beacon that travels through Kafka.
-//! - [`route`] and [`device`]: the bounded labels.
+//! - [`route`], [`device`] and [`browser`]: the bounded labels.
 //! - [`kafka`]: topic names and the connection settings shared by producers and consumers.
 //! - [`config`]: the error every configuration check reports.
 
 pub mod attribution;
 pub mod beacon;
+pub mod browser;
 pub mod config;
 pub mod device;
 pub mod kafka;

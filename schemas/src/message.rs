@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attribution::Attribution;
 use crate::beacon::check_value;
+use crate::browser::{is_browser_family, BROWSER_UNKNOWN, MAX_BROWSER_MAJOR};
 use crate::device::Device;
 use crate::limits::{
     is_rtt_bucket, is_valid_page_id, is_valid_release, is_valid_sample_rate, is_valid_site,
@@ -61,6 +62,25 @@ pub struct BeaconMessage {
     /// without one.
     #[serde(default = "rtt_unknown", skip_serializing_if = "is_rtt_unknown")]
     pub rtt: String,
+    /// The browser family from the `User-Agent` ([`crate::browser::BROWSER_FAMILIES`]); `unknown`
+    /// without one.
+    #[serde(default = "browser_unknown", skip_serializing_if = "is_browser_unknown")]
+    pub browser: String,
+    /// The browser's major version, 1 to [`crate::browser::MAX_BROWSER_MAJOR`]; 0 when unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub browser_major: u16,
+}
+
+fn browser_unknown() -> String {
+    BROWSER_UNKNOWN.to_string()
+}
+
+fn is_browser_unknown(browser: &str) -> bool {
+    browser == BROWSER_UNKNOWN
+}
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
 }
 
 fn rtt_unknown() -> String {
@@ -149,6 +169,9 @@ impl BeaconMessage {
         if !is_rtt_bucket(&self.rtt) {
             return Err(MessageError::Invalid("invalid_rtt"));
         }
+        if !is_browser_family(&self.browser) || self.browser_major > MAX_BROWSER_MAJOR {
+            return Err(MessageError::Invalid("invalid_browser"));
+        }
         if self.metrics.is_empty() || self.metrics.len() > MAX_METRICS_PER_BEACON {
             return Err(MessageError::Invalid("invalid_metric_count"));
         }
@@ -189,6 +212,8 @@ mod tests {
             page_id: String::new(),
             release: String::new(),
             rtt: RTT_UNKNOWN.into(),
+            browser: BROWSER_UNKNOWN.into(),
+            browser_major: 0,
         }
     }
 
@@ -197,6 +222,8 @@ mod tests {
         msg.page_id = "pg_0123-abcd".into();
         msg.release = "v1.2.3 (build 7)".into();
         msg.rtt = "100-300".into();
+        msg.browser = "firefox".into();
+        msg.browser_major = 133;
         msg.metrics[0].attribution.largest_shift_target = "#banner".into();
         msg
     }
@@ -210,7 +237,7 @@ mod tests {
         let encoded = msg.encode();
         assert_eq!(
             String::from_utf8_lossy(&encoded),
-            r##"{"site":"shop","route":"product-id","device":"mobile","nav_type":"navigate","sample_rate":0.5,"received_at":1700000000123,"metrics":[{"name":"CLS","value":0.12,"id":"v5-1","rating":"needs-improvement","attribution":{"largest_shift_target":"#banner"}}],"page_id":"pg_0123-abcd","release":"v1.2.3 (build 7)","rtt":"100-300"}"##
+            r##"{"site":"shop","route":"product-id","device":"mobile","nav_type":"navigate","sample_rate":0.5,"received_at":1700000000123,"metrics":[{"name":"CLS","value":0.12,"id":"v5-1","rating":"needs-improvement","attribution":{"largest_shift_target":"#banner"}}],"page_id":"pg_0123-abcd","release":"v1.2.3 (build 7)","rtt":"100-300","browser":"firefox","browser_major":133}"##
         );
         assert_eq!(BeaconMessage::decode(&encoded).unwrap(), msg);
     }
@@ -234,6 +261,12 @@ mod tests {
         let mut msg = with_new_fields();
         msg.release = " v1".into();
         assert_eq!(reason(msg), "invalid_release");
+        let mut msg = with_new_fields();
+        msg.browser = "netscape".into();
+        assert_eq!(reason(msg), "invalid_browser");
+        let mut msg = with_new_fields();
+        msg.browser_major = 1000;
+        assert_eq!(reason(msg), "invalid_browser");
         let mut msg = with_new_fields();
         msg.rtt = "42".into();
         assert_eq!(reason(msg), "invalid_rtt");

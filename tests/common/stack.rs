@@ -128,6 +128,8 @@ impl Stack {
                 page_id: String::new(),
                 release: String::new(),
                 rtt: "unknown".into(),
+                browser: "unknown".into(),
+                browser_major: 0,
                 metrics: [
                     (MetricName::LCP, 1800.0),
                     (MetricName::CLS, 0.05),
