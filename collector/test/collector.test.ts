@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { beaconUrl, init, type Host, type VitalMetric } from '../src/index';
+import { beaconUrl, init, randomPageId, type Host, type VitalMetric } from '../src/index';
 
 const ENDPOINT = 'https://rum.example/api/v1/observability/web-vitals';
 
@@ -35,6 +35,8 @@ function fakePage(over: Partial<Host> = {}) {
     beacons,
     metric: (name: string, value: number, id = `v6-${name}`) =>
       report({ name, value, id, rating: 'good', navigationType: 'navigate' }),
+    /** A metric as web-vitals reports it, any field. */
+    report: (m: VitalMetric) => report(m),
     hide: () => {
       win.dispatchEvent(new Event('pagehide'));
       doc.visibilityState = 'hidden';
@@ -243,5 +245,169 @@ describe('beaconUrl', () => {
     page.metric('FCP', 800);
     page.hide();
     expect(page.sendBeacon.mock.calls[0][0]).toBe(`${ENDPOINT}?t=sig&e=42`);
+  });
+});
+
+describe('page views', () => {
+  const PAGE_ID = 'AbCdEfGhIjKlMnOpQrStUv';
+  const load = (m: Partial<VitalMetric> & { name: string; value: number }): VitalMetric => ({
+    id: `v6-${m.name}`,
+    rating: 'good',
+    navigationType: 'navigate',
+    navigationId: 1,
+    navigationURL: 'https://shop.example/product/12345/reviews',
+    ...m,
+  });
+  const soft = (m: Partial<VitalMetric> & { name: string; value: number }, n = 7): VitalMetric =>
+    load({
+      id: `v6-${m.name}-soft${n}`,
+      navigationType: 'soft-navigation',
+      navigationId: n,
+      navigationURL: `https://shop.example/cart/${n}?step=2#top`,
+      ...m,
+    });
+
+  it('carries the page id, the release and the rtt in every beacon of the page load', () => {
+    const page = fakePage({ randomId: () => PAGE_ID, rtt: () => 150 });
+    init({ site: 'shop', endpoint: ENDPOINT, release: ' 2026.12.1 ' }, page.host);
+    page.metric('LCP', 900);
+    page.hide();
+    page.show();
+    page.metric('CLS', 0.2);
+    page.hide();
+    const beacons = page.beacons();
+    expect(beacons).toHaveLength(2);
+    for (const b of beacons) expect(b).toMatchObject({ page_id: PAGE_ID, release: '2026.12.1', rtt: 150 });
+  });
+
+  it('draws the page id once per page load', () => {
+    const randomId = vi.fn(() => PAGE_ID);
+    const page = fakePage({ randomId });
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('LCP', 900);
+    page.hide();
+    page.metric('CLS', 0.2);
+    page.hide();
+    expect(randomId).toHaveBeenCalledTimes(1);
+  });
+
+  it('leaves out a release the ingest would refuse, which would cost the whole beacon', () => {
+    for (const release of ['', '   ', 'r\u00e9lease', 'a\nb', 'x'.repeat(65)]) {
+      const page = fakePage();
+      init({ site: 'shop', endpoint: ENDPOINT, release }, page.host);
+      page.metric('FCP', 800);
+      page.hide();
+      expect(page.beacons()[0], JSON.stringify(release)).not.toHaveProperty('release');
+    }
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT, release: 'v1.2.3 (build 7)' }, page.host);
+    page.metric('FCP', 800);
+    page.hide();
+    expect(page.beacons()[0].release).toBe('v1.2.3 (build 7)');
+  });
+
+  it('reads the rtt when the beacon leaves and sends it only within 0..60000 ms', () => {
+    let rtt: number | undefined = 50;
+    const page = fakePage({ rtt: () => rtt });
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('FCP', 800);
+    rtt = 300;
+    page.hide();
+    for (const [value, sent] of [
+      [undefined, undefined],
+      [-1, undefined],
+      [60_001, undefined],
+      [Number.NaN, undefined],
+      [0, 0],
+      [60_000, 60_000],
+    ] as const) {
+      rtt = value;
+      page.show();
+      page.metric('CLS', Math.random());
+      page.hide();
+      expect(page.beacons().at(-1)!.rtt, String(value)).toBe(sent);
+    }
+    expect(page.beacons()[0].rtt).toBe(300);
+  });
+
+  it('sends a soft navigation in a beacon of its own: its route, nav_type soft-navigation, its page id', () => {
+    const page = fakePage({ randomId: () => PAGE_ID });
+    init({ site: 'shop', endpoint: ENDPOINT, reportSoftNavs: true }, page.host);
+    page.report(load({ name: 'LCP', value: 900 }));
+    page.report(load({ name: 'CLS', value: 0 }));
+    expect(page.sendBeacon).not.toHaveBeenCalled();
+    // The soft navigation's first metric: the page load's metrics leave now, in their own beacon.
+    page.report(soft({ name: 'TTFB', value: 0 }));
+    expect(page.beacons()).toHaveLength(1);
+    // web-vitals finalizes the page load's CLS after the soft navigation began.
+    page.report(load({ name: 'CLS', value: 0.05 }));
+    page.report(soft({ name: 'LCP', value: 350 }));
+    page.hide();
+    const beacons = page.beacons();
+    expect(beacons.map((b) => [b.route, b.nav_type, b.page_id, b.metrics.map((m: VitalMetric) => `${m.name}=${m.value}`)])).toEqual([
+      ['product-id-reviews', 'navigate', PAGE_ID, ['LCP=900', 'CLS=0']],
+      ['product-id-reviews', 'navigate', PAGE_ID, ['CLS=0.05']],
+      ['cart-id', 'soft-navigation', `${PAGE_ID}-7`, ['TTFB=0', 'LCP=350']],
+    ]);
+  });
+
+  it('keeps each soft navigation apart from the next', () => {
+    const page = fakePage({ randomId: () => PAGE_ID });
+    init({ site: 'shop', endpoint: ENDPOINT, reportSoftNavs: true }, page.host);
+    page.report(soft({ name: 'LCP', value: 300 }, 7));
+    page.report(soft({ name: 'LCP', value: 400 }, 8));
+    page.report(soft({ name: 'LCP', value: 500, navigationURL: 'https://shop.example/users/jane@example.com' }, 9));
+    page.hide();
+    expect(page.beacons().map((b) => [b.route, b.page_id, b.metrics[0].value])).toEqual([
+      ['cart-id', `${PAGE_ID}-7`, 300],
+      ['cart-id', `${PAGE_ID}-8`, 400],
+      ['users-id', `${PAGE_ID}-9`, 500],
+    ]);
+  });
+
+  it('keeps a back/forward cache restore apart from the load it restores', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.report(load({ name: 'LCP', value: 900 }));
+    page.report(load({ name: 'LCP', value: 40, id: 'v6-bf', navigationType: 'back-forward-cache' }));
+    page.hide();
+    expect(page.beacons().map((b) => b.nav_type)).toEqual(['navigate', 'back-forward-cache']);
+  });
+
+  it('remembers a bounded number of sent metric ids', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT, reportSoftNavs: true }, page.host);
+    for (let n = 1; n <= 200; n++) page.report(soft({ name: 'LCP', value: n }, n));
+    page.hide();
+    expect(page.beacons()).toHaveLength(200);
+    // The most recent ids are remembered: the same value again sends nothing.
+    page.show();
+    page.report(soft({ name: 'LCP', value: 200 }, 200));
+    page.hide();
+    expect(page.beacons()).toHaveLength(200);
+  });
+
+  it('sends the attribution it was given, and none for a metric without', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.report(load({ name: 'LCP', value: 900, attribution: { target: 'img#hero', resourceLoadDuration: 400 } }));
+    page.report(load({ name: 'FCP', value: 500 }));
+    page.hide();
+    expect(page.beacons()[0].metrics).toEqual([
+      { name: 'LCP', value: 900, id: 'v6-LCP', rating: 'good', attribution: { target: 'img#hero', resourceLoadDuration: 400 } },
+      { name: 'FCP', value: 500, id: 'v6-FCP', rating: 'good' },
+    ]);
+  });
+});
+
+describe('randomPageId', () => {
+  it('is 16 random bytes in URL-safe base64, within the ingest bounds', () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 1000; i++) {
+      const id = randomPageId()!;
+      expect(id).toMatch(/^[A-Za-z0-9_-]{22}$/);
+      ids.add(id);
+    }
+    expect(ids.size).toBe(1000);
   });
 });
