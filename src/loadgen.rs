@@ -424,6 +424,8 @@ mod tests {
                 query_site: None,
                 header_device: rum_schemas::Device::Unknown,
                 received_at_ms: 0,
+                browser: rum_schemas::browser::Browser::UNKNOWN,
+                referer_path: None,
             };
             let v = rum_schemas::parse_beacon(a.as_bytes())
                 .unwrap()

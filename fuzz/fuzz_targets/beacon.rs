@@ -5,6 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rum_schemas::beacon::{is_valid_site, RequestContext, MAX_METRICS_PER_BEACON};
+use rum_schemas::browser::Browser;
 use rum_schemas::route::is_normalized_route;
 use rum_schemas::{parse_beacon, BeaconMessage, Device};
 
@@ -14,6 +15,8 @@ const CONTEXTS: [RequestContext<'static>; 2] = [
         query_site: None,
         header_device: Device::Unknown,
         received_at_ms: 1_700_000_000_000,
+        browser: Browser::UNKNOWN,
+        referer_path: None,
     },
     RequestContext {
         query_site: Some("query-site"),
@@ -21,6 +24,12 @@ const CONTEXTS: [RequestContext<'static>; 2] = [
         // The latest a message may carry (ClickHouse's DateTime ends at 2^32 s; later is dead-lettered
         // as invalid_received_at: the ingest stamps its own clock, never that far).
         received_at_ms: rum_schemas::MAX_RECEIVED_AT_MS - 1,
+        // A known browser, and a page path for a body without a route (a bare Metric's Referer).
+        browser: Browser {
+            family: "safari",
+            major: 26,
+        },
+        referer_path: Some("/product/123?q=ignored"),
     },
 ];
 
@@ -65,6 +74,22 @@ fuzz_target!(|data: &[u8]| {
         for why in &validated.dropped {
             let _ = why.reason();
         }
+        for why in &validated.dropped_attributions {
+            let _ = why.reason();
+        }
+        assert!(
+            validated.dropped_attributions.len() <= msg.metrics.len(),
+            "an attribution is dropped only from a kept metric"
+        );
+        assert_eq!(
+            validated.route_from_referer,
+            beacon.route.is_none(),
+            "a body without a route takes the Referer's"
+        );
+        assert_eq!(
+            (msg.browser.as_str(), msg.browser_major),
+            (ctx.browser.family, ctx.browser.major)
+        );
         let _ = msg.key();
 
         let encoded = msg.encode();

@@ -16,9 +16,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use rum_schemas::beacon::RequestContext;
-use rum_schemas::{parse_beacon, BeaconMessage, Device};
+use rum_schemas::browser::Browser;
+use rum_schemas::{parse_beacon, BeaconError, BeaconMessage, Device};
 
 use crate::admission::Admission;
+use crate::attribution_cap::{AttributionCap, AttributionLimits};
 use crate::bots::is_bot;
 use crate::bundle::CollectorBundle;
 use crate::client_ip::ClientIpResolver;
@@ -58,6 +60,7 @@ struct Policy {
     client_ip: ClientIpResolver,
     drop_bots: bool,
     route_cap: RouteCap,
+    attribution_cap: AttributionCap,
     only_known_sites: bool,
     allowed_origins: Vec<String>,
     sites: HashMap<String, SiteConfig>,
@@ -125,6 +128,11 @@ impl AppState {
                     },
                     config.sites.keys().cloned(),
                 ),
+                attribution_cap: AttributionCap::new(AttributionLimits {
+                    max_values: config.max_attribution_values_per_route,
+                    max_routes: config.max_attribution_routes,
+                    idle_secs: config.route_idle_secs,
+                }),
                 only_known_sites: config.only_known_sites,
                 allowed_origins: config.allowed_origins.clone(),
                 sites: config.sites.clone(),
@@ -307,12 +315,27 @@ async fn validate(
     let user_agent = headers
         .get(header::USER_AGENT)
         .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    let beacon = parse_beacon(&body)?;
+    // Only a beacon without a route reads the Referer; only its normalized path is kept.
+    let referer = beacon.route.is_none().then(|| {
+        crate::referer::referer_path(headers.get(header::REFERER), headers.get("sec-fetch-site"))
+    });
     let ctx = RequestContext {
         query_site: query.get("site").map(String::as_str),
         header_device: Device::from_headers(header("sec-ch-ua-mobile"), user_agent.as_deref()),
         received_at_ms: unix_millis(),
+        browser: Browser::from_user_agent(headers.get(header::USER_AGENT).map(|v| v.as_bytes())),
+        referer_path: referer.as_ref().and_then(|r| r.as_deref().ok()),
     };
-    let validated = parse_beacon(&body)?.validate(&ctx)?;
+    let validated = match beacon.validate(&ctx) {
+        Err(BeaconError::MissingRoute) => {
+            if let Some(Err(why)) = referer {
+                state.events.referer_ignored(why);
+            }
+            return Err(BeaconError::MissingRoute.into());
+        }
+        other => other?,
+    };
     let mut message = validated.message;
     if let Some(origin) = headers.get(header::ORIGIN) {
         if !policy.origin_passes(&message.site, origin) {
@@ -344,6 +367,9 @@ async fn validate(
             .with_label_values(&[reason.reason()])
             .inc();
     }
+    for reason in &validated.dropped_attributions {
+        state.events.attribution_dropped(*reason);
+    }
     let client = policy.route_cap.client_key(&client);
     let route = std::mem::take(&mut message.route);
     message.route = match policy.route_cap.apply(&message.site, route, client) {
@@ -354,6 +380,15 @@ async fn validate(
         }
         Err(SiteLimit) => return Err(IngestError::SiteLimit),
     };
+    policy.attribution_cap.apply(
+        &message.site,
+        &message.route,
+        &mut message.metrics,
+        |field, why| state.events.attribution_folded(field, why),
+    );
+    if validated.route_from_referer {
+        state.events.route_from_referer();
+    }
     Ok(message)
 }
 
@@ -522,6 +557,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.sites.set(held.sites as i64);
     state.metrics.routes.set(held.routes as i64);
     state.metrics.route_candidates.set(held.candidates as i64);
+    let (attribution_routes, _) = state.policy.attribution_cap.held();
+    state
+        .metrics
+        .attribution_routes
+        .set(attribution_routes as i64);
     rum_telemetry::metrics_response(&state.metrics.registry)
 }
 

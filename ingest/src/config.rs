@@ -169,6 +169,17 @@ pub struct IngestConfig {
     /// the network holding the most: networks churning candidates, while fewer than the table's
     /// size, cannot push out a real route's.
     pub max_route_candidates_per_client: usize,
+    /// Distinct values of each attribution string (LCP `target` and `url`, INP
+    /// `interaction_target`, `script_url` and `script_invoker`, CLS `largest_shift_target`) one
+    /// (site, route) keeps in a window of `route_idle_secs`; later new values are published as
+    /// `other` (`rum_ingest_attribution_values_folded_total{reason="value_limit"}`). 1 to 10000;
+    /// 100 by default. See `attribution_cap.rs` for the memory.
+    pub max_attribution_values_per_route: usize,
+    /// (site, route) pairs that hold a table of attribution values (about 4.7 KB each at the
+    /// default `max_attribution_values_per_route`, 62 KB at 1000; 47 MB for the default 10000 pairs); a new pair beyond it has its
+    /// values published as `other` (`reason="route_limit"`) until an idle pair is forgotten. 1 to
+    /// 1000000; 10000 by default.
+    pub max_attribution_routes: usize,
     /// Origins allowed for every site (in addition to each site's own).
     pub allowed_origins: Vec<String>,
     /// Per-site settings.
@@ -223,6 +234,8 @@ impl Default for IngestConfig {
             route_min_clients: 3,
             max_route_candidates_per_site: 128,
             max_route_candidates_per_client: 8,
+            max_attribution_values_per_route: 100,
+            max_attribution_routes: 10_000,
             allowed_origins: Vec::new(),
             sites: HashMap::new(),
             token_max_ttl_secs: 7 * 86_400,
@@ -369,6 +382,16 @@ impl IngestConfig {
                 "ingest.max_route_candidates_per_client",
                 self.max_route_candidates_per_client,
                 self.max_route_candidates_per_site,
+            ),
+            (
+                "ingest.max_attribution_values_per_route",
+                self.max_attribution_values_per_route,
+                10_000,
+            ),
+            (
+                "ingest.max_attribution_routes",
+                self.max_attribution_routes,
+                1_000_000,
             ),
         ] {
             if !(1..=max).contains(&value) {
@@ -755,6 +778,22 @@ mod tests {
                 "ingest.max_new_sites_per_client",
             ),
             (|c| c.site_idle_secs = 59, "ingest.site_idle_secs"),
+            (
+                |c| c.max_attribution_values_per_route = 0,
+                "ingest.max_attribution_values_per_route",
+            ),
+            (
+                |c| c.max_attribution_values_per_route = 10_001,
+                "ingest.max_attribution_values_per_route",
+            ),
+            (
+                |c| c.max_attribution_routes = 0,
+                "ingest.max_attribution_routes",
+            ),
+            (
+                |c| c.max_attribution_routes = 1_000_001,
+                "ingest.max_attribution_routes",
+            ),
             (|c| c.route_idle_secs = 2_592_001, "ingest.route_idle_secs"),
         ] {
             let mut c = IngestConfig::default();

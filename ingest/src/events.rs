@@ -161,6 +161,36 @@ impl Events {
             .inc();
     }
 
+    /// An attribution value is published as `other` (a client chooses them: not logged).
+    pub fn attribution_folded(&self, field: &'static str, why: crate::attribution_cap::Fold) {
+        self.metrics
+            .attribution_values_folded
+            .with_label_values(&[field, why.label()])
+            .inc();
+    }
+
+    /// A metric's invalid attribution was dropped, the metric kept (a client's doing: not logged).
+    pub fn attribution_dropped(&self, why: rum_schemas::beacon::AttributionRejection) {
+        self.metrics
+            .attributions_dropped
+            .with_label_values(&[why.reason()])
+            .inc();
+    }
+
+    /// A beacon without a route got the route of its page's `Referer`.
+    pub fn route_from_referer(&self) {
+        self.metrics.routes_from_referer.inc();
+    }
+
+    /// A beacon without a route was refused (`missing_route`), and its `Referer` could not give
+    /// one, for this reason (the header is never logged: it may hold personal data).
+    pub fn referer_ignored(&self, why: crate::referer::Ignored) {
+        self.metrics
+            .referers_ignored
+            .with_label_values(&[why.label()])
+            .inc();
+    }
+
     /// A trusted proxy could not name a request's client (a client may cause it on every
     /// request: not logged).
     pub fn client_unidentified(&self) {

@@ -7,6 +7,7 @@
 
 mod admission;
 mod api;
+mod attribution_cap;
 mod bots;
 mod bundle;
 mod client_ip;
@@ -16,6 +17,7 @@ mod events;
 mod limit;
 mod metrics;
 mod publish;
+mod referer;
 mod routes;
 mod server;
 pub mod token;

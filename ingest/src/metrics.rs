@@ -63,6 +63,17 @@ pub struct IngestMetrics {
     pub routes: IntGauge,
     /// New routes waiting for `ingest.route_min_clients` clients, sampled at scrape time.
     pub route_candidates: IntGauge,
+    /// Attributions dropped from kept metrics, by reason (`invalid_attribution`).
+    pub attributions_dropped: IntCounterVec,
+    /// Beacons without a route whose route was taken from the `Referer`.
+    pub routes_from_referer: IntCounter,
+    /// `Referer` headers not used for a beacon without a route, by reason ([`REFERER_IGNORED_REASONS`]).
+    pub referers_ignored: IntCounterVec,
+    /// Attribution values published as `other`, by field and reason
+    /// ([`crate::attribution_cap::FIELDS`], [`crate::attribution_cap::Fold::LABELS`]).
+    pub attribution_values_folded: IntCounterVec,
+    /// (site, route) pairs with a table of attribution values, sampled at scrape time.
+    pub attribution_routes: IntGauge,
 }
 
 /// The `result` labels of `rum_ingest_readiness_checks_total`.
@@ -73,6 +84,14 @@ pub const REFUSED_REASONS: [&str; 3] = ["limit", "client_limit", "h2c"];
 pub const TIMEOUT_KINDS: [&str; 4] = ["head", "body", "idle", "drain"];
 /// The `kind` labels of `rum_ingest_connection_errors_total`.
 pub const CONNECTION_ERROR_KINDS: [&str; 3] = ["parse", "head_too_large", "io"];
+/// The `reason` labels of `rum_ingest_referers_ignored_total`, in [`crate::referer::Ignored`] order.
+pub const REFERER_IGNORED_REASONS: [&str; 5] = [
+    "absent",
+    "too_long",
+    "unparsable",
+    "not_http",
+    "cross_origin",
+];
 
 impl IngestMetrics {
     /// Builds and registers every metric; a duplicate name is an error, not a panic.
@@ -231,6 +250,54 @@ impl IngestMetrics {
         for reason in crate::routes::Fold::LABELS {
             routes_folded.with_label_values(&[reason]);
         }
+        let attributions_dropped = IntCounterVec::new(
+            Opts::new(
+                "rum_attributions_dropped_total",
+                "Attributions dropped from metrics that were kept (their value published without \
+                 attribution), by reason: a field of the metric's attribution is invalid \
+                 (invalid_attribution).",
+            ),
+            &["reason"],
+        )?;
+        attributions_dropped.with_label_values(&["invalid_attribution"]);
+        let routes_from_referer = IntCounter::new(
+            "rum_ingest_routes_from_referer_total",
+            "Beacons without a route (a bare web-vitals Metric) published with the route of the \
+             page's path in the Referer header.",
+        )?;
+        let referers_ignored = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_referers_ignored_total",
+                "Beacons without a route whose Referer could not give one (each then refused as \
+                 missing_route), by reason: no Referer (absent), longer than 4096 bytes (too_long), \
+                 not a URL (unparsable), not http or https (not_http), a cross-origin request, \
+                 whose Referer is the origin alone under browsers' default policy (cross_origin).",
+            ),
+            &["reason"],
+        )?;
+        for reason in REFERER_IGNORED_REASONS {
+            referers_ignored.with_label_values(&[reason]);
+        }
+        let attribution_values_folded = IntCounterVec::new(
+            Opts::new(
+                "rum_ingest_attribution_values_folded_total",
+                "Attribution values published as \"other\", by field and reason: the (site, \
+                 route) has ingest.max_attribution_values_per_route other values of the field \
+                 (value_limit), or ingest.max_attribution_routes (site, route) pairs have tables \
+                 (route_limit).",
+            ),
+            &["field", "reason"],
+        )?;
+        for field in crate::attribution_cap::FIELDS {
+            for reason in crate::attribution_cap::Fold::LABELS {
+                attribution_values_folded.with_label_values(&[field, reason]);
+            }
+        }
+        let attribution_routes = IntGauge::new(
+            "rum_ingest_attribution_routes",
+            "(site, route) pairs holding a table of attribution values (at most \
+             ingest.max_attribution_routes).",
+        )?;
         for reason in REFUSED_REASONS {
             connections_refused.with_label_values(&[reason]);
         }
@@ -267,6 +334,11 @@ impl IngestMetrics {
         registry.register(Box::new(sites.clone()))?;
         registry.register(Box::new(routes.clone()))?;
         registry.register(Box::new(route_candidates.clone()))?;
+        registry.register(Box::new(attributions_dropped.clone()))?;
+        registry.register(Box::new(routes_from_referer.clone()))?;
+        registry.register(Box::new(referers_ignored.clone()))?;
+        registry.register(Box::new(attribution_values_folded.clone()))?;
+        registry.register(Box::new(attribution_routes.clone()))?;
         Ok(Self {
             registry,
             beacons_received,
@@ -295,6 +367,11 @@ impl IngestMetrics {
             sites,
             routes,
             route_candidates,
+            attributions_dropped,
+            routes_from_referer,
+            referers_ignored,
+            attribution_values_folded,
+            attribution_routes,
         })
     }
 
@@ -330,7 +407,7 @@ mod tests {
         m.request_duration.observe(0.001);
         m.kafka_ack_duration.observe(0.001);
         let families = m.registry.gather();
-        assert_eq!(families.len(), 25);
+        assert_eq!(families.len(), 30);
         assert!(families.iter().all(|f| f.name().starts_with("rum_")));
     }
 }

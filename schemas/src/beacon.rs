@@ -1,14 +1,17 @@
-//! What browsers send: beacon v1, or a bare `web-vitals` Metric object with a `route`.
+//! What browsers send: beacon v1, or a bare `web-vitals` Metric object (with a `route`, or posted
+//! from the page itself so that the ingest knows the route from the `Referer`).
 //!
 //! Parsing is lenient where the protocol may grow (unknown fields are ignored) and strict where
-//! values matter: every metric is validated on its own and dropped with a reason, and a beacon
-//! with nothing valid left is rejected with a reason.
+//! values matter: every metric is validated on its own and dropped with a reason, an invalid
+//! attribution is dropped from its metric (which is kept) with a reason, and a beacon with nothing
+//! valid left is rejected with a reason.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
 use crate::attribution::{Attribution, RawAttribution};
+use crate::browser::Browser;
 use crate::device::Device;
 use crate::limits::{
     is_valid_page_id, is_valid_rtt, is_valid_sample_rate, normalize_release, rtt_bucket,
@@ -141,8 +144,10 @@ pub enum BeaconError {
     /// The site is not `[a-z0-9._-]`, 1 to 64 characters.
     #[error("invalid site: must be [a-z0-9._-], at most 64 characters")]
     InvalidSite,
-    /// No `route`.
-    #[error("missing route")]
+    /// No `route`, and no usable `Referer` path (see [`RequestContext::referer_path`]).
+    #[error(
+        "missing route: send a route field, or post from the page (same origin) with its Referer"
+    )]
     MissingRoute,
     /// `sample_rate` outside [`MIN_SAMPLE_RATE`, `MAX_SAMPLE_RATE`] (0.0001 to 1).
     #[error("invalid sample_rate: must be between {MIN_SAMPLE_RATE} and {MAX_SAMPLE_RATE}")]
@@ -197,8 +202,6 @@ pub enum MetricRejection {
     IdTooLong,
     /// The same id twice in one beacon.
     DuplicateId,
-    /// A field of the metric's `attribution` is invalid (or `attribution` is not an object).
-    InvalidAttribution,
 }
 
 impl MetricRejection {
@@ -211,7 +214,22 @@ impl MetricRejection {
             MetricRejection::ValueOutOfRange => "value_out_of_range",
             MetricRejection::IdTooLong => "id_too_long",
             MetricRejection::DuplicateId => "duplicate_id",
-            MetricRejection::InvalidAttribution => "invalid_attribution",
+        }
+    }
+}
+
+/// Why a metric's attribution was dropped (the metric and its value are kept, without attribution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttributionRejection {
+    /// A field of the metric's `attribution` is invalid (or `attribution` is not an object).
+    Invalid,
+}
+
+impl AttributionRejection {
+    /// The `reason` label of the dropped-attribution counter.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AttributionRejection::Invalid => "invalid_attribution",
         }
     }
 }
@@ -225,6 +243,13 @@ pub struct RequestContext<'a> {
     pub header_device: Device,
     /// Unix milliseconds at which the ingest received the beacon.
     pub received_at_ms: u64,
+    /// The browser from the `User-Agent` ([`Browser::from_user_agent`]).
+    pub browser: Browser,
+    /// The path of the page that sent the beacon (the `Referer`'s, without query string), used
+    /// when the body has no `route`: `web-vitals`' README posts bare Metric objects, which have
+    /// none. The ingest gives it only for a first-party request (same origin), where the browser
+    /// sends the page's full URL; only the normalized route is kept.
+    pub referer_path: Option<&'a str>,
 }
 
 /// A validated beacon and the metrics dropped from it.
@@ -234,6 +259,10 @@ pub struct Validated {
     pub message: BeaconMessage,
     /// One entry per dropped metric.
     pub dropped: Vec<MetricRejection>,
+    /// One entry per attribution dropped from a kept metric.
+    pub dropped_attributions: Vec<AttributionRejection>,
+    /// True when the route came from [`RequestContext::referer_path`].
+    pub route_from_referer: bool,
 }
 
 /// Parses a body in either wire form. Unknown fields are ignored.
@@ -276,7 +305,11 @@ impl Beacon<'_> {
         if !is_valid_site(site) {
             return Err(BeaconError::InvalidSite);
         }
-        let route = self.route.as_deref().ok_or(BeaconError::MissingRoute)?;
+        let (route, route_from_referer) = match (self.route.as_deref(), ctx.referer_path) {
+            (Some(route), _) => (route, false),
+            (None, Some(path)) => (path, true),
+            (None, None) => return Err(BeaconError::MissingRoute),
+        };
         let sample_rate = self.sample_rate.unwrap_or(MAX_SAMPLE_RATE);
         if !is_valid_sample_rate(sample_rate) {
             return Err(BeaconError::InvalidSampleRate);
@@ -297,15 +330,19 @@ impl Beacon<'_> {
             return Err(BeaconError::TooManyMetrics);
         }
         let mut dropped = Vec::new();
+        let mut dropped_attributions = Vec::new();
         let mut metrics: Vec<MetricSample> = Vec::with_capacity(self.metrics.len());
         for raw in self.metrics {
             match validate_metric(raw) {
-                Ok(sample)
+                Ok((sample, _))
                     if !sample.id.is_empty() && metrics.iter().any(|m| m.id == sample.id) =>
                 {
                     dropped.push(MetricRejection::DuplicateId)
                 }
-                Ok(sample) => metrics.push(sample),
+                Ok((sample, attribution_dropped)) => {
+                    dropped_attributions.extend(attribution_dropped);
+                    metrics.push(sample);
+                }
                 Err(why) => dropped.push(why),
             }
         }
@@ -330,30 +367,39 @@ impl Beacon<'_> {
                 page_id: page_id.to_string(),
                 release: release.to_string(),
                 rtt: rtt_bucket(self.rtt).to_string(),
-                browser: crate::browser::BROWSER_UNKNOWN.to_string(),
-                browser_major: 0,
+                browser: ctx.browser.family.to_string(),
+                browser_major: ctx.browser.major,
             },
             dropped,
+            dropped_attributions,
+            route_from_referer,
         })
     }
 }
 
-/// Checks one metric and recomputes its rating.
-pub fn validate_metric(raw: RawMetric<'_>) -> Result<MetricSample, MetricRejection> {
+/// Checks one metric and recomputes its rating. An invalid attribution does not cost the metric:
+/// it is kept without attribution, and the rejection returned beside it.
+pub fn validate_metric(
+    raw: RawMetric<'_>,
+) -> Result<(MetricSample, Option<AttributionRejection>), MetricRejection> {
     let name = MetricName::parse(&raw.name).ok_or(MetricRejection::UnknownMetric)?;
     check_value(name, raw.value)?;
     if raw.id.len() > MAX_METRIC_ID_LEN {
         return Err(MetricRejection::IdTooLong);
     }
-    let attribution = Attribution::normalize(name, raw.attribution.as_ref())
-        .map_err(|_| MetricRejection::InvalidAttribution)?;
-    Ok(MetricSample {
+    let (attribution, attribution_dropped) =
+        match Attribution::normalize(name, raw.attribution.as_ref()) {
+            Ok(attribution) => (attribution, None),
+            Err(_) => (Attribution::default(), Some(AttributionRejection::Invalid)),
+        };
+    let sample = MetricSample {
         name,
         value: raw.value,
         rating: name.rate(raw.value),
         id: raw.id.0.into_owned(),
         attribution,
-    })
+    };
+    Ok((sample, attribution_dropped))
 }
 
 /// Checks a value against the metric's range.
@@ -395,6 +441,8 @@ mod tests {
         query_site: None,
         header_device: Device::Desktop,
         received_at_ms: 1_700_000_000_000,
+        browser: Browser::UNKNOWN,
+        referer_path: None,
     };
 
     fn validate(body: &str) -> Result<Validated, BeaconError> {
@@ -724,24 +772,105 @@ mod tests {
     }
 
     #[test]
-    fn drops_a_metric_whose_attribution_is_invalid_and_keeps_the_others() {
+    fn drops_an_invalid_attribution_and_keeps_its_metric_and_value() {
         let v = validate(
             r##"{"site":"s","route":"/","metrics":[
             {"name":"LCP","value":1,"id":"a","attribution":{"target":"img\u0007"}},
-            {"name":"LCP","value":1,"id":"b","attribution":{"timeToFirstByte":-3}},
-            {"name":"INP","value":1,"id":"c","attribution":{"presentationDelay":"slow"}},
+            {"name":"LCP","value":2,"id":"b","attribution":{"timeToFirstByte":-3}},
+            {"name":"INP","value":3,"id":"c","attribution":{"presentationDelay":"slow"}},
             {"name":"CLS","value":0,"id":"d","attribution":"#ad"},
-            {"name":"INP","value":1,"id":"e","attribution":{"scriptInvoker":"x","url":"\u0000 not INP's"}}]}"##,
+            {"name":"INP","value":5,"id":"e","attribution":{"scriptInvoker":"x","url":"\u0000 not INP's"}}]}"##,
         )
         .unwrap();
-        let reasons: Vec<_> = v.dropped.iter().map(|r| r.reason()).collect();
+        assert!(v.dropped.is_empty(), "no metric dropped: {:?}", v.dropped);
+        let reasons: Vec<_> = v.dropped_attributions.iter().map(|r| r.reason()).collect();
         assert_eq!(reasons, ["invalid_attribution"; 4]);
-        assert_eq!(v.message.metrics.len(), 1);
-        assert_eq!(v.message.metrics[0].id, "e");
-        let only_invalid = r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1,"attribution":{"url":7}}]}"#;
+        let kept: Vec<_> = v
+            .message
+            .metrics
+            .iter()
+            .map(|m| (m.id.as_str(), m.value, m.attribution.is_empty()))
+            .collect();
         assert_eq!(
-            validate(only_invalid).unwrap_err().reason(),
-            "no_valid_metrics"
+            kept,
+            [
+                ("a", 1.0, true),
+                ("b", 2.0, true),
+                ("c", 3.0, true),
+                ("d", 0.0, true),
+                ("e", 5.0, false)
+            ]
+        );
+        assert_eq!(v.message.metrics[4].attribution.script_invoker, "x");
+        let only_invalid = r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1,"attribution":{"url":7}}]}"#;
+        let v = validate(only_invalid).unwrap();
+        assert_eq!(v.message.metrics.len(), 1, "the value is kept");
+        assert_eq!(v.dropped_attributions, [AttributionRejection::Invalid]);
+    }
+
+    fn validate_with(body: &str, ctx: RequestContext<'_>) -> Result<Validated, BeaconError> {
+        parse_beacon(body.as_bytes())?.validate(&ctx)
+    }
+
+    /// What `onLCP(m => navigator.sendBeacon(url, JSON.stringify(m)))` sends (web-vitals 4/5).
+    const BARE_LCP: &str = r#"{"name":"LCP","value":2484.2,"rating":"good","delta":2484.2,"entries":[{"name":"","entryType":"largest-contentful-paint","startTime":2484.2,"duration":0,"size":120000,"renderTime":2484.2,"loadTime":2301.5,"firstAnimatedFrameTime":0,"id":"hero","url":"https://shop.example/hero.jpg"}],"id":"v4-1700000000000-1234567890123","navigationType":"navigate"}"#;
+
+    #[test]
+    fn a_bare_metric_without_route_takes_the_referer_path() {
+        let ctx = RequestContext {
+            query_site: Some("shop"),
+            referer_path: Some("/product/123/reviews"),
+            ..CTX
+        };
+        let v = validate_with(BARE_LCP, ctx).unwrap();
+        assert_eq!(v.message.route, "product-id-reviews");
+        assert!(v.route_from_referer);
+        assert_eq!(v.message.nav_type, "navigate");
+        assert_eq!(v.message.metrics[0].value, 2484.2);
+        assert_eq!(v.message.metrics[0].id, "v4-1700000000000-1234567890123");
+        // A route in the body wins over the Referer.
+        let body = r#"{"site":"shop","route":"/cart","metrics":[{"name":"LCP","value":1}]}"#;
+        let v = validate_with(body, ctx).unwrap();
+        assert_eq!(v.message.route, "cart");
+        assert!(!v.route_from_referer);
+        // Neither: missing_route, as before.
+        let ctx = RequestContext {
+            referer_path: None,
+            ..ctx
+        };
+        assert_eq!(
+            validate_with(BARE_LCP, ctx).unwrap_err().reason(),
+            "missing_route"
+        );
+    }
+
+    #[test]
+    fn carries_the_browser_of_the_context() {
+        let ctx = RequestContext {
+            browser: Browser {
+                family: "firefox",
+                major: 121,
+            },
+            ..CTX
+        };
+        let v = validate_with(
+            r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1}]}"#,
+            ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            (v.message.browser.as_str(), v.message.browser_major),
+            ("firefox", 121)
+        );
+        assert_eq!(
+            BeaconMessage::decode(&v.message.encode()).unwrap(),
+            v.message
+        );
+        let v =
+            validate(r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":1}]}"#).unwrap();
+        assert_eq!(
+            (v.message.browser.as_str(), v.message.browser_major),
+            ("unknown", 0)
         );
     }
 

@@ -20,6 +20,8 @@ const CTX: RequestContext<'static> = RequestContext {
     query_site: Some("from-query"),
     header_device: Device::Desktop,
     received_at_ms: 1,
+    browser: rum_schemas::browser::Browser::UNKNOWN,
+    referer_path: None,
 };
 
 #[test]
@@ -35,6 +37,11 @@ fn valid_examples_pass_the_schema_and_the_server_keeps_every_metric() {
             validated.dropped.is_empty(),
             "{example}: dropped {:?}",
             validated.dropped
+        );
+        assert!(
+            validated.dropped_attributions.is_empty(),
+            "{example}: attribution dropped {:?}",
+            validated.dropped_attributions
         );
     }
 }
@@ -52,7 +59,13 @@ fn invalid_examples_fail_the_schema_and_the_server_rejects_or_trims_them_with_th
         match server {
             Err(e) => assert_eq!(e.reason(), reason, "{why}: {e}"),
             Ok(v) => {
-                let dropped: Vec<_> = v.dropped.iter().map(|r| r.reason()).collect();
+                // A dropped metric, or an attribution dropped from a kept metric.
+                let dropped: Vec<_> = v
+                    .dropped
+                    .iter()
+                    .map(|r| r.reason())
+                    .chain(v.dropped_attributions.iter().map(|r| r.reason()))
+                    .collect();
                 assert_eq!(dropped, [reason], "{why}: {body}");
             }
         }

@@ -9,6 +9,8 @@ const CTX: RequestContext<'static> = RequestContext {
     query_site: Some("from-query"),
     header_device: Device::Desktop,
     received_at_ms: 1_700_000_000_123,
+    browser: rum_schemas::browser::Browser::UNKNOWN,
+    referer_path: None,
 };
 
 /// (what a client sent, the message value the ingest published for it before the optional fields)
