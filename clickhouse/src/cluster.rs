@@ -695,7 +695,21 @@ mod tests {
             .map(sql)
             .filter(|s| s.contains("vitals_1m_input") && s.contains("CREATE TABLE"))
             .collect();
-        assert_eq!(input.len(), 2);
+        // 004 creates it, 005 drops it and creates it again with two more columns.
+        assert_eq!(input.len(), 4);
+        let without_new = |s: &str| {
+            code(s).replace(
+                ",\n    prev_value Float64 DEFAULT 0,\n    prev_rating String DEFAULT ''",
+                "",
+            )
+        };
+        assert_eq!(
+            code(input[0]),
+            without_new(input[2]),
+            "005 adds only two columns"
+        );
+        assert_eq!(input[1], input[3]);
+        assert!(input[2].contains("prev_rating String DEFAULT ''"));
         assert!(input[0]
             .contains("CREATE TABLE IF NOT EXISTS rum_local.vitals_1m_input ON CLUSTER rum\n("));
         assert!(input[0].ends_with("ENGINE = Null"));
@@ -740,8 +754,61 @@ mod tests {
                 ),
             ]
         };
+        // 005: each column added on the local tables, each followed by the twin made again.
+        let added: Vec<(&str, &str, &str)> = adds[4..]
+            .iter()
+            .map(|s| match s {
+                Step::AddColumn {
+                    database,
+                    table,
+                    column,
+                    ..
+                } => (database.as_str(), table.as_str(), column.as_str()),
+                _ => unreachable!(),
+            })
+            .collect();
+        let mut expected = Vec::new();
+        for (table, columns) in [
+            (
+                "vitals_raw",
+                &[
+                    "page_id",
+                    "release",
+                    "rtt",
+                    "browser",
+                    "browser_major",
+                    "target",
+                    "resource_url",
+                    "time_to_first_byte",
+                    "resource_load_delay",
+                    "resource_load_duration",
+                    "element_render_delay",
+                    "interaction_type",
+                    "input_delay",
+                    "processing_duration",
+                    "presentation_delay",
+                    "script_url",
+                    "script_invoker",
+                ][..],
+            ),
+            (
+                "vitals_1m",
+                &[
+                    "weighted_good",
+                    "weighted_needs_improvement",
+                    "weighted_poor",
+                    "weighted_sketch",
+                ][..],
+            ),
+        ] {
+            for column in columns {
+                expected.push(("rum_local", table, *column));
+                expected.push(("rum", table, *column));
+            }
+        }
+        assert_eq!(added, expected);
         assert_eq!(
-            adds,
+            adds[..4],
             [
                 Step::AddColumn {
                     database: "rum_local".into(),
@@ -774,17 +841,20 @@ mod tests {
     #[test]
     fn drops_and_copies() {
         let steps = render_all();
-        let drops: Vec<&str> = steps
+        let drops: Vec<String> = steps
             .iter()
             .filter(|s| matches!(s, Step::Run(_)))
-            .map(sql)
+            .map(|s| code(sql(s)))
             .filter(|s| s.starts_with("DROP"))
             .collect();
         assert_eq!(
             drops,
             [
                 "DROP TABLE IF EXISTS rum_local.kafka_offsets_mv ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum"
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum",
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_rollup ON CLUSTER rum",
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_input ON CLUSTER rum",
+                "DROP TABLE IF EXISTS rum.vitals_1m_input ON CLUSTER rum"
             ]
         );
         let copy = steps

@@ -24,8 +24,10 @@ pub use config::{ClickHouseConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIME
 pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
 pub use offsets::stored_offsets;
 pub use queries::{
-    p75_by_route_device, AnalystQuery, P75Row, RatingSharesRow, P75_BY_ROUTE_DEVICE,
-    P75_TREND_HOURLY, QUERIES, RATING_SHARES, WORST_ROUTES,
+    p75_by_route_device, top_inp_targets, top_lcp_elements, AnalystQuery, Dimension, DimensionRow,
+    InpTargetRow, LcpElementRow, P75Row, RatingSharesRow, Weighting, P75_BY_DIMENSION,
+    P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES, RATING_SHARES, TOP_INP_TARGETS,
+    TOP_LCP_ELEMENTS, WORST_ROUTES,
 };
 pub use retention::{
     active_partitions, apply_retention, RetentionFailure, RetentionFailureCause, RetentionReport,
@@ -34,8 +36,9 @@ pub use retention::{
 };
 pub use rows::{insert_raw_rows, raw_row_refs, VitalsRawRow, VitalsRawRowRef, VITALS_RAW};
 pub use sketch::{
-    bucket_of, exact_quantile, quantile, sketch_of, value_of_bucket, GAMMA, GAMMA_LITERAL,
-    MAX_BUCKET, ZERO_BUCKET,
+    bucket_of, bucket_sql, exact_quantile, exact_weighted_percentile, quantile, sketch_of,
+    value_of_bucket, weighted_percentile, weighted_sketch_of, GAMMA, GAMMA_LITERAL, MAX_BUCKET,
+    ZERO_BUCKET,
 };
 
 /// Everything that can go wrong talking to ClickHouse.

@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "ledgers",
         sql: include_str!("../migrations/004_ledgers.sql"),
     },
+    Migration {
+        version: 5,
+        name: "attribution",
+        sql: include_str!("../migrations/005_attribution.sql"),
+    },
 ];
 
 /// What a run did.

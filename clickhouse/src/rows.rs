@@ -1,7 +1,9 @@
 //! Row types and inserts.
 
 use clickhouse::Row;
+use rum_schemas::browser::BROWSER_UNKNOWN;
 use rum_schemas::kafka::BEACONS_TOPIC;
+use rum_schemas::limits::RTT_UNKNOWN;
 use rum_schemas::{BeaconMessage, MetricName};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +43,41 @@ pub struct VitalsRawRow {
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
     pub kafka_offset: u64,
+    /// The page load's random id (`''` when the beacon had none).
+    pub page_id: String,
+    /// The site's release (`''` when none).
+    pub release: String,
+    /// The round-trip time's bucket.
+    pub rtt: String,
+    /// The browser family.
+    pub browser: String,
+    /// The browser's major version (0: unknown).
+    pub browser_major: u16,
+    /// The element behind the metric: LCP's largest element, INP's interaction target, CLS's
+    /// largest shift target (`''` when not sent).
+    pub target: String,
+    /// LCP: the largest element's resource URL, without query string.
+    pub resource_url: String,
+    /// LCP: milliseconds from navigation to the first byte.
+    pub time_to_first_byte: Option<f64>,
+    /// LCP: milliseconds from the first byte to the resource's load start.
+    pub resource_load_delay: Option<f64>,
+    /// LCP: milliseconds the resource took to load.
+    pub resource_load_duration: Option<f64>,
+    /// LCP: milliseconds from the resource's load to the element's render.
+    pub element_render_delay: Option<f64>,
+    /// INP: `pointer`, `keyboard` or `other` (`''` when not sent).
+    pub interaction_type: String,
+    /// INP: milliseconds from the input to its handlers' start.
+    pub input_delay: Option<f64>,
+    /// INP: milliseconds the handlers ran.
+    pub processing_duration: Option<f64>,
+    /// INP: milliseconds from the handlers' end to the next paint.
+    pub presentation_delay: Option<f64>,
+    /// INP: the longest script's URL, without query string.
+    pub script_url: String,
+    /// INP: what invoked the longest script.
+    pub script_invoker: String,
 }
 
 impl VitalsRawRow {
@@ -73,6 +110,23 @@ impl VitalsRawRow {
             kafka_topic_id: String::new(),
             kafka_partition: 0,
             kafka_offset: 0,
+            page_id: String::new(),
+            release: String::new(),
+            rtt: RTT_UNKNOWN.into(),
+            browser: BROWSER_UNKNOWN.into(),
+            browser_major: 0,
+            target: String::new(),
+            resource_url: String::new(),
+            time_to_first_byte: None,
+            resource_load_delay: None,
+            resource_load_duration: None,
+            element_render_delay: None,
+            interaction_type: String::new(),
+            input_delay: None,
+            processing_duration: None,
+            presentation_delay: None,
+            script_url: String::new(),
+            script_invoker: String::new(),
         }
     }
 }
@@ -109,6 +163,41 @@ pub struct VitalsRawRowRef<'a> {
     pub kafka_partition: u32,
     /// The Kafka offset of the message.
     pub kafka_offset: u64,
+    /// The page load's random id (`''` when the beacon had none).
+    pub page_id: &'a str,
+    /// The site's release (`''` when none).
+    pub release: &'a str,
+    /// The round-trip time's bucket.
+    pub rtt: &'a str,
+    /// The browser family.
+    pub browser: &'a str,
+    /// The browser's major version (0: unknown).
+    pub browser_major: u16,
+    /// The element behind the metric: LCP's largest element, INP's interaction target, CLS's
+    /// largest shift target (`''` when not sent).
+    pub target: &'a str,
+    /// LCP: the largest element's resource URL, without query string.
+    pub resource_url: &'a str,
+    /// LCP: milliseconds from navigation to the first byte.
+    pub time_to_first_byte: Option<f64>,
+    /// LCP: milliseconds from the first byte to the resource's load start.
+    pub resource_load_delay: Option<f64>,
+    /// LCP: milliseconds the resource took to load.
+    pub resource_load_duration: Option<f64>,
+    /// LCP: milliseconds from the resource's load to the element's render.
+    pub element_render_delay: Option<f64>,
+    /// INP: `pointer`, `keyboard` or `other` (`''` when not sent).
+    pub interaction_type: &'a str,
+    /// INP: milliseconds from the input to its handlers' start.
+    pub input_delay: Option<f64>,
+    /// INP: milliseconds the handlers ran.
+    pub processing_duration: Option<f64>,
+    /// INP: milliseconds from the handlers' end to the next paint.
+    pub presentation_delay: Option<f64>,
+    /// INP: the longest script's URL, without query string.
+    pub script_url: &'a str,
+    /// INP: what invoked the longest script.
+    pub script_invoker: &'a str,
 }
 
 /// The rows of one Kafka message, one per metric, borrowing from it.
@@ -120,21 +209,41 @@ pub fn raw_row_refs<'a>(
     offset: u64,
 ) -> impl Iterator<Item = VitalsRawRowRef<'a>> + 'a {
     let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
-    msg.metrics.iter().map(move |metric| VitalsRawRowRef {
-        received_at,
-        site: &msg.site,
-        route: &msg.route,
-        device: msg.device.as_str(),
-        nav_type: &msg.nav_type,
-        metric: metric.name.as_str(),
-        value: metric.value,
-        rating: metric.rating.as_str(),
-        metric_id: &metric.id,
-        sample_rate: msg.sample_rate,
-        kafka_topic: topic,
-        kafka_topic_id: topic_id,
-        kafka_partition: partition,
-        kafka_offset: offset,
+    msg.metrics.iter().map(move |metric| {
+        let a = &metric.attribution;
+        VitalsRawRowRef {
+            received_at,
+            site: &msg.site,
+            route: &msg.route,
+            device: msg.device.as_str(),
+            nav_type: &msg.nav_type,
+            metric: metric.name.as_str(),
+            value: metric.value,
+            rating: metric.rating.as_str(),
+            metric_id: &metric.id,
+            sample_rate: msg.sample_rate,
+            kafka_topic: topic,
+            kafka_topic_id: topic_id,
+            kafka_partition: partition,
+            kafka_offset: offset,
+            page_id: &msg.page_id,
+            release: &msg.release,
+            rtt: &msg.rtt,
+            browser: &msg.browser,
+            browser_major: msg.browser_major,
+            target: a.element(),
+            resource_url: &a.url,
+            time_to_first_byte: a.time_to_first_byte,
+            resource_load_delay: a.resource_load_delay,
+            resource_load_duration: a.resource_load_duration,
+            element_render_delay: a.element_render_delay,
+            interaction_type: &a.interaction_type,
+            input_delay: a.input_delay,
+            processing_duration: a.processing_duration,
+            presentation_delay: a.presentation_delay,
+            script_url: &a.script_url,
+            script_invoker: &a.script_invoker,
+        }
     })
 }
 

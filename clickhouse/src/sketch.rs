@@ -41,6 +41,14 @@ pub fn bucket_of(v: f64) -> i16 {
     k.clamp(-f64::from(MAX_BUCKET), f64::from(MAX_BUCKET)) as i16
 }
 
+/// The SQL of [`bucket_of`] applied to the Float64 expression `value`: the bucket expression of the
+/// rollup view (`vitals_1m_rollup`, migrations 004 and 005), as an `Int16`.
+pub fn bucket_sql(value: &str) -> String {
+    format!(
+        "toInt16(if({value} <= 0, {ZERO_BUCKET}, greatest(-{MAX_BUCKET}, least({MAX_BUCKET}, ceil(log({value}) / log({GAMMA_LITERAL}))))))"
+    )
+}
+
 /// The value a bucket stands for: `2 * GAMMA^k / (GAMMA + 1)`, and 0 for the zero bucket.
 pub fn value_of_bucket(k: i16) -> f64 {
     if k == ZERO_BUCKET {
@@ -76,6 +84,57 @@ pub fn quantile(buckets: &[(i16, u64)], q: f64) -> Option<f64> {
     None
 }
 
+/// The nearest-rank `p`-th percentile (`p` in 1..=99) of a weighted sketch given as
+/// `(bucket, weight)` pairs sorted by bucket, as `rum query` reads it (`queries.rs`, `stats_sql`):
+/// the first bucket whose cumulative weight `c` has `c * 100 >= p * total`. With unit weights, the
+/// bucket of the `ceil(p * n / 100)`-th smallest sample. `None` when the total weight is not positive.
+pub fn weighted_percentile(sorted: &[(i16, f64)], p: u8) -> Option<f64> {
+    let total: f64 = sorted.iter().map(|&(_, w)| w).sum();
+    if total <= 0.0 || !(1..=99).contains(&p) {
+        return None;
+    }
+    let mut cumulative = 0.0;
+    for &(k, w) in sorted {
+        cumulative += w;
+        if cumulative * 100.0 >= f64::from(p) * total {
+            return Some(value_of_bucket(k));
+        }
+    }
+    None
+}
+
+/// The exact weighted nearest-rank `p`-th percentile (`p` in 1..=99) of `(value, weight)` pairs: the
+/// smallest value whose cumulative weight (over the values sorted) `c` has `c * 100 >= p * total`.
+/// With unit weights, the `ceil(p * n / 100)`-th smallest value. What [`weighted_percentile`]
+/// approximates (within `(GAMMA - 1) / (GAMMA + 1)`: the first bucket reaching the rank holds it).
+/// `None` when the total weight is not positive.
+pub fn exact_weighted_percentile(values: &[(f64, f64)], p: u8) -> Option<f64> {
+    let total: f64 = values.iter().map(|&(_, w)| w).sum();
+    if total <= 0.0 || !(1..=99).contains(&p) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    let mut cumulative = 0.0;
+    for (v, w) in sorted {
+        cumulative += w;
+        if cumulative * 100.0 >= f64::from(p) * total {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The weighted sketch of `(value, weight)` pairs, as `(bucket, weight)` pairs sorted by bucket (what
+/// `sumMapMerge(weighted_sketch)` returns).
+pub fn weighted_sketch_of(values: impl IntoIterator<Item = (f64, f64)>) -> Vec<(i16, f64)> {
+    let mut map = std::collections::BTreeMap::<i16, f64>::new();
+    for (v, w) in values {
+        *map.entry(bucket_of(v)).or_default() += w;
+    }
+    map.into_iter().collect()
+}
+
 /// A sketch of some values, as `(bucket, count)` pairs sorted by bucket (what `sumMapMerge` returns).
 pub fn sketch_of(values: impl IntoIterator<Item = f64>) -> Vec<(i16, u64)> {
     let mut map = std::collections::BTreeMap::<i16, u64>::new();
@@ -100,6 +159,16 @@ pub fn exact_quantile(values: &[f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sql_buckets_are_the_views_and_the_queries() {
+        let view = include_str!("../migrations/005_attribution.sql");
+        for value in ["value", "prev_value"] {
+            assert!(view.contains(&bucket_sql(value)), "{value}");
+        }
+        let by_dimension = include_str!("../queries/p75_by_dimension.sql");
+        assert!(by_dimension.contains(&bucket_sql("value")));
+    }
 
     /// The largest relative error a bucket's value can have: (gamma - 1) / (gamma + 1).
     const ALPHA: f64 = (GAMMA - 1.0) / (GAMMA + 1.0);
@@ -314,15 +383,65 @@ mod tests {
         }
     }
 
+    /// The weighted sketch against the exact weighted nearest rank, with mixed sample rates (weights
+    /// 1, 2, 4, 10 and 100: sums exact in binary, so the two walk the same ranks): within ALPHA.
+    #[test]
+    fn weighted_percentiles_are_within_alpha_of_the_weighted_nearest_rank() {
+        use rand::{Rng, SeedableRng};
+        use rand_distr::Distribution;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x3e16);
+        let lognormal = rand_distr::LogNormal::new(7.6, 0.6).unwrap();
+        let weights = [1.0, 2.0, 4.0, 10.0, 100.0];
+        let mut worst = [0.0f64; 5];
+        for round in 0..50 {
+            let n = if round % 2 == 0 { 17 } else { 3000 };
+            let values: Vec<(f64, f64)> = (0..n)
+                .map(|_| {
+                    let v = if round % 5 == 0 {
+                        rng.random_range(0..4) as f64 * 1000.0
+                    } else {
+                        lognormal.sample(&mut rng)
+                    };
+                    (v, weights[rng.random_range(0..weights.len())])
+                })
+                .collect();
+            let sketch = weighted_sketch_of(values.iter().copied());
+            for (i, p) in [50u8, 75, 90, 95, 99].into_iter().enumerate() {
+                let exact = exact_weighted_percentile(&values, p).unwrap();
+                let got = weighted_percentile(&sketch, p).unwrap();
+                let err = if exact == 0.0 {
+                    assert_eq!(got, 0.0, "round {round} p{p}");
+                    0.0
+                } else {
+                    (got - exact).abs() / exact
+                };
+                assert!(err <= ALPHA + 1e-12, "round {round} p{p}: {got} vs {exact}");
+                worst[i] = worst[i].max(err);
+            }
+        }
+        // Unit weights: the unweighted rank.
+        let values = [5.0, 1.0, 4.0, 2.0, 3.0];
+        let unit: Vec<(f64, f64)> = values.iter().map(|&v| (v, 1.0)).collect();
+        assert_eq!(exact_weighted_percentile(&unit, 75), Some(4.0));
+        assert_eq!(exact_weighted_percentile(&unit, 20), Some(1.0));
+        // One page load sampled at 1% outweighs 99 at 100%: 1 x 100 ms (weight 1) .. and 5000 ms
+        // (weight 100) puts p75 at 5000.
+        let mixed = [(100.0, 1.0), (200.0, 1.0), (5000.0, 100.0)];
+        assert_eq!(exact_weighted_percentile(&mixed, 75), Some(5000.0));
+        assert_eq!(exact_weighted_percentile(&[], 75), None);
+        assert_eq!(weighted_percentile(&[(3, 0.0)], 75), None);
+        for (p, err) in [50, 75, 90, 95, 99].iter().zip(worst) {
+            eprintln!("weighted p{p}: worst relative error {:.4}%", err * 100.0);
+        }
+    }
+
     /// Every SQL file that computes buckets or bucket values uses the same gamma, zero bucket and clamp.
     #[test]
     fn the_sql_files_use_the_same_constants() {
         let root = env!("CARGO_MANIFEST_DIR");
         let migration =
             std::fs::read_to_string(format!("{root}/migrations/002_vitals_1m.sql")).unwrap();
-        let bucket_expr = format!(
-            "toInt16(if(value <= 0, {ZERO_BUCKET}, greatest(-{MAX_BUCKET}, least({MAX_BUCKET}, ceil(log(value) / log({GAMMA_LITERAL}))))))"
-        );
+        let bucket_expr = bucket_sql("value");
         assert!(
             migration.contains(&bucket_expr),
             "002_vitals_1m.sql lacks `{bucket_expr}`"
@@ -358,7 +477,8 @@ mod tests {
                     );
                 }
             }
-            if path.starts_with(format!("{root}/queries")) {
+            // Files reading a sketch (the top_* files read raw values and quantileExact).
+            if path.starts_with(format!("{root}/queries")) && text.contains("sumMap") {
                 assert!(
                     text.contains(&value_expr),
                     "{} must read p75 with `{value_expr}`",

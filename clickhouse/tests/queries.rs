@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use clickhouse::Row;
 use rum_clickhouse::{
-    insert_raw_rows, migrate, p75_by_route_device, quantile, sketch_of, AnalystQuery,
-    ClickHouseConfig, P75Row, RatingSharesRow, VitalsRawRow, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY,
-    QUERIES, RATING_SHARES, WORST_ROUTES,
+    exact_weighted_percentile, insert_raw_rows, migrate, p75_by_route_device, quantile, sketch_of,
+    top_inp_targets, top_lcp_elements, weighted_percentile, weighted_sketch_of, AnalystQuery,
+    ClickHouseConfig, Dimension, DimensionRow, InpTargetRow, LcpElementRow, P75Row,
+    RatingSharesRow, VitalsRawRow, Weighting, P75_BY_DIMENSION, P75_BY_ROUTE_DEVICE,
+    P75_TREND_HOURLY, QUERIES, RATING_SHARES, TOP_INP_TARGETS, TOP_LCP_ELEMENTS, WORST_ROUTES,
 };
 use rum_schemas::MetricName;
 use rum_testkit::ClickHouseServer;
@@ -48,15 +50,29 @@ fn row_rate(
 fn data() -> (Vec<VitalsRawRow>, Vec<VitalsRawRow>) {
     let mut inside = Vec::new();
     // shop/root/mobile LCP: 100, 200, ..., 6000 ms over 90 minutes (25 good, 15 needs-improvement, 20 poor).
+    // Each with attribution (every third one's element is a heading, the others the hero image,
+    // subparts 10/20/30/40% of the value), a browser, release and RTT bucket, and mixed sample rates.
     for i in 1..=60u32 {
-        inside.push(row(
-            "shop",
-            "root",
-            "mobile",
-            "LCP",
-            f64::from(100 * i),
-            T0 + i * 90,
-        ));
+        let v = f64::from(100 * i);
+        let hero = i % 3 != 0;
+        inside.push(VitalsRawRow {
+            sample_rate: [1.0, 0.5, 0.25, 0.1][(i % 4) as usize],
+            browser: ["chrome", "safari", "firefox"][(i % 3) as usize].into(),
+            release: if i <= 30 { "v1" } else { "v2" }.into(),
+            rtt: ["0-100", "100-300", "300-1000", "1000+"][(i % 4) as usize].into(),
+            target: if hero { "#hero>img" } else { "h1.title" }.into(),
+            resource_url: if hero {
+                "https://cdn.example/hero.jpg"
+            } else {
+                ""
+            }
+            .into(),
+            time_to_first_byte: Some(0.1 * v),
+            resource_load_delay: Some(0.2 * v),
+            resource_load_duration: Some(0.3 * v),
+            element_render_delay: Some(0.4 * v),
+            ..row("shop", "root", "mobile", "LCP", v, T0 + i * 90)
+        });
     }
     // shop/product-id/desktop LCP: 500 + 37 i, one a minute.
     for i in 0..40u32 {
@@ -70,15 +86,25 @@ fn data() -> (Vec<VitalsRawRow>, Vec<VitalsRawRow>) {
         ));
     }
     // shop/product-id/mobile INP: 50, 100, ..., 1000 ms, all in one minute.
+    // The first 12 clicks on the buy button (with its script), the others keys on the menu.
     for i in 1..=20u32 {
-        inside.push(row(
-            "shop",
-            "product-id",
-            "mobile",
-            "INP",
-            f64::from(50 * i),
-            T0 + 300 + i,
-        ));
+        let v = f64::from(50 * i);
+        let buy = i <= 12;
+        inside.push(VitalsRawRow {
+            target: if buy { "button.buy" } else { "a.menu" }.into(),
+            interaction_type: if buy { "pointer" } else { "keyboard" }.into(),
+            input_delay: Some(0.2 * v),
+            processing_duration: Some(0.5 * v),
+            presentation_delay: Some(0.3 * v),
+            script_url: if buy {
+                "https://shop.example/app.js"
+            } else {
+                ""
+            }
+            .into(),
+            script_invoker: if buy { "BUTTON.buy.onclick" } else { "" }.into(),
+            ..row("shop", "product-id", "mobile", "INP", v, T0 + 300 + i)
+        });
     }
     // shop/root/mobile CLS, sampled at 25%: ten 0, then 0.01 .. 0.10, then five 0.3.
     let cls = (0..10)
@@ -368,6 +394,196 @@ async fn every_query_file_answers_correctly_on_known_data() {
         }
     }
 
+    // top_lcp_elements.sql: site, start, end, per route.
+    let elements: Vec<LcpElementRow> = run(&TOP_LCP_ELEMENTS)
+        .bind("shop")
+        .bind(T0)
+        .bind(END)
+        .bind(5u64)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        elements
+            .iter()
+            .map(|e| (e.route.as_str(), e.target.as_str(), e.samples))
+            .collect::<Vec<_>>(),
+        [("root", "#hero>img", 40), ("root", "h1.title", 20)]
+    );
+    for e in &elements {
+        let rows: Vec<&VitalsRawRow> = shop
+            .iter()
+            .copied()
+            .filter(|r| r.metric == "LCP" && r.target == e.target)
+            .collect();
+        let values: Vec<f64> = rows.iter().map(|r| r.value).collect();
+        let mean = |f: fn(&VitalsRawRow) -> Option<f64>| {
+            Some(rows.iter().map(|r| f(r).unwrap()).sum::<f64>() / rows.len() as f64)
+        };
+        let sketch = weighted_sketch_of(rows.iter().map(|r| (r.value, 1.0 / r.sample_rate)));
+        assert!(
+            close(e.p75, weighted_percentile(&sketch, 75).unwrap()),
+            "{e:?}"
+        );
+        assert!(
+            (e.p75
+                - exact_weighted_percentile(
+                    &rows
+                        .iter()
+                        .map(|r| (r.value, 1.0 / r.sample_rate))
+                        .collect::<Vec<_>>(),
+                    75
+                )
+                .unwrap())
+            .abs()
+                <= 0.005 * e.p75,
+            "{e:?}"
+        );
+        let weighted: f64 = rows.iter().map(|r| 1.0 / r.sample_rate).sum();
+        assert!(close(e.estimated_page_loads, weighted), "{e:?}");
+        for (got, want) in [
+            (e.time_to_first_byte, mean(|r| r.time_to_first_byte)),
+            (e.resource_load_delay, mean(|r| r.resource_load_delay)),
+            (e.resource_load_duration, mean(|r| r.resource_load_duration)),
+            (e.element_render_delay, mean(|r| r.element_render_delay)),
+        ] {
+            assert!(close(got.unwrap(), want.unwrap()), "{e:?}");
+        }
+        // The four subparts sum to the LCP value, so their means to the mean value.
+        let parts = e.time_to_first_byte.unwrap()
+            + e.resource_load_delay.unwrap()
+            + e.resource_load_duration.unwrap()
+            + e.element_render_delay.unwrap();
+        assert!(close(
+            parts,
+            values.iter().sum::<f64>() / values.len() as f64
+        ));
+    }
+    assert_eq!(elements[0].resource_url, "https://cdn.example/hero.jpg");
+    assert_eq!(elements[1].resource_url, "");
+    let one: Vec<LcpElementRow> = run(&TOP_LCP_ELEMENTS)
+        .bind("shop")
+        .bind(T0)
+        .bind(END)
+        .bind(1u64)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(one, elements[..1], "per route 1: the most frequent only");
+    assert_eq!(
+        top_lcp_elements(&client, "shop", T0, END, 5).await.unwrap(),
+        elements
+    );
+
+    // top_inp_targets.sql: site, start, end, per route.
+    let targets: Vec<InpTargetRow> = run(&TOP_INP_TARGETS)
+        .bind("shop")
+        .bind(T0)
+        .bind(END)
+        .bind(5u64)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(
+        targets
+            .iter()
+            .map(|t| (
+                t.route.as_str(),
+                t.target.as_str(),
+                t.interaction_type.as_str(),
+                t.samples
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("product-id", "button.buy", "pointer", 12),
+            ("product-id", "a.menu", "keyboard", 8)
+        ]
+    );
+    assert_eq!(
+        top_inp_targets(&client, "shop", T0, END, 5).await.unwrap(),
+        targets
+    );
+    // button.buy: INP 50..600, p75 the 9th of 12 = 450; phases 20/50/30% of the mean 325.
+    let buy = &targets[0];
+    assert!((buy.p75 - 450.0).abs() / 450.0 < 0.005, "{buy:?}");
+    assert!(close(buy.input_delay.unwrap(), 65.0), "{buy:?}");
+    assert!(close(buy.processing_duration.unwrap(), 162.5), "{buy:?}");
+    assert!(close(buy.presentation_delay.unwrap(), 97.5), "{buy:?}");
+    assert_eq!(
+        (buy.script_url.as_str(), buy.script_invoker.as_str()),
+        ("https://shop.example/app.js", "BUTTON.buy.onclick")
+    );
+    // a.menu: 650..1000, p75 the 6th of 8 = 900.
+    assert_eq!(targets[1].script_url, "");
+    assert!(
+        (targets[1].p75 - 900.0).abs() / 900.0 < 0.005,
+        "{:?}",
+        targets[1]
+    );
+
+    // p75_by_dimension.sql: dimension, site, metric, start, end.
+    #[derive(Debug, Row, Deserialize)]
+    struct ByDimension {
+        value: String,
+        p75: f64,
+        p75_unweighted: f64,
+        samples: u64,
+        estimated_page_loads: f64,
+        poor_share: f64,
+    }
+    let lcp_rows: Vec<&VitalsRawRow> = shop.iter().copied().filter(|r| r.metric == "LCP").collect();
+    for (dimension, key) in [
+        (
+            "browser",
+            (|r: &VitalsRawRow| r.browser.clone()) as fn(&VitalsRawRow) -> String,
+        ),
+        ("release", |r| r.release.clone()),
+        ("rtt", |r| r.rtt.clone()),
+        ("nav_type", |r| r.nav_type.clone()),
+        ("device", |r| r.device.clone()),
+        ("nope", |_| String::new()),
+    ] {
+        let got: Vec<ByDimension> = run(&P75_BY_DIMENSION)
+            .bind(dimension)
+            .bind("shop")
+            .bind("LCP")
+            .bind(T0)
+            .bind(END)
+            .fetch_all()
+            .await
+            .unwrap();
+        let mut expected: BTreeMap<String, Vec<&VitalsRawRow>> = BTreeMap::new();
+        for r in &lcp_rows {
+            expected.entry(key(r)).or_default().push(r);
+        }
+        assert_eq!(got.len(), expected.len(), "{dimension}: {got:?}");
+        for g in &got {
+            let rows = &expected[&g.value];
+            let weighted = weighted_sketch_of(rows.iter().map(|r| (r.value, 1.0 / r.sample_rate)));
+            let w: f64 = rows.iter().map(|r| 1.0 / r.sample_rate).sum();
+            assert_eq!(g.samples, rows.len() as u64, "{dimension}: {g:?}");
+            assert!(close(g.estimated_page_loads, w), "{dimension}: {g:?}");
+            assert!(
+                close(g.p75, weighted_percentile(&weighted, 75).unwrap()),
+                "{dimension}: {g:?}"
+            );
+            assert!(
+                close(g.p75_unweighted, sketch_p75(rows)),
+                "{dimension}: {g:?}"
+            );
+            let poor: f64 = rows
+                .iter()
+                .filter(|r| r.rating == "poor")
+                .map(|r| 1.0 / r.sample_rate)
+                .sum();
+            assert!(close(g.poor_share, poor / w), "{dimension}: {g:?}");
+        }
+        // Most page loads first.
+        assert!(got
+            .windows(2)
+            .all(|p| p[0].estimated_page_loads >= p[1].estimated_page_loads));
+    }
+
     let mut files: BTreeSet<String> =
         std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/queries"))
             .unwrap()
@@ -489,6 +705,256 @@ async fn stored_sketches_equal_the_rust_sketches() {
             stored,
             sketch_of(rows.iter().map(|r| r.value)),
             "{site}/{route}/{device}/{metric}"
+        );
+    }
+}
+
+/// `P75Row::with_percentiles` and `DimensionRow::with_percentiles`, weighted and not, against the
+/// sketches Rust computes over the same rows.
+#[tokio::test]
+async fn weighted_and_unweighted_percentiles_by_route_device_and_by_dimension() {
+    let (_server, config, inside) = loaded_server().await;
+    let client = config.client();
+    let shop: Vec<&VitalsRawRow> = inside.iter().filter(|r| r.site == "shop").collect();
+    let check = |what: &str,
+                 rows: &[&VitalsRawRow],
+                 weighting: Weighting,
+                 p75: f64,
+                 extra: &[f64],
+                 samples: u64,
+                 shares: [f64; 3]| {
+        let weight = |r: &VitalsRawRow| match weighting {
+            Weighting::SampleRate => 1.0 / r.sample_rate,
+            Weighting::Unweighted => 1.0,
+        };
+        let sketch = weighted_sketch_of(rows.iter().map(|r| (r.value, weight(r))));
+        assert_eq!(samples, rows.len() as u64, "{what}");
+        assert!(
+            close(p75, weighted_percentile(&sketch, 75).unwrap()),
+            "{what}: p75 {p75}"
+        );
+        for (p, got) in [50u8, 90, 99].into_iter().zip(extra) {
+            assert!(
+                close(*got, weighted_percentile(&sketch, p).unwrap()),
+                "{what}: p{p} {got}"
+            );
+        }
+        let total: f64 = rows.iter().map(|r| weight(r)).sum();
+        for (rating, share) in ["good", "needs-improvement", "poor"]
+            .into_iter()
+            .zip(shares)
+        {
+            let w: f64 = rows
+                .iter()
+                .filter(|r| r.rating == rating)
+                .map(|r| weight(r))
+                .sum();
+            assert!(close(share, w / total), "{what}: {rating} {share}");
+        }
+    };
+    let groups = groups(shop.iter().copied());
+    for weighting in [Weighting::SampleRate, Weighting::Unweighted] {
+        let got = P75Row::with_percentiles(
+            &client,
+            "shop",
+            None,
+            None,
+            T0,
+            END,
+            &[50, 90, 99],
+            weighting,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got.len(), groups.len());
+        for ((row, extra), (key, rows)) in got.iter().zip(&groups) {
+            assert_eq!(
+                (&row.site, &row.route, &row.device, &row.metric),
+                (&key.0, &key.1, &key.2, &key.3)
+            );
+            check(
+                &format!("{weighting:?} {key:?}"),
+                rows,
+                weighting,
+                row.p75,
+                extra,
+                row.samples,
+                [row.good_share, row.needs_improvement_share, row.poor_share],
+            );
+        }
+        for dimension in Dimension::ALL {
+            let got = DimensionRow::with_percentiles(
+                &client,
+                dimension,
+                "shop",
+                Some("root"),
+                None,
+                T0,
+                END,
+                &[50, 90, 99],
+                weighting,
+            )
+            .await
+            .unwrap();
+            let mut expected: BTreeMap<(String, String), Vec<&VitalsRawRow>> = BTreeMap::new();
+            for r in shop.iter().filter(|r| r.route == "root") {
+                let value = match dimension {
+                    Dimension::Browser => &r.browser,
+                    Dimension::Release => &r.release,
+                    Dimension::Rtt => &r.rtt,
+                    Dimension::NavType => &r.nav_type,
+                };
+                expected
+                    .entry((value.clone(), r.metric.clone()))
+                    .or_default()
+                    .push(r);
+            }
+            assert_eq!(got.len(), expected.len(), "{dimension:?} {got:?}");
+            for (row, ((value, metric), rows)) in got.iter().zip(&expected) {
+                assert_eq!(
+                    (&row.site, &row.value, &row.metric),
+                    (&"shop".to_string(), value, metric)
+                );
+                check(
+                    &format!("{weighting:?} {dimension:?} {value} {metric}"),
+                    rows,
+                    weighting,
+                    row.p75,
+                    &row.percentiles,
+                    row.samples,
+                    [row.good_share, row.needs_improvement_share, row.poor_share],
+                );
+            }
+        }
+    }
+    // The weighting changes the answer here: LCP of root weighs its 25%- and 10%-sampled loads more.
+    let weighted = P75Row::with_percentiles(
+        &client,
+        "shop",
+        Some("root"),
+        None,
+        T0,
+        END,
+        &[],
+        Weighting::SampleRate,
+    )
+    .await
+    .unwrap();
+    let unweighted = P75Row::with_percentiles(
+        &client,
+        "shop",
+        Some("root"),
+        None,
+        T0,
+        END,
+        &[],
+        Weighting::Unweighted,
+    )
+    .await
+    .unwrap();
+    let lcp = |rows: &[(P75Row, Vec<f64>)]| {
+        rows.iter()
+            .find(|(r, _)| r.metric == "LCP")
+            .unwrap()
+            .0
+            .clone()
+    };
+    assert_ne!(lcp(&weighted).p75, lcp(&unweighted).p75);
+    assert_ne!(lcp(&weighted).good_share, lcp(&unweighted).good_share);
+}
+
+/// Rows written before migration 005 have no weighted sketch: the weighted answer falls back to
+/// their unweighted samples instead of a wrong rank.
+#[tokio::test]
+async fn weighted_percentiles_fall_back_on_rows_without_a_weighted_sketch() {
+    let server = ClickHouseServer::start();
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    migrate(&config).await.unwrap();
+    // What 004's view wrote: samples, weighted samples, ratings and sketch, no weighted states.
+    server.query(&format!(
+        "INSERT INTO rum.vitals_1m (minute, site, route, device, metric, samples, weighted_samples, good, needs_improvement, poor, sketch) \
+         SELECT toStartOfMinute(toDateTime({T0})), 'old', 'root', 'mobile', 'LCP', countState(), sumState(2.0), \
+           sumState(toUInt64(v <= 2500)), sumState(toUInt64(v > 2500 AND v <= 4000)), sumState(toUInt64(v > 4000)), \
+           sumMapState([toInt16(ceil(log(v) / log(1.01005)))], [toUInt64(1)]) \
+         FROM (SELECT toFloat64(100 * (number + 1)) AS v FROM system.numbers LIMIT 60)"
+    ));
+    let rows = P75Row::with_percentiles(
+        &config.client(),
+        "old",
+        None,
+        None,
+        T0,
+        END,
+        &[],
+        Weighting::SampleRate,
+    )
+    .await
+    .unwrap();
+    let unweighted = P75Row::with_percentiles(
+        &config.client(),
+        "old",
+        None,
+        None,
+        T0,
+        END,
+        &[],
+        Weighting::Unweighted,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows, unweighted);
+    assert!((rows[0].0.p75 - 4500.0).abs() / 4500.0 < 0.005, "{rows:?}");
+    assert!(close(rows[0].0.good_share, 25.0 / 60.0));
+}
+
+/// A metric sent again with a new value (migration 005): the rollup input row carries the previous
+/// value and rating, and the stored rollup then holds one sample, in the new value's bucket, with the
+/// new rating, weighted and not; the same minute's other samples are untouched.
+#[tokio::test]
+async fn a_replaced_value_moves_its_sample_to_the_new_bucket() {
+    let server = ClickHouseServer::start();
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    migrate(&config).await.unwrap();
+    let insert = |value: f64, rating: &str, prev: Option<(f64, &str)>| {
+        let (prev_value, prev_rating) = prev.unwrap_or((0.0, ""));
+        server.query(&format!(
+            "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, sample_rate, \
+             kafka_partition, ledger_next, prev_value, prev_rating) \
+             VALUES ({T0}, 'shop', 'root', 'mobile', 'CLS', {value}, '{rating}', 0.5, 0, 0, {prev_value}, '{prev_rating}')"
+        ))
+    };
+    insert(0.05, "good", None);
+    insert(0.02, "good", None);
+    insert(0.3, "poor", Some((0.05, "good")));
+    for optimize in [false, true] {
+        if optimize {
+            server.query("OPTIMIZE TABLE rum.vitals_1m FINAL");
+        }
+        let got = server.query(
+            "SELECT countMerge(samples), sumMerge(weighted_samples), sumMerge(good), sumMerge(needs_improvement), \
+             sumMerge(poor), sumMerge(weighted_good), sumMerge(weighted_poor) FROM rum.vitals_1m WHERE site = 'shop'",
+        );
+        assert_eq!(got.trim(), "2\t4\t1\t0\t1\t2\t2", "optimized: {optimize}");
+        let sketch = server.query(
+            "SELECT arrayStringConcat(arrayMap((k, c) -> concat(toString(k), ':', toString(c)), sk.1, sk.2), ','), \
+             arrayStringConcat(arrayMap((k, c) -> concat(toString(k), ':', toString(c)), wsk.1, wsk.2), ',') \
+             FROM (SELECT sumMapMerge(sketch) AS sk, sumMapMerge(weighted_sketch) AS wsk FROM rum.vitals_1m WHERE site = 'shop')",
+        );
+        let (b02, b3) = (
+            rum_clickhouse::bucket_of(0.02),
+            rum_clickhouse::bucket_of(0.3),
+        );
+        assert_eq!(
+            sketch.trim(),
+            format!("{b02}:1,{b3}:1\t{b02}:2,{b3}:2"),
+            "optimized: {optimize}"
         );
     }
 }

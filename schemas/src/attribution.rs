@@ -322,6 +322,19 @@ fn interaction_type(field: &Option<Loose<'_>>) -> Result<String, InvalidAttribut
 }
 
 impl Attribution {
+    /// The element behind the metric, whichever metric it is: LCP's `target`, INP's
+    /// `interaction_target` or CLS's `largest_shift_target` (a metric has at most one of them).
+    pub fn element(&self) -> &str {
+        [
+            &self.target,
+            &self.interaction_target,
+            &self.largest_shift_target,
+        ]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .map_or("", |s| s.as_str())
+    }
+
     /// Validates and normalizes the fields of `name` in what was sent; ignores the others.
     pub fn normalize(
         name: MetricName,

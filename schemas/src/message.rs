@@ -64,7 +64,10 @@ pub struct BeaconMessage {
     pub rtt: String,
     /// The browser family from the `User-Agent` ([`crate::browser::BROWSER_FAMILIES`]); `unknown`
     /// without one.
-    #[serde(default = "browser_unknown", skip_serializing_if = "is_browser_unknown")]
+    #[serde(
+        default = "browser_unknown",
+        skip_serializing_if = "is_browser_unknown"
+    )]
     pub browser: String,
     /// The browser's major version, 1 to [`crate::browser::MAX_BROWSER_MAJOR`]; 0 when unknown.
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -38,6 +38,9 @@ PARAMS = {
     "worst_routes.sql": ["shop", "LCP", T0, END, 1, 10],
     "rating_shares.sql": ["shop", T0, END],
     "p75_trend_hourly.sql": ["shop", "LCP", "", "", T0, END],
+    "top_lcp_elements.sql": ["shop", T0, END, 5],
+    "top_inp_targets.sql": ["shop", T0, END, 5],
+    "p75_by_dimension.sql": ["browser", "shop", "LCP", T0, END],
 }
 
 THRESHOLDS = {"LCP": (2500, 4000), "INP": (200, 500), "CLS": (0.1, 0.25)}
@@ -131,6 +134,42 @@ def sample_rows():
     return rows
 
 
+def attribution(n, row):
+    """(browser, release, target, ttfb, load_delay, load_duration, render_delay, interaction_type,
+    input_delay, processing, presentation, script_url) of the n-th sample row, like the Rust test's."""
+    t, site, route, device, metric, value, rate = row
+    browser = ["chrome", "safari", "firefox"][n % 3]
+    release = "v1" if n % 2 else "v2"
+    if metric == "LCP" and site == "shop" and route == "root":
+        target = "#hero>img" if n % 3 else "h1.title"
+        return (browser, release, target, 0.1 * value, 0.2 * value, 0.3 * value, 0.4 * value, "", None, None, None, "")
+    if metric == "INP":
+        buy = value <= 600
+        return (browser, release, "button.buy" if buy else "a.menu", None, None, None, None,
+                "pointer" if buy else "keyboard", 0.2 * value, 0.5 * value, 0.3 * value,
+                "https://shop.example/app.js" if buy else "")
+    return (browser, release, "", None, None, None, None, "", None, None, None, "")
+
+
+def sql_value(v):
+    if v is None:
+        return "NULL"
+    if isinstance(v, str):
+        return literal(v)
+    return repr(float(v))
+
+
+def weighted_nearest_rank(pairs, p=75):
+    """The weighted nearest rank: the smallest value whose cumulative weight c has c * 100 >= p * total."""
+    total = sum(w for _, w in pairs)
+    c = 0.0
+    for v, w in sorted(pairs):
+        c += w
+        if c * 100 >= p * total:
+            return v
+    raise AssertionError("no rank")
+
+
 def nearest_rank(values, q=0.75):
     ordered = sorted(values)
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
@@ -164,15 +203,19 @@ class CurrentClickHouse(unittest.TestCase):
                         raise AssertionError(f"{os.path.basename(path)}: {e}\n{statement}") from e
         cls.rows = sample_rows()
         values = ",\n".join(
-            "({}, {}, {}, {}, 'navigate', {}, {!r}, {}, {}, {!r}, 'rum.beacons.v1', 0, {})".format(
+            "({}, {}, {}, {}, 'navigate', {}, {!r}, {}, {}, {!r}, 'rum.beacons.v1', 0, {}, {})".format(
                 t, literal(site), literal(route), literal(device), literal(metric), value,
                 literal(rating(metric, value)), literal(f"id-{n}"), rate, n,
+                ", ".join(sql_value(v) for v in attribution(n, row)),
             )
-            for n, (t, site, route, device, metric, value, rate) in enumerate(cls.rows)
+            for n, row in enumerate(cls.rows)
+            for (t, site, route, device, metric, value, rate) in [row]
         )
         cls.session.query(
             "INSERT INTO vitals_raw (received_at, site, route, device, nav_type, metric, value, rating, "
-            "metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset) VALUES " + values
+            "metric_id, sample_rate, kafka_topic, kafka_partition, kafka_offset, browser, release, target, "
+            "time_to_first_byte, resource_load_delay, resource_load_duration, element_render_delay, "
+            "interaction_type, input_delay, processing_duration, presentation_delay, script_url) VALUES " + values
         )
         # The rollup, as the consumer writes it (migration 004: no view between the tables).
         rollup = ",\n".join(
@@ -209,6 +252,10 @@ class CurrentClickHouse(unittest.TestCase):
                                         for k, v in match.items())
         ]
 
+    def inside_numbered(self):
+        """(n, row) of the rows inside the window, n the row's position (its attribution's seed)."""
+        return [(n, r) for n, r in enumerate(self.rows) if T0 <= r[0] < END]
+
     def test_is_a_current_clickhouse(self):
         major = int(self.version.split(".")[0])
         self.assertGreaterEqual(major, 23, self.version)
@@ -216,13 +263,14 @@ class CurrentClickHouse(unittest.TestCase):
 
     def test_the_rollup_view_fills_vitals_1m(self):
         self.assertEqual(self.q1("SELECT count() FROM vitals_raw"), str(len(self.rows)))
-        self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m"), str(len(self.rows)))
+        # (test_a_replaced_value_moves_its_sample writes site 'final', in any order of the tests)
+        self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m WHERE site != 'final'"), str(len(self.rows)))
         # A ledger row (site ''): one more row of vitals_1m, no sample, its next offset kept.
         self.session.query(
             "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
             "sample_rate, kafka_partition, ledger_next) VALUES (1700000000, '', 'rum.beacons.v1', '3', 'id', 0, '', 1, 3, 42)"
         )
-        self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m"), str(len(self.rows)))
+        self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m WHERE site != 'final'"), str(len(self.rows)))
         self.assertEqual(
             self.q1("SELECT maxMerge(ledger) FROM vitals_1m WHERE site = '' AND route = 'rum.beacons.v1' AND device = '3'"),
             "42",
@@ -297,6 +345,67 @@ class CurrentClickHouse(unittest.TestCase):
             values = [x[5] for x in self.inside(site="shop", device=r["device"], metric="LCP") if hour <= x[0] < hour + 3600]
             self.assertEqual(int(r["samples"]), len(values))
             self.assertTrue(close_to(r["p75"], nearest_rank(values)), r)
+
+    def test_top_lcp_elements(self):
+        rows = self.run_file("top_lcp_elements.sql")
+        groups = {}
+        for n, r in self.inside_numbered():
+            a = attribution(n, r)
+            if r[1] == "shop" and r[4] == "LCP" and a[2]:
+                groups.setdefault((r[2], a[2]), []).append((r, a))
+        expected = sorted(groups, key=lambda k: (k[0], -len(groups[k]), k[1]))
+        self.assertEqual([(r["route"], r["target"]) for r in rows], expected)
+        for r in rows:
+            found = groups[(r["route"], r["target"])]
+            self.assertEqual(int(r["samples"]), len(found))
+            pairs = [(x[5], 1 / x[6]) for x, _ in found]
+            self.assertTrue(close_to(r["p75"], weighted_nearest_rank(pairs)), r)
+            parts = r["time_to_first_byte"] + r["resource_load_delay"] + r["resource_load_duration"] + r["element_render_delay"]
+            self.assertAlmostEqual(parts, sum(x[5] for x, _ in found) / len(found), places=6)
+
+    def test_top_inp_targets(self):
+        rows = self.run_file("top_inp_targets.sql")
+        self.assertEqual(
+            [(r["route"], r["target"], r["interaction_type"], int(r["samples"])) for r in rows],
+            [("product-id", "button.buy", "pointer", 12), ("product-id", "a.menu", "keyboard", 8)],
+        )
+        self.assertTrue(close_to(rows[0]["p75"], 450), rows[0])
+        self.assertAlmostEqual(rows[0]["processing_duration"], 162.5)
+        self.assertEqual(rows[0]["script_url"], "https://shop.example/app.js")
+        self.assertEqual(rows[1]["script_url"], "")
+
+    def test_p75_by_dimension(self):
+        rows = self.run_file("p75_by_dimension.sql")
+        groups = {}
+        for n, r in self.inside_numbered():
+            if r[1] == "shop" and r[4] == "LCP":
+                groups.setdefault(attribution(n, r)[0], []).append(r)
+        self.assertEqual(sorted(r["value"] for r in rows), sorted(groups))
+        for r in rows:
+            found = groups[r["value"]]
+            self.assertEqual(int(r["samples"]), len(found))
+            self.assertAlmostEqual(r["estimated_page_loads"], sum(1 / x[6] for x in found))
+            self.assertTrue(close_to(r["p75"], weighted_nearest_rank([(x[5], 1 / x[6]) for x in found])), r)
+            self.assertTrue(close_to(r["p75_unweighted"], nearest_rank([x[5] for x in found])), r)
+
+    def test_a_replaced_value_moves_its_sample(self):
+        """Migration 005's rollup: a row with the previous value and rating takes it out of its bucket."""
+        self.session.query(
+            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, sample_rate, "
+            "kafka_partition, ledger_next, prev_value, prev_rating) VALUES "
+            "(1700000000, 'final', 'root', 'mobile', 'CLS', 0.05, 'good', 0.5, 0, 0, 0, ''), "
+            "(1700000000, 'final', 'root', 'mobile', 'CLS', 0.3, 'poor', 0.5, 0, 0, 0.05, 'good')"
+        )
+        got = self.q1(
+            "SELECT countMerge(samples), sumMerge(good), sumMerge(poor), sumMerge(weighted_poor) "
+            "FROM vitals_1m WHERE site = 'final'"
+        )
+        self.assertEqual(got.split("\t"), ["1", "0", "1", "2"])
+        sk = self.q1(
+            "SELECT arrayStringConcat(arrayMap((k, c) -> concat(toString(k), ':', toString(c)), sk.1, sk.2), ',') "
+            "FROM (SELECT sumMapMerge(sketch) AS sk FROM vitals_1m WHERE site = 'final')"
+        )
+        self.assertEqual(sk, f"{math.ceil(math.log(0.3) / math.log(1.01005))}:1")
 
 
 if __name__ == "__main__":
