@@ -19,18 +19,24 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Acknowledges every message at once, counts them and keeps their keys (`site|route|device`).
+/// Acknowledges every message at once, counts them and keeps their keys (`site|route|device`)
+/// and values.
 #[derive(Default)]
-pub struct Acknowledging(pub AtomicUsize, pub Mutex<Vec<String>>);
+pub struct Acknowledging(
+    pub AtomicUsize,
+    pub Mutex<Vec<String>>,
+    pub Mutex<Vec<Vec<u8>>>,
+);
 
 impl Publisher for Acknowledging {
     fn publish<'a>(
         &'a self,
         key: &'a str,
-        _payload: &'a [u8],
+        payload: &'a [u8],
     ) -> Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send + 'a>> {
         self.0.fetch_add(1, Ordering::SeqCst);
         self.1.lock().unwrap().push(key.to_owned());
+        self.2.lock().unwrap().push(payload.to_owned());
         Box::pin(async { Ok(()) })
     }
     fn is_ready(&self, _timeout: Duration) -> bool {
@@ -62,6 +68,17 @@ impl Served {
     /// The keys of the published messages, in order.
     pub fn published_keys(&self) -> Vec<String> {
         self.published.1.lock().unwrap().clone()
+    }
+
+    /// The published messages, decoded as a consumer does, in order.
+    pub fn published_messages(&self) -> Vec<rum_schemas::BeaconMessage> {
+        self.published
+            .2
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|value| rum_schemas::BeaconMessage::decode(value).expect("a valid message"))
+            .collect()
     }
 
     pub async fn start(configure: impl FnOnce(&mut IngestConfig)) -> Served {
