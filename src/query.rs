@@ -1,20 +1,22 @@
 //! `rum query`: stored percentiles from ClickHouse, for people and scripts.
 //!
 //! `rum query p75 --site shop [--route R] [--device D] [--since 30m] [--until 0] [--percentile N]...
-//! [--format table|json|csv]` prints p75 (and each `--percentile`, 1 to 99), the sample count and the
-//! good / needs-improvement / poor shares per route, device and metric
-//! (`rum_clickhouse::P75Row::with_percentiles`: the columns of
+//! [--by browser|release|rtt|nav_type] [--unweighted] [--format table|json|csv]` prints p75 (and each
+//! `--percentile`, 1 to 99), the sample count and the good / needs-improvement / poor shares per route,
+//! device and metric (`rum_clickhouse::P75Row::with_percentiles`: the columns of
 //! `clickhouse/queries/p75_by_route_device.sql`, with more nearest-rank percentiles of the same merged
-//! sketches). `table` is aligned columns under a header; `json` is one object a line with the fields
-//! `site, route, device, metric, p75, samples, good_share, needs_improvement_share, poor_share` and a
-//! `pNN` beside `p75` for each other percentile; `csv` is a header line (the JSON field names) and one
-//! line a row, quoted as RFC 4180 says. The percentiles are of the samples, not weighted by their
-//! sample rate.
+//! sketches), or with `--by` per value of that dimension and metric (`DimensionRow::with_percentiles`,
+//! from the raw rows). `table` is aligned columns under a header; `json` is one object a line with the
+//! fields `site, route, device, metric, p75, samples, good_share, needs_improvement_share, poor_share`
+//! (with `--by`, the dimension's name in place of `route, device`) and a `pNN` beside `p75` for each
+//! other percentile; `csv` is a header line (the JSON field names) and one line a row, quoted as RFC
+//! 4180 says. Percentiles and shares weigh each sample by `1 / sample_rate` (the page loads it stands
+//! for: unbiased when a site samples at different rates); `--unweighted` counts each sample once.
 
 use std::io::{self, Write};
 
 use anyhow::Context;
-use rum_clickhouse::{ClickHouseConfig, P75Row};
+use rum_clickhouse::{ClickHouseConfig, Dimension, DimensionRow, P75Row, Weighting};
 use rum_schemas::{normalize_route, Device};
 
 /// Options of `rum query`.
@@ -51,9 +53,18 @@ pub struct P75Args {
     #[arg(long, default_value = "0", value_parser = crate::duration::parse_secs)]
     pub until: u64,
     /// Another percentile to print beside p75, an integer from 1 to 99 (repeatable: `--percentile 50
-    /// --percentile 99`): nearest rank over the merged sketches, within 0.5%, unweighted.
+    /// --percentile 99`): nearest rank over the merged sketches, within 0.5%.
     #[arg(long = "percentile", value_name = "N", value_parser = parse_percentile)]
     pub percentiles: Vec<u8>,
+    /// Per value of this dimension and metric instead of per route and device: browser (family),
+    /// release, rtt (round-trip time bucket) or nav_type. Read from the raw rows (a scan of the
+    /// site's window), with --route and --device as filters.
+    #[arg(long, value_name = "DIMENSION", value_parser = parse_dimension)]
+    pub by: Option<Dimension>,
+    /// Count each sample once, instead of weighing it by 1 / its sample rate (the page loads it
+    /// stands for).
+    #[arg(long)]
+    pub unweighted: bool,
     /// Output: aligned columns, one JSON object a line, or CSV with a header line.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -70,72 +81,104 @@ pub enum Format {
     Csv,
 }
 
-/// A row of `rum query p75`: the p75 row and every percentile printed, p75 among them, in
-/// increasing order.
+/// A row of `rum query p75`: its key columns, the metric, every percentile printed (p75 among them,
+/// in increasing order), the sample count and the rating shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PercentilesRow {
-    /// Site, route, device, metric, p75, samples and rating shares.
-    pub row: P75Row,
+    /// The columns before the metric, named: site, route and device; or site and the `--by` dimension.
+    pub keys: Vec<(&'static str, String)>,
+    /// The metric name.
+    pub metric: String,
     /// `(N, the N-th percentile)`, increasing in N, one of them 75.
     pub percentiles: Vec<(u8, f64)>,
+    /// How many samples.
+    pub samples: u64,
+    /// The shares (0..1) of good, needs-improvement and poor samples.
+    pub shares: [f64; 3],
+}
+
+/// The key columns of the rows of `by`.
+fn key_names(by: Option<Dimension>) -> Vec<&'static str> {
+    match by {
+        None => vec!["site", "route", "device"],
+        Some(d) => vec!["site", d.name()],
+    }
 }
 
 impl PercentilesRow {
-    /// The row's cells in column order: site, route, device, metric, each percentile as
+    /// The row's cells in column order: the keys, the metric, each percentile as
     /// `percentile(metric, value)`, samples, then the three rating shares as `share(value)`.
     fn cells(
         &self,
         percentile: impl Fn(&str, f64) -> String,
         share: impl Fn(f64) -> String,
     ) -> Vec<String> {
-        let r = &self.row;
-        let mut cells = vec![
-            r.site.clone(),
-            r.route.clone(),
-            r.device.clone(),
-            r.metric.clone(),
-        ];
+        let mut cells: Vec<String> = self.keys.iter().map(|(_, v)| v.clone()).collect();
+        cells.push(self.metric.clone());
         cells.extend(
             self.percentiles
                 .iter()
-                .map(|&(_, v)| percentile(&r.metric, v)),
+                .map(|&(_, v)| percentile(&self.metric, v)),
         );
-        cells.push(r.samples.to_string());
-        cells.extend(
-            [r.good_share, r.needs_improvement_share, r.poor_share]
-                .into_iter()
-                .map(share),
-        );
+        cells.push(self.samples.to_string());
+        cells.extend(self.shares.into_iter().map(share));
         cells
+    }
+
+    /// `(p75, the percentiles extra at values)`, increasing (`extra` increasing, without 75).
+    fn percentiles(p75: f64, extra: &[u8], values: &[f64]) -> Vec<(u8, f64)> {
+        let mut percentiles: Vec<(u8, f64)> =
+            extra.iter().copied().zip(values.iter().copied()).collect();
+        percentiles.push((75, p75));
+        percentiles.sort_unstable_by_key(|&(p, _)| p);
+        percentiles
     }
 
     /// `row` with the percentiles `extra` (increasing, without 75) at `values`, and p75.
     fn new(row: P75Row, extra: &[u8], values: &[f64]) -> PercentilesRow {
-        let mut percentiles: Vec<(u8, f64)> =
-            extra.iter().copied().zip(values.iter().copied()).collect();
-        percentiles.push((75, row.p75));
-        percentiles.sort_unstable_by_key(|&(p, _)| p);
-        PercentilesRow { row, percentiles }
+        PercentilesRow {
+            percentiles: Self::percentiles(row.p75, extra, values),
+            keys: vec![
+                ("site", row.site),
+                ("route", row.route),
+                ("device", row.device),
+            ],
+            metric: row.metric,
+            samples: row.samples,
+            shares: [row.good_share, row.needs_improvement_share, row.poor_share],
+        }
+    }
+
+    /// A row of `dimension` with the percentiles `extra` (increasing, without 75).
+    fn of_dimension(dimension: Dimension, row: DimensionRow, extra: &[u8]) -> PercentilesRow {
+        PercentilesRow {
+            percentiles: Self::percentiles(row.p75, extra, &row.percentiles),
+            keys: vec![("site", row.site), (dimension.name(), row.value)],
+            metric: row.metric,
+            samples: row.samples,
+            shares: [row.good_share, row.needs_improvement_share, row.poor_share],
+        }
     }
 }
 
-/// The JSON object: the fields of [`P75Row`] with `pNN` beside `p75`, in increasing order.
+/// The JSON object: the key columns, the metric, `pNN` for each percentile in increasing order, the
+/// sample count and the shares (without `--by`, the fields of [`P75Row`]).
 impl serde::Serialize for PercentilesRow {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let r = &self.row;
-        let mut map = serializer.serialize_map(Some(8 + self.percentiles.len()))?;
-        map.serialize_entry("site", &r.site)?;
-        map.serialize_entry("route", &r.route)?;
-        map.serialize_entry("device", &r.device)?;
-        map.serialize_entry("metric", &r.metric)?;
+        let mut map =
+            serializer.serialize_map(Some(5 + self.keys.len() + self.percentiles.len()))?;
+        for (name, value) in &self.keys {
+            map.serialize_entry(name, value)?;
+        }
+        map.serialize_entry("metric", &self.metric)?;
         for (p, value) in &self.percentiles {
             map.serialize_entry(&format!("p{p}"), value)?;
         }
-        map.serialize_entry("samples", &r.samples)?;
-        map.serialize_entry("good_share", &r.good_share)?;
-        map.serialize_entry("needs_improvement_share", &r.needs_improvement_share)?;
-        map.serialize_entry("poor_share", &r.poor_share)?;
+        map.serialize_entry("samples", &self.samples)?;
+        map.serialize_entry("good_share", &self.shares[0])?;
+        map.serialize_entry("needs_improvement_share", &self.shares[1])?;
+        map.serialize_entry("poor_share", &self.shares[2])?;
         map.end()
     }
 }
@@ -181,25 +224,60 @@ async fn run_to(
             extra.sort_unstable();
             extra.dedup();
             extra.retain(|&p| p != 75);
-            let rows = rum_clickhouse::bounded(
-                "querying p75",
-                config.request_timeout(),
-                P75Row::with_percentiles(
-                    &config.client(),
-                    &args.site,
-                    route.as_deref(),
-                    args.device.map(Device::as_str),
-                    since,
-                    until,
-                    &extra,
-                ),
-            )
-            .await
-            .with_context(|| format!("querying p75 from ClickHouse at {}", config.url))?;
-            let rows: Vec<PercentilesRow> = rows
+            let weighting = if args.unweighted {
+                Weighting::Unweighted
+            } else {
+                Weighting::SampleRate
+            };
+            let client = config.client();
+            let device = args.device.map(Device::as_str);
+            let rows: Vec<PercentilesRow> = match args.by {
+                None => rum_clickhouse::bounded(
+                    "querying p75",
+                    config.request_timeout(),
+                    P75Row::with_percentiles(
+                        &client,
+                        &args.site,
+                        route.as_deref(),
+                        device,
+                        since,
+                        until,
+                        &extra,
+                        weighting,
+                    ),
+                )
+                .await
+                .with_context(|| format!("querying p75 from ClickHouse at {}", config.url))?
                 .into_iter()
                 .map(|(row, values)| PercentilesRow::new(row, &extra, &values))
-                .collect();
+                .collect(),
+                Some(dimension) => rum_clickhouse::bounded(
+                    "querying p75 by dimension",
+                    config.request_timeout(),
+                    DimensionRow::with_percentiles(
+                        &client,
+                        dimension,
+                        &args.site,
+                        route.as_deref(),
+                        device,
+                        since,
+                        until,
+                        &extra,
+                        weighting,
+                    ),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "querying p75 by {} from ClickHouse at {}",
+                        dimension.name(),
+                        config.url
+                    )
+                })?
+                .into_iter()
+                .map(|row| PercentilesRow::of_dimension(dimension, row, &extra))
+                .collect(),
+            };
             if rows.is_empty() && args.format == Format::Table {
                 eprintln!(
                     "rum: no samples for site `{}`{}{} in the minutes starting in the window",
@@ -210,7 +288,13 @@ async fn run_to(
                         .unwrap_or_default(),
                 );
             }
-            render(&rows, &percentile_columns(&extra), args.format, out)?;
+            render(
+                &rows,
+                &key_names(args.by),
+                &percentile_columns(&extra),
+                args.format,
+                out,
+            )?;
         }
     }
     Ok(())
@@ -232,6 +316,7 @@ fn percentile_columns(extra: &[u8]) -> Vec<u8> {
 /// no rows) or as JSON lines.
 pub fn render(
     rows: &[PercentilesRow],
+    keys: &[&str],
     columns: &[u8],
     format: Format,
     out: &mut impl Write,
@@ -244,9 +329,8 @@ pub fn render(
             }
         }
         Format::Csv => {
-            let mut header: Vec<String> = ["site", "route", "device", "metric"]
-                .map(String::from)
-                .to_vec();
+            let mut header: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            header.push("metric".into());
             header.extend(columns.iter().map(|p| format!("p{p}")));
             header.extend(
                 [
@@ -264,13 +348,12 @@ pub fn render(
             }
         }
         Format::Table => {
-            let mut header: Vec<String> = ["site", "route", "device", "metric"]
-                .map(String::from)
-                .to_vec();
+            let mut header: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            header.push("metric".into());
             header.extend(columns.iter().map(|p| format!("p{p}")));
             header.extend(["samples", "good", "needs_improvement", "poor"].map(String::from));
             // Text columns align left, numbers right.
-            const NUMERIC_FROM: usize = 4;
+            let numeric_from = keys.len() + 1;
             let cells: Vec<Vec<String>> = rows
                 .iter()
                 .map(|row| row.cells(format_percentile, percent))
@@ -287,7 +370,7 @@ pub fn render(
                     if i > 0 {
                         line.push_str("  ");
                     }
-                    if i >= NUMERIC_FROM {
+                    if i >= numeric_from {
                         line.push_str(&format!("{cell:>width$}"));
                     } else {
                         line.push_str(&format!("{cell:<width$}"));
@@ -336,6 +419,12 @@ fn parse_percentile(text: &str) -> Result<u8, String> {
         .ok_or_else(|| format!("`{text}` is not a percentile: use an integer from 1 to 99"))
 }
 
+fn parse_dimension(text: &str) -> Result<Dimension, String> {
+    Dimension::parse(text).ok_or_else(|| {
+        format!("`{text}` is not a dimension: use browser, release, rtt or nav_type")
+    })
+}
+
 fn parse_device(text: &str) -> Result<Device, String> {
     Device::parse(text)
         .ok_or_else(|| format!("`{text}` is not a device: use mobile, desktop, tablet or unknown"))
@@ -365,6 +454,22 @@ mod tests {
         Ok(p75)
     }
 
+    const KEYS: [&str; 3] = ["site", "route", "device"];
+
+    fn p75_row(route: &str, device: &str, metric: &str, p75: f64, samples: u64) -> P75Row {
+        P75Row {
+            site: "shop".into(),
+            route: route.into(),
+            device: device.into(),
+            metric: metric.into(),
+            p75,
+            samples,
+            good_share: 0.75,
+            needs_improvement_share: 0.2,
+            poor_share: 0.05,
+        }
+    }
+
     fn row(route: &str, device: &str, metric: &str, p75: f64, samples: u64) -> PercentilesRow {
         PercentilesRow::new(
             P75Row {
@@ -386,7 +491,7 @@ mod tests {
     /// `row` with p50 and p99 too.
     fn row_50_99(metric: &str, p50: f64, p75: f64, p99: f64) -> PercentilesRow {
         PercentilesRow::new(
-            row("root", "mobile", metric, p75, 7).row,
+            p75_row("root", "mobile", metric, p75, 7),
             &[50, 99],
             &[p50, p99],
         )
@@ -433,6 +538,16 @@ mod tests {
             Format::Csv
         );
         assert!(args.percentiles.is_empty());
+        assert_eq!((args.by, args.unweighted), (None, false));
+        let args = parse(&["--site", "s", "--by", "release", "--unweighted"]).unwrap();
+        assert_eq!((args.by, args.unweighted), (Some(Dimension::Release), true));
+        let err = parse(&["--site", "s", "--by", "route"]).err().unwrap();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("use browser, release, rtt or nav_type"),
+            "{err}"
+        );
         let args = parse(&[
             "--site",
             "s",
@@ -466,7 +581,7 @@ mod tests {
             row("product-id", "desktop", "LCP", 3411.3, 22_521),
         ];
         let mut out = Vec::new();
-        render(&rows, &[75], Format::Table, &mut out).unwrap();
+        render(&rows, &KEYS, &[75], Format::Table, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -478,7 +593,7 @@ mod tests {
             ]
         );
         let mut out = Vec::new();
-        render(&[], &[75], Format::Table, &mut out).unwrap();
+        render(&[], &KEYS, &[75], Format::Table, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap().lines().count(),
             1,
@@ -493,7 +608,7 @@ mod tests {
             row("a", "b", "INP", 1.0, 1),
         ];
         let mut out = Vec::new();
-        render(&rows, &[75], Format::Json, &mut out).unwrap();
+        render(&rows, &KEYS, &[75], Format::Json, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
@@ -519,7 +634,7 @@ mod tests {
         assert_eq!(first["samples"], 3);
         assert_eq!(first["route"], "root");
         let mut out = Vec::new();
-        render(&[], &[75], Format::Json, &mut out).unwrap();
+        render(&[], &KEYS, &[75], Format::Json, &mut out).unwrap();
         assert!(out.is_empty());
     }
 
@@ -534,7 +649,7 @@ mod tests {
             [(50, 2003.2), (75, 2510.7), (99, 7001.9)]
         );
         let mut out = Vec::new();
-        render(&rows, &[50, 75, 99], Format::Table, &mut out).unwrap();
+        render(&rows, &KEYS, &[50, 75, 99], Format::Table, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
@@ -546,7 +661,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        render(&rows, &[50, 75, 99], Format::Json, &mut out).unwrap();
+        render(&rows, &KEYS, &[50, 75, 99], Format::Json, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let first = text.lines().next().unwrap();
         assert_eq!(
@@ -557,10 +672,10 @@ mod tests {
         );
         // Still a P75Row to a reader that knows only those fields.
         let old: P75Row = serde_json::from_str(first).unwrap();
-        assert_eq!(old, rows[0].row);
+        assert_eq!(old, p75_row("root", "mobile", "LCP", 2510.7, 7));
 
         let mut out = Vec::new();
-        render(&rows, &[50, 75, 99], Format::Csv, &mut out).unwrap();
+        render(&rows, &KEYS, &[50, 75, 99], Format::Csv, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "site,route,device,metric,p50,p75,p99,samples,good_share,needs_improvement_share,poor_share\n\
@@ -568,7 +683,7 @@ mod tests {
              shop,root,mobile,CLS,0,0.0512,0.25,7,0.75,0.2,0.05\n"
         );
         let mut out = Vec::new();
-        render(&[], &[75], Format::Csv, &mut out).unwrap();
+        render(&[], &KEYS, &[75], Format::Csv, &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "site,route,device,metric,p75,samples,good_share,needs_improvement_share,poor_share\n",
@@ -587,9 +702,9 @@ mod tests {
         assert_eq!(csv_field("a\rb"), "\"a\rb\"");
         assert_eq!(csv_field("it's ; fine"), "it's ; fine");
         let mut row = row("a,\"b\"", "mobile", "LCP", 1.5, 1);
-        row.row.site = "x\ny".into();
+        row.keys[0].1 = "x\ny".into();
         let mut out = Vec::new();
-        render(&[row], &[75], Format::Csv, &mut out).unwrap();
+        render(&[row], &KEYS, &[75], Format::Csv, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text.split_once('\n').unwrap().1,
@@ -705,6 +820,73 @@ mod tests {
             query(&["--site", "shop", "--since", "5m", "--until", "10m"])
                 .await
                 .is_err()
+        );
+
+        // Mixed sample rates: three loads of 1 s kept at 100%, one of 5 s kept at 1% (it stands for
+        // 100 loads). Weighted (the default) p75 is 5 s; --unweighted, the 3rd of 4 samples, 1 s.
+        let mixed: Vec<rum_clickhouse::VitalsRawRow> = [(1000.0, 1.0, "chrome"); 3]
+            .into_iter()
+            .chain([(5000.0, 0.01, "safari")])
+            .enumerate()
+            .map(
+                |(i, (value, sample_rate, browser))| rum_clickhouse::VitalsRawRow {
+                    metric_id: format!("mix-{i}"),
+                    sample_rate,
+                    browser: browser.into(),
+                    ..rum_clickhouse::VitalsRawRow::measured(
+                        "mix",
+                        "root",
+                        "mobile",
+                        rum_schemas::MetricName::LCP,
+                        value,
+                        (now - 300) as u32,
+                    )
+                },
+            )
+            .collect();
+        rum_clickhouse::insert_raw_rows(&config.client(), &mixed)
+            .await
+            .unwrap();
+        let p75_of = |json: &str| -> f64 {
+            let row: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+            row["p75"].as_f64().unwrap()
+        };
+        let weighted = query(&["--site", "mix", "--format", "json"]).await.unwrap();
+        assert!(
+            (p75_of(&weighted) - 5000.0).abs() / 5000.0 < 0.005,
+            "{weighted}"
+        );
+        assert!(
+            weighted.contains("\"poor_share\":0.970873786407767"),
+            "{weighted}"
+        );
+        let unweighted = query(&["--site", "mix", "--unweighted", "--format", "json"])
+            .await
+            .unwrap();
+        assert!(
+            (p75_of(&unweighted) - 1000.0).abs() / 1000.0 < 0.005,
+            "{unweighted}"
+        );
+        assert!(unweighted.contains("\"poor_share\":0.25"), "{unweighted}");
+        let by = query(&["--site", "mix", "--by", "browser", "--format", "csv"])
+            .await
+            .unwrap();
+        let lines: Vec<&str> = by.lines().collect();
+        assert_eq!(
+            lines[0],
+            "site,browser,metric,p75,samples,good_share,needs_improvement_share,poor_share"
+        );
+        assert_eq!(lines.len(), 3, "{by}");
+        assert!(lines[1].starts_with("mix,chrome,LCP,99"), "{by}");
+        assert!(lines[1].ends_with(",3,1,0,0"), "{by}");
+        assert!(lines[2].starts_with("mix,safari,LCP,49"), "{by}");
+        assert!(lines[2].ends_with(",1,0,0,1"), "{by}");
+        let table = query(&["--site", "mix", "--by", "nav_type", "--percentile", "50"])
+            .await
+            .unwrap();
+        assert_eq!(
+            table.lines().next().unwrap(),
+            "site  nav_type  metric   p50   p75  samples  good  needs_improvement   poor"
         );
 
         // A server that is not there: an error naming it.
