@@ -81,3 +81,31 @@ fn a_typo_in_the_config_file_names_the_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bad_attribution_cap_stops_every_subcommand() {
+    for (env_name, value, key) in [
+        (
+            "RUM_INGEST_MAX_ATTRIBUTION_VALUES_PER_ROUTE",
+            "0",
+            "ingest.max_attribution_values_per_route",
+        ),
+        (
+            "RUM_INGEST_MAX_ATTRIBUTION_VALUES_PER_ROUTE",
+            "10001",
+            "ingest.max_attribution_values_per_route",
+        ),
+        (
+            "RUM_INGEST_MAX_ATTRIBUTION_VALUES_PER_ROUTE",
+            "many",
+            "ingest.max_attribution_values_per_route",
+        ),
+        (
+            "RUM_INGEST_MAX_ATTRIBUTION_ROUTES",
+            "0",
+            "ingest.max_attribution_routes",
+        ),
+    ] {
+        assert_config_error(&[(env_name, value)], key, env_name);
+    }
+}
