@@ -146,6 +146,8 @@ const pages = {
   <script>${observers}
     // The SPA's router: a click changes the URL and paints the new view.
     document.getElementById('to-cart').addEventListener('click', () => {
+      const until = performance.now() + 60; // the router's work: an interaction INP reports
+      while (performance.now() < until) {}
       history.pushState({}, '', '/cart/42?step=1');
       document.getElementById('app').innerHTML = '<h1>Your cart</h1><p>' + 'Two items in your cart. '.repeat(30) + '</p>';
       window.__navigated = true;
