@@ -97,3 +97,96 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
 
     pipeline.stop();
 }
+
+/// Issue 17 through the real path (ingest, Kafka, consumer, ClickHouse 18.16): a beacon of today's
+/// collector is stored with exactly the columns it had before (the new ones at their defaults); a
+/// beacon of the attribution build lands with its page id, release, RTT bucket, the browser read from
+/// the User-Agent and each metric's attribution in its own columns; a bare web-vitals Metric with no
+/// route takes its route from the Referer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribution_and_context_land_in_vitals_raw_and_old_beacons_are_stored_as_before() {
+    const CHROME: &str = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36";
+    let mut pipeline = Pipeline::start(&[]).await;
+    let endpoint = format!("{}/api/v1/observability/web-vitals", pipeline.base);
+    let post = async |headers: &[(&str, &str)], query: &str, body: &str| {
+        let mut request = pipeline
+            .http
+            .post(format!("{endpoint}{query}"))
+            .header("content-type", "text/plain;charset=UTF-8")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("POST").status().as_u16()
+    };
+    // Today's collector, no User-Agent (a script): what it stored before issue 17.
+    assert_eq!(post(&[], "", BEACON).await, 204);
+    let attributed = r##"{"site":"shop","route":"/product/9","nav_type":"navigate","sample_rate":0.5,
+        "page_id":"pl_0123456789abcdef","release":"2026.12.1","rtt":150,
+        "metrics":[
+          {"name":"LCP","value":3100,"id":"v5-2-1","rating":"needs-improvement","attribution":{
+             "target":"main>img.hero","url":"https://cdn.example/hero.jpg?w=800#x",
+             "timeToFirstByte":400,"resourceLoadDelay":700,"resourceLoadDuration":1500,"elementRenderDelay":500}},
+          {"name":"INP","value":350,"id":"v5-2-2","rating":"needs-improvement","attribution":{
+             "interactionTarget":"button#buy","interactionType":"pointer","inputDelay":20,
+             "processingDuration":290,"presentationDelay":40,
+             "scriptUrl":"https://shop.example/app.js?v=3","scriptInvoker":"BUTTON#buy.onclick"}},
+          {"name":"CLS","value":0.3,"id":"v5-2-3","rating":"poor","attribution":{"largestShiftTarget":"div.ad"}}]}"##;
+    assert_eq!(post(&[("user-agent", CHROME)], "", attributed).await, 204);
+    // Google's README: sendBeacon(url, JSON.stringify(metric)), no route; the page's URL in Referer.
+    let bare = r#"{"name":"TTFB","value":420,"rating":"good","delta":420,"id":"v5-3-1","navigationType":"navigate","entries":[]}"#;
+    assert_eq!(
+        post(
+            &[(
+                "referer",
+                "https://blog.example/posts/2024/hello-world?utm=x"
+            )],
+            "?site=blog",
+            bare
+        )
+        .await,
+        204
+    );
+    let clickhouse = &pipeline.clickhouse;
+    let columns = "site, route, device, nav_type, metric, value, rating, metric_id, sample_rate, \
+                   page_id, release, rtt, browser, browser_major, target, resource_url, \
+                   time_to_first_byte, resource_load_delay, resource_load_duration, element_render_delay, \
+                   interaction_type, input_delay, processing_duration, presentation_delay, script_url, script_invoker";
+    let rows = eventually(
+        "6 rows in rum.vitals_raw",
+        Duration::from_secs(30),
+        async || {
+            let rows = clickhouse.query(&format!(
+                "SELECT {columns} FROM rum.vitals_raw ORDER BY metric_id FORMAT TSV"
+            ));
+            (rows.lines().count() >= 6).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        [
+            "shop\tproduct-id\tmobile\tnavigate\tLCP\t2310.5\tgood\tv5-1700-123\t0.25\t\t\tunknown\tunknown\t0\t\t\t\\N\t\\N\t\\N\t\\N\t\t\\N\t\\N\t\\N\t\t",
+            "shop\tproduct-id\tmobile\tnavigate\tCLS\t0.31\tpoor\tv5-1700-124\t0.25\t\t\tunknown\tunknown\t0\t\t\t\\N\t\\N\t\\N\t\\N\t\t\\N\t\\N\t\\N\t\t",
+            "shop\tproduct-id\tmobile\tnavigate\tLCP\t3100\tneeds-improvement\tv5-2-1\t0.5\tpl_0123456789abcdef\t2026.12.1\t100-300\tchrome\t131\tmain>img.hero\thttps://cdn.example/hero.jpg\t400\t700\t1500\t500\t\t\\N\t\\N\t\\N\t\t",
+            "shop\tproduct-id\tmobile\tnavigate\tINP\t350\tneeds-improvement\tv5-2-2\t0.5\tpl_0123456789abcdef\t2026.12.1\t100-300\tchrome\t131\tbutton#buy\t\t\\N\t\\N\t\\N\t\\N\tpointer\t20\t290\t40\thttps://shop.example/app.js\tBUTTON#buy.onclick",
+            "shop\tproduct-id\tmobile\tnavigate\tCLS\t0.3\tpoor\tv5-2-3\t0.5\tpl_0123456789abcdef\t2026.12.1\t100-300\tchrome\t131\tdiv.ad\t\t\\N\t\\N\t\\N\t\\N\t\t\\N\t\\N\t\\N\t\t",
+            "blog\tposts-id-hello-world\tunknown\tnavigate\tTTFB\t420\tgood\tv5-3-1\t1\t\t\tunknown\tunknown\t0\t\t\t\\N\t\\N\t\\N\t\\N\t\t\\N\t\\N\t\\N\t\t",
+        ]
+    );
+    // The rollup counts them once each, weighted by 1 / sample rate.
+    let rollup = clickhouse.query(
+        "SELECT metric, countMerge(samples), sumMerge(weighted_samples), sumMerge(weighted_poor) \
+         FROM rum.vitals_1m WHERE site != '' GROUP BY metric ORDER BY metric FORMAT TSV",
+    );
+    assert_eq!(
+        rollup.lines().collect::<Vec<_>>(),
+        [
+            "CLS\t2\t6\t6",
+            "INP\t1\t2\t0",
+            "LCP\t2\t6\t0",
+            "TTFB\t1\t1\t0"
+        ]
+    );
+    pipeline.stop();
+}
