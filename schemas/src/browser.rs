@@ -119,13 +119,16 @@ impl Browser {
     }
 }
 
-/// An iPhone, iPad or iPod (iPadOS in desktop mode says `Macintosh` and is read as Safari by its
-/// `Version/`, or as the browser it names).
+/// An iPhone, iPad or iPod, or a browser that exists only on iOS (iPadOS in desktop mode says
+/// `Macintosh`: its Safari is read by `Version/`, its Chrome by `CriOS/`).
 fn is_ios(ua: &[u8]) -> bool {
     let device = [&b"iPhone"[..], b"iPad", b"iPod"]
         .iter()
         .any(|d| find(ua, d).is_some());
-    device && find(ua, b"AppleWebKit/").is_some()
+    let ios_browser = [&b"CriOS/"[..], b"FxiOS/", b"EdgiOS/", b"OPiOS/"]
+        .iter()
+        .any(|t| find(ua, t).is_some());
+    ios_browser || (device && find(ua, b"AppleWebKit/").is_some())
 }
 
 /// WebKit's major on iOS from `OS 17_4_1` (WebKit's major is iOS's); 0 from 18.6 on, where the UA
@@ -204,6 +207,7 @@ mod tests {
         ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/140.0.7339.122 Mobile/15E148 Safari/604.1", "safari", 0),
         ("Mozilla/5.0 (iPad; CPU OS 17_1_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/120.0.6099.119 Mobile/15E148 Safari/604.1", "safari", 17),
         ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/21B91 [FBAN/FBIOS;FBAV/443.0.0.32.118]", "safari", 17),
+        ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) CriOS/120.0.6099.119 Safari/604.1", "safari", 0),
         // Garbage, empty, huge majors.
         ("curl/8.5.0", "other", 0),
         ("garbage", "other", 0),
