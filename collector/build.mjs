@@ -3,10 +3,11 @@
 //   dist/rum.attribution.mjs, dist/rum.attribution.iife.js  measured by `web-vitals/attribution`
 // The .mjs files are ES modules that leave web-vitals to the site's bundler; the .iife.js files are the
 // script tags, everything inside. `--dev` builds development bundles (default sample rate 1.0 instead
-// of 0.25, not minified). The build fails when a bundle is over its budget (gzipped, level 9):
-//   the collector without web-vitals       3 KB  (COLLECTOR_BUDGET)
-//   its attribution mode without web-vitals 4 KB  (ATTRIBUTION_COLLECTOR_BUDGET)
-//   dist/rum.attribution.iife.js, all in    9 KB  (ATTRIBUTION_BUNDLE_BUDGET)
+// of 0.25, not minified). A production build fails when a bundle is over its budget (gzipped, level 9):
+//   the collector without web-vitals          3 KB  (COLLECTOR_BUDGET)
+//   its attribution mode without web-vitals   4 KB  (ATTRIBUTION_COLLECTOR_BUDGET)
+//   dist/rum.attribution.iife.js, all in      9 KB  (ATTRIBUTION_BUNDLE_BUDGET)
+// A development build is not minified: its sizes are printed, not held to the budgets.
 import { build } from 'esbuild';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { gzipSync } from 'node:zlib';
@@ -63,6 +64,6 @@ console.log(`rum collector (${dev ? 'development' : 'production'} build), gzippe
 for (const [name, size, budget] of checks) {
   console.log(`  ${name.padEnd(58)} ${String(size).padStart(6)} B${budget ? ` (budget ${budget} B)` : ''}`);
 }
-const over = checks.filter(([, size, budget]) => budget && size > budget);
+const over = dev ? [] : checks.filter(([, size, budget]) => budget && size > budget);
 for (const [name, size, budget] of over) console.error(`${name} is ${size} B gzipped, over its ${budget} B budget`);
 if (over.length) process.exit(1);
