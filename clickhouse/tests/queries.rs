@@ -166,13 +166,19 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
 }
 
-async fn loaded_server() -> (ClickHouseServer, ClickHouseConfig, Vec<VitalsRawRow>) {
+/// A ClickHouse 18.16 server with every migration applied, and its config.
+async fn migrated_server() -> (ClickHouseServer, ClickHouseConfig) {
     let server = ClickHouseServer::start();
     let config = ClickHouseConfig {
         url: server.url.clone(),
         ..ClickHouseConfig::default()
     };
     migrate(&config).await.unwrap();
+    (server, config)
+}
+
+async fn loaded_server() -> (ClickHouseServer, ClickHouseConfig, Vec<VitalsRawRow>) {
+    let (server, config) = migrated_server().await;
     let (inside, outside) = data();
     let client = config.client();
     // Several inserts: several parts per table, merged by the queries.
@@ -867,12 +873,7 @@ async fn weighted_and_unweighted_percentiles_by_route_device_and_by_dimension() 
 /// their unweighted samples instead of a wrong rank.
 #[tokio::test]
 async fn weighted_percentiles_fall_back_on_rows_without_a_weighted_sketch() {
-    let server = ClickHouseServer::start();
-    let config = ClickHouseConfig {
-        url: server.url.clone(),
-        ..ClickHouseConfig::default()
-    };
-    migrate(&config).await.unwrap();
+    let (server, config) = migrated_server().await;
     // What 004's view wrote: samples, weighted samples, ratings and sketch, no weighted states.
     server.query(&format!(
         "INSERT INTO rum.vitals_1m (minute, site, route, device, metric, samples, weighted_samples, good, needs_improvement, poor, sketch) \
@@ -916,12 +917,7 @@ async fn weighted_percentiles_fall_back_on_rows_without_a_weighted_sketch() {
 /// new rating, weighted and not; the same minute's other samples are untouched.
 #[tokio::test]
 async fn a_replaced_value_moves_its_sample_to_the_new_bucket() {
-    let server = ClickHouseServer::start();
-    let config = ClickHouseConfig {
-        url: server.url.clone(),
-        ..ClickHouseConfig::default()
-    };
-    migrate(&config).await.unwrap();
+    let (server, config) = migrated_server().await;
     let insert = |value: f64, rating: &str, prev: Option<(f64, &str)>| {
         let (prev_value, prev_rating) = prev.unwrap_or((0.0, ""));
         server.query(&format!(
