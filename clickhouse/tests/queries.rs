@@ -917,7 +917,7 @@ async fn weighted_percentiles_fall_back_on_rows_without_a_weighted_sketch() {
 /// new rating, weighted and not; the same minute's other samples are untouched.
 #[tokio::test]
 async fn a_replaced_value_moves_its_sample_to_the_new_bucket() {
-    let (server, config) = migrated_server().await;
+    let (server, _config) = migrated_server().await;
     let insert = |value: f64, rating: &str, prev: Option<(f64, &str)>| {
         let (prev_value, prev_rating) = prev.unwrap_or((0.0, ""));
         server.query(&format!(
