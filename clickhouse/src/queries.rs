@@ -674,7 +674,10 @@ mod tests {
             assert_eq!(Dimension::parse(d.name()), Some(d));
             let sql = dimension_sql(d, &[90], Weighting::SampleRate);
             assert!(
-                sql.contains(&format!("SELECT site, {} AS dimension_value, metric", d.name())),
+                sql.contains(&format!(
+                    "SELECT site, {} AS dimension_value, metric",
+                    d.name()
+                )),
                 "{sql}"
             );
             assert!(sql.contains("FROM vitals_raw"));
