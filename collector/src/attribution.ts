@@ -75,7 +75,8 @@ function phase(value: unknown): number | undefined {
 /** The invoker of a script: a script's own URL (classic or module script) loses its query string too. */
 function invoker(value: unknown): string | undefined {
   const s = text(value, Infinity);
-  return s === undefined ? undefined : cut(URL_SCHEME.test(s) ? (stripUrl(s) ?? '') : s, MAX_INVOKER_LEN) || undefined;
+  if (s === undefined) return undefined;
+  return cut(URL_SCHEME.test(s) ? (stripUrl(s) ?? '') : s, MAX_INVOKER_LEN) || undefined;
 }
 
 /** Drops the absent fields, so that a metric without attribution sends none. */

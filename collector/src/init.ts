@@ -122,16 +122,16 @@ export function browserHost(
     observe: (report) => {
       const opts = { reportAllChanges: true, reportSoftNavs: !!options.reportSoftNavs };
       // Only named fields go on: web-vitals' own attribution holds DOM nodes and performance entries.
-      const each = ({ name, value, id, rating, navigationType, navigationId, navigationURL, attribution }: ReportedMetric) =>
+      const each = (m: ReportedMetric) =>
         report({
-          name,
-          value,
-          id,
-          rating,
-          navigationType,
-          navigationId,
-          navigationURL,
-          attribution: attribute?.(name, attribution),
+          name: m.name,
+          value: m.value,
+          id: m.id,
+          rating: m.rating,
+          navigationType: m.navigationType,
+          navigationId: m.navigationId,
+          navigationURL: m.navigationURL,
+          attribution: attribute?.(m.name, m.attribution),
         });
       for (const on of [vitals.onTTFB, vitals.onFCP, vitals.onLCP, vitals.onCLS, vitals.onINP]) {
         on(each, opts);
