@@ -53,7 +53,80 @@ pub struct Args {
     /// Print the summary as one JSON line (rate, counts by status, latency percentiles).
     #[arg(long)]
     json: bool,
+    /// Beacons of the collector's attribution build: each page load also sends a page id, a release,
+    /// the network's RTT and a browser's User-Agent, and LCP, INP and CLS their attribution (the
+    /// element, resource and phases; the phases add up to the value). Off by default, so benchmarks
+    /// keep measuring the same beacons.
+    #[arg(long)]
+    attribution: bool,
 }
+
+/// User-Agents of the browsers an attribution run sends, most frequent first.
+const USER_AGENTS: [&str; 6] = [
+    "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
+    "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) SamsungBrowser/26.0 Chrome/122.0.0.0 Mobile Safari/537.36",
+];
+
+/// LCP elements by page (its index in `PAGES`): the hero image most of the time, else text.
+const LCP_ELEMENTS: [(&str, &str); 10] = [
+    (
+        "section.hero>img",
+        "https://cdn.demo.example/img/home-hero.jpg",
+    ),
+    (
+        "div.gallery>img.main",
+        "https://cdn.demo.example/img/product.webp",
+    ),
+    (
+        "ul.grid>li:nth-child(1)>img",
+        "https://cdn.demo.example/img/shoes.webp",
+    ),
+    (
+        "ul.grid>li:nth-child(1)>img",
+        "https://cdn.demo.example/img/bags.webp",
+    ),
+    ("div.results>h2", ""),
+    ("table.cart", ""),
+    ("form#checkout>h1", ""),
+    ("table.orders", ""),
+    (
+        "article>img.cover",
+        "https://cdn.demo.example/img/blog-cover.jpg",
+    ),
+    ("main>h1", ""),
+];
+
+/// INP targets: (selector, interaction type, the longest script and its invoker).
+const INP_TARGETS: [(&str, &str, &str, &str); 4] = [
+    (
+        "button#add-to-cart",
+        "pointer",
+        "https://demo.example/assets/app.js",
+        "BUTTON#add-to-cart.onclick",
+    ),
+    (
+        "input#search",
+        "keyboard",
+        "https://demo.example/assets/search.js",
+        "INPUT#search.oninput",
+    ),
+    (
+        "nav>a.menu",
+        "pointer",
+        "https://tags.example/analytics.js",
+        "DIV.menu.onclick",
+    ),
+    (
+        "button.accept-cookies",
+        "pointer",
+        "https://consent.example/banner.js",
+        "BUTTON.accept-cookies.onclick",
+    ),
+];
 
 const PAGES: [&str; 10] = [
     "/",
@@ -70,8 +143,14 @@ const PAGES: [&str; 10] = [
 
 /// One synthetic page load as a beacon v1 body, appended to `out`. `site_json` is the site as a
 /// JSON string literal. Written directly rather than through `serde_json::Value`, so the generator
-/// costs a fraction of what the server under test does.
-pub fn write_beacon(rng: &mut impl Rng, site_json: &str, out: &mut String) {
+/// costs a fraction of what the server under test does. With `attribution`, the beacon of the
+/// attribution build, and the User-Agent to send it with.
+pub fn write_beacon(
+    rng: &mut impl Rng,
+    site_json: &str,
+    attribution: bool,
+    out: &mut String,
+) -> Option<&'static str> {
     // Popularity falls off with the page's rank (a rough Zipf).
     let rank = ((rng.random::<f64>().powi(2)) * PAGES.len() as f64) as usize;
     let page = PAGES[rank.min(PAGES.len() - 1)];
@@ -96,20 +175,80 @@ pub fn write_beacon(rng: &mut impl Rng, site_json: &str, out: &mut String) {
     } else {
         "reload"
     };
-    let _ = write!(
-        out,
-        r#""nav_type":"{nav_type}","sample_rate":1.0,"metrics":["#
-    );
-    let mut metric = |name: &str, value: f64, first: bool| {
-        let comma = if first { "" } else { "," };
+    let _ = write!(out, r#""nav_type":"{nav_type}","sample_rate":1.0,"#);
+    let user_agent = if attribution {
+        // A newer release on half the traffic; a quarter of the loads from a browser without
+        // navigator.connection (no rtt).
+        let release = if rng.random_bool(0.5) {
+            "2026.11.3"
+        } else {
+            "2026.12.1"
+        };
         let _ = write!(
             out,
-            r#"{comma}{{"name":"{name}","value":{value},"id":"v5-{id_base:x}-{name}"}}"#
+            r#""page_id":"pl{id_base:016x}","release":"{release}","#
         );
+        if rng.random_bool(0.75) {
+            let _ = write!(
+                out,
+                r#""rtt":{},"#,
+                (lognormal(rng, 120.0 * slow, 0.9)).round().min(3000.0)
+            );
+        }
+        let ua = match rng.random_range(0..100) {
+            0..45 => 0,
+            45..65 => 1,
+            65..80 => 2,
+            80..88 => 3,
+            88..95 => 4,
+            _ => 5,
+        };
+        Some(USER_AGENTS[ua])
+    } else {
+        None
     };
-    metric("TTFB", round(lognormal(rng, 350.0 * slow, 0.6)), true);
-    metric("FCP", round(lognormal(rng, 1100.0 * slow, 0.5)), false);
-    metric("LCP", round(lognormal(rng, 1900.0 * slow, 0.55)), false);
+    out.push_str(r#""metrics":["#);
+    let mut first = true;
+    let mut metric = |out: &mut String, name: &str, value: f64, attribution: Option<String>| {
+        let comma = if std::mem::take(&mut first) { "" } else { "," };
+        let _ = write!(
+            out,
+            r#"{comma}{{"name":"{name}","value":{value},"id":"v5-{id_base:x}-{name}""#
+        );
+        if let Some(a) = attribution {
+            let _ = write!(out, r#","attribution":{{{a}}}"#);
+        }
+        out.push('}');
+    };
+    let ttfb = round(lognormal(rng, 350.0 * slow, 0.6));
+    metric(out, "TTFB", ttfb, None);
+    metric(out, "FCP", round(lognormal(rng, 1100.0 * slow, 0.5)), None);
+    let lcp = round(lognormal(rng, 1900.0 * slow, 0.55)).max(ttfb + 1.0);
+    let lcp_attribution = attribution.then(|| {
+        let (element, url) = if rng.random_bool(0.8) {
+            LCP_ELEMENTS[rank.min(LCP_ELEMENTS.len() - 1)]
+        } else {
+            ("main>h1", "")
+        };
+        // The four subparts add up to the value: the first byte, then the rest split at random.
+        let rest = lcp - ttfb;
+        let (a, b) = (rng.random::<f64>(), rng.random::<f64>());
+        let (delay, duration) = if url.is_empty() {
+            (0.0, 0.0)
+        } else {
+            (round(rest * a * 0.4), round(rest * b * 0.5))
+        };
+        let render = round(rest - delay - duration);
+        let url = if url.is_empty() {
+            String::new()
+        } else {
+            format!(r#","url":"{url}?w=1200""#)
+        };
+        format!(
+            r#""target":"{element}"{url},"timeToFirstByte":{ttfb},"resourceLoadDelay":{delay},"resourceLoadDuration":{duration},"elementRenderDelay":{render}"#
+        )
+    });
+    metric(out, "LCP", lcp, lcp_attribution);
     if rng.random_bool(0.8) {
         // CLS: most pages do not shift at all.
         let cls = if rng.random_bool(0.55) {
@@ -117,23 +256,53 @@ pub fn write_beacon(rng: &mut impl Rng, site_json: &str, out: &mut String) {
         } else {
             lognormal(rng, 0.05, 1.0).min(5.0)
         };
-        metric("CLS", (cls * 10_000.0).round() / 10_000.0, false);
+        let cls_attribution = (attribution && cls > 0.0).then(|| {
+            let target = if rng.random_bool(0.6) {
+                "div.ad-slot"
+            } else {
+                "img.banner"
+            };
+            format!(r#""largestShiftTarget":"{target}""#)
+        });
+        metric(
+            out,
+            "CLS",
+            (cls * 10_000.0).round() / 10_000.0,
+            cls_attribution,
+        );
     }
     if rng.random_bool(0.6) {
-        metric("INP", round(lognormal(rng, 120.0 * slow, 0.8)), false);
+        let inp = round(lognormal(rng, 120.0 * slow, 0.8)).max(1.0);
+        let inp_attribution = attribution.then(|| {
+            let (target, kind, script, invoker) = INP_TARGETS[rng.random_range(0..INP_TARGETS.len())];
+            let input = round(inp * rng.random_range(0.05..0.3));
+            let processing = round((inp - input) * rng.random_range(0.3..0.8));
+            let presentation = round(inp - input - processing);
+            format!(
+                r#""interactionTarget":"{target}","interactionType":"{kind}","inputDelay":{input},"processingDuration":{processing},"presentationDelay":{presentation},"scriptUrl":"{script}","scriptInvoker":"{invoker}""#
+            )
+        });
+        metric(out, "INP", inp, inp_attribution);
     }
     if rng.random_bool(0.05) {
-        metric("FID", round(lognormal(rng, 20.0 * slow, 0.9)), false);
+        metric(out, "FID", round(lognormal(rng, 20.0 * slow, 0.9)), None);
     }
     out.push_str("]}");
+    user_agent
 }
 
 /// Beacon `n` of a seeded run: each beacon has its own random stream, so the output does not
 /// depend on scheduling.
-fn nth_beacon(seed: u64, n: u64, site_json: &str, out: &mut String) {
+fn nth_beacon(
+    seed: u64,
+    n: u64,
+    site_json: &str,
+    attribution: bool,
+    out: &mut String,
+) -> Option<&'static str> {
     out.clear();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(n));
-    write_beacon(&mut rng, site_json, out);
+    write_beacon(&mut rng, site_json, attribution, out)
 }
 
 fn lognormal(rng: &mut impl Rng, median: f64, sigma: f64) -> f64 {
@@ -222,6 +391,7 @@ async fn post(
     conn: &mut Option<Sender>,
     target: &Target,
     body: Bytes,
+    user_agent: Option<&str>,
     connections: &mut u64,
 ) -> anyhow::Result<StatusCode> {
     let reusable = match conn.take() {
@@ -235,10 +405,13 @@ async fn post(
             connect(&target.addr).await?
         }
     };
-    let request = Request::post(target.path.as_str())
+    let mut request = Request::post(target.path.as_str())
         .header(header::HOST, target.authority.as_str())
-        .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8")
-        .body(Full::new(body))?;
+        .header(header::CONTENT_TYPE, "text/plain;charset=UTF-8");
+    if let Some(ua) = user_agent {
+        request = request.header(header::USER_AGENT, ua);
+    }
+    let request = request.body(Full::new(body))?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     // Read the (small) answer so the connection can carry the next request.
@@ -295,7 +468,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut running = Vec::new();
     for conn in opened {
         let (target, site_json, next) = (target.clone(), site_json.clone(), next.clone());
-        let (rate, seed) = (args.rate, args.seed);
+        let (rate, seed, attribution) = (args.rate, args.seed, args.attribution);
         running.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             let mut conn = conn;
@@ -305,7 +478,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 if n >= limit {
                     break;
                 }
-                nth_beacon(seed, n, &site_json, &mut body);
+                let user_agent = nth_beacon(seed, n, &site_json, attribution, &mut body);
                 // A run ends at its deadline even when a paced generator is behind its schedule
                 // (what it could not send by then shows as the achieved rate, not as latency).
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -326,7 +499,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 // before its time.
                 let due = due.min(sent);
                 let body = Bytes::from(body.clone());
-                match post(&mut conn, &target, body, &mut tally.connections).await {
+                match post(&mut conn, &target, body, user_agent, &mut tally.connections).await {
                     Ok(status) => {
                         if status == StatusCode::NO_CONTENT {
                             tally.accepted_us.push(micros(due.elapsed()));
@@ -414,17 +587,22 @@ mod tests {
     fn same_seed_same_beacon_and_every_beacon_is_valid() {
         let (mut a, mut b) = (String::new(), String::new());
         let mut ids = std::collections::HashSet::new();
-        for n in 0..500u64 {
-            nth_beacon(42, n, r#""demo""#, &mut a);
-            nth_beacon(42, n, r#""demo""#, &mut b);
-            assert_eq!(a, b);
+        let mut browsers = std::collections::BTreeSet::new();
+        for n in 0..1000u64 {
+            let attribution = n >= 500;
+            let ua_a = nth_beacon(42, n, r#""demo""#, attribution, &mut a);
+            let ua_b = nth_beacon(42, n, r#""demo""#, attribution, &mut b);
+            assert_eq!((&a, ua_a), (&b, ua_b));
+            assert_eq!(ua_a.is_some(), attribution);
             let json: serde_json::Value = serde_json::from_str(&a).expect("valid JSON");
             assert_eq!(json["site"], "demo");
             let ctx = rum_schemas::beacon::RequestContext {
                 query_site: None,
                 header_device: rum_schemas::Device::Unknown,
                 received_at_ms: 0,
-                browser: rum_schemas::browser::Browser::UNKNOWN,
+                browser: ua_a.map_or(rum_schemas::browser::Browser::UNKNOWN, |ua| {
+                    rum_schemas::browser::Browser::from_user_agent(Some(ua.as_bytes()))
+                }),
                 referer_path: None,
             };
             let v = rum_schemas::parse_beacon(a.as_bytes())
@@ -435,8 +613,42 @@ mod tests {
             assert!((3..=6).contains(&v.message.metrics.len()), "{a}");
             for m in &v.message.metrics {
                 assert!(ids.insert(m.id.clone()), "metric ids are unique: {}", m.id);
+                let a = &m.attribution;
+                if !attribution {
+                    assert!(a.is_empty(), "{a:?}");
+                    continue;
+                }
+                match m.name {
+                    rum_schemas::MetricName::LCP => {
+                        let parts = [
+                            a.time_to_first_byte,
+                            a.resource_load_delay,
+                            a.resource_load_duration,
+                            a.element_render_delay,
+                        ];
+                        let sum: f64 = parts.iter().map(|p| p.unwrap()).sum();
+                        assert!((sum - m.value).abs() < 0.05, "{a:?} vs {}", m.value);
+                        assert!(!a.target.is_empty() && !a.url.contains('?'), "{a:?}");
+                    }
+                    rum_schemas::MetricName::INP => {
+                        let sum = a.input_delay.unwrap()
+                            + a.processing_duration.unwrap()
+                            + a.presentation_delay.unwrap();
+                        assert!((sum - m.value).abs() < 0.05, "{a:?} vs {}", m.value);
+                        assert!(!a.interaction_target.is_empty() && !a.script_url.is_empty());
+                    }
+                    _ => {}
+                }
+            }
+            if attribution {
+                assert!(!v.message.page_id.is_empty() && !v.message.release.is_empty());
+                browsers.insert(v.message.browser.clone());
             }
         }
+        assert_eq!(
+            browsers.into_iter().collect::<Vec<_>>(),
+            ["chrome", "edge", "firefox", "safari", "samsung"]
+        );
     }
 
     #[test]
