@@ -5,13 +5,14 @@ mod config;
 mod duration;
 mod loadgen;
 mod query;
+mod report;
 mod snippet;
 mod standalone;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::sync::watch;
 
 /// Real User Monitoring: Core Web Vitals from browsers to p75 per route and device.
@@ -47,6 +48,9 @@ enum Command {
     Token(TokenArgs),
     /// Ask ClickHouse for stored percentiles (p75 per route, device and metric).
     Query(query::QueryArgs),
+    /// Write one self-contained HTML report of a site's web vitals: p75 trends, distributions,
+    /// worst routes and devices, top LCP elements and INP targets.
+    Report(report::ReportArgs),
     /// The floors for `bench/run`: a bare axum 204 handler, or (`--kafka`) a read-and-discard consumer.
     #[command(hide = true)]
     BenchFloor(bench_floor::Args),
@@ -65,7 +69,16 @@ struct TokenArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match report::one_line_error(&e, Cli::command()) {
+            Some(line) => {
+                eprintln!("rum report: {line}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(line) => {
@@ -104,6 +117,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<report::ArgError>() => {
+            eprintln!("rum report: {e}");
+            ExitCode::from(2)
+        }
         Err(e) if e.is::<StartConfigError>() => {
             let StartConfigError(e) = e.downcast().expect("checked above");
             eprintln!(
@@ -159,6 +176,7 @@ async fn run(command: Command, config: config::Config) -> anyhow::Result<()> {
         Command::Standalone => standalone::run(config, stop_channel()).await?,
         Command::Loadgen(args) => loadgen::run(args).await?,
         Command::Query(args) => query::run(args, &config.clickhouse).await?,
+        Command::Report(args) => report::run(args, &config.clickhouse).await?,
         Command::Snippet(args) => snippet::run(args, &config.ingest)?,
         Command::BenchFloor(args) => bench_floor::run(args, config, stop_channel()).await?,
         Command::Token(args) => println!("{}", token(&args, &config.ingest)?),

@@ -13,6 +13,7 @@ pub mod ledger;
 mod migrate;
 mod offsets;
 mod queries;
+pub mod report;
 mod retention;
 mod rows;
 mod sketch;

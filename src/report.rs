@@ -1,0 +1,645 @@
+//! `rum report`: one self-contained HTML file to look at a site's web vitals.
+//!
+//! `rum report --site S [--since 7d] [--until 0] --out report.html [--routes 10] [--min-samples 20]`
+//! reads ClickHouse (the `[clickhouse]` config of every command) and writes, per metric (LCP, INP,
+//! CLS, FCP, TTFB): the p75 trend over the window (one point per hour for 7 days; finer or coarser
+//! steps for other windows, at most [`MAX_POINTS`]) drawn over Google's good / needs-improvement /
+//! poor bands, the distribution of the samples (from the merged sketches of `vitals_1m`), the p75
+//! per device, the worst route/device pairs, and for LCP and INP the top elements and interaction
+//! targets of the worst routes (from `vitals_raw`'s attribution columns).
+//!
+//! The file opens without a network: CSS and SVG inline, no script, no font, no URL to load. Every
+//! text from the database is escaped ([`html::escape`]). Charts are drawn by `plotters`. Progress
+//! goes to stderr; a bad option is one line on stderr naming it, and exit status 2.
+
+mod charts;
+mod html;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rum_clickhouse::report::{sketch_steps, SketchStep};
+use rum_clickhouse::{ClickHouseConfig, InpTargetRow, LcpElementRow, P75Row, Weighting};
+use rum_schemas::MetricName;
+
+use charts::TrendPoint;
+
+/// The metrics of the report, in order.
+pub const METRICS: [MetricName; 5] = [
+    MetricName::LCP,
+    MetricName::INP,
+    MetricName::CLS,
+    MetricName::FCP,
+    MetricName::TTFB,
+];
+
+/// The most points a trend has: the step grows with the window.
+pub const MAX_POINTS: u64 = 200;
+
+/// The steps a trend may have, in seconds, with their names.
+const STEPS: [(u32, &str); 11] = [
+    (60, "minute"),
+    (300, "5 minutes"),
+    (600, "10 minutes"),
+    (900, "15 minutes"),
+    (1800, "30 minutes"),
+    (3600, "hour"),
+    (10_800, "3 hours"),
+    (21_600, "6 hours"),
+    (43_200, "12 hours"),
+    (86_400, "day"),
+    (604_800, "week"),
+];
+
+/// How many of the worst routes get their LCP elements and INP targets listed.
+pub const ATTRIBUTION_ROUTES: usize = 3;
+
+/// How many elements (targets) each of those routes lists.
+pub const TARGETS_PER_ROUTE: u64 = 5;
+
+/// Options of `rum report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The site.
+    #[arg(long)]
+    pub site: String,
+    /// The window starts this long ago: seconds, or a number with s, m, h or d.
+    #[arg(long, default_value = "7d", value_parser = crate::duration::parse_secs)]
+    pub since: u64,
+    /// The window ends this long ago (0: now).
+    #[arg(long, default_value = "0", value_parser = crate::duration::parse_secs)]
+    pub until: u64,
+    /// The HTML file to write (replaced if it exists; its folder must exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Rows of each metric's worst routes table, 1 to 50.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub routes: u64,
+    /// A route/device pair is ranked among the worst only with at least this many samples.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_samples: u64,
+    /// Count each sample once. By default each weighs `1 / sample_rate` (the page loads it stands
+    /// for), as in `rum query`.
+    #[arg(long)]
+    pub unweighted: bool,
+}
+
+/// A bad option found after parsing: one line on stderr and exit status 2.
+#[derive(Debug)]
+pub struct ArgError(String);
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ArgError {}
+
+/// clap's error for a command line of `rum report` in one line (clap writes several: the usage
+/// and a tip), or `None` for another subcommand, `--help` and `--version`. `command` is the whole
+/// CLI's, used to tell which subcommand the line was for.
+pub fn one_line_error(error: &clap::Error, command: clap::Command) -> Option<String> {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        return None;
+    }
+    let matches = command.ignore_errors(true).try_get_matches().ok()?;
+    (matches.subcommand_name() == Some("report")).then(|| first_paragraph(error))
+}
+
+/// The first paragraph of a clap error, without `error: `, on one line.
+fn first_paragraph(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = lines.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Everything the page shows.
+pub struct Report {
+    /// The site.
+    pub site: String,
+    /// The ClickHouse database read.
+    pub database: String,
+    /// The window, in words.
+    pub window: String,
+    /// The trend's step, in words (`hour`).
+    pub step_name: String,
+    /// How the samples count.
+    pub weighting: Weighting,
+    /// The fewest samples of a ranked route/device pair.
+    pub min_samples: u64,
+    /// One section a metric.
+    pub metrics: Vec<MetricReport>,
+    /// The LCP elements and INP targets of the worst routes.
+    pub attribution: Attribution,
+}
+
+/// One metric's section.
+pub struct MetricReport {
+    /// The metric.
+    pub metric: MetricName,
+    /// The metric over the window, all devices together (`None` without samples).
+    pub all: Option<Summary>,
+    /// The metric per device, in the order of the devices' names.
+    pub devices: Vec<Summary>,
+    /// The trend chart (SVG), empty without samples.
+    pub trend_svg: String,
+    /// The histogram (SVG), empty without samples.
+    pub histogram_svg: String,
+    /// The worst route/device pairs, worst first.
+    pub worst_routes: Vec<P75Row>,
+}
+
+/// p75, samples and rating shares of a metric over the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The device class, or `all`.
+    pub device: String,
+    /// The p75.
+    pub p75: f64,
+    /// Samples.
+    pub samples: u64,
+    /// The shares (0..1) of good, needs-improvement and poor.
+    pub shares: [f64; 3],
+}
+
+/// The causes behind the worst routes: the most frequent LCP elements and INP targets.
+pub struct Attribution {
+    /// Top LCP elements of the worst LCP routes, worst route first.
+    pub lcp: Vec<LcpElementRow>,
+    /// Top INP targets of the worst INP routes, worst route first.
+    pub inp: Vec<InpTargetRow>,
+}
+
+/// Runs `rum report`.
+pub async fn run(args: ReportArgs, config: &ClickHouseConfig) -> anyhow::Result<()> {
+    check_out(&args.out)?;
+    if args.until >= args.since {
+        return Err(ArgError(format!(
+            "--until ({}s ago) must be more recent than --since ({}s ago)",
+            args.until, args.since
+        ))
+        .into());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let since = unix_u32(now.saturating_sub(args.since));
+    let until = unix_u32(now.saturating_sub(args.until));
+    let report = gather(&args, config, since, until).await?;
+    let page = html::page(&report);
+    write_atomically(&args.out, page.as_bytes())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "rum report: wrote {} ({} KiB)",
+        args.out.display(),
+        page.len().div_ceil(1024)
+    );
+    Ok(())
+}
+
+/// `--out` names a file in an existing folder.
+fn check_out(out: &Path) -> Result<(), ArgError> {
+    if out.as_os_str().is_empty() || out.is_dir() {
+        return Err(ArgError(format!(
+            "--out {}: not a file name",
+            out.display()
+        )));
+    }
+    let folder = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(ArgError(format!(
+            "--out {}: the folder {} does not exist",
+            out.display(),
+            folder.display()
+        )));
+    }
+    Ok(())
+}
+
+fn unix_u32(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
+/// The smallest step that gives at most [`MAX_POINTS`] points over `span` seconds.
+fn step_for(span: u64) -> (u32, &'static str) {
+    STEPS
+        .into_iter()
+        .find(|&(step, _)| span.div_ceil(u64::from(step)) <= MAX_POINTS)
+        .unwrap_or(STEPS[STEPS.len() - 1])
+}
+
+/// Reads everything from ClickHouse and draws the charts.
+async fn gather(
+    args: &ReportArgs,
+    config: &ClickHouseConfig,
+    since: u32,
+    until: u32,
+) -> anyhow::Result<Report> {
+    let client = config.client();
+    let timeout = config.request_timeout();
+    let weighting = if args.unweighted {
+        Weighting::Unweighted
+    } else {
+        Weighting::SampleRate
+    };
+    let (step, step_name) = step_for(u64::from(until - since));
+    let at = |what: &str| format!("{what} (ClickHouse at {})", config.url);
+    let total = METRICS.len() + 2;
+    eprintln!("rum report: [1/{total}] p75 per route and device");
+    let pairs = rum_clickhouse::bounded(
+        "reading p75 per route and device",
+        timeout,
+        P75Row::with_percentiles(
+            &client,
+            &args.site,
+            None,
+            None,
+            since,
+            until,
+            &[],
+            weighting,
+        ),
+    )
+    .await
+    .with_context(|| at("reading p75 per route and device"))?;
+    let pairs: Vec<P75Row> = pairs.into_iter().map(|(row, _)| row).collect();
+    let mut metrics = Vec::new();
+    for (i, metric) in METRICS.into_iter().enumerate() {
+        let name = metric.as_str();
+        eprintln!(
+            "rum report: [{}/{total}] {name}: p75 per {step_name} and device, distribution",
+            i + 2
+        );
+        let steps = rum_clickhouse::bounded(
+            "reading the sketches",
+            timeout,
+            sketch_steps(&client, &args.site, name, since, until, step),
+        )
+        .await
+        .with_context(|| at(&format!("reading the {name} sketches")))?;
+        let worst = worst_routes(&pairs, metric, args.min_samples, args.routes as usize);
+        metrics.push(metric_report(
+            metric,
+            &steps,
+            weighting,
+            worst,
+            // The first step starts at or before `since` (steps are aligned on multiples of it).
+            (
+                i64::from(since - since % step),
+                i64::from(until),
+                i64::from(step),
+            ),
+        )?);
+    }
+    eprintln!("rum report: [{total}/{total}] LCP elements and INP targets of the worst routes");
+    let attribution = attribution(&client, timeout, &args.site, &metrics, since, until)
+        .await
+        .with_context(|| at("reading the LCP elements and INP targets"))?;
+    Ok(Report {
+        site: args.site.clone(),
+        database: config.database.clone(),
+        window: window_words(since, until),
+        step_name: step_name.to_string(),
+        weighting,
+        min_samples: args.min_samples,
+        metrics,
+        attribution,
+    })
+}
+
+/// The `limit` route/device pairs of `metric` with the highest p75 among those with at least
+/// `min_samples` samples, worst first (ties: more samples first, then by name).
+fn worst_routes(
+    pairs: &[P75Row],
+    metric: MetricName,
+    min_samples: u64,
+    limit: usize,
+) -> Vec<P75Row> {
+    let mut rows: Vec<P75Row> = pairs
+        .iter()
+        .filter(|r| r.metric == metric.as_str() && r.samples >= min_samples)
+        .cloned()
+        .collect();
+    rows.sort_by(|a, b| {
+        b.p75
+            .total_cmp(&a.p75)
+            .then(b.samples.cmp(&a.samples))
+            .then_with(|| (&a.route, &a.device).cmp(&(&b.route, &b.device)))
+    });
+    rows.truncate(limit);
+    rows
+}
+
+/// Merged sketches and rating sums, from which a [`Summary`] is read.
+#[derive(Default)]
+struct Merged {
+    sketch: BTreeMap<i16, f64>,
+    ratings: [f64; 3],
+    samples: u64,
+}
+
+impl Merged {
+    fn add(&mut self, step: &SketchStep, weighting: Weighting) {
+        for (bucket, w) in step.sketch(weighting) {
+            *self.sketch.entry(bucket).or_default() += w;
+        }
+        for (sum, r) in self.ratings.iter_mut().zip(step.ratings(weighting)) {
+            *sum += r;
+        }
+        self.samples += step.samples;
+    }
+
+    /// `(bucket, weight)` pairs sorted by bucket.
+    fn sorted(&self) -> Vec<(i16, f64)> {
+        self.sketch.iter().map(|(&k, &w)| (k, w)).collect()
+    }
+
+    fn summary(&self, device: &str) -> Option<Summary> {
+        let p75 = rum_clickhouse::weighted_percentile(&self.sorted(), 75)?;
+        let total: f64 = self.ratings.iter().sum();
+        Some(Summary {
+            device: device.to_string(),
+            p75,
+            samples: self.samples,
+            shares: self
+                .ratings
+                .map(|r| if total > 0.0 { r / total } else { 0.0 }),
+        })
+    }
+}
+
+/// One metric's numbers and charts from its sketches per step and device.
+fn metric_report(
+    metric: MetricName,
+    steps: &[SketchStep],
+    weighting: Weighting,
+    worst_routes: Vec<P75Row>,
+    (since, until, step): (i64, i64, i64),
+) -> anyhow::Result<MetricReport> {
+    let mut all = Merged::default();
+    let mut devices = BTreeMap::<&str, Merged>::new();
+    let mut by_step = BTreeMap::<u32, Merged>::new();
+    for s in steps {
+        all.add(s, weighting);
+        devices.entry(&s.device).or_default().add(s, weighting);
+        by_step.entry(s.at).or_default().add(s, weighting);
+    }
+    let points: Vec<TrendPoint> = by_step
+        .iter()
+        .filter_map(|(&at, merged)| {
+            let p75 = rum_clickhouse::weighted_percentile(&merged.sorted(), 75)?;
+            Some(TrendPoint {
+                at: i64::from(at),
+                p75,
+            })
+        })
+        .collect();
+    let summary = all.summary("all");
+    let (trend_svg, histogram_svg) = if summary.is_some() {
+        let bins = charts::bins_of(metric, &all.sorted());
+        (
+            charts::trend_svg(metric, &points, since, until, step)?,
+            charts::histogram_svg(metric, &bins)?,
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    Ok(MetricReport {
+        metric,
+        all: summary,
+        devices: devices
+            .iter()
+            .filter_map(|(device, merged)| merged.summary(device))
+            .collect(),
+        trend_svg,
+        histogram_svg,
+        worst_routes,
+    })
+}
+
+/// The top LCP elements and INP targets of the [`ATTRIBUTION_ROUTES`] worst routes of each
+/// (`top_lcp_elements.sql` and `top_inp_targets.sql`: [`TARGETS_PER_ROUTE`] a route).
+async fn attribution(
+    client: &rum_clickhouse::Client,
+    timeout: std::time::Duration,
+    site: &str,
+    metrics: &[MetricReport],
+    since: u32,
+    until: u32,
+) -> anyhow::Result<Attribution> {
+    let worst = |metric: MetricName| -> Vec<String> {
+        let mut routes: Vec<String> = Vec::new();
+        for row in metrics
+            .iter()
+            .filter(|m| m.metric == metric)
+            .flat_map(|m| &m.worst_routes)
+        {
+            if routes.len() < ATTRIBUTION_ROUTES && !routes.contains(&row.route) {
+                routes.push(row.route.clone());
+            }
+        }
+        routes
+    };
+    let (lcp_routes, inp_routes) = (worst(MetricName::LCP), worst(MetricName::INP));
+    let mut lcp = Vec::new();
+    if !lcp_routes.is_empty() {
+        let rows = rum_clickhouse::bounded(
+            "reading the top LCP elements",
+            timeout,
+            rum_clickhouse::top_lcp_elements(client, site, since, until, TARGETS_PER_ROUTE),
+        )
+        .await?;
+        lcp = of_routes(rows, &lcp_routes, |r| &r.route);
+    }
+    let mut inp = Vec::new();
+    if !inp_routes.is_empty() {
+        let rows = rum_clickhouse::bounded(
+            "reading the top INP targets",
+            timeout,
+            rum_clickhouse::top_inp_targets(client, site, since, until, TARGETS_PER_ROUTE),
+        )
+        .await?;
+        inp = of_routes(rows, &inp_routes, |r| &r.route);
+    }
+    Ok(Attribution { lcp, inp })
+}
+
+/// The rows of `routes` only (each route's rows kept in order), in the order of `routes` (worst
+/// first).
+fn of_routes<T>(rows: Vec<T>, routes: &[String], route: impl Fn(&T) -> &String) -> Vec<T> {
+    let mut rows: Vec<(usize, T)> = rows
+        .into_iter()
+        .filter_map(|r| Some((routes.iter().position(|x| x == route(&r))?, r)))
+        .collect();
+    rows.sort_by_key(|(i, _)| *i);
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// `26 Nov 2026 05:17 to 03 Dec 2026 05:17 UTC (7 days)`.
+fn window_words(since: u32, until: u32) -> String {
+    let date = |secs: u32| {
+        let text = httpdate::fmt_http_date(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(secs)),
+        );
+        text[5..22].to_string()
+    };
+    let span = until - since;
+    let length = if span.is_multiple_of(86_400) {
+        format!("{} days", span / 86_400)
+    } else if span.is_multiple_of(3600) {
+        format!("{} hours", span / 3600)
+    } else {
+        format!("{} minutes", span.div_ceil(60))
+    };
+    format!("{} to {} UTC ({length})", date(since), date(until))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it: a reader never sees half a
+/// report, and a failed run leaves the old one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Command {
+        Report(ReportArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<ReportArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["rum", "report"].iter().chain(args))?;
+        let Command::Report(args) = cli.command;
+        Ok(args)
+    }
+
+    #[test]
+    fn parses_the_options_and_names_a_bad_one_in_one_line() {
+        let args = parse(&["--site", "shop", "--out", "r.html"]).unwrap();
+        assert_eq!(
+            (args.since, args.until, args.routes, args.min_samples),
+            (7 * 86_400, 0, 10, 20)
+        );
+        let args = parse(&[
+            "--site", "s", "--out", "r.html", "--since", "2h", "--until", "30m", "--routes", "50",
+        ])
+        .unwrap();
+        assert_eq!((args.since, args.until, args.routes), (7200, 1800, 50));
+        for (bad, flag) in [
+            (
+                &["--site", "s", "--out", "r", "--since", "30x"][..],
+                "--since",
+            ),
+            (&["--site", "s", "--out", "r", "--routes", "0"], "--routes"),
+            (&["--site", "s", "--out", "r", "--routes", "51"], "--routes"),
+            (
+                &["--site", "s", "--out", "r", "--min-samples", "0"],
+                "--min-samples",
+            ),
+            (&["--out", "r"], "--site"),
+            (&["--site", "s"], "--out"),
+            (&["--site", "s", "--out", "r", "--bogus"], "--bogus"),
+        ] {
+            let err = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(err.exit_code(), 2);
+            let line = first_paragraph(&err);
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.contains(flag), "{bad:?}: {line}");
+            assert!(!line.starts_with("error:"), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_step_grows_with_the_window() {
+        assert_eq!(step_for(7 * 86_400), (3600, "hour"));
+        assert_eq!(step_for(30 * 60), (60, "minute"));
+        assert_eq!(step_for(86_400), (600, "10 minutes"));
+        assert_eq!(step_for(30 * 86_400), (21_600, "6 hours"));
+        assert_eq!(step_for(100 * 365 * 86_400), (604_800, "week"));
+        for span in [1, 59, 3600, 12_000, 86_400 * 3, 86_400 * 90] {
+            let (step, _) = step_for(span);
+            assert!(span.div_ceil(u64::from(step)) <= MAX_POINTS, "{span}");
+        }
+    }
+
+    #[test]
+    fn the_window_in_words() {
+        let until = 1_796_274_000;
+        assert_eq!(
+            window_words(until - 7 * 86_400, until),
+            "26 Nov 2026 05:00 to 03 Dec 2026 05:00 UTC (7 days)"
+        );
+        assert_eq!(
+            window_words(until - 1800, until),
+            "03 Dec 2026 04:30 to 03 Dec 2026 05:00 UTC (30 minutes)"
+        );
+    }
+
+    #[test]
+    fn out_must_be_a_file_in_an_existing_folder() {
+        let dir = std::env::temp_dir();
+        assert!(check_out(&dir.join("r.html")).is_ok());
+        assert!(check_out(Path::new("r.html")).is_ok());
+        assert!(check_out(&dir).unwrap_err().0.starts_with("--out "));
+        let err = check_out(&dir.join("no-such-folder-4711/r.html")).unwrap_err();
+        assert!(err.0.contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn attribution_rows_follow_the_worst_routes() {
+        let routes = vec!["b".to_string(), "a".to_string()];
+        let rows = vec![("a", 1), ("c", 9), ("a", 2), ("b", 3)];
+        let rows = rows
+            .into_iter()
+            .map(|(r, n)| (r.to_string(), n))
+            .collect::<Vec<_>>();
+        let ordered = of_routes(rows, &routes, |r| &r.0);
+        let n: Vec<i32> = ordered.iter().map(|r| r.1).collect();
+        assert_eq!(n, [3, 1, 2]);
+    }
+
+    #[test]
+    fn writes_whole_files_only() {
+        let dir = std::env::temp_dir().join(format!("rum-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("r.html");
+        write_atomically(&path, b"one").unwrap();
+        write_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
