@@ -617,6 +617,109 @@ mod tests {
         assert!(err.0.contains("does not exist"), "{err}");
     }
 
+    fn pair(route: &str, device: &str, metric: &str, p75: f64, samples: u64) -> P75Row {
+        P75Row {
+            site: "shop".into(),
+            route: route.into(),
+            device: device.into(),
+            metric: metric.into(),
+            p75,
+            samples,
+            good_share: 0.0,
+            needs_improvement_share: 0.0,
+            poor_share: 1.0,
+        }
+    }
+
+    #[test]
+    fn worst_routes_are_the_highest_p75_with_enough_samples() {
+        let pairs = [
+            pair("a", "mobile", "LCP", 3000.0, 50),
+            pair("b", "mobile", "LCP", 9000.0, 5),
+            pair("c", "desktop", "LCP", 4000.0, 20),
+            pair("d", "mobile", "LCP", 3000.0, 80),
+            pair("e", "mobile", "INP", 900.0, 80),
+            pair("a", "desktop", "LCP", 3000.0, 50),
+        ];
+        let routes = |limit| -> Vec<String> {
+            worst_routes(&pairs, MetricName::LCP, 20, limit)
+                .iter()
+                .map(|r| format!("{}/{}", r.route, r.device))
+                .collect()
+        };
+        // b has too few samples; ties: more samples first, then by route and device.
+        assert_eq!(
+            routes(10),
+            ["c/desktop", "d/mobile", "a/desktop", "a/mobile"]
+        );
+        assert_eq!(routes(2), ["c/desktop", "d/mobile"]);
+    }
+
+    fn step(at: u32, device: &str, values: &[f64]) -> SketchStep {
+        let sketch = rum_clickhouse::sketch_of(values.iter().copied());
+        let metric = MetricName::LCP;
+        let count = |r| values.iter().filter(|v| metric.rate(**v) == r).count() as u64;
+        SketchStep {
+            at,
+            device: device.into(),
+            samples: values.len() as u64,
+            ratings: vec![
+                count(rum_schemas::Rating::Good),
+                count(rum_schemas::Rating::NeedsImprovement),
+                count(rum_schemas::Rating::Poor),
+            ],
+            weighted_ratings: vec![0.0; 3],
+            buckets: sketch.iter().map(|b| b.0).collect(),
+            counts: sketch.iter().map(|b| b.1).collect(),
+            weighted_buckets: Vec::new(),
+            weights: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_metric_reads_its_trend_devices_and_shares_from_the_merged_sketches() {
+        let steps = [
+            step(0, "desktop", &[1000.0, 1000.0, 1000.0, 5000.0]),
+            step(0, "mobile", &[3000.0; 4]),
+            step(7200, "mobile", &[2000.0, 2000.0]),
+        ];
+        let m = metric_report(
+            MetricName::LCP,
+            &steps,
+            Weighting::SampleRate,
+            Vec::new(),
+            (0, 10_800, 3600),
+        )
+        .unwrap();
+        let value = |v: f64| rum_clickhouse::value_of_bucket(rum_clickhouse::bucket_of(v));
+        let all = m.all.unwrap();
+        // 1000 x3, 2000 x2, 3000 x4, 5000: the 8th of 10 is 3000.
+        assert_eq!((all.p75, all.samples), (value(3000.0), 10));
+        assert_eq!(all.shares, [0.5, 0.4, 0.1]);
+        let devices: Vec<(&str, f64, u64)> = m
+            .devices
+            .iter()
+            .map(|d| (d.device.as_str(), d.p75, d.samples))
+            .collect();
+        assert_eq!(
+            devices,
+            [("desktop", value(1000.0), 4), ("mobile", value(3000.0), 6)]
+        );
+        assert!(m.trend_svg.starts_with("<svg") && m.histogram_svg.starts_with("<svg"));
+        // Two steps with samples: two points, not joined (the hour between is empty).
+        assert_eq!(m.trend_svg.matches("<circle").count(), 2);
+        assert_eq!(m.trend_svg.matches("stroke=\"#1A56DB\"").count(), 2);
+        let empty = metric_report(
+            MetricName::INP,
+            &[],
+            Weighting::SampleRate,
+            Vec::new(),
+            (0, 3600, 60),
+        )
+        .unwrap();
+        assert!(empty.all.is_none() && empty.trend_svg.is_empty() && empty.devices.is_empty());
+    }
+
     #[test]
     fn attribution_rows_follow_the_worst_routes() {
         let routes = vec!["b".to_string(), "a".to_string()];
