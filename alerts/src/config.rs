@@ -39,6 +39,23 @@ pub struct AlertsConfig {
     /// request is bounded by `clickhouse.request_timeout_ms` too, whichever comes first; this one
     /// also sets how long firing alerts live in Alertmanager ([`crate::firing_lifetime_secs`]).
     pub query_timeout_secs: u64,
+    /// How the samples of a p75 decision count: `sample_rate` (each weighs `1 / sample_rate`, as
+    /// `rum query` answers by default) or `unweighted` (each counts once). See [`Weighting`].
+    pub weighting: Weighting,
+}
+
+/// How the samples of the p75 decision and of the p75 shown count (`alerts.weighting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// Each sample weighs `1 / sample_rate` (the page loads it stands for): the decision reads the
+    /// weighted rating sums and the p75 shown the weighted sketch of `vitals_1m` (migration 005), as
+    /// `rum query` does by default. A step without weighted states (rows written before 005) is
+    /// decided from its unweighted counts and sketch. `min_samples` still counts samples.
+    #[default]
+    SampleRate,
+    /// Each sample counts once (`rum query --unweighted`).
+    Unweighted,
 }
 
 impl Default for AlertsConfig {
@@ -54,6 +71,7 @@ impl Default for AlertsConfig {
             max_alerts_per_post: crate::notify::DEFAULT_MAX_ALERTS_PER_POST,
             store_unavailable_after: 3,
             query_timeout_secs: 30,
+            weighting: Weighting::SampleRate,
         }
     }
 }
@@ -193,6 +211,30 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().unwrap_err().key, "alerts.query_timeout_secs");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error, fine in tests.
+    fn weighting_is_sample_rate_unless_set_and_a_bad_value_names_the_key() {
+        use figment::providers::Env;
+        use figment::{Figment, Jail};
+        assert_eq!(AlertsConfig::default().weighting, Weighting::SampleRate);
+        let read = || Figment::from(Env::prefixed("RUM_ALERTS_")).extract::<AlertsConfig>();
+        Jail::expect_with(|jail| {
+            jail.set_env("RUM_ALERTS_WEIGHTING", "unweighted");
+            assert_eq!(read().unwrap().weighting, Weighting::Unweighted);
+            jail.set_env("RUM_ALERTS_WEIGHTING", "sample_rate");
+            assert_eq!(read().unwrap().weighting, Weighting::SampleRate);
+            jail.set_env("RUM_ALERTS_WEIGHTING", "weighted");
+            let err = read().unwrap_err();
+            assert_eq!(err.path, ["weighting"]);
+            let kind = err.kind.to_string();
+            assert!(
+                kind.contains("sample_rate") && kind.contains("unweighted"),
+                "{kind}"
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -31,6 +31,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use rum_schemas::MetricName;
 
+use crate::attribution::report_command;
+use crate::config::Weighting;
 use crate::rules::{MetricRule, Rules};
 use crate::store::{severity_rank, spans, StepStat, StoredData, DAY_SECS};
 use crate::{BEACONS_METRIC, BEACONS_STOPPED, TRUNCATED};
@@ -161,13 +163,22 @@ pub fn evaluate(
     let spans = spans(rules, now, interval_secs);
     let series = group_series(rules, data);
     let site_minutes = group_site_minutes(data);
-    let holding_now = holding_at(rules, &series, &site_minutes, spans.end, spans.start);
+    let weighting = data.weighting;
+    let holding_now = holding_at(
+        rules,
+        &series,
+        &site_minutes,
+        spans.end,
+        spans.start,
+        weighting,
+    );
     let mut holding_before = holding_at(
         rules,
         &series,
         &site_minutes,
         spans.previous_end,
         spans.start,
+        weighting,
     );
     holding_before.retain(|labels, _| !holding_now.contains_key(labels));
 
@@ -256,6 +267,7 @@ fn holding_at(
     site_minutes: &HashMap<&str, SiteMetricMinutes<'_>>,
     end: u32,
     lookback_start: u32,
+    weighting: Weighting,
 ) -> BTreeMap<BTreeMap<String, String>, Finding> {
     let mut out = BTreeMap::new();
     for rule in rules.metric_rules() {
@@ -263,7 +275,7 @@ fn holding_at(
             if key.3 != rule.1.as_str() {
                 continue;
             }
-            if let Some(f) = p75_poor(rules, rule, key, steps, end, lookback_start) {
+            if let Some(f) = p75_poor(rules, rule, key, steps, end, lookback_start, weighting) {
                 out.insert(f.labels(), f);
             }
         }
@@ -281,7 +293,8 @@ fn holding_at(
     out
 }
 
-/// Whether one series' p75 is poor at step end `end` (see the module header); `steps` by start.
+/// Whether one series' p75 is poor at step end `end` (see the module header); `steps` by start,
+/// read as `weighting` says (the `query` annotation reads them the same way).
 pub fn p75_poor(
     rules: &Rules,
     (alertname, metric, rule): MetricRuleRef<'_>,
@@ -289,6 +302,7 @@ pub fn p75_poor(
     steps: &BTreeMap<u32, &StepStat>,
     end: u32,
     lookback_start: u32,
+    weighting: Weighting,
 ) -> Option<Finding> {
     let step = rules.step_minutes * 60;
     let window_start = end.saturating_sub(rules.for_minutes * 60);
@@ -349,9 +363,13 @@ pub fn p75_poor(
                     step,
                     starts_at.min(window_start).saturating_sub(3600),
                     end,
+                    weighting,
                 ),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(report_command(site).map(|c| ("report", c)))
+        .collect(),
         starts_at,
         samples,
     })
@@ -440,8 +458,9 @@ fn investigate_series_sql(
     step_secs: u32,
     from: u32,
     to: u32,
+    weighting: Weighting,
 ) -> String {
-    let inner = crate::store::steps_sql(step_secs)
+    let inner = crate::store::steps_sql(step_secs, weighting)
         .replacen('?', &format!("[{}]", quote(metric)), 1)
         .replacen('?', &from.to_string(), 1)
         .replacen('?', &to.to_string(), 1);
@@ -560,7 +579,16 @@ mod tests {
         let rule = rules.metric_rules()[0];
         let key = ("shop", "slow", "mobile", "LCP");
         let end = T0 + 40 * 60;
-        let f = p75_poor(&rules, rule, key, &steps, end, T0 - 3600).unwrap();
+        let f = p75_poor(
+            &rules,
+            rule,
+            key,
+            &steps,
+            end,
+            T0 - 3600,
+            Weighting::SampleRate,
+        )
+        .unwrap();
         assert_eq!(f.alertname, "WebVitalsLCPP75Poor");
         assert_eq!(
             f.starts_at, T0,
@@ -576,11 +604,29 @@ mod tests {
                 ("metric", "LCP".into())
             ]
         );
-        assert!(p75_poor(&rules, rule, key, &steps, T0 + 30 * 60, T0 - 3600).is_some());
+        assert!(p75_poor(
+            &rules,
+            rule,
+            key,
+            &steps,
+            T0 + 30 * 60,
+            T0 - 3600,
+            Weighting::SampleRate
+        )
+        .is_some());
         // Every step bad, but 6 x 8 = 48 samples: under the 50 the window needs.
         let thin_stats = slow_steps("thin", T0, 6, 8);
         let thin: BTreeMap<u32, &StepStat> = thin_stats.iter().map(|s| (s.step_start, s)).collect();
-        assert!(p75_poor(&rules, rule, key, &thin, T0 + 30 * 60, T0).is_none());
+        assert!(p75_poor(
+            &rules,
+            rule,
+            key,
+            &thin,
+            T0 + 30 * 60,
+            T0,
+            Weighting::SampleRate
+        )
+        .is_none());
         // A p75 equal to the threshold is not above it.
         let at = [step("slow", T0, 4000.0, 100)];
         let one: BTreeMap<u32, &StepStat> = at.iter().map(|s| (s.step_start, s)).collect();
@@ -588,7 +634,7 @@ mod tests {
             for_minutes: 5,
             ..Default::default()
         };
-        assert!(p75_poor(&short, rule, key, &one, T0 + 300, T0).is_none());
+        assert!(p75_poor(&short, rule, key, &one, T0 + 300, T0, Weighting::SampleRate).is_none());
     }
 
     #[test]
@@ -602,14 +648,32 @@ mod tests {
         let at_threshold: Vec<StepStat> = (0..6)
             .map(|i| sketched(T0 + i * 300, 4003.2, false))
             .collect();
-        assert!(p75_poor(&rules, rule, key, &by_start(&at_threshold), end, T0).is_none());
+        assert!(p75_poor(
+            &rules,
+            rule,
+            key,
+            &by_start(&at_threshold),
+            end,
+            T0,
+            Weighting::SampleRate
+        )
+        .is_none());
         assert!(evaluate(&rules, &steps_data(at_threshold), end, 60, CAP).is_empty());
         // Above by the counts while the sketch reads under the threshold: it fires, and shows the
         // sketch's p75.
         let above: Vec<StepStat> = (0..6)
             .map(|i| sketched(T0 + i * 300, 3990.0, true))
             .collect();
-        let f = p75_poor(&rules, rule, key, &by_start(&above), end, T0).unwrap();
+        let f = p75_poor(
+            &rules,
+            rule,
+            key,
+            &by_start(&above),
+            end,
+            T0,
+            Weighting::SampleRate,
+        )
+        .unwrap();
         assert_eq!(f.details[0], ("p75", "3990".to_string()));
         assert_eq!(f.samples, 6000);
         let alerts = evaluate(&rules, &steps_data(above.clone()), end, 60, CAP);
@@ -618,13 +682,31 @@ mod tests {
         // One step not above by the counts in the window: nothing, whatever its sketch says.
         let mut one_not = above.clone();
         one_not[2] = sketched(T0 + 600, 9000.0, false);
-        assert!(p75_poor(&rules, rule, key, &by_start(&one_not), end, T0).is_none());
+        assert!(p75_poor(
+            &rules,
+            rule,
+            key,
+            &by_start(&one_not),
+            end,
+            T0,
+            Weighting::SampleRate
+        )
+        .is_none());
         // The start of the run is found the same way: a step before it whose sketch is above but
         // whose counts are not stops the search.
         let mut run = above;
         run.insert(0, sketched(T0 - 300, 4003.2, false));
         run.insert(0, sketched(T0 - 600, 3990.0, true));
-        let f = p75_poor(&rules, rule, key, &by_start(&run), end, T0 - 3600).unwrap();
+        let f = p75_poor(
+            &rules,
+            rule,
+            key,
+            &by_start(&run),
+            end,
+            T0 - 3600,
+            Weighting::SampleRate,
+        )
+        .unwrap();
         assert_eq!(f.starts_at, T0);
     }
 

@@ -4,6 +4,9 @@
 //! * [`rules`]: the rules file (thresholds, window, minimum samples, severities, scope).
 //! * [`store`]: the ClickHouse queries one evaluation reads, bounded by the alert cap whatever the
 //!   data holds (the ingest is public: anyone can create sites).
+//! * [`attribution`]: what to fix: the top LCP element (INP interaction target, CLS shift target)
+//!   of each firing p75 alert's series, from `vitals_raw`, added to its annotations after the
+//!   decision; best effort (without it the alerts still go out).
 //! * [`evaluate`]: the decision, a pure function of the stored data and `now` — no state, so a restart
 //!   does not reset a pending alert and replicas send identical alerts (Alertmanager deduplicates);
 //!   at most `alerts.max_alerts` an evaluation, ranked the same way on every replica.
@@ -15,6 +18,7 @@
 //!   fatal; `endsAt` stamped at each post.
 //! * [`metrics`]: `/metrics` of the evaluator.
 
+pub mod attribution;
 pub mod config;
 pub mod evaluate;
 pub mod metrics;
@@ -28,7 +32,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use config::AlertsConfig;
+pub use config::{AlertsConfig, Weighting};
 pub use evaluate::{evaluate, Alert, AlertState};
 pub use metrics::AlertsMetrics;
 pub use notify::{Notifier, NotifyError};
@@ -114,12 +118,15 @@ pub struct Evaluator {
     max_alerts: usize,
     query_timeout: Duration,
     request_timeout: Duration,
+    weighting: Weighting,
+    attribution_errors: prometheus::IntCounterVec,
 }
 
 impl Evaluator {
     /// An evaluator over the database of `clickhouse`, evaluating every `interval_secs`, with the
-    /// defaults of `alerts.max_alerts` (500) and `alerts.query_timeout_secs` (30); each ClickHouse
-    /// request is bounded by `clickhouse.request_timeout_ms` ([`ClickHouseConfig::request_timeout`]).
+    /// defaults of `alerts.max_alerts` (500), `alerts.query_timeout_secs` (30) and
+    /// `alerts.weighting` (`sample_rate`); each ClickHouse request is bounded by
+    /// `clickhouse.request_timeout_ms` ([`ClickHouseConfig::request_timeout`]).
     pub fn new(clickhouse: &ClickHouseConfig, rules: Rules, interval_secs: u32) -> Self {
         let defaults = AlertsConfig::default();
         Self {
@@ -129,7 +136,28 @@ impl Evaluator {
             max_alerts: defaults.max_alerts,
             query_timeout: Duration::from_secs(defaults.query_timeout_secs),
             request_timeout: clickhouse.request_timeout(),
+            weighting: defaults.weighting,
+            attribution_errors: metrics::attribution_errors_counter()
+                .expect("a valid metric definition"),
         }
+    }
+
+    /// Reads and decides the p75 steps as `weighting` says (`alerts.weighting`).
+    pub fn with_weighting(mut self, weighting: Weighting) -> Self {
+        self.weighting = weighting;
+        self
+    }
+
+    /// Counts failed attribution reads in `counter` (`rum_alerts_attribution_errors_total` of
+    /// [`AlertsMetrics`]) instead of a counter of its own.
+    pub fn with_attribution_errors(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.attribution_errors = counter;
+        self
+    }
+
+    /// Failed attribution reads so far, by reason (`timeout`, `query`).
+    pub fn attribution_errors(&self) -> &prometheus::IntCounterVec {
+        &self.attribution_errors
     }
 
     /// Gives up one evaluation's reads, all together, after `timeout` (`alerts.query_timeout_secs`).
@@ -162,6 +190,7 @@ impl Evaluator {
             self.interval_secs,
             limit,
             self.request_timeout,
+            self.weighting,
         );
         match tokio::time::timeout(self.query_timeout, read).await {
             Ok(data) => data,
@@ -173,16 +202,56 @@ impl Evaluator {
     }
 
     /// The alerts to send at `now`: firing, and resolved since `now - interval`, at most
-    /// `max_alerts` plus a [`TRUNCATED`] summary.
+    /// `max_alerts` plus a [`TRUNCATED`] summary; the firing p75 ones annotated with their top
+    /// target ([`attribution`]) when it can be read in the rest of the query timeout (a failure is
+    /// logged and counted, and leaves the alerts as decided).
     pub async fn evaluate_at(&self, now: u32) -> Result<Vec<Alert>, StoreError> {
+        let started = Instant::now();
         let data = self.fetch_at(now).await?;
-        Ok(evaluate(
-            &self.rules,
-            &data,
-            now,
-            self.interval_secs,
-            self.max_alerts,
-        ))
+        let mut alerts = evaluate(&self.rules, &data, now, self.interval_secs, self.max_alerts);
+        let left = self.query_timeout.saturating_sub(started.elapsed());
+        if let Err(e) = self.attribute(&mut alerts, now, left).await {
+            let reason = if matches!(e, StoreError::Timeout { .. }) {
+                "timeout"
+            } else {
+                "query"
+            };
+            self.attribution_errors.with_label_values(&[reason]).inc();
+            tracing::warn!(
+                error = %rum_telemetry::error_chain(&e),
+                reason,
+                "cannot read the top targets of the firing alerts; they are sent without them"
+            );
+        }
+        Ok(alerts)
+    }
+
+    /// Adds the top-target annotations to the firing p75 alerts among `alerts`: one read of
+    /// `vitals_raw` over the decision's window, within `left` and the request timeout.
+    async fn attribute(
+        &self,
+        alerts: &mut [Alert],
+        now: u32,
+        left: Duration,
+    ) -> Result<(), StoreError> {
+        let series = attribution::firing_series(alerts);
+        if series.is_empty() {
+            return Ok(());
+        }
+        let end = store::spans(&self.rules, now, self.interval_secs).end;
+        let from = end.saturating_sub(self.rules.for_minutes * 60);
+        let read = attribution::top_targets(&self.client, &series, from, end, self.request_timeout);
+        let tops = match tokio::time::timeout(left, read).await {
+            Ok(tops) => tops?,
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    after: self.query_timeout,
+                    key: QUERY_TIMEOUT_KEY,
+                })
+            }
+        };
+        attribution::annotate(alerts, &tops);
+        Ok(())
     }
 }
 
@@ -203,7 +272,9 @@ pub async fn run(
         ));
     let evaluator = Evaluator::new(clickhouse, rules, interval_secs)
         .with_max_alerts(config.max_alerts)
-        .with_query_timeout(Duration::from_secs(config.query_timeout_secs));
+        .with_query_timeout(Duration::from_secs(config.query_timeout_secs))
+        .with_weighting(config.weighting)
+        .with_attribution_errors(metrics.attribution_errors.clone());
     let mut outage = StoreOutage::new(config.store_unavailable_after);
     let addr = format!("{}:{}", config.host, config.port);
     let listener = tokio::net::TcpListener::bind(&addr)

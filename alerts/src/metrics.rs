@@ -1,6 +1,8 @@
 //! The evaluator's Prometheus metrics, in their own registry, and the `/metrics` router.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::evaluate::{Alert, AlertState};
 
@@ -32,6 +34,27 @@ pub struct AlertsMetrics {
     pub evaluation_duration: Histogram,
     /// Failed reads of the firing alerts Alertmanager holds (after a restart, during an outage).
     pub recall_errors: IntCounter,
+    /// Evaluations whose alerts went out without their top-target annotations, by `reason`:
+    /// `timeout` or `query` (see [`crate::attribution`]).
+    pub attribution_errors: IntCounterVec,
+}
+
+/// The `reason`s of `rum_alerts_attribution_errors_total`.
+pub const ATTRIBUTION_ERROR_REASONS: [&str; 2] = ["timeout", "query"];
+
+/// A fresh `rum_alerts_attribution_errors_total`, not registered.
+pub fn attribution_errors_counter() -> Result<IntCounterVec, prometheus::Error> {
+    let counter = IntCounterVec::new(
+        Opts::new(
+            "rum_alerts_attribution_errors_total",
+            "Evaluations whose firing p75 alerts went out without their top-target annotations: the vitals_raw query failed (reason query) or did not answer in time (reason timeout).",
+        ),
+        &["reason"],
+    )?;
+    for reason in ATTRIBUTION_ERROR_REASONS {
+        counter.with_label_values(&[reason]).reset();
+    }
+    Ok(counter)
 }
 
 impl AlertsMetrics {
@@ -85,6 +108,8 @@ impl AlertsMetrics {
             "rum_alerts_recall_errors_total",
             "Failed reads of the firing alerts Alertmanager holds from this evaluator (done when none is remembered and ClickHouse cannot be read).",
         )?;
+        let attribution_errors = attribution_errors_counter()?;
+        registry.register(Box::new(attribution_errors.clone()))?;
         registry.register(Box::new(recall_errors.clone()))?;
         registry.register(Box::new(evaluations.clone()))?;
         registry.register(Box::new(evaluation_errors.clone()))?;
@@ -112,6 +137,7 @@ impl AlertsMetrics {
             omitted,
             evaluation_duration,
             recall_errors,
+            attribution_errors,
         })
     }
 
@@ -162,6 +188,8 @@ mod tests {
             "rum_alerts_omitted 0",
             "rum_alerts_recall_errors_total 0",
             "rum_alerts_clickhouse_timeouts_total 0",
+            "rum_alerts_attribution_errors_total{reason=\"timeout\"} 0",
+            "rum_alerts_attribution_errors_total{reason=\"query\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

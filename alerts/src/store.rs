@@ -29,6 +29,7 @@ use rum_clickhouse::{GAMMA_LITERAL, ZERO_BUCKET};
 use rum_schemas::MetricName;
 use serde::Deserialize;
 
+use crate::config::Weighting;
 use crate::rules::Rules;
 
 /// p75 and samples of one site, route, device and metric over one step.
@@ -67,8 +68,18 @@ pub struct StepStat {
 /// 2500 ms and 400 of 4000 ms have p75 4000, not above 4000, while the sketch says 4003.2. At any
 /// other threshold (the rules file may set one) only the sketch can tell.
 ///
-/// Counts are of samples, unweighted, as the sketch and `min_samples` are (`sample_rate` is not
-/// applied; weighted counts are for later).
+/// Weighted ([`Weighting::SampleRate`], the default), each sample weighs `w = 1 / sample_rate`
+/// and p75 is the weighted nearest rank, as `rum query` reads it: the smallest value whose
+/// cumulative weight `C` reaches three quarters of the total `W` (`100 C >= 75 W`). It is above `T`
+/// exactly when `C(T) < 3 W / 4`, where `C(T) = W - A(T)` and `A(T)` is the weight above `T`: when
+/// `4 A(T) > W`. `vitals_1m` keeps the weighted rating sums (migration 005), so at the poor threshold
+/// `4 w_poor > W` and at the good one `4 (w_needs + w_poor) > W`, with `W = w_good + w_needs + w_poor`.
+/// With unit weights this is the unweighted rule: `n_poor + k > n` is `n_poor > n - ceil(3n/4) =
+/// floor(n/4)`, that is `4 n_poor > n`. The weights are sums of floats: a tie (`4 A = W` in exact
+/// arithmetic, e.g. every sample at rate 0.3) can come out a few ulps either way, and differently
+/// on two replicas merging in another order; so "above" needs `4 A - W > W x` [`WEIGHT_TIE_MARGIN`]
+/// (1e-9: a millionth of a page load in a thousand). A step without weighted sums (only rows written
+/// before migration 005) is decided from its unweighted counts. `min_samples` counts samples either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AboveBy {
     /// The threshold is the metric's poor threshold: `poor >= n - k + 1`.
@@ -93,25 +104,33 @@ impl AboveBy {
     }
 }
 
+/// Relative margin of the weighted decision: `4 A - W > W x WEIGHT_TIE_MARGIN` (see [`AboveBy`]).
+pub const WEIGHT_TIE_MARGIN: f64 = 1e-9;
+
 /// The per-step decision "p75 above the rule's threshold", a `UInt8` 0 or 1 over the columns of
-/// the step rows (`metric`, `n`, `n_needs`, `n_poor`, `p75`): for each enabled rule, its
-/// [`AboveBy`]. Placeholders: the metrics and the thresholds (arrays, in [`Rules::metric_rules`]'
-/// order) of the sketch's comparison, which every rule deciding from counts skips.
+/// the step rows (`metric`, `n`, `n_needs`, `n_poor`, `p75`, and weighted `w_needs`, `w_poor`,
+/// `w_total`): for each enabled rule, its [`AboveBy`]. Placeholders: the metrics and the
+/// thresholds (arrays, in [`Rules::metric_rules`]' order) of the sketch's comparison, which every
+/// rule deciding from counts skips.
 ///
 /// `n - k + 1 <= c` is written `c + k > n`: no subtraction of unsigned counts.
-pub fn above_sql(rules: &Rules) -> String {
+pub fn above_sql(rules: &Rules, weighting: Weighting) -> String {
     let k = "intDiv(3 * n + 3, 4)";
     let mut branches = String::new();
     for (_, metric, rule) in rules.metric_rules() {
-        let counted = match AboveBy::of(metric, rule.threshold) {
-            AboveBy::PoorCount => "n_poor",
-            AboveBy::NotGoodCount => "n_needs + n_poor",
+        let (counted, weighed) = match AboveBy::of(metric, rule.threshold) {
+            AboveBy::PoorCount => ("n_poor", "w_poor"),
+            AboveBy::NotGoodCount => ("n_needs + n_poor", "w_needs + w_poor"),
             AboveBy::Sketch => continue,
         };
-        branches.push_str(&format!(
-            "metric = '{}', {counted} + {k} > n, ",
-            metric.as_str()
-        ));
+        let by_count = format!("{counted} + {k} > n");
+        let decision = match weighting {
+            Weighting::Unweighted => by_count,
+            Weighting::SampleRate => format!(
+                "if(w_total > 0, 4 * ({weighed}) - w_total > w_total * {WEIGHT_TIE_MARGIN:e}, {by_count})"
+            ),
+        };
+        branches.push_str(&format!("metric = '{}', {decision}, ", metric.as_str()));
     }
     let sketch = "p75 > transform(metric, ?, ?, toFloat64(0))";
     if branches.is_empty() {
@@ -144,6 +163,8 @@ pub struct StoredData {
     pub site_minutes: Vec<SiteMinute>,
     /// Candidates (series or sites, one alert each) beyond the read limit: counted, not read.
     pub not_fetched: u64,
+    /// How [`steps`](Self::steps) were read and decided (`alerts.weighting`).
+    pub weighting: Weighting,
 }
 
 /// Why an evaluation could not read ClickHouse.
@@ -171,7 +192,7 @@ pub const QUERY_TIMEOUT_KEY: &str = "alerts.query_timeout_secs";
 
 /// One request, failed with [`StoreError::Timeout`] after `timeout` ([`REQUEST_TIMEOUT_KEY`]);
 /// dropping it closes its connection.
-async fn request<T>(
+pub(crate) async fn request<T>(
     timeout: Duration,
     work: impl Future<Output = Result<T, clickhouse::error::Error>>,
 ) -> Result<T, StoreError> {
@@ -196,42 +217,75 @@ pub fn p75_sql() -> String {
 }
 
 /// Per site, route, device, metric and step: `step_start`, `n` (samples), `n_needs` and `n_poor`
-/// (samples rated needs-improvement and poor) and `p75`. Placeholders:
-/// metrics (array), start, end (unix seconds), then those of `filter` (more conditions of the
-/// WHERE, e.g. the scope's arrays, see [`scope_sql`], and the candidates: filtering on grouping keys
-/// there, not after the GROUP BY, spares merging the sketches of every other series).
+/// (samples rated needs-improvement and poor) and `p75`; weighted ([`Weighting::SampleRate`]) also
+/// `w_needs`, `w_poor` and `w_total` (the weighted rating sums, 0 for rows written before migration
+/// 005), and `p75` is read from the weighted sketch, or from the unweighted one where the step has no
+/// weights (as `rum query`). Placeholders: metrics (array), start, end (unix seconds), then those of
+/// `filter` (more conditions of the WHERE, e.g. the scope's arrays, see [`scope_sql`], and the
+/// candidates: filtering on grouping keys there, not after the GROUP BY, spares merging the sketches
+/// of every other series).
 ///
 /// p75 is computed a level above the GROUP BY, as in the analyst queries: over a cluster's `Distributed`
 /// `vitals_1m` (`clickhouse.cluster`) ClickHouse 18.16 sends the grouping level to the shards as text and
 /// prints `(sk.1)[idx]` as `sk.1[idx]`, which the shards cannot parse (`Code: 62`). The decision of
 /// [`above_sql`] is made a level above this one too. The counts' aliases are not the names of the
-/// columns they merge (`sumMerge(poor) AS poor` would shadow the column).
-fn step_rows_sql(step_secs: u32, filter: &str) -> String {
-    format!(
-        "SELECT site, route, device, metric, step_start, n, n_needs, n_poor, sk, idx, toFloat64({p75}) AS p75 \
-         FROM ( \
-           SELECT site, route, device, metric, \
-             toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
-             countMerge(samples) AS n, \
-             sumMerge(needs_improvement) AS n_needs, \
-             sumMerge(poor) AS n_poor, \
-             sumMapMerge(sketch) AS sk, \
-             arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx \
-           FROM vitals_1m \
-           WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){filter} \
-           GROUP BY site, route, device, metric, step_start \
-         )",
-        p75 = p75_sql()
-    )
+/// columns they merge (`sumMerge(poor) AS poor` would shadow the column). Weighted, the rank is
+/// computed in the level that defines the weights it reads (`total`): 18.16 drops a column used only
+/// inside a lambda of an outer level ("Unknown identifier").
+fn step_rows_sql(step_secs: u32, filter: &str, weighting: Weighting) -> String {
+    let group = format!(
+        "SELECT site, route, device, metric, \
+           toUInt32(intDiv(toUInt32(minute), {step_secs}) * {step_secs}) AS step_start, \
+           countMerge(samples) AS n, \
+           sumMerge(needs_improvement) AS n_needs, \
+           sumMerge(poor) AS n_poor, \
+           sumMapMerge(sketch) AS sk"
+    );
+    let from = format!(
+        "FROM vitals_1m \
+         WHERE has(?, metric) AND minute >= toDateTime(?) AND minute < toDateTime(?){filter} \
+         GROUP BY site, route, device, metric, step_start"
+    );
+    match weighting {
+        Weighting::Unweighted => format!(
+            "SELECT site, route, device, metric, step_start, n, n_needs, n_poor, sk, idx, toFloat64({p75}) AS p75 \
+             FROM ( \
+               {group}, \
+               arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx \
+               {from} \
+             )",
+            p75 = p75_sql()
+        ),
+        Weighting::SampleRate => format!(
+            "SELECT site, route, device, metric, step_start, n, n_needs, n_poor, w_needs, w_poor, w_total, \
+               toFloat64(if(bk[idx] = {ZERO_BUCKET}, 0, 2 * pow({GAMMA_LITERAL}, bk[idx]) / ({GAMMA_LITERAL} + 1))) AS p75 \
+             FROM ( \
+               SELECT site, route, device, metric, step_start, n, n_needs, n_poor, w_needs, w_poor, \
+                 w_good + w_needs + w_poor AS w_total, \
+                 if(arraySum(wsk.2) > 0, wsk.1, sk.1) AS bk, \
+                 if(arraySum(wsk.2) > 0, wsk.2, arrayMap(c -> toFloat64(c), sk.2)) AS bc, \
+                 arraySum(bc) AS total, \
+                 arrayFirstIndex(c -> c * 100 >= 75 * total, arrayCumSum(bc)) AS idx \
+               FROM ( \
+                 {group}, \
+                 sumMerge(weighted_good) AS w_good, \
+                 sumMerge(weighted_needs_improvement) AS w_needs, \
+                 sumMerge(weighted_poor) AS w_poor, \
+                 sumMapMerge(weighted_sketch) AS wsk \
+                 {from} \
+               ) \
+             )"
+        ),
+    }
 }
 
-/// The per-step query of one series' investigation (an alert's `query` annotation). Placeholders:
-/// metrics (array), window start, window end (unix seconds).
-pub fn steps_sql(step_secs: u32) -> String {
+/// The per-step query of one series' investigation (an alert's `query` annotation), weighted as the
+/// decision. Placeholders: metrics (array), window start, window end (unix seconds).
+pub fn steps_sql(step_secs: u32, weighting: Weighting) -> String {
     format!(
         "SELECT site, route, device, metric, step_start, p75, toUInt64(n) AS samples FROM ({}) \
          ORDER BY site, route, device, metric, step_start",
-        step_rows_sql(step_secs, "")
+        step_rows_sql(step_secs, "", weighting)
     )
 }
 
@@ -279,7 +333,7 @@ pub fn spans(rules: &Rules, now: u32, interval_secs: u32) -> Spans {
 /// strictly above its metric's threshold ([`above_sql`]), with `min_samples` in the window. Ordered as the
 /// evaluator ranks alerts (firing first, severity, samples descending, then the labels; the metric
 /// orders as its alert name does). Placeholders: see [`P75Query::binds`].
-fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
+fn p75_candidates_sql(rules: &Rules, scope: &str, weighting: Weighting) -> String {
     let step = rules.step_minutes * 60;
     let window_steps = rules.for_minutes / rules.step_minutes;
     let min_samples = rules.min_samples;
@@ -297,8 +351,8 @@ fn p75_candidates_sql(rules: &Rules, scope: &str) -> String {
          ) \
          GROUP BY site, route, device, metric \
          HAVING holds_now OR holds_before",
-        above = above_sql(rules),
-        steps = step_rows_sql(step, scope)
+        above = above_sql(rules, weighting),
+        steps = step_rows_sql(step, scope, weighting)
     )
 }
 
@@ -374,6 +428,7 @@ fn bound(sql: &str, binds: &[Bind], client: &clickhouse::Client) -> clickhouse::
 struct P75Query<'a> {
     rules: &'a Rules,
     spans: Spans,
+    weighting: Weighting,
 }
 
 impl P75Query<'_> {
@@ -444,8 +499,8 @@ impl P75Query<'_> {
                {} AS above \
              FROM ({}) \
              ORDER BY site, route, device, metric, step_start",
-            above_sql(self.rules),
-            step_rows_sql(self.rules.step_minutes * 60, &filter),
+            above_sql(self.rules, self.weighting),
+            step_rows_sql(self.rules.step_minutes * 60, &filter, self.weighting),
         )
     }
 
@@ -471,7 +526,7 @@ impl P75Query<'_> {
              ORDER BY holds_now DESC, transform(metric, [{}], [{}], 9), \
                if(holds_now, n_now, n_before) DESC, metric, site, route, device \
              LIMIT {limit}",
-            p75_candidates_sql(self.rules, &scope_sql(self.rules)),
+            p75_candidates_sql(self.rules, &scope_sql(self.rules), self.weighting),
             names.join(", "),
             ranks.join(", "),
         )
@@ -499,7 +554,7 @@ impl P75Query<'_> {
         if fetched >= u64::from(limit) {
             let count = format!(
                 "SELECT count() FROM ({})",
-                p75_candidates_sql(self.rules, &scope)
+                p75_candidates_sql(self.rules, &scope, self.weighting)
             );
             let total = request(
                 timeout,
@@ -623,7 +678,8 @@ impl SitesQuery<'_> {
 
 /// Reads what the evaluation at `now` needs: the rows of at most `limit` candidate series and
 /// `limit` candidate sites (pass the alert cap + 1, so that a full cap is told from an overflow).
-/// Each request (two to four) gets at most `request_timeout` (`clickhouse.request_timeout_ms`).
+/// Each request (two to four) gets at most `request_timeout` (`clickhouse.request_timeout_ms`). The
+/// p75 steps are read and decided as `weighting` says.
 pub async fn fetch(
     client: &clickhouse::Client,
     rules: &Rules,
@@ -631,11 +687,16 @@ pub async fn fetch(
     interval_secs: u32,
     limit: u32,
     request_timeout: Duration,
+    weighting: Weighting,
 ) -> Result<StoredData, StoreError> {
     let spans = spans(rules, now, interval_secs);
-    let (steps, p75_not_fetched) = P75Query { rules, spans }
-        .fetch(client, limit, request_timeout)
-        .await?;
+    let (steps, p75_not_fetched) = P75Query {
+        rules,
+        spans,
+        weighting,
+    }
+    .fetch(client, limit, request_timeout)
+    .await?;
     let (site_minutes, sites_not_fetched) = SitesQuery { rules, spans }
         .fetch(client, limit, request_timeout)
         .await?;
@@ -643,6 +704,7 @@ pub async fn fetch(
         steps,
         site_minutes,
         not_fetched: p75_not_fetched + sites_not_fetched,
+        weighting,
     })
 }
 
@@ -703,14 +765,14 @@ mod tests {
     #[test]
     fn above_sql_has_one_branch_a_rule_that_counts() {
         let k = "intDiv(3 * n + 3, 4) > n";
-        let sql = above_sql(&Rules::default());
+        let sql = above_sql(&Rules::default(), Weighting::Unweighted);
         for metric in ["LCP", "INP", "CLS"] {
             assert!(
                 sql.contains(&format!("metric = '{metric}', n_poor + {k}")),
                 "{sql}"
             );
         }
-        let sql = above_sql(&thresholds(2500.0, 700.0, 0.25));
+        let sql = above_sql(&thresholds(2500.0, 700.0, 0.25), Weighting::Unweighted);
         assert!(
             sql.contains(&format!("metric = 'LCP', n_needs + n_poor + {k}")),
             "{sql}"
@@ -722,13 +784,29 @@ mod tests {
         );
         // No rule counts: the sketch alone, as before.
         assert_eq!(
-            above_sql(&thresholds(3000.0, 700.0, 0.3)),
+            above_sql(&thresholds(3000.0, 700.0, 0.3), Weighting::Unweighted),
             "toUInt8(p75 > transform(metric, ?, ?, toFloat64(0)))"
         );
+        // Weighted: the weighted sums, falling back to the counts where a step has none.
+        let sql = above_sql(&thresholds(2500.0, 500.0, 0.3), Weighting::SampleRate);
+        assert!(
+            sql.contains(&format!(
+                "metric = 'LCP', if(w_total > 0, 4 * (w_needs + w_poor) - w_total > w_total * 1e-9, n_needs + n_poor + {k})"
+            )),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(&format!(
+                "metric = 'INP', if(w_total > 0, 4 * (w_poor) - w_total > w_total * 1e-9, n_poor + {k})"
+            )),
+            "{sql}"
+        );
+        assert!(!sql.contains("metric = 'CLS'"), "the sketch decides: {sql}");
         // A disabled rule has no branch.
         let mut rules = Rules::default();
         rules.lcp.enabled = false;
-        assert!(!above_sql(&rules).contains("'LCP'"));
+        assert!(!above_sql(&rules, Weighting::Unweighted).contains("'LCP'"));
+        assert!(!above_sql(&rules, Weighting::SampleRate).contains("'LCP'"));
     }
 
     #[test]
@@ -747,13 +825,16 @@ mod tests {
                 ..thresholds(3000.0, 700.0, 0.3)
             },
         ] {
-            let p = P75Query {
-                rules: &rules,
-                spans,
-            };
-            let candidates = p75_candidates_sql(&rules, &scope_sql(&rules));
-            assert_eq!(candidates.matches('?').count(), p.binds().len());
-            assert_eq!(p.rows_sql(501).matches('?').count(), p.rows_binds().len());
+            for weighting in [Weighting::SampleRate, Weighting::Unweighted] {
+                let p = P75Query {
+                    rules: &rules,
+                    spans,
+                    weighting,
+                };
+                let candidates = p75_candidates_sql(&rules, &scope_sql(&rules), weighting);
+                assert_eq!(candidates.matches('?').count(), p.binds().len());
+                assert_eq!(p.rows_sql(501).matches('?').count(), p.rows_binds().len());
+            }
             let s = SitesQuery {
                 rules: &rules,
                 spans,

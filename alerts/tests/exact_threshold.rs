@@ -119,7 +119,7 @@ fn rules(site: &str, threshold: f64) -> Rules {
 /// Per site and route: the lowest sketch p75 of the window's steps, the steps and the samples, read
 /// with the evaluator's investigation query through `node`.
 fn sketch_p75(node: &ClickHouseServer) -> BTreeMap<(String, String), (f64, u64, u64)> {
-    let steps = rum_alerts::store::steps_sql(STEP)
+    let steps = rum_alerts::store::steps_sql(STEP, rum_alerts::Weighting::Unweighted)
         .replacen('?', "['LCP']", 1)
         .replacen('?', &T0.to_string(), 1)
         .replacen('?', &END.to_string(), 1)
