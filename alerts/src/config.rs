@@ -35,7 +35,9 @@ pub struct AlertsConfig {
     /// fires; firing alerts are re-sent meanwhile, never resolved.
     pub store_unavailable_after: u32,
     /// Seconds one evaluation's ClickHouse reads (two to four requests) may take together; longer
-    /// counts as a failed evaluation (a server that accepts connections and never answers). Each
+    /// counts as a failed evaluation (a server that accepts connections and never answers). The read
+    /// of the firing alerts' top targets gets what is left of it, and failing it fails nothing (the
+    /// alerts go out without those annotations, see [`crate::attribution`]). Each
     /// request is bounded by `clickhouse.request_timeout_ms` too, whichever comes first; this one
     /// also sets how long firing alerts live in Alertmanager ([`crate::firing_lifetime_secs`]).
     pub query_timeout_secs: u64,

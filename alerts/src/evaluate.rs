@@ -9,8 +9,10 @@
 //!   `min_samples` samples in all (per window, not per step). It starts where the run of bad steps
 //!   ending at `E` starts (looked for within the lookback). "Above" is each step's
 //!   [`StepStat::above`], decided in SQL: exactly from the rating counts at the metric's poor or good
-//!   threshold, from the sketch at any other ([`AboveBy`](crate::store::AboveBy)); the p75 shown is
-//!   the sketch's.
+//!   threshold (each sample weighing `1 / sample_rate` unless `alerts.weighting = "unweighted"`),
+//!   from the sketch at any other ([`AboveBy`](crate::store::AboveBy)); the p75 shown is the
+//!   sketch's (weighted the same way). Its alert carries a `report` annotation (the `rum report`
+//!   command of its site); [`crate::attribution`] adds the top target once the alerts are ranked.
 //! * [`beacons_stopped`] holds for a site when `[E - for, E)` has no sample while
 //!   `[E - for - 1d, E - 1d)` had at least `beacons_stopped.min_page_loads` page loads, counted as
 //!   the samples of the site's most frequent metric there (a page load sends each metric at most

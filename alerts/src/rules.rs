@@ -59,8 +59,8 @@ pub struct MetricRule {
     pub enabled: bool,
     /// p75 strictly above this is poor (milliseconds; unitless for CLS). At the metric's poor or good
     /// threshold ([`MetricName::thresholds`]) "above" is decided exactly from the stored rating
-    /// counts; at any other, from the sketch's p75, within its 0.5% (see
-    /// [`AboveBy`](crate::store::AboveBy)).
+    /// counts (sample-rate-weighted sums unless `alerts.weighting = "unweighted"`); at any other, from
+    /// the sketch's p75, within its 0.5% (see [`AboveBy`](crate::store::AboveBy)).
     pub threshold: f64,
     /// The `severity` label.
     pub severity: String,

@@ -45,14 +45,15 @@ pub struct StepStat {
     pub metric: String,
     /// Unix seconds at which the step starts (a multiple of the step).
     pub step_start: u32,
-    /// The p75 from the step's merged sketches (within 0.5% of the exact nearest-rank p75): what the
-    /// alert shows.
+    /// The p75 from the step's merged sketches (within 0.5% of the exact nearest-rank p75; weighted,
+    /// of the weighted nearest rank, from the weighted sketch where the step has one): what the alert
+    /// shows.
     pub p75: f64,
     /// The samples of the step.
     pub samples: u64,
     /// Whether the step's p75 is above its rule's threshold, decided in SQL ([`above_sql`], a `UInt8`
-    /// 0 or 1): exactly from the rating counts at a metric's poor or good threshold, from the sketch's
-    /// p75 at any other (see [`AboveBy`]).
+    /// 0 or 1): exactly from the rating counts (weighted or not) at a metric's poor or good
+    /// threshold, from the sketch's p75 at any other (see [`AboveBy`]).
     pub above: bool,
 }
 
