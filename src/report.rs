@@ -52,6 +52,9 @@ const STEPS: [(u32, &str); 11] = [
     (604_800, "week"),
 ];
 
+/// The most devices a metric's device table lists (those with the most samples).
+pub const MAX_DEVICES: usize = 8;
+
 /// How many of the worst routes get their LCP elements and INP targets listed.
 pub const ATTRIBUTION_ROUTES: usize = 3;
 
@@ -420,13 +423,22 @@ fn metric_report(
     } else {
         (String::new(), String::new())
     };
+    // Devices are a bounded label (four values); the cap keeps a hand-filled table's page bounded too.
+    let mut devices: Vec<Summary> = devices
+        .iter()
+        .filter_map(|(device, merged)| merged.summary(device))
+        .collect();
+    devices.sort_by(|a, b| {
+        b.samples
+            .cmp(&a.samples)
+            .then_with(|| a.device.cmp(&b.device))
+    });
+    devices.truncate(MAX_DEVICES);
+    devices.sort_by(|a, b| a.device.cmp(&b.device));
     Ok(MetricReport {
         metric,
         all: summary,
-        devices: devices
-            .iter()
-            .filter_map(|(device, merged)| merged.summary(device))
-            .collect(),
+        devices,
         trend_svg,
         histogram_svg,
         worst_routes,

@@ -16,7 +16,7 @@ use std::process::Command;
 use common::rum_output;
 use rum_clickhouse::{ClickHouseConfig, VitalsRawRow};
 use rum_schemas::MetricName;
-use rum_testkit::ClickHouseServer;
+use rum_testkit::{ClickHouseCluster, ClickHouseServer};
 use serde_json::Value;
 
 /// A selector the page must show as text, never run.
@@ -45,6 +45,8 @@ fn rows(now: u32) -> Vec<VitalsRawRow> {
         let mut add = |route: &str, device: &str, metric: MetricName, value: f64| {
             let row = VitalsRawRow {
                 metric_id: format!("{route}-{device}-{}-{h}", metric.as_str()),
+                // Spread over the shards of a cluster (`Distributed` by partition).
+                kafka_partition: h % 4,
                 ..VitalsRawRow::measured("shop", route, device, metric, value, at)
             };
             rows.push(row);
@@ -361,6 +363,110 @@ fn a_report_of_known_rows_shows_the_charts_and_escaped_text_in_chromium() {
     let empty = std::fs::read_to_string(&empty_path).unwrap();
     assert_eq!(empty.matches("<svg").count(), 0);
     assert_eq!(empty.matches("No samples in the window.").count(), 5);
+}
+
+/// The page without its header (the window's times) and its charts' drawing (their x positions move
+/// with the second the report ran): its numbers and tables.
+fn tables(html: &str) -> String {
+    let body = &html[html.find("</header>").expect("a header")..];
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some(start) = rest.find("<svg") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("</svg>").expect("a closed svg") + start;
+        let svg = &rest[start..end];
+        // What the data drew: the points of the p75 line and the bars.
+        out.push_str(&format!(
+            "[svg: {} circles, {} rects]",
+            svg.matches("<circle").count(),
+            svg.matches("<rect").count()
+        ));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Over a cluster's `Distributed` tables (18.16 sends the grouping level to the shards as text), the
+/// same report as one server's.
+#[test]
+fn a_cluster_gives_the_report_of_one_server() {
+    let rows = rows(now());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("report-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = |name: &str, env: &[(&str, &str)]| -> String {
+        let path = dir.join(name);
+        let run = rum_output(
+            &[
+                "report",
+                "--site",
+                "shop",
+                "--min-samples",
+                "10",
+                "--out",
+                path.to_str().unwrap(),
+            ],
+            env,
+        );
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        std::fs::read_to_string(path).unwrap()
+    };
+
+    let server = ClickHouseServer::start();
+    let single = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    runtime.block_on(async {
+        rum_clickhouse::migrate(&single).await.unwrap();
+        rum_clickhouse::insert_raw_rows(&single.client(), &rows)
+            .await
+            .unwrap();
+    });
+    let one = report("one.html", &[("RUM_CLICKHOUSE_URL", server.url.as_str())]);
+
+    let cluster = ClickHouseCluster::start(2, 1);
+    let config = ClickHouseConfig {
+        url: cluster.url().to_string(),
+        cluster: Some(cluster.cluster_name().to_string()),
+        ..ClickHouseConfig::default()
+    };
+    runtime.block_on(async {
+        rum_clickhouse::migrate(&config).await.unwrap();
+        rum_clickhouse::insert_raw_rows(
+            &config.client().with_setting("insert_distributed_sync", "1"),
+            &rows,
+        )
+        .await
+        .unwrap();
+    });
+    for node in cluster.nodes() {
+        let stored: u64 = node
+            .query("SELECT count() FROM rum_local.vitals_1m WHERE site = 'shop'")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(stored > 0, "{} holds no rollup row", node.url);
+    }
+    let many = report(
+        "cluster.html",
+        &[
+            ("RUM_CLICKHOUSE_URL", cluster.url()),
+            ("RUM_CLICKHOUSE_CLUSTER", cluster.cluster_name()),
+        ],
+    );
+    assert_eq!(tables(&many), tables(&one));
+    assert_eq!(tables(&one).matches(&format!("{HOURS} circles")).count(), 5);
+    assert!(
+        one.contains("div#hero &gt; &lt;script&gt;"),
+        "attribution on one server"
+    );
 }
 
 #[test]
