@@ -109,3 +109,14 @@ fn a_bad_attribution_cap_stops_every_subcommand() {
         assert_config_error(&[(env_name, value)], key, env_name);
     }
 }
+
+#[test]
+fn a_bad_alerts_weighting_stops_every_subcommand() {
+    for value in ["weighted", ""] {
+        assert_config_error(
+            &[("RUM_ALERTS_WEIGHTING", value)],
+            "alerts.weighting",
+            "RUM_ALERTS_WEIGHTING",
+        );
+    }
+}
