@@ -469,6 +469,103 @@ fn a_cluster_gives_the_report_of_one_server() {
     );
 }
 
+/// Each sample weighs `1 / sample_rate` unless `--unweighted`: 30 LCPs of 1 s sampled at 1 and 10 of
+/// 5 s sampled at 0.1 (each standing for ten page loads) have a p75 of 5 s weighted, 1 s unweighted.
+#[test]
+fn percentiles_and_shares_are_weighted_by_sample_rate_unless_unweighted() {
+    let now = now();
+    let mut rows = Vec::new();
+    for i in 0..40u32 {
+        let (value, rate) = if i < 30 { (1000.0, 1.0) } else { (5000.0, 0.1) };
+        rows.push(VitalsRawRow {
+            metric_id: format!("w-{i}"),
+            sample_rate: rate,
+            ..VitalsRawRow::measured(
+                "w",
+                "root",
+                "desktop",
+                MetricName::LCP,
+                value,
+                now - 600 - i,
+            )
+        });
+    }
+    let server = ClickHouseServer::start();
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        ..ClickHouseConfig::default()
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        rum_clickhouse::migrate(&config).await.unwrap();
+        rum_clickhouse::insert_raw_rows(&config.client(), &rows)
+            .await
+            .unwrap();
+    });
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("report-weighted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lcp = |extra: &[&str]| -> String {
+        let path = dir.join("w.html");
+        let run = rum_output(
+            &[
+                &[
+                    "report",
+                    "--site",
+                    "w",
+                    "--since",
+                    "1h",
+                    "--out",
+                    path.to_str().unwrap(),
+                ],
+                extra,
+            ]
+            .concat(),
+            &[("RUM_CLICKHOUSE_URL", server.url.as_str())],
+        );
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        section(&std::fs::read_to_string(path).unwrap(), "LCP").to_string()
+    };
+    // The sketch's value of a bucket, as the page writes it (`2.51 s`, `997 ms`).
+    let shown = |v: f64| {
+        let v = rum_clickhouse::value_of_bucket(rum_clickhouse::bucket_of(v));
+        if v >= 1000.0 {
+            format!("{:.2} s", v / 1000.0)
+        } else {
+            format!("{v:.0} ms")
+        }
+    };
+    let weighted = lcp(&[]);
+    assert!(
+        weighted.contains(&format!(
+            "p75 <strong class=\"poor\">{}</strong> over 40 samples",
+            shown(5000.0)
+        )),
+        "{weighted}"
+    );
+    // 30 good of 130 page loads; the worst routes table is rum query's weighted p75.
+    assert!(
+        weighted.contains("<td class=\"num\">23.1%</td>"),
+        "{weighted}"
+    );
+    assert!(weighted.contains(&format!("<td class=\"num poor\">{}</td>", shown(5000.0))));
+    let unweighted = lcp(&["--unweighted"]);
+    assert!(
+        unweighted.contains(&format!(
+            "p75 <strong class=\"good\">{}</strong> over 40 samples",
+            shown(1000.0)
+        )),
+        "{unweighted}"
+    );
+    assert!(
+        unweighted.contains("<td class=\"num\">75.0%</td>"),
+        "{unweighted}"
+    );
+}
+
 #[test]
 fn bad_options_are_one_line_naming_the_flag_and_exit_2() {
     let missing = std::env::temp_dir().join("no-such-folder-for-rum-report/r.html");
