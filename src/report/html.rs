@@ -8,7 +8,7 @@ use rum_clickhouse::{InpTargetRow, LcpElementRow, P75Row, Weighting};
 use rum_schemas::MetricName;
 
 use super::charts::{format_value, GOOD, NEEDS_IMPROVEMENT, POOR};
-use super::{MetricReport, Report, Summary};
+use super::data::{MetricReport, Report, Summary};
 
 /// The longest text of a table cell, in characters; longer ones end in `…` (the whole text in the
 /// cell's tooltip).
