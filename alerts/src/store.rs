@@ -80,7 +80,9 @@ pub struct StepStat {
 /// arithmetic, e.g. every sample at rate 0.3) can come out a few ulps either way, and differently
 /// on two replicas merging in another order; so "above" needs `4 A - W > W x` [`WEIGHT_TIE_MARGIN`]
 /// (1e-9: a millionth of a page load in a thousand). A step without weighted sums (only rows written
-/// before migration 005) is decided from its unweighted counts. `min_samples` counts samples either way.
+/// before migration 005) is decided from its unweighted counts; a step straddling the upgrade, from
+/// the weighted sums of its newer rows alone (as `rum query` reads it). `min_samples` counts samples
+/// either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AboveBy {
     /// The threshold is the metric's poor threshold: `poor >= n - k + 1`.
