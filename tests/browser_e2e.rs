@@ -136,15 +136,21 @@ fn proxied_beacons(seen: &Value) -> Vec<Value> {
     proxied.iter().map(|p| p["body"].clone()).collect()
 }
 
-/// The rows of `rum.vitals_raw` of the test's site, as JSON objects of `columns`.
-fn raw_rows(pipeline: &Pipeline, columns: &str) -> Vec<Value> {
-    let tsv = pipeline.clickhouse.query(&format!(
+/// The rows of `rum.vitals_raw` of the test's site, as JSON objects of `columns`; ClickHouse's error.
+fn try_raw_rows(pipeline: &Pipeline, columns: &str) -> Result<Vec<Value>, String> {
+    let rows = pipeline.clickhouse.try_query(&format!(
         "SELECT {columns} FROM rum.vitals_raw WHERE site = '{SITE}' \
          ORDER BY route, nav_type, metric FORMAT JSONEachRow"
-    ));
-    tsv.lines()
+    ))?;
+    Ok(rows
+        .lines()
         .map(|line| serde_json::from_str(line).expect("a JSONEachRow line"))
-        .collect()
+        .collect())
+}
+
+/// [`try_raw_rows`], or a panic with ClickHouse's error.
+fn raw_rows(pipeline: &Pipeline, columns: &str) -> Vec<Value> {
+    try_raw_rows(pipeline, columns).unwrap_or_else(|e| panic!("reading rum.vitals_raw: {e}"))
 }
 
 /// Waits until `rum.vitals_raw` holds a row of each `(route, nav_type, metric)` expected, then gives
@@ -170,7 +176,15 @@ async fn settled_rows(
     eventually(
         "the page's metrics in rum.vitals_raw",
         Duration::from_secs(30),
-        async || all(&raw_rows(pipeline, columns)).then_some(()),
+        // A failed read is tried again (seen once: Code 49 "Could not find a column of minimum
+        // size" on the part just written); the final read below must succeed.
+        async || match try_raw_rows(pipeline, columns) {
+            Ok(rows) => all(&rows).then_some(()),
+            Err(e) => {
+                eprintln!("reading rum.vitals_raw (tried again): {e}");
+                None
+            }
+        },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
