@@ -765,6 +765,54 @@ mod tests {
         );
     }
 
+    /// The derivation of [`AboveBy`], against the exact weighted nearest rank of
+    /// `rum_clickhouse::exact_weighted_percentile` (what `rum query` estimates): on many small sets of
+    /// values at, just under and just over `T`, with weights whose sums are exact in binary (so that
+    /// ties are real ties), "p75 > T" is `4 A > W`; with unit weights it is `n_poor + k > n`.
+    #[test]
+    fn above_by_weight_is_the_weighted_nearest_rank_above_the_threshold() {
+        const T: f64 = 4000.0;
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |m: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % m
+        };
+        let (mut ties, mut above) = (0, 0);
+        for case in 0..20_000 {
+            let n = 1 + next(12) as usize;
+            let unit = case % 2 == 0;
+            let values: Vec<(f64, f64)> = (0..n)
+                .map(|_| {
+                    let v = [T - 1.0, T, T + 1.0][next(3) as usize];
+                    let w = if unit {
+                        1.0
+                    } else {
+                        [1.0, 2.0, 4.0, 10.0, 100.0][next(5) as usize]
+                    };
+                    (v, w)
+                })
+                .collect();
+            let w_total: f64 = values.iter().map(|v| v.1).sum();
+            let w_above: f64 = values.iter().filter(|v| v.0 > T).map(|v| v.1).sum();
+            let exact = rum_clickhouse::exact_weighted_percentile(&values, 75).unwrap() > T;
+            let by_weight = 4.0 * w_above - w_total > w_total * WEIGHT_TIE_MARGIN;
+            assert_eq!(exact, by_weight, "{values:?}");
+            if unit {
+                let (n, poor) = (n as u64, w_above as u64);
+                assert_eq!(exact, poor + (3 * n + 3) / 4 > n, "{values:?}");
+            }
+            ties += u32::from(4.0 * w_above == w_total);
+            above += u32::from(exact);
+        }
+        // The cases hold ties and both answers.
+        assert!(
+            ties > 100 && above > 1000 && above < 19_000,
+            "{ties} {above}"
+        );
+    }
+
     #[test]
     fn above_sql_has_one_branch_a_rule_that_counts() {
         let k = "intDiv(3 * n + 3, 4) > n";
