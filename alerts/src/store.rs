@@ -801,7 +801,7 @@ mod tests {
             assert_eq!(exact, by_weight, "{values:?}");
             if unit {
                 let (n, poor) = (n as u64, w_above as u64);
-                assert_eq!(exact, poor + (3 * n + 3) / 4 > n, "{values:?}");
+                assert_eq!(exact, poor + (3 * n).div_ceil(4) > n, "{values:?}");
             }
             ties += u32::from(4.0 * w_above == w_total);
             above += u32::from(exact);
