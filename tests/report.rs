@@ -179,7 +179,8 @@ fn a_report_of_known_rows_shows_the_charts_and_escaped_text_in_chromium() {
             .await
             .unwrap();
     });
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("report-{}", std::process::id()));
+    // One folder, written again by each run: the last run's page and screenshot stay to look at.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report");
     std::fs::create_dir_all(&dir).unwrap();
     let out_path = dir.join("report.html");
     let out = out_path.to_str().unwrap();
@@ -393,8 +394,7 @@ fn tables(html: &str) -> String {
 fn a_cluster_gives_the_report_of_one_server() {
     let rows = rows(now());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("report-cluster-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-cluster");
     std::fs::create_dir_all(&dir).unwrap();
     let report = |name: &str, env: &[(&str, &str)]| -> String {
         let path = dir.join(name);
@@ -463,6 +463,7 @@ fn a_cluster_gives_the_report_of_one_server() {
     );
     assert_eq!(tables(&many), tables(&one));
     assert_eq!(tables(&one).matches(&format!("{HOURS} circles")).count(), 5);
+    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         one.contains("div#hero &gt; &lt;script&gt;"),
         "attribution on one server"
@@ -501,8 +502,7 @@ fn percentiles_and_shares_are_weighted_by_sample_rate_unless_unweighted() {
             .await
             .unwrap();
     });
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("report-weighted-{}", std::process::id()));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-weighted");
     std::fs::create_dir_all(&dir).unwrap();
     let lcp = |extra: &[&str]| -> String {
         let path = dir.join("w.html");
@@ -564,6 +564,7 @@ fn percentiles_and_shares_are_weighted_by_sample_rate_unless_unweighted() {
         unweighted.contains("<td class=\"num\">75.0%</td>"),
         "{unweighted}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
