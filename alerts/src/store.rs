@@ -108,7 +108,7 @@ impl AboveBy {
 }
 
 /// Relative margin of the weighted decision: `4 A - W > W x WEIGHT_TIE_MARGIN` (see [`AboveBy`]).
-pub const WEIGHT_TIE_MARGIN: f64 = 1e-9;
+pub const WEIGHT_TIE_MARGIN: f64 = rum_clickhouse::WEIGHT_TIE_TOLERANCE;
 
 /// The per-step decision "p75 above the rule's threshold", a `UInt8` 0 or 1 over the columns of
 /// the step rows (`metric`, `n`, `n_needs`, `n_poor`, `p75`, and weighted `w_needs`, `w_poor`,

@@ -39,7 +39,7 @@ pub use rows::{insert_raw_rows, raw_row_refs, VitalsRawRow, VitalsRawRowRef, VIT
 pub use sketch::{
     bucket_of, bucket_sql, exact_quantile, exact_weighted_percentile, quantile, sketch_of,
     value_of_bucket, weighted_percentile, weighted_sketch_of, GAMMA, GAMMA_LITERAL, MAX_BUCKET,
-    ZERO_BUCKET,
+    WEIGHT_TIE_TOLERANCE, ZERO_BUCKET,
 };
 
 /// Everything that can go wrong talking to ClickHouse.

@@ -226,13 +226,19 @@ fn stats_sql(keys: &str, inner: &str, percentiles: &[u8], weighting: Weighting) 
     ranks.push(75);
     ranks.sort_unstable();
     ranks.dedup();
+    // Weighted sums are not exact in binary: a rank within the tolerance counts as reached
+    // (`sketch::WEIGHT_TIE_TOLERANCE`); counts are exact, and keep the exact rank.
+    let total = match weighting {
+        Weighting::SampleRate => format!("total * {}", 1.0 - crate::sketch::WEIGHT_TIE_TOLERANCE),
+        Weighting::Unweighted => "total".to_string(),
+    };
     let mut idx = String::new();
     for &p in &ranks {
         assert!((1..=99).contains(&p), "percentile {p} is not in 1..=99");
         // In the level that defines `total`: 18.16 does not see a column used only inside a lambda
         // as needed from the level below, and drops it ("Unknown identifier").
         idx.push_str(&format!(
-            ", arrayFirstIndex(c -> c * 100 >= {p} * total, arrayCumSum(bc)) AS idx_{p}"
+            ", arrayFirstIndex(c -> c * 100 >= {p} * {total}, arrayCumSum(bc)) AS idx_{p}"
         ));
     }
     let values: Vec<String> = percentiles.iter().map(|&p| value(p)).collect();
@@ -649,10 +655,14 @@ mod tests {
                 !inner.contains("bk[") && !inner.contains("arrayFirstIndex"),
                 "{inner}"
             );
+            let total = match weighting {
+                Weighting::SampleRate => "total * 0.999999999",
+                Weighting::Unweighted => "total",
+            };
             for p in ["50", "75", "99"] {
                 assert!(
                     outer.contains(&format!(
-                        "arrayFirstIndex(c -> c * 100 >= {p} * total, arrayCumSum(bc))"
+                        "arrayFirstIndex(c -> c * 100 >= {p} * {total}, arrayCumSum(bc)) AS idx_{p}"
                     )),
                     "{outer}"
                 );

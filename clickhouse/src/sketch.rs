@@ -84,10 +84,18 @@ pub fn quantile(buckets: &[(i16, u64)], q: f64) -> Option<f64> {
     None
 }
 
+/// Weighted ranks tolerate this relative error: sums of weights like `1 / 0.3` are not exact in
+/// binary and depend on the order of the additions (two servers, two merges), so a cumulative weight
+/// within `1e-9` of the rank's counts as reaching it (at an exact tie p75 is then the lower value,
+/// as the alerts' weighted decision says "not above"). A millionth of a page load in a thousand;
+/// with integer counts below 10^9 it changes no rank.
+pub const WEIGHT_TIE_TOLERANCE: f64 = 1e-9;
+
 /// The nearest-rank `p`-th percentile (`p` in 1..=99) of a weighted sketch given as
 /// `(bucket, weight)` pairs sorted by bucket, as `rum query` reads it (`queries.rs`, `stats_sql`):
-/// the first bucket whose cumulative weight `c` has `c * 100 >= p * total`. With unit weights, the
-/// bucket of the `ceil(p * n / 100)`-th smallest sample. `None` when the total weight is not positive.
+/// the first bucket whose cumulative weight `c` has `c * 100 >= p * total * (1 - `
+/// [`WEIGHT_TIE_TOLERANCE`]`)`. With unit weights, the bucket of the `ceil(p * n / 100)`-th smallest
+/// sample. `None` when the total weight is not positive.
 pub fn weighted_percentile(sorted: &[(i16, f64)], p: u8) -> Option<f64> {
     let total: f64 = sorted.iter().map(|&(_, w)| w).sum();
     if total <= 0.0 || !(1..=99).contains(&p) {
@@ -96,7 +104,7 @@ pub fn weighted_percentile(sorted: &[(i16, f64)], p: u8) -> Option<f64> {
     let mut cumulative = 0.0;
     for &(k, w) in sorted {
         cumulative += w;
-        if cumulative * 100.0 >= f64::from(p) * total {
+        if cumulative * 100.0 >= f64::from(p) * total * (1.0 - WEIGHT_TIE_TOLERANCE) {
             return Some(value_of_bucket(k));
         }
     }

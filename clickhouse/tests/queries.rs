@@ -954,3 +954,50 @@ async fn a_replaced_value_moves_its_sample_to_the_new_bucket() {
         );
     }
 }
+
+/// Weights like 1 / 0.3 do not add up exactly in binary: 3k loads of 2 s and k of 5 s, all kept at
+/// 30%, must read like their counts (p75 is the 3k-th: 2 s), not take the next bucket because the
+/// float sum of the 3k weights fell a hair short of three quarters of the total (it does for k = 3
+/// and 5, summed in order).
+#[tokio::test]
+async fn a_weighted_tie_reads_like_its_counts() {
+    let (_server, config) = migrated_server().await;
+    for k in [3u32, 5, 250] {
+        let site = format!("tie{k}");
+        let rows: Vec<VitalsRawRow> = (0..4 * k)
+            .map(|i| VitalsRawRow {
+                sample_rate: 0.3,
+                ..row(
+                    &site,
+                    "root",
+                    "mobile",
+                    "LCP",
+                    if i < 3 * k { 2000.0 } else { 5000.0 },
+                    T0 + 60,
+                )
+            })
+            .collect();
+        insert_raw_rows(&config.client(), &rows).await.unwrap();
+        for weighting in [Weighting::SampleRate, Weighting::Unweighted] {
+            let got = P75Row::with_percentiles(
+                &config.client(),
+                &site,
+                None,
+                None,
+                T0,
+                END,
+                &[],
+                weighting,
+            )
+            .await
+            .unwrap();
+            assert_eq!(got.len(), 1);
+            let p75 = got[0].0.p75;
+            assert!(
+                (p75 - 2000.0).abs() / 2000.0 < 0.005,
+                "k = {k}, {weighting:?}: {p75}"
+            );
+            assert!((got[0].0.poor_share - 0.25).abs() < 1e-9, "{got:?}");
+        }
+    }
+}
