@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use rum_ingest::{HashedBundle, IngestConfig};
-use rum_schemas::limits::{is_valid_sample_rate, is_valid_site};
+use rum_schemas::limits::{is_valid_sample_rate, is_valid_site, normalize_release};
 
 /// Options of `rum snippet`.
 #[derive(clap::Args)]
@@ -20,9 +20,16 @@ pub struct Args {
     /// The share of page loads measured (0.0001 to 1); the collector's default when absent.
     #[arg(long)]
     sample_rate: Option<f64>,
-    /// The bundle to hash; default: `ingest.collector_bundle` of the config.
+    /// The bundle to hash; default: `ingest.collector_bundle` of the config (point it, or this, at
+    /// `collector/dist/rum.attribution.iife.js` for the attribution build).
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// The site's release, sent with every beacon (1 to 64 printable ASCII characters).
+    #[arg(long)]
+    release: Option<String>,
+    /// Report soft navigations (a single-page app's route changes) as page views of their own.
+    #[arg(long)]
+    soft_navs: bool,
 }
 
 /// Prints the tag.
@@ -53,11 +60,41 @@ fn tag(bundle: &HashedBundle, args: &Args) -> anyhow::Result<String> {
     if args.sample_rate.is_some_and(|r| !is_valid_sample_rate(r)) {
         bail!("--sample-rate must be between 0.0001 and 1");
     }
+    // Printable ASCII may hold `"`, `&`, `<`, `>` or `'`: escaped for the attribute (the browser's
+    // dataset gives the release back as it was).
+    let release = match &args.release {
+        Some(r) => Some(html_attribute(normalize_release(r).ok_or_else(|| {
+            anyhow::anyhow!("--release: 1 to 64 printable ASCII characters, not starting or ending with a space")
+        })?)),
+        None => None,
+    };
     let mut data = vec![("site", args.site.as_str())];
     if let Some(rate) = &rate {
         data.push(("sample-rate", rate));
     }
+    if let Some(release) = &release {
+        data.push(("release", release));
+    }
+    if args.soft_navs {
+        data.push(("report-soft-navs", ""));
+    }
     Ok(bundle.script_tag(url, &data))
+}
+
+/// `text` for a double-quoted HTML attribute.
+fn html_attribute(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -70,6 +107,29 @@ mod tests {
             site: site.into(),
             sample_rate,
             bundle: None,
+            release: None,
+            soft_navs: false,
+        }
+    }
+
+    #[test]
+    fn release_and_soft_navigations_are_data_attributes_escaped() {
+        let bundle = HashedBundle::new(&b"x"[..]);
+        let mut a = args("https://rum.example", "shop", None);
+        a.release = Some("  v1 \"beta\" <&> 'x'  ".into());
+        a.soft_navs = true;
+        let printed = tag(&bundle, &a).unwrap();
+        assert!(
+            printed.ends_with(
+                " data-site=\"shop\" data-release=\"v1 &quot;beta&quot; &lt;&amp;&gt; &#39;x&#39;\" \
+                 data-report-soft-navs=\"\"></script>"
+            ),
+            "{printed}"
+        );
+        for bad in ["", "   ", "caf\u{e9}", "a\tb", &"x".repeat(65)] {
+            a.release = Some(bad.into());
+            let err = tag(&bundle, &a).unwrap_err().to_string();
+            assert!(err.starts_with("--release"), "{bad:?}: {err}");
         }
     }
 
