@@ -188,11 +188,18 @@ async fn a_cluster_stores_each_message_once_through_a_killed_replica_and_answers
         ("RUM_CLICKHOUSE_URL", entry.as_str()),
         ("RUM_CLICKHOUSE_CLUSTER", "rum"),
     ];
+    let versions: Vec<u32> = rum_clickhouse::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
     let first = migrate(&cluster_env);
-    assert!(first.contains("5 applied [1, 2, 3, 4, 5]"), "{first}");
+    assert!(
+        first.contains(&format!("{} applied {versions:?}", versions.len())),
+        "{first}"
+    );
     let again = migrate(&cluster_env);
     assert!(
-        again.contains("0 applied [], 4 already applied"),
+        again.contains(&format!("0 applied [], {} already applied", versions.len())),
         "a second run changes nothing: {again}"
     );
     eprintln!(
