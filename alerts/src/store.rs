@@ -78,8 +78,10 @@ pub struct StepStat {
 /// With unit weights this is the unweighted rule: `n_poor + k > n` is `n_poor > n - ceil(3n/4) =
 /// floor(n/4)`, that is `4 n_poor > n`. The weights are sums of floats: a tie (`4 A = W` in exact
 /// arithmetic, e.g. every sample at rate 0.3) can come out a few ulps either way, and differently
-/// on two replicas merging in another order; so "above" needs `4 A - W > W x` [`WEIGHT_TIE_MARGIN`]
-/// (1e-9: a millionth of a page load in a thousand). A step without weighted sums (only rows written
+/// on two replicas merging in another order; so the decision is the very comparison `rum query`
+/// reads its weighted p75 with: "above" when `100 C < 75 W (1 - t)`, `t` = [`WEIGHT_TIE_MARGIN`]
+/// (1e-9: a millionth of a page load in a thousand; it is `4 A - W > 3 t W`), so that the alert and
+/// the p75 `rum query` prints never disagree on a tie. A step without weighted sums (only rows written
 /// before migration 005) is decided from its unweighted counts; a step straddling the upgrade, from
 /// the weighted sums of its newer rows alone (as `rum query` reads it). `min_samples` counts samples
 /// either way.
@@ -107,7 +109,8 @@ impl AboveBy {
     }
 }
 
-/// Relative margin of the weighted decision: `4 A - W > W x WEIGHT_TIE_MARGIN` (see [`AboveBy`]).
+/// Relative tolerance of the weighted decision: "above" when `100 C < 75 W (1 - WEIGHT_TIE_MARGIN)`,
+/// `rum query`'s rank (see [`AboveBy`]).
 pub const WEIGHT_TIE_MARGIN: f64 = rum_clickhouse::WEIGHT_TIE_TOLERANCE;
 
 /// The per-step decision "p75 above the rule's threshold", a `UInt8` 0 or 1 over the columns of
@@ -130,7 +133,8 @@ pub fn above_sql(rules: &Rules, weighting: Weighting) -> String {
         let decision = match weighting {
             Weighting::Unweighted => by_count,
             Weighting::SampleRate => format!(
-                "if(w_total > 0, 4 * ({weighed}) - w_total > w_total * {WEIGHT_TIE_MARGIN:e}, {by_count})"
+                "if(w_total > 0, (w_total - ({weighed})) * 100 < 75 * w_total * {reach}, {by_count})",
+                reach = 1.0 - WEIGHT_TIE_MARGIN
             ),
         };
         branches.push_str(&format!("metric = '{}', {decision}, ", metric.as_str()));
@@ -268,7 +272,7 @@ fn step_rows_sql(step_secs: u32, filter: &str, weighting: Weighting) -> String {
                  if(arraySum(wsk.2) > 0, wsk.1, sk.1) AS bk, \
                  if(arraySum(wsk.2) > 0, wsk.2, arrayMap(c -> toFloat64(c), sk.2)) AS bc, \
                  arraySum(bc) AS total, \
-                 arrayFirstIndex(c -> c * 100 >= 75 * total, arrayCumSum(bc)) AS idx \
+                 arrayFirstIndex(c -> c * 100 >= 75 * total * {reach}, arrayCumSum(bc)) AS idx \
                FROM ( \
                  {group}, \
                  sumMerge(weighted_good) AS w_good, \
@@ -277,7 +281,9 @@ fn step_rows_sql(step_secs: u32, filter: &str, weighting: Weighting) -> String {
                  sumMapMerge(weighted_sketch) AS wsk \
                  {from} \
                ) \
-             )"
+             )",
+            // As `rum query`: a rank within the tolerance of the weighted sums counts as reached.
+            reach = 1.0 - WEIGHT_TIE_MARGIN
         ),
     }
 }
@@ -797,7 +803,8 @@ mod tests {
             let w_total: f64 = values.iter().map(|v| v.1).sum();
             let w_above: f64 = values.iter().filter(|v| v.0 > T).map(|v| v.1).sum();
             let exact = rum_clickhouse::exact_weighted_percentile(&values, 75).unwrap() > T;
-            let by_weight = 4.0 * w_above - w_total > w_total * WEIGHT_TIE_MARGIN;
+            let by_weight =
+                (w_total - w_above) * 100.0 < 75.0 * w_total * (1.0 - WEIGHT_TIE_MARGIN);
             assert_eq!(exact, by_weight, "{values:?}");
             if unit {
                 let (n, poor) = (n as u64, w_above as u64);
@@ -842,13 +849,13 @@ mod tests {
         let sql = above_sql(&thresholds(2500.0, 500.0, 0.3), Weighting::SampleRate);
         assert!(
             sql.contains(&format!(
-                "metric = 'LCP', if(w_total > 0, 4 * (w_needs + w_poor) - w_total > w_total * 1e-9, n_needs + n_poor + {k})"
+                "metric = 'LCP', if(w_total > 0, (w_total - (w_needs + w_poor)) * 100 < 75 * w_total * 0.999999999, n_needs + n_poor + {k})"
             )),
             "{sql}"
         );
         assert!(
             sql.contains(&format!(
-                "metric = 'INP', if(w_total > 0, 4 * (w_poor) - w_total > w_total * 1e-9, n_poor + {k})"
+                "metric = 'INP', if(w_total > 0, (w_total - (w_poor)) * 100 < 75 * w_total * 0.999999999, n_poor + {k})"
             )),
             "{sql}"
         );

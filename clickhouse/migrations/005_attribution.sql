@@ -43,6 +43,45 @@ ALTER TABLE vitals_1m ADD COLUMN weighted_needs_improvement AggregateFunction(su
 ALTER TABLE vitals_1m ADD COLUMN weighted_poor AggregateFunction(sum, Float64);
 ALTER TABLE vitals_1m ADD COLUMN weighted_sketch AggregateFunction(sumMap, Array(Int16), Array(Float64));
 
+-- Minutes stored before this migration get their weighted states from what they hold: each of their
+-- samples weighs the minute's mean weight (weighted_samples / samples, kept since 002), exact when the
+-- minute's samples share one sample rate. So a window across the upgrade is weighted throughout.
+-- Only minutes without any weighted state are filled: running this again changes nothing.
+INSERT INTO vitals_1m (minute, site, route, device, metric, weighted_good, weighted_needs_improvement, weighted_poor, weighted_sketch)
+SELECT
+    minute,
+    site,
+    route,
+    device,
+    metric,
+    sumState(n_good * f),
+    sumState(n_needs * f),
+    sumState(n_poor * f),
+    sumMapState(keys, arrayMap(c -> c * f, counts))
+FROM
+(
+    SELECT
+        minute,
+        site,
+        route,
+        device,
+        metric,
+        sumMerge(weighted_samples) / countMerge(samples) AS f,
+        toFloat64(sumMerge(good)) AS n_good,
+        toFloat64(sumMerge(needs_improvement)) AS n_needs,
+        toFloat64(sumMerge(poor)) AS n_poor,
+        sumMapMerge(sketch) AS sk,
+        tupleElement(sk, 1) AS keys,
+        arrayMap(c -> toFloat64(c), tupleElement(sk, 2)) AS counts,
+        sumMerge(weighted_good) + sumMerge(weighted_needs_improvement) + sumMerge(weighted_poor) AS w_rated,
+        arraySum(tupleElement(sumMapMerge(weighted_sketch), 2)) AS w_sketched
+    FROM vitals_1m
+    WHERE site != ''
+    GROUP BY minute, site, route, device, metric
+    HAVING countMerge(samples) > 0 AND w_rated = 0 AND w_sketched = 0
+)
+GROUP BY minute, site, route, device, metric;
+
 -- The rollup's entry gains the previous value of a metric sent again with a new value (its final
 -- value replaces the first one): a row with prev_rating != '' adds its value and takes prev_value out
 -- of the same group, leaving the sample count as it is. The unweighted counts are UInt64 sums, so

@@ -32,7 +32,7 @@ FROM
         sk,
         wsk,
         arrayFirstIndex(c -> c >= 0.75 * n, arrayCumSum(sk.2)) AS idx,
-        arrayFirstIndex(c -> c >= 0.75 * w, arrayCumSum(wsk.2)) AS widx
+        arrayFirstIndex(c -> c >= 0.75 * w * 0.999999999, arrayCumSum(wsk.2)) AS widx
     FROM
     (
         SELECT

@@ -39,7 +39,7 @@ FROM
         count() AS samples,
         sum(1 / sample_rate) AS estimated_page_loads,
         sumMap([bucket], [1 / sample_rate]) AS sk,
-        arrayFirstIndex(c -> c >= 0.75 * estimated_page_loads, arrayCumSum(sk.2)) AS idx,
+        arrayFirstIndex(c -> c >= 0.75 * estimated_page_loads * 0.999999999, arrayCumSum(sk.2)) AS idx,
         avg(input_delay) AS input_delay,
         avg(processing_duration) AS processing_duration,
         avg(presentation_delay) AS presentation_delay,

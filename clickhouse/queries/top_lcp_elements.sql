@@ -35,7 +35,7 @@ FROM
         count() AS samples,
         sum(1 / sample_rate) AS estimated_page_loads,
         sumMap([bucket], [1 / sample_rate]) AS sk,
-        arrayFirstIndex(c -> c >= 0.75 * estimated_page_loads, arrayCumSum(sk.2)) AS idx,
+        arrayFirstIndex(c -> c >= 0.75 * estimated_page_loads * 0.999999999, arrayCumSum(sk.2)) AS idx,
         arrayElement(topK(1)(resource_url), 1) AS resource_url,
         avg(time_to_first_byte) AS time_to_first_byte,
         avg(resource_load_delay) AS resource_load_delay,

@@ -242,7 +242,9 @@ pub enum Step {
         /// The statements, in order.
         statements: Vec<String>,
     },
-    /// An `INSERT ... SELECT` copying rows between the migrations' tables. Cluster mode has no place
+    /// An `INSERT ... SELECT` copying rows between the migrations' tables (an INSERT into
+    /// `vitals_1m` reading only `vitals_1m` is a [`Step::Run`] instead: read through the `Distributed`
+    /// table, written to the entry node's local one). Cluster mode has no place
     /// to run it (an INSERT has no `ON CLUSTER`; the shards' local tables would each need their own):
     /// it runs only when there is nothing to copy, i.e. it is skipped when every source table is empty
     /// (as it is on a cluster created by these migrations), and fails otherwise.
@@ -527,21 +529,48 @@ pub fn render(
             steps
         }
         What::Insert => {
-            let sources: BTreeSet<String> = code
+            let read: BTreeSet<&str> = code
                 .iter()
                 .enumerate()
                 .filter(|(k, _)| *k != name_at)
                 .map(|(_, &i)| tokens[i])
                 .filter(|t| t.kind == Kind::Ident && tables.contains(t.text))
-                .map(|t| format!("{}.{}", layout.database, t.text))
+                .map(|t| t.text)
                 .collect();
-            vec![Step::CopyWhenSourcesEmpty {
-                sources: sources.into_iter().collect(),
-                sql: statement.to_string(),
-            }]
+            if read.len() == 1 && read.contains(name.as_str()) && what_aggregates(&name) {
+                // A table completing its own rows (rows added to an AggregatingMergeTree merge with
+                // those of the same key, whichever shard holds them): read the whole cluster through
+                // the Distributed table, write into the entry node's local table, once.
+                let mut sql = String::with_capacity(statement.len() + 64);
+                for (i, t) in tokens.iter().enumerate() {
+                    let known = t.kind == Kind::Ident && t.text == name;
+                    if position_in_code[i] == Some(name_at) {
+                        sql.push_str(&format!("{}.{}", layout.local, t.text));
+                    } else if known {
+                        sql.push_str(&format!("{}.{}", layout.database, t.text));
+                    } else {
+                        sql.push_str(t.text);
+                    }
+                }
+                vec![Step::Run(sql.trim().to_string())]
+            } else {
+                vec![Step::CopyWhenSourcesEmpty {
+                    sources: read
+                        .into_iter()
+                        .map(|t| format!("{}.{t}", layout.database))
+                        .collect(),
+                    sql: statement.to_string(),
+                }]
+            }
         }
     };
     Ok(steps)
+}
+
+/// Tables whose rows merge by key (AggregatingMergeTree): rows added for a key on any shard add
+/// to those of the key, since every read merges the shards' states.
+fn what_aggregates(table: &str) -> bool {
+    table == "vitals_1m"
 }
 
 /// The `Distributed` table over `table` on every node, sharded as [`SHARDING_KEYS`] says.
@@ -836,6 +865,26 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn an_aggregating_table_completing_its_own_rows_runs_once_on_the_entry_node() {
+        let steps = render_all();
+        let backfill: Vec<&str> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Run(sql) if sql.contains("INSERT INTO") => Some(sql.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(backfill.len(), 1, "{backfill:?}");
+        let sql = code(backfill[0]);
+        assert!(
+            sql.starts_with("INSERT INTO rum_local.vitals_1m (minute,"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM rum.vitals_1m\n"), "{sql}");
+        assert!(!sql.contains("ON CLUSTER"), "{sql}");
     }
 
     #[test]

@@ -316,3 +316,53 @@ async fn migrate_retention_and_unfinished_inserts_on_every_node() {
         0
     );
 }
+
+/// Migration 005 on a cluster that holds data: the minutes stored before it get their weighted
+/// states (its backfill reads the whole cluster through the Distributed table and writes the entry
+/// node's shard), and a weighted read through the Distributed table sees every shard's samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_005_weighs_the_minutes_a_cluster_stored_before_it() {
+    let cluster = ClickHouseCluster::start(2, 2);
+    let config = config(&cluster);
+    rum_clickhouse::migrate_to(&config, Some(4)).await.unwrap();
+    // What 004's consumers wrote, partitions 0 and 1 (one per shard): four 2 s loads kept at 50%
+    // and four 5 s at 100%, one group of each on each shard.
+    let t0 = 1_700_000_040u32;
+    let mut values = Vec::new();
+    for partition in 0..2 {
+        for (value, rating, rate) in [(2000, "good", 0.5), (5000, "poor", 1.0)] {
+            for _ in 0..2 {
+                values.push(format!(
+                    "({t0}, 'shop', 'root', 'mobile', 'LCP', {value}, '{rating}', {rate}, {partition}, 0)"
+                ));
+            }
+        }
+    }
+    cluster.node(1, 1).query_with_settings(
+        &format!(
+            "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+             sample_rate, kafka_partition, ledger_next) VALUES {}",
+            values.join(", ")
+        ),
+        SYNC,
+    );
+    let report = migrate(&config).await.unwrap();
+    assert_eq!(report.applied, [5]);
+    // Per shard, the minute's mean weight: (2 x 2 + 2 x 1) / 4 = 1.5 for each of its 4 samples.
+    let read = || {
+        cluster.node(2, 2).query(
+            "SELECT countMerge(samples), sumMerge(weighted_samples), sumMerge(weighted_good), \
+             sumMerge(weighted_poor), arraySum(tupleElement(sumMapMerge(weighted_sketch), 2)) \
+             FROM rum.vitals_1m WHERE site = 'shop'",
+        )
+    };
+    eventually(
+        "the backfill read through every replica",
+        Duration::from_secs(30),
+        "8\t12\t6\t6\t12".to_string(),
+        || read().trim().to_string(),
+    )
+    .await;
+    let again = migrate(&config).await.unwrap();
+    assert!(again.applied.is_empty());
+}

@@ -126,3 +126,74 @@ async fn refuses_a_server_whose_time_zone_is_not_utc() {
         "nothing created"
     );
 }
+
+/// Per minute of `rum.vitals_1m` (rollup rows): samples, the three weighted rating sums and the
+/// weighted sketch as `bucket:weight,...`.
+const WEIGHTED_BY_MINUTE: &str = "SELECT toUInt32(minute), countMerge(samples), sumMerge(weighted_good), \
+     sumMerge(weighted_needs_improvement), sumMerge(weighted_poor), \
+     arrayStringConcat(arrayMap((k, c) -> concat(toString(k), ':', toString(c)), \
+       tupleElement(sumMapMerge(weighted_sketch), 1), tupleElement(sumMapMerge(weighted_sketch), 2)), ',') \
+     FROM rum.vitals_1m WHERE site != '' GROUP BY minute ORDER BY minute FORMAT TSV";
+
+/// Migration 005 gives the minutes stored before it weighted states: each sample weighs its minute's
+/// mean weight (`weighted_samples / samples`), so a weighted read across the upgrade sees every
+/// sample; running its backfill again changes nothing.
+#[tokio::test]
+async fn migration_005_weighs_the_minutes_stored_before_it() {
+    let server = ClickHouseServer::start();
+    let cfg = config(&server, "rum");
+    migrate_to(&cfg, Some(4)).await.unwrap();
+    // What 004's consumers wrote: minute 1 kept at 25% (six 2 s, two 5 s), minute 2 at 100% (two 1 s).
+    let t0 = 1_700_000_040u32;
+    let mut values = Vec::new();
+    for (at, value, rating, rate) in [
+        (t0, 2000, "good", 0.25),
+        (t0, 5000, "poor", 0.25),
+        (t0 + 60, 1000, "good", 1.0),
+    ] {
+        let n = if value == 2000 { 6 } else { 2 };
+        for _ in 0..n {
+            values.push(format!(
+                "({at}, 'shop', 'root', 'mobile', 'LCP', {value}, '{rating}', {rate}, 0, 0)"
+            ));
+        }
+    }
+    server.query(&format!(
+        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+         sample_rate, kafka_partition, ledger_next) VALUES {}",
+        values.join(", ")
+    ));
+    // A ledger row (site ''): never weighted.
+    server.query(
+        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+         sample_rate, kafka_partition, ledger_next) VALUES (1700000000, '', 'rum.beacons.v1', '0', '', 0, '', 1, 0, 7)",
+    );
+    let report = migrate(&cfg).await.unwrap();
+    assert_eq!(report.applied, [5]);
+    let text = server.query(WEIGHTED_BY_MINUTE);
+    let b = |v: f64| rum_clickhouse::bucket_of(v);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [
+            format!("{t0}\t8\t24\t0\t8\t{}:24,{}:8", b(2000.0), b(5000.0)),
+            format!("{}\t2\t2\t0\t0\t{}:2", t0 + 60, b(1000.0)),
+        ]
+    );
+    // The backfill again (an interrupted run is run again): minutes with weighted states are skipped.
+    let backfill = MIGRATIONS[4]
+        .statements()
+        .into_iter()
+        .find(|s| s.contains("INSERT INTO vitals_1m"))
+        .unwrap();
+    server.query(
+        &backfill
+            .replace("INSERT INTO vitals_1m ", "INSERT INTO rum.vitals_1m ")
+            .replace("FROM vitals_1m", "FROM rum.vitals_1m"),
+    );
+    let again = server.query(WEIGHTED_BY_MINUTE);
+    assert_eq!(again, text);
+    let ledger = server.query(
+        "SELECT maxMerge(ledger), countMerge(samples), sumMerge(weighted_good) FROM rum.vitals_1m WHERE site = ''",
+    );
+    assert_eq!(ledger.trim(), "7\t0\t0");
+}
