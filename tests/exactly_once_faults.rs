@@ -67,7 +67,7 @@ async fn an_insert_stored_whose_answer_is_lost_is_not_stored_again() {
     )
     .await;
     proxy.set_mode(ProxyMode::ResetAfterAnswer {
-        matching: "INSERT INTO vitals_1m_input".into(),
+        matching: "INSERT INTO vitals_1m_input_v2".into(),
         times: 3,
     });
     stack.produce(N / 2..N).await;
@@ -110,7 +110,7 @@ async fn an_insert_stored_but_answered_with_an_error_is_not_stored_again() {
     let _consumer = stack.consumer(port);
     // A column in the condition: a constant one throws when the view is created. 18.16 pushes a block to a
     // table's views in the order of their names, after the table itself, and does not cascade to the views of a
-    // view's target: `zz_fault` on vitals_1m_input runs after vitals_1m_rollup stored the rollup.
+    // view's target: `zz_fault` on vitals_1m_input_v2 runs after vitals_1m_rollup_v2 stored the rollup.
     for (view, table, condition, step, range) in [
         (
             "fault",
@@ -121,7 +121,7 @@ async fn an_insert_stored_but_answered_with_an_error_is_not_stored_again() {
         ),
         (
             "zz_fault",
-            "vitals_1m_input",
+            "vitals_1m_input_v2",
             "ledger_next >= 0",
             "rollup_insert",
             N / 2..N,

@@ -82,19 +82,22 @@ FROM
 )
 GROUP BY minute, site, route, device, metric;
 
--- The rollup's entry gains the previous value of a metric sent again with a new value (its final
--- value replaces the first one): a row with prev_rating != '' adds its value and takes prev_value out
--- of the same group, leaving the sample count as it is. The unweighted counts are UInt64 sums, so
--- "taking out" adds 2^64 - 1, which wraps to -1 in the merged sum (18.16 and current releases alike);
--- sumMap drops a bucket whose count comes back to 0. The previous value's row is always in the same
+-- The rollup's new entry, vitals_1m_input_v2, beside 004's vitals_1m_input, which stays with its view:
+-- a consumer of the version before writes there, and on 18.16 that view no longer fits vitals_1m
+-- ("Expected column weighted_good"), so its INSERT fails whole and the consumer retries, storing
+-- nothing half-way, until the new version replaces it (a dropped view would let that INSERT store
+-- nothing and succeed: a rollup lost). The new entry has the same columns
+-- and the previous value of a metric sent again with a new value (its final value replaces the first
+-- one): a row with prev_rating != '' adds its value and takes prev_value out of the same group,
+-- leaving the sample count as it is. The unweighted counts are UInt64 sums, so "taking out" adds
+-- 2^64 - 1, which wraps to -1 in the merged sum (18.16 and current releases alike); sumMap drops a
+-- bucket whose count comes back to 0. The writer must send the previous value's row in the same
 -- group (minute, site, route, device, metric) as the one it replaces.
 --
--- Stop the consumers before running this migration: between the DROP of the view and its CREATE an
--- INSERT into vitals_1m_input would store nothing.
-DROP TABLE IF EXISTS vitals_1m_rollup;
-DROP TABLE IF EXISTS vitals_1m_input;
-
-CREATE TABLE IF NOT EXISTS vitals_1m_input
+-- A new table rather than the old one dropped and created again: an INSERT into the old one between
+-- the DROP of its view and the CREATE of the new one would have stored nothing. So consumers may run
+-- through this migration: the old ones stall (loudly, losing nothing), the new ones write here.
+CREATE TABLE IF NOT EXISTS vitals_1m_input_v2
 (
     received_at DateTime,
     site String,
@@ -113,7 +116,7 @@ ENGINE = Null;
 
 -- Rollup rows (site != '') count their samples; ledger rows (site = '') only carry ledger_next.
 -- Keep the sketch's gamma in step with rum_clickhouse::sketch (002_vitals_1m.sql explains it).
-CREATE MATERIALIZED VIEW IF NOT EXISTS vitals_1m_rollup TO vitals_1m AS
+CREATE MATERIALIZED VIEW IF NOT EXISTS vitals_1m_rollup_v2 TO vitals_1m AS
 SELECT
     toStartOfMinute(received_at) AS minute,
     site,
@@ -145,5 +148,5 @@ SELECT
         if(site = '', emptyArrayFloat64(), if(prev_rating = '', [1 / sample_rate], [1 / sample_rate, -1 / sample_rate]))
     ) AS weighted_sketch,
     maxStateIf(ledger_next, site = '') AS ledger
-FROM vitals_1m_input
+FROM vitals_1m_input_v2
 GROUP BY minute, site, route, device, metric;

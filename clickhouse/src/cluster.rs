@@ -5,10 +5,10 @@
 //! - `<database>_local` holds the real tables on every node, under the names of single-server mode:
 //!   `vitals_raw`, `vitals_1m`, `kafka_offsets` as `Replicated*MergeTree` (ZooKeeper path
 //!   `/clickhouse/tables/{shard}/<database>_local/<table>`, replica `{replica}`: the server's macros),
-//!   `vitals_1m_input` (Null) and the view `vitals_1m_rollup` (each node rolls up what it receives).
+//!   `vitals_1m_input_v2` (Null) and the view `vitals_1m_rollup_v2` (each node rolls up what it receives).
 //! - `<database>` holds a `Distributed` table of the same name over each of them, so every reader
 //!   (`rum query`, the analyst queries of `clickhouse/queries/`, the alert evaluator, people) reads the
-//!   whole cluster with the SQL of single-server mode. `vitals_raw` and `vitals_1m_input` are sharded by
+//!   whole cluster with the SQL of single-server mode. `vitals_raw` and the `vitals_1m_input` tables are sharded by
 //!   `kafka_partition`: a Kafka partition's rows, its rollup and its ledger rows all live on one shard.
 //! - `<database>.schema_migrations` is one `ReplicatedReplacingMergeTree` replicated to every node of the
 //!   cluster (its ZooKeeper path has no `{shard}`): one record of the cluster's schema, readable from any
@@ -35,6 +35,7 @@ use crate::StorageError;
 pub const SHARDING_KEYS: &[(&str, &str)] = &[
     ("vitals_raw", "kafka_partition"),
     ("vitals_1m_input", "kafka_partition"),
+    ("vitals_1m_input_v2", "kafka_partition"),
 ];
 
 /// The ZooKeeper path of the cluster-wide `schema_migrations` (every node is a replica of it).
@@ -660,12 +661,18 @@ mod tests {
                 "kafka_offsets",
                 "vitals_1m",
                 "vitals_1m_input",
+                "vitals_1m_input_v2",
                 "vitals_raw"
             ]
         );
         assert_eq!(
             views.into_iter().collect::<Vec<_>>(),
-            ["kafka_offsets_mv", "vitals_1m_mv", "vitals_1m_rollup"]
+            [
+                "kafka_offsets_mv",
+                "vitals_1m_mv",
+                "vitals_1m_rollup",
+                "vitals_1m_rollup_v2"
+            ]
         );
     }
 
@@ -713,6 +720,15 @@ mod tests {
             .find(|s| s.contains("vitals_1m_rollup"))
             .unwrap();
         assert!(rollup.contains("FROM rum_local.vitals_1m_input\nGROUP BY"));
+        let v2 = steps
+            .iter()
+            .map(sql)
+            .find(|s| s.contains("vitals_1m_rollup_v2"))
+            .unwrap();
+        assert!(v2.contains(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS rum_local.vitals_1m_rollup_v2 ON CLUSTER rum TO rum_local.vitals_1m AS"
+        ));
+        assert!(v2.contains("FROM rum_local.vitals_1m_input_v2\nGROUP BY"));
         assert!(rollup.contains("maxStateIf(ledger_next, site = '') AS ledger"));
     }
 
@@ -724,21 +740,28 @@ mod tests {
             .map(sql)
             .filter(|s| s.contains("vitals_1m_input") && s.contains("CREATE TABLE"))
             .collect();
-        // 004 creates it, 005 drops it and creates it again with two more columns.
+        // 004 creates it; 005 its successor, `vitals_1m_input_v2`, with two more columns.
         assert_eq!(input.len(), 4);
-        let without_new = |s: &str| {
-            code(s).replace(
-                ",\n    prev_value Float64 DEFAULT 0,\n    prev_rating String DEFAULT ''",
-                "",
-            )
+        let as_004 = |s: &str| {
+            code(s)
+                .replace("vitals_1m_input_v2", "vitals_1m_input")
+                .replace(
+                    ",\n    prev_value Float64 DEFAULT 0,\n    prev_rating String DEFAULT ''",
+                    "",
+                )
         };
         assert_eq!(
             code(input[0]),
-            without_new(input[2]),
+            as_004(input[2]),
             "005 adds only two columns"
         );
-        assert_eq!(input[1], input[3]);
+        assert_eq!(input[1], as_004(input[3]));
         assert!(input[2].contains("prev_rating String DEFAULT ''"));
+        assert_eq!(
+            input[3],
+            "CREATE TABLE IF NOT EXISTS rum.vitals_1m_input_v2 ON CLUSTER rum AS rum_local.vitals_1m_input_v2 \
+             ENGINE = Distributed(rum, rum_local, vitals_1m_input_v2, kafka_partition)"
+        );
         assert!(input[0]
             .contains("CREATE TABLE IF NOT EXISTS rum_local.vitals_1m_input ON CLUSTER rum\n("));
         assert!(input[0].ends_with("ENGINE = Null"));
@@ -900,10 +923,7 @@ mod tests {
             drops,
             [
                 "DROP TABLE IF EXISTS rum_local.kafka_offsets_mv ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_rollup ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum_local.vitals_1m_input ON CLUSTER rum",
-                "DROP TABLE IF EXISTS rum.vitals_1m_input ON CLUSTER rum"
+                "DROP TABLE IF EXISTS rum_local.vitals_1m_mv ON CLUSTER rum"
             ]
         );
         let copy = steps

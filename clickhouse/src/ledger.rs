@@ -42,8 +42,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::quote;
 use crate::StorageError;
 
-/// The rollup's entry table (Null engine; the view `vitals_1m_rollup` fills `vitals_1m`).
-pub const VITALS_1M_INPUT: &str = "vitals_1m_input";
+/// The rollup's entry table (Null engine; the view `vitals_1m_rollup_v2` fills `vitals_1m`). Migration
+/// 005 made it beside 004's `vitals_1m_input`, which consumers of the version before keep writing.
+pub const VITALS_1M_INPUT: &str = "vitals_1m_input_v2";
 
 /// The most rows one INSERT may carry: ClickHouse 18.16 cuts HTTP input into blocks of
 /// `max_insert_block_size` rows (1,048,576) and a view's GROUP BY output into blocks of
@@ -336,7 +337,7 @@ pub async fn raw_rollup_rows(
     crate::bounded("reading rows back from vitals_raw", timeout, q.fetch_all()).await
 }
 
-/// A row of `vitals_1m_input`, borrowed. A ledger row has an empty site and metric = the topic id.
+/// A row of `vitals_1m_input_v2`, borrowed. A ledger row has an empty site and metric = the topic id.
 #[derive(Debug, Clone, Copy, PartialEq, Row, Serialize)]
 pub struct RollupInputRef<'a> {
     /// Unix seconds (a ledger row: the start of the batch's day).

@@ -77,11 +77,14 @@ async fn migrate_retention_and_unfinished_inserts_on_every_node() {
                 "rum.schema_migrations ReplicatedReplacingMergeTree",
                 "rum.vitals_1m Distributed",
                 "rum.vitals_1m_input Distributed",
+                "rum.vitals_1m_input_v2 Distributed",
                 "rum.vitals_raw Distributed",
                 "rum_local.kafka_offsets ReplicatedAggregatingMergeTree",
                 "rum_local.vitals_1m ReplicatedAggregatingMergeTree",
                 "rum_local.vitals_1m_input Null",
+                "rum_local.vitals_1m_input_v2 Null",
                 "rum_local.vitals_1m_rollup MaterializedView",
+                "rum_local.vitals_1m_rollup_v2 MaterializedView",
                 "rum_local.vitals_raw ReplicatedMergeTree",
             ],
             "{}",
@@ -126,7 +129,7 @@ async fn migrate_retention_and_unfinished_inserts_on_every_node() {
         for at in ["2023-01-15 10:00:00", "2024-03-15 10:00:00"] {
             cluster.node(1, 1).query_with_settings(
                 &format!(
-                    "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+                    "INSERT INTO rum.vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, \
                      sample_rate, kafka_partition, ledger_next) \
                      VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', 1, 'good', 1, {partition}, 0)"
                 ),

@@ -196,4 +196,15 @@ async fn migration_005_weighs_the_minutes_stored_before_it() {
         "SELECT maxMerge(ledger), countMerge(samples), sumMerge(weighted_good) FROM rum.vitals_1m WHERE site = ''",
     );
     assert_eq!(ledger.trim(), "7\t0\t0");
+    // A consumer of the version before still writes 004's entry: on 18.16 its view no longer fits
+    // vitals_1m, so the INSERT fails whole (the consumer retries; nothing half-stored, nothing lost).
+    let old = server.try_query(
+        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+         sample_rate, kafka_partition, ledger_next) VALUES (1700000040, 'shop', 'root', 'mobile', 'LCP', 1, 'good', 1, 0, 0)",
+    );
+    assert!(
+        old.as_ref().is_err_and(|e| e.contains("weighted_good")),
+        "{old:?}"
+    );
+    assert_eq!(server.query(WEIGHTED_BY_MINUTE), text);
 }

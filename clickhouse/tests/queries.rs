@@ -921,7 +921,7 @@ async fn a_replaced_value_moves_its_sample_to_the_new_bucket() {
     let insert = |value: f64, rating: &str, prev: Option<(f64, &str)>| {
         let (prev_value, prev_rating) = prev.unwrap_or((0.0, ""));
         server.query(&format!(
-            "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, sample_rate, \
+            "INSERT INTO rum.vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, sample_rate, \
              kafka_partition, ledger_next, prev_value, prev_rating) \
              VALUES ({T0}, 'shop', 'root', 'mobile', 'CLS', {value}, '{rating}', 0.5, 0, 0, {prev_value}, '{prev_rating}')"
         ))

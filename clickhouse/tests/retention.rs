@@ -34,13 +34,15 @@ const PAUSED_TIMEOUT: Duration = Duration::from_secs(2);
 fn insert(server: &ClickHouseServer, database: &str) {
     for (i, at) in TIMES.iter().enumerate() {
         server.query(&format!(
-            "INSERT INTO {database}.vitals_raw VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', \
+            "INSERT INTO {database}.vitals_raw (received_at, site, route, device, nav_type, metric, value, \
+             rating, metric_id, sample_rate, kafka_topic, kafka_topic_id, kafka_partition, kafka_offset) \
+             VALUES ('{at}', 'shop', 'root', 'mobile', 'navigate', \
              'LCP', {}, 'good', 'id-{i}', 1, 'rum.beacons.v1', '', 0, {i})",
             1000 + i
         ));
         // The rollup has its own INSERT since migration 004 (no view from vitals_raw).
         server.query(&format!(
-            "INSERT INTO {database}.vitals_1m_input VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', {}, \
+            "INSERT INTO {database}.vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, ledger_next) VALUES ('{at}', 'shop', 'root', 'mobile', 'LCP', {}, \
              'good', 1, 0, 0)",
             1000 + i
         ));
@@ -62,7 +64,7 @@ async fn drops_only_partitions_entirely_older_than_the_limits() {
     insert(&server, "rum_other");
     // Partition 3 of the topic was last written in December 2022: its ledger row lives in that month.
     server.query(
-        "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
+        "INSERT INTO rum.vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, \
          sample_rate, kafka_partition, ledger_next) VALUES ('2022-12-15 00:00:00', '', 'rum.beacons.v1', '3', 'id', \
          0, '', 1, 3, 77)",
     );
@@ -204,7 +206,8 @@ fn unix(server: &ClickHouseServer, at: &str) -> u32 {
 /// `rows` rows of `vitals_raw` at `at`, with distinct values and ids (so they do not compress away).
 fn insert_rows(server: &ClickHouseServer, at: &str, rows: u64) {
     server.query(&format!(
-        "INSERT INTO rum.vitals_raw SELECT toDateTime('{at}'), 'shop', 'root', 'mobile', 'navigate', \
+        "INSERT INTO rum.vitals_raw (received_at, site, route, device, nav_type, metric, value, rating, \
+             metric_id, sample_rate, kafka_topic, kafka_topic_id, kafka_partition, kafka_offset) SELECT toDateTime('{at}'), 'shop', 'root', 'mobile', 'navigate', \
          'LCP', toFloat64(number * 7919 % 100003), 'good', concat('id-', toString(cityHash64(number))), \
          1, 'rum.beacons.v1', '', 0, number FROM system.numbers LIMIT {rows}"
     ));

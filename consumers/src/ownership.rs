@@ -10,7 +10,7 @@
 //!   written by two INSERTs, and each keeps its own record of what it holds, in the same part as
 //!   the rows: `vitals_raw` rows carry their message's (topic, topic id, partition, offset);
 //!   `vitals_1m` gets, in the same block as a batch's rollup rows, a *ledger row* per partition with
-//!   the next offset (`vitals_1m_input` is a Null table with one view, so its INSERT is one block of
+//!   the next offset (`vitals_1m_input_v2` is a Null table with one view, so its INSERT is one block of
 //!   `vitals_1m` or nothing).
 //! - An INSERT whose answer is lost (a reset connection, a timeout, a restart) may have been stored,
 //!   and may even still be running. Every INSERT carries a `query_id` naming the group, topic and

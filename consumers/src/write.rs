@@ -11,7 +11,7 @@
 //!    [`MAX_ROWS_PER_INSERT`] rows, each partition's messages in offset order;
 //! 6. for each planned INSERT, [`Writer::write_group`]: check what `vitals_raw` already holds of it,
 //!    insert the rest into `vitals_raw`, then the rollup rows of all of it plus the ledger rows into
-//!    `vitals_1m` (through `vitals_1m_input`), each only while the member's ownership is proven;
+//!    `vitals_1m` (through `vitals_1m_input_v2`), each only while the member's ownership is proven;
 //! 7. advance: the floors move past the INSERT ([`crate::ownership::Ownership::advance`]).
 
 use std::collections::BTreeMap;

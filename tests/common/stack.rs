@@ -176,7 +176,7 @@ impl Stack {
     }
 
     /// Makes every rollup INSERT fail before it stores anything (vitals_1m renamed away, so the view of
-    /// `vitals_1m_input` has no target), while the raw INSERTs go on storing; [`Stack::restore_rollup`] undoes it.
+    /// `vitals_1m_input_v2` has no target), while the raw INSERTs go on storing; [`Stack::restore_rollup`] undoes it.
     pub fn break_rollup(&self) {
         self.clickhouse
             .query("RENAME TABLE rum.vitals_1m TO rum.vitals_1m_away");

@@ -217,7 +217,7 @@ class CurrentClickHouse(unittest.TestCase):
             "time_to_first_byte, resource_load_delay, resource_load_duration, element_render_delay, "
             "interaction_type, input_delay, processing_duration, presentation_delay, script_url) VALUES " + values
         )
-        # The rollup, as the consumer writes it (migration 004: no view between the tables).
+        # The rollup, as the consumer writes it (migration 004: no view between the tables; 005: its entry v2).
         rollup = ",\n".join(
             "({}, {}, {}, {}, {}, {!r}, {}, {}, 0, 0)".format(
                 t, literal(site), literal(route), literal(device), literal(metric), value,
@@ -226,7 +226,7 @@ class CurrentClickHouse(unittest.TestCase):
             for (t, site, route, device, metric, value, rate) in cls.rows
         )
         cls.session.query(
-            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
+            "INSERT INTO vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, "
             "sample_rate, kafka_partition, ledger_next) VALUES " + rollup
         )
 
@@ -267,7 +267,7 @@ class CurrentClickHouse(unittest.TestCase):
         self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m WHERE site != 'final'"), str(len(self.rows)))
         # A ledger row (site ''): one more row of vitals_1m, no sample, its next offset kept.
         self.session.query(
-            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, "
+            "INSERT INTO vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, "
             "sample_rate, kafka_partition, ledger_next) VALUES (1700000000, '', 'rum.beacons.v1', '3', 'id', 0, '', 1, 3, 42)"
         )
         self.assertEqual(self.q1("SELECT countMerge(samples) FROM vitals_1m WHERE site != 'final'"), str(len(self.rows)))
@@ -391,7 +391,7 @@ class CurrentClickHouse(unittest.TestCase):
     def test_a_replaced_value_moves_its_sample(self):
         """Migration 005's rollup: a row with the previous value and rating takes it out of its bucket."""
         self.session.query(
-            "INSERT INTO vitals_1m_input (received_at, site, route, device, metric, value, rating, sample_rate, "
+            "INSERT INTO vitals_1m_input_v2 (received_at, site, route, device, metric, value, rating, sample_rate, "
             "kafka_partition, ledger_next, prev_value, prev_rating) VALUES "
             "(1700000000, 'final', 'root', 'mobile', 'CLS', 0.05, 'good', 0.5, 0, 0, 0, ''), "
             "(1700000000, 'final', 'root', 'mobile', 'CLS', 0.3, 'poor', 0.5, 0, 0, 0.05, 'good')"
