@@ -26,9 +26,9 @@ pub use migrate::{migrate, migrate_to, Migration, MigrationReport, MIGRATIONS};
 pub use offsets::stored_offsets;
 pub use queries::{
     p75_by_route_device, top_inp_targets, top_lcp_elements, AnalystQuery, Dimension, DimensionRow,
-    InpTargetRow, LcpElementRow, P75Row, RatingSharesRow, Weighting, P75_BY_DIMENSION,
-    P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES, RATING_SHARES, TOP_INP_TARGETS,
-    TOP_LCP_ELEMENTS, WORST_ROUTES,
+    InpTargetRow, LcpElementRow, P75Row, RatingSharesRow, Weighting, MAX_DIMENSION_VALUES,
+    P75_BY_DIMENSION, P75_BY_ROUTE_DEVICE, P75_TREND_HOURLY, QUERIES, RATING_SHARES,
+    TOP_INP_TARGETS, TOP_LCP_ELEMENTS, WORST_ROUTES,
 };
 pub use retention::{
     active_partitions, apply_retention, RetentionFailure, RetentionFailureCause, RetentionReport,

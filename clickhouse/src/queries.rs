@@ -367,8 +367,24 @@ fn dimension_sql(dimension: Dimension, percentiles: &[u8], weighting: Weighting)
          GROUP BY site, value, metric",
         column = dimension.name(),
     );
-    stats_sql("site, value, metric", &inner, percentiles, weighting)
+    // A client-chosen dimension (a release string) has as many values as clients send: the
+    // MAX_DIMENSION_VALUES with the most samples per metric, in a bounded answer.
+    format!(
+        "SELECT site, value, metric, p75, samples, good_share, needs_improvement_share, poor_share, \
+           percentiles \
+         FROM ( \
+           SELECT * FROM ({stats}) \
+           ORDER BY site, metric, samples DESC, value \
+           LIMIT {MAX_DIMENSION_VALUES} BY site, metric \
+         ) \
+         ORDER BY site, value, metric",
+        stats = stats_sql("site, value, metric", &inner, percentiles, weighting)
+    )
 }
+
+/// The most values of a [`Dimension`] [`DimensionRow::with_percentiles`] answers per metric: those
+/// with the most samples.
+pub const MAX_DIMENSION_VALUES: usize = 100;
 
 /// A row of [`percentiles_sql`], in its column order.
 #[derive(Row, Deserialize)]
@@ -457,8 +473,9 @@ impl DimensionRow {
     /// Percentiles per value of `dimension` and metric of `site` over the samples received in
     /// `[since, until)` (unix seconds), optionally of one route and/or device, weighted as
     /// `weighting` says. Read from `vitals_raw` (a scan of the site's rows in the window; the sketch is
-    /// built on the fly, so the percentiles are within 0.5% like those of `vitals_1m`). Rows by site,
-    /// value and metric.
+    /// built on the fly, so the percentiles are within 0.5% like those of `vitals_1m`). At most
+    /// [`MAX_DIMENSION_VALUES`] values per metric, those with the most samples. Rows by site, value and
+    /// metric.
     ///
     /// Panics if a percentile is not in `1..=99` (callers validate their input).
     #[allow(clippy::too_many_arguments)]

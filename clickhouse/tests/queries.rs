@@ -1001,3 +1001,43 @@ async fn a_weighted_tie_reads_like_its_counts() {
         }
     }
 }
+
+/// A dimension whose values the clients choose (a release string) answers its most frequent values
+/// only: 120 releases, release `i` with `i + 1` samples: the 100 with 21 to 120 samples.
+#[tokio::test]
+async fn a_dimension_answers_its_most_frequent_values_only() {
+    let (_server, config) = migrated_server().await;
+    let mut rows = Vec::new();
+    for i in 0..120u32 {
+        for j in 0..=i {
+            rows.push(VitalsRawRow {
+                release: format!("r{i:03}"),
+                metric_id: format!("{i}-{j}"),
+                ..row("rel", "root", "mobile", "LCP", 1000.0, T0 + 60)
+            });
+        }
+    }
+    insert_raw_rows(&config.client(), &rows).await.unwrap();
+    let got = DimensionRow::with_percentiles(
+        &config.client(),
+        Dimension::Release,
+        "rel",
+        None,
+        None,
+        T0,
+        END,
+        &[],
+        Weighting::SampleRate,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.len(), rum_clickhouse::MAX_DIMENSION_VALUES);
+    assert_eq!(
+        got.first().map(|r| (r.value.as_str(), r.samples)),
+        Some(("r020", 21))
+    );
+    assert_eq!(
+        got.last().map(|r| (r.value.as_str(), r.samples)),
+        Some(("r119", 120))
+    );
+}

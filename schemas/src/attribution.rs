@@ -248,6 +248,34 @@ fn text(field: &Option<Loose<'_>>, max: usize) -> Result<String, InvalidAttribut
 
 /// A URL: a string without control characters of at most [`MAX_ATTRIBUTION_URL_IN_LEN`]
 /// characters, kept trimmed, without query string and fragment, cut to [`MAX_ATTRIBUTION_URL_LEN`].
+/// `url` without query string, fragment and credentials (`scheme://user:password@host/...` keeps
+/// `scheme://host/...`): what may hold personal data or secrets.
+fn without_query_and_credentials(url: &str) -> String {
+    let s = url.split(['?', '#']).next().unwrap_or_default();
+    match s.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => s.to_string(),
+            }
+        }
+        None => s.to_string(),
+    }
+}
+
+/// INP's `scriptInvoker`: a text, or (for a classic script) the script's URL, which loses its query
+/// string, fragment and credentials like every URL (the collector strips them too; another client
+/// may not).
+fn invoker(field: &Option<Loose<'_>>) -> Result<String, InvalidAttribution> {
+    let text = text(field, MAX_SCRIPT_INVOKER_LEN)?;
+    Ok(if text.contains("://") {
+        without_query_and_credentials(&text)
+    } else {
+        text
+    })
+}
+
 fn url(field: &Option<Loose<'_>>) -> Result<String, InvalidAttribution> {
     match field {
         None => Ok(String::new()),
@@ -266,22 +294,7 @@ fn url(field: &Option<Loose<'_>>) -> Result<String, InvalidAttribution> {
             if s.chars().count() > MAX_ATTRIBUTION_URL_IN_LEN || s.chars().any(char::is_control) {
                 return Err(InvalidAttribution);
             }
-            let s = trimmed.split(['?', '#']).next().unwrap_or_default();
-            // No credentials: `scheme://user:password@host/...` keeps `scheme://host/...`.
-            let without_userinfo;
-            let s = match s.split_once("://") {
-                Some((scheme, rest)) => {
-                    let authority_end = rest.find('/').unwrap_or(rest.len());
-                    match rest[..authority_end].rfind('@') {
-                        Some(at) => {
-                            without_userinfo = format!("{scheme}://{}", &rest[at + 1..]);
-                            without_userinfo.as_str()
-                        }
-                        None => s,
-                    }
-                }
-                None => s,
-            };
+            let s = without_query_and_credentials(trimmed);
             let end = s
                 .char_indices()
                 .nth(MAX_ATTRIBUTION_URL_LEN)
@@ -362,7 +375,7 @@ impl Attribution {
                 processing_duration: time(&raw.processing_duration, name)?,
                 presentation_delay: time(&raw.presentation_delay, name)?,
                 script_url: url(&raw.script_url)?,
-                script_invoker: text(&raw.script_invoker, MAX_SCRIPT_INVOKER_LEN)?,
+                script_invoker: invoker(&raw.script_invoker)?,
                 ..Attribution::default()
             },
             MetricName::CLS => Attribution {
@@ -455,6 +468,27 @@ mod tests {
         );
         assert_eq!(url_of(&huge), "data:");
         assert_eq!(url_of(r#"{"url":" BLOB:https://x/1"}"#), "blob:");
+    }
+
+    #[test]
+    fn a_script_url_invoker_loses_its_query_and_credentials_a_text_one_is_kept() {
+        let invoker_of = |v: &str| {
+            normalize(
+                MetricName::INP,
+                &format!(
+                    r#"{{"scriptInvoker":{}}}"#,
+                    serde_json::to_string(v).unwrap()
+                ),
+            )
+            .unwrap()
+            .script_invoker
+        };
+        assert_eq!(
+            invoker_of("https://u:pw@shop.example/app.js?session=abc#x"),
+            "https://shop.example/app.js"
+        );
+        assert_eq!(invoker_of(" BUTTON#buy.onclick "), "BUTTON#buy.onclick");
+        assert_eq!(invoker_of("Response.json.then"), "Response.json.then");
     }
 
     #[test]
