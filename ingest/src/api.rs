@@ -557,7 +557,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.sites.set(held.sites as i64);
     state.metrics.routes.set(held.routes as i64);
     state.metrics.route_candidates.set(held.candidates as i64);
-    let (attribution_routes, _) = state.policy.attribution_cap.held();
+    let attribution_routes = state.policy.attribution_cap.pairs();
     state
         .metrics
         .attribution_routes

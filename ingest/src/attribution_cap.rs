@@ -279,7 +279,14 @@ impl AttributionCap {
         }
     }
 
-    /// The (site, route) pairs with a table, and about the bytes their tables hold.
+    /// The (site, route) pairs with a table: what `/metrics` shows, without visiting each table (a
+    /// scrape must not lock every pair's table while beacons go through them).
+    pub fn pairs(&self) -> usize {
+        self.pairs.read().unwrap_or_else(|e| e.into_inner()).by_key.len()
+    }
+
+    /// The (site, route) pairs with a table, and about the bytes their tables hold (visits and locks
+    /// every table: for the bound logged at start and for tests, not for every scrape).
     pub fn held(&self) -> (usize, usize) {
         let pairs = self.pairs.read().unwrap_or_else(|e| e.into_inner());
         let bytes = table_bytes::<(u64, RouteValues)>(pairs.by_key.capacity())
