@@ -286,7 +286,8 @@ impl AttributionCap {
     }
 
     /// The (site, route) pairs with a table, and about the bytes their tables hold (visits and locks
-    /// every table: for the bound logged at start and for tests, not for every scrape).
+    /// every table: for the tests of the memory bound, not for a scrape).
+    #[cfg(test)]
     pub fn held(&self) -> (usize, usize) {
         let pairs = self.pairs.read().unwrap_or_else(|e| e.into_inner());
         let bytes = table_bytes::<(u64, RouteValues)>(pairs.by_key.capacity())
