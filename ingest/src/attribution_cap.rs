@@ -282,7 +282,11 @@ impl AttributionCap {
     /// The (site, route) pairs with a table: what `/metrics` shows, without visiting each table (a
     /// scrape must not lock every pair's table while beacons go through them).
     pub fn pairs(&self) -> usize {
-        self.pairs.read().unwrap_or_else(|e| e.into_inner()).by_key.len()
+        self.pairs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
     }
 
     /// The (site, route) pairs with a table, and about the bytes their tables hold (visits and locks
