@@ -308,8 +308,16 @@ try {
     // The hero image (attribution) is in the load event: it has painted once load has fired.
     await tab.waitForFunction(() => window.__shifted === true);
     await tab.waitForTimeout(500); // let the shift and LCP be painted and reported
-    await tab.click('#buy');
-    await tab.waitForFunction(() => window.__seen.interactions > 0, null, { timeout: 5_000 }).catch(() => {});
+    // A click whose event timing entry the page has not seen within 5 s (seen once on a loaded
+    // machine) is made again, at most three times: INP reports the longest of them.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      await tab.click('#buy');
+      const seenOne = await tab
+        .waitForFunction(() => window.__seen.interactions > 0, null, { timeout: 5_000 })
+        .then(() => true, () => false);
+      if (seenOne) break;
+      console.error(`e2e: click ${attempt + 1} on #buy not seen as an interaction yet`);
+    }
     await tab.waitForTimeout(1_500); // web-vitals processes interactions when idle
   }
   const seen = await tab.evaluate(() => ({
