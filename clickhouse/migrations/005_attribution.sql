@@ -36,8 +36,8 @@ ALTER TABLE vitals_raw ADD COLUMN script_invoker String DEFAULT '';
 
 -- vitals_1m gains the sample-rate-weighted twins of the rating counts and of the sketch: each sample
 -- weighs 1 / sample_rate, so a site sampling its pages at different rates gets unbiased quantiles and
--- shares (weighted_samples existed already). Rows written before this migration have empty weighted
--- states: readers fall back to the unweighted ones where weighted_samples is 0 (see the queries).
+-- shares (weighted_samples existed already). Rows written before this migration get their weighted
+-- states from the INSERT below; readers still read a group without any by its unweighted states.
 ALTER TABLE vitals_1m ADD COLUMN weighted_good AggregateFunction(sum, Float64);
 ALTER TABLE vitals_1m ADD COLUMN weighted_needs_improvement AggregateFunction(sum, Float64);
 ALTER TABLE vitals_1m ADD COLUMN weighted_poor AggregateFunction(sum, Float64);
