@@ -3,10 +3,12 @@
 //! (migration 005): LCP's largest element, INP's interaction target, CLS's largest shift target,
 //! all in the `target` column. Annotations:
 //!
-//! * `top_target`: the most frequent non-empty `target` among the series' samples received in the
-//!   window `[end - for_minutes, end)` (the window the decision looked at);
+//! * `top_target`: the most frequent `target` among the series' samples received in the window
+//!   `[end - for_minutes, end)` (the window the decision looked at), neither empty nor `other` (the
+//!   ingest's cap folds a route's values past its limit into `other`, which names no element);
 //! * `top_target_share`: its samples over the window's samples that name a target (two decimals;
-//!   collectors without the attribution build send none, and are left out of the share);
+//!   collectors without the attribution build send none, and `other` names none: both are left out of
+//!   the share);
 //! * INP only, when sent: `top_target_interaction_type` and `top_target_script_url`, the most
 //!   frequent interaction type and longest-script URL among that target's samples.
 //!
@@ -108,7 +110,8 @@ pub fn top_targets_sql(series: usize) -> String {
                  if(kind = 'type', interaction_type, script_url) AS attr, \
                  count() AS c \
                FROM vitals_raw \
-               WHERE received_at >= toDateTime(?) AND received_at < toDateTime(?) AND target != '' \
+               WHERE received_at >= toDateTime(?) AND received_at < toDateTime(?) \
+                 AND target != '' AND target != 'other' \
                  AND (site, route, device, metric) IN ({keys}) \
                GROUP BY site, route, device, metric, target, kind, attr \
              ) \

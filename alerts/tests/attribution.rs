@@ -83,6 +83,25 @@ async fn firing_alerts_name_their_top_target_and_go_out_without_it_when_it_canno
         ),
     )
     .await;
+    // The ingest's cap folded other elements of the route into `other`, more frequent than the hero
+    // image (60): it names no element, and is neither the top target nor in the share.
+    insert(
+        &config,
+        attributed(
+            samples(
+                "shop",
+                "product-id",
+                "mobile",
+                "LCP",
+                6000.0,
+                start,
+                fire_at,
+                2,
+            ),
+            |_, row| row.target = "other".into(),
+        ),
+    )
+    .await;
     // Before the window, a banner more frequent than all of them: not in the alert's window.
     insert(
         &config,
