@@ -174,11 +174,20 @@ async fn attribution_and_context_land_in_vitals_raw_and_old_beacons_are_stored_a
             "blog\tposts-id-hello-world\tunknown\tnavigate\tTTFB\t420\tgood\tv5-3-1\t1\t\t\tunknown\tunknown\t0\t\t\t\\N\t\\N\t\\N\t\\N\t\t\\N\t\\N\t\\N\t\t",
         ]
     );
-    // The rollup counts them once each, weighted by 1 / sample rate.
-    let rollup = clickhouse.query(
-        "SELECT metric, countMerge(samples), sumMerge(weighted_samples), sumMerge(weighted_poor) \
-         FROM rum.vitals_1m WHERE site != '' GROUP BY metric ORDER BY metric FORMAT TSV",
-    );
+    // The rollup counts them once each, weighted by 1 / sample rate (its INSERT follows the raw one:
+    // waited for).
+    let rollup = eventually("6 samples in rum.vitals_1m", Duration::from_secs(30), async || {
+        let rollup = clickhouse.query(
+            "SELECT metric, countMerge(samples), sumMerge(weighted_samples), sumMerge(weighted_poor) \
+             FROM rum.vitals_1m WHERE site != '' GROUP BY metric ORDER BY metric FORMAT TSV",
+        );
+        let samples: u64 = rollup
+            .lines()
+            .filter_map(|l| l.split('\t').nth(1)?.parse::<u64>().ok())
+            .sum();
+        (samples >= 6).then_some(rollup)
+    })
+    .await;
     assert_eq!(
         rollup.lines().collect::<Vec<_>>(),
         [
