@@ -46,19 +46,12 @@ pub struct AlertsConfig {
     pub weighting: Weighting,
 }
 
-/// How the samples of the p75 decision and of the p75 shown count (`alerts.weighting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Weighting {
-    /// Each sample weighs `1 / sample_rate` (the page loads it stands for): the decision reads the
-    /// weighted rating sums and the p75 shown the weighted sketch of `vitals_1m` (migration 005), as
-    /// `rum query` does by default. A step without weighted states (rows written before 005) is
-    /// decided from its unweighted counts and sketch. `min_samples` still counts samples.
-    #[default]
-    SampleRate,
-    /// Each sample counts once (`rum query --unweighted`).
-    Unweighted,
-}
+/// How the samples of the p75 decision and of the p75 shown count (`alerts.weighting`), as `rum
+/// query` counts them: `sample_rate` (the default: each sample weighs `1 / sample_rate`; the decision
+/// reads the weighted rating sums and the p75 shown the weighted sketch of `vitals_1m`, a step without
+/// weighted states its unweighted counts and sketch; `min_samples` still counts samples) or
+/// `unweighted` (`rum query --unweighted`).
+pub use rum_clickhouse::Weighting;
 
 impl Default for AlertsConfig {
     fn default() -> Self {

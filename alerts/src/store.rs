@@ -269,10 +269,10 @@ fn step_rows_sql(step_secs: u32, filter: &str, weighting: Weighting) -> String {
              FROM ( \
                SELECT site, route, device, metric, step_start, n, n_needs, n_poor, w_needs, w_poor, \
                  w_good + w_needs + w_poor AS w_total, \
-                 if(arraySum(wsk.2) > 0, wsk.1, sk.1) AS bk, \
-                 if(arraySum(wsk.2) > 0, wsk.2, arrayMap(c -> toFloat64(c), sk.2)) AS bc, \
+                 {bk} AS bk, \
+                 {bc} AS bc, \
                  arraySum(bc) AS total, \
-                 arrayFirstIndex(c -> c * 100 >= 75 * total * {reach}, arrayCumSum(bc)) AS idx \
+                 arrayFirstIndex(c -> c * 100 >= 75 * {total}, arrayCumSum(bc)) AS idx \
                FROM ( \
                  {group}, \
                  sumMerge(weighted_good) AS w_good, \
@@ -282,8 +282,10 @@ fn step_rows_sql(step_secs: u32, filter: &str, weighting: Weighting) -> String {
                  {from} \
                ) \
              )",
-            // As `rum query`: a rank within the tolerance of the weighted sums counts as reached.
-            reach = 1.0 - WEIGHT_TIE_MARGIN
+            // As `rum query` reads them: the same buckets, the same tolerance of the weighted rank.
+            bk = Weighting::SampleRate.buckets_sql().0,
+            bc = Weighting::SampleRate.buckets_sql().1,
+            total = Weighting::SampleRate.rank_total_sql("total"),
         ),
     }
 }

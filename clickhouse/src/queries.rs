@@ -189,16 +189,46 @@ fn by_route_device(
         .bind(device)
 }
 
-/// How the samples of a percentile or a share count.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the samples of a percentile or a share count (`rum query`, and `alerts.weighting`:
+/// `sample_rate`, the default, or `unweighted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Weighting {
     /// Each sample weighs `1 / sample_rate`: the page loads it stands for. A site that samples its
     /// pages at different rates (per route, per release, over time) gets an unbiased estimate. Over
     /// `vitals_1m`, read from the weighted sketch and rating sums of migration 005; a group with none
     /// of them (only rows written before it) falls back to its unweighted samples.
+    #[default]
     SampleRate,
     /// Each sample counts once: the raw view of what was collected.
     Unweighted,
+}
+
+impl Weighting {
+    /// The SQL of a merged sketch's bucket keys and counts (`Array(Float64)`), over the columns `sk`
+    /// (`sumMapMerge(sketch)`) and `wsk` (`sumMapMerge(weighted_sketch)`): weighted, the weighted
+    /// sketch, or the unweighted one for a group without any (only rows written before migration 005).
+    pub fn buckets_sql(self) -> (&'static str, &'static str) {
+        match self {
+            Weighting::SampleRate => (
+                "if(arraySum(wsk.2) > 0, wsk.1, sk.1)",
+                "if(arraySum(wsk.2) > 0, wsk.2, arrayMap(c -> toFloat64(c), sk.2))",
+            ),
+            Weighting::Unweighted => ("sk.1", "arrayMap(c -> toFloat64(c), sk.2)"),
+        }
+    }
+
+    /// The SQL of the total a rank is compared with, `total` as it is: weighted sums are not exact
+    /// in binary, so a rank within `sketch::WEIGHT_TIE_TOLERANCE` of them counts as reached;
+    /// counts are exact, and keep the exact rank.
+    pub fn rank_total_sql(self, total: &str) -> String {
+        match self {
+            Weighting::SampleRate => {
+                format!("{total} * {}", 1.0 - crate::sketch::WEIGHT_TIE_TOLERANCE)
+            }
+            Weighting::Unweighted => total.to_string(),
+        }
+    }
 }
 
 /// The outer level of every percentile query: over `inner`, a grouping level with the columns
@@ -226,12 +256,7 @@ fn stats_sql(keys: &str, inner: &str, percentiles: &[u8], weighting: Weighting) 
     ranks.push(75);
     ranks.sort_unstable();
     ranks.dedup();
-    // Weighted sums are not exact in binary: a rank within the tolerance counts as reached
-    // (`sketch::WEIGHT_TIE_TOLERANCE`); counts are exact, and keep the exact rank.
-    let total = match weighting {
-        Weighting::SampleRate => format!("total * {}", 1.0 - crate::sketch::WEIGHT_TIE_TOLERANCE),
-        Weighting::Unweighted => "total".to_string(),
-    };
+    let total = weighting.rank_total_sql("total");
     let mut idx = String::new();
     for &p in &ranks {
         assert!((1..=99).contains(&p), "percentile {p} is not in 1..=99");
@@ -247,19 +272,16 @@ fn stats_sql(keys: &str, inner: &str, percentiles: &[u8], weighting: Weighting) 
     } else {
         format!("[{}]", values.join(", "))
     };
-    let (bk, bc, shares) = match weighting {
-        Weighting::SampleRate => (
-            "if(arraySum(wsk.2) > 0, wsk.1, sk.1)",
-            "if(arraySum(wsk.2) > 0, wsk.2, arrayMap(c -> toFloat64(c), sk.2))",
+    let (bk, bc) = weighting.buckets_sql();
+    let shares = match weighting {
+        Weighting::SampleRate => {
             "if(w_good + w_needs_improvement + w_poor > 0, \
                [w_good, w_needs_improvement, w_poor], \
-               [toFloat64(n_good), toFloat64(n_needs_improvement), toFloat64(n_poor)])",
-        ),
-        Weighting::Unweighted => (
-            "sk.1",
-            "arrayMap(c -> toFloat64(c), sk.2)",
-            "[toFloat64(n_good), toFloat64(n_needs_improvement), toFloat64(n_poor)]",
-        ),
+               [toFloat64(n_good), toFloat64(n_needs_improvement), toFloat64(n_poor)])"
+        }
+        Weighting::Unweighted => {
+            "[toFloat64(n_good), toFloat64(n_needs_improvement), toFloat64(n_poor)]"
+        }
     };
     format!(
         "SELECT {keys}, {p75} AS p75, toUInt64(n) AS samples, \
