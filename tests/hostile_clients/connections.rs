@@ -273,6 +273,20 @@ async fn h2c_prior_knowledge_is_refused_with_goaway_http_1_1_required() {
     assert_eq!(answer.len(), 26, "{answer:?}");
     assert_eq!(&answer[9..13], &[0, 0, 8, 7]);
     assert_eq!(&answer[22..], &[0, 0, 0, 0xd]);
+    // The server counts the refusal once the connection is over, which is after the client read
+    // its end: wait for it, then check it is counted once.
+    crate::common::eventually(
+        "the h2c refusal counted",
+        Duration::from_secs(10),
+        async || {
+            (ingest
+                .metric("rum_ingest_connections_refused_total{reason=\"h2c\"}")
+                .await
+                > 0.0)
+                .then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         ingest
             .metric("rum_ingest_connections_refused_total{reason=\"h2c\"}")
