@@ -80,6 +80,7 @@ fn beacon(i: u64, received_at: u64) -> BeaconMessage {
             value,
             id: format!("{i}-{}", name.as_str()),
             rating: name.rate(value),
+            resend: false,
             attribution: Default::default(),
         })
         .collect(),

@@ -24,19 +24,19 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
     );
     assert_eq!(post("text/plain", "", "{not json").await, 400);
     assert_eq!(post("application/xml", "", BEACON).await, 415);
-    // The collector sends a metric again when its value changed (CLS grows); the first value wins.
-    let resent = BEACON.replace(r#""value":0.31"#, r#""value":0.45"#);
-    assert_ne!(resent, BEACON);
-    assert_eq!(post("text/plain", "", &resent).await, 204);
-
+    // Each metric id's current value: its row with the highest revision.
+    let final_rows = || {
+        clickhouse.query(
+            "SELECT site, route, device, nav_type, metric, argMax(value, revision), argMax(rating, revision), \
+             metric_id, sample_rate FROM rum.vitals_raw \
+             GROUP BY site, route, device, nav_type, metric, metric_id, sample_rate ORDER BY metric_id FORMAT TSV",
+        )
+    };
     let rows = eventually(
         "3 rows in rum.vitals_raw",
         Duration::from_secs(30),
         async || {
-            let rows = clickhouse.query(
-            "SELECT site, route, device, nav_type, metric, value, rating, metric_id, sample_rate \
-             FROM rum.vitals_raw ORDER BY metric_id FORMAT TSV",
-        );
+            let rows = final_rows();
             (rows.lines().count() >= 3).then_some(rows)
         },
     )
@@ -49,10 +49,21 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
             "blog\tcart\tunknown\treload\tINP\t612\tpoor\tv5-1700-125\t1",
         ]
     );
+    // The collector sends a metric again when its value changed (CLS grows): the final value replaces the
+    // first one; the LCP sent again unchanged is a duplicate.
+    let resent = BEACON.replace(r#""value":0.31"#, r#""value":0.45"#);
+    assert_ne!(resent, BEACON);
+    assert_eq!(post("text/plain", "", &resent).await, 204);
+    eventually(
+        "the re-sent CLS to replace the first value",
+        Duration::from_secs(30),
+        async || final_rows().contains("CLS\t0.45\tpoor").then_some(()),
+    )
+    .await;
 
     let consumer_metrics = pipeline.consumer_metrics.clone();
     eventually(
-        "the re-sent metrics to be dropped as duplicates",
+        "the unchanged LCP to be dropped as a duplicate",
         Duration::from_secs(30),
         async || {
             let text = http
@@ -64,14 +75,38 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
                 .await
                 .ok()?;
             text.lines()
-                .any(|l| l == "rum_consumer_metrics_deduplicated_total 2")
+                .any(|l| l == "rum_consumer_metrics_deduplicated_total 1")
                 .then_some(())
         },
     )
     .await;
-    let stored = clickhouse
-        .query("SELECT count(), sum(value) FROM rum.vitals_raw WHERE metric = 'CLS' FORMAT TSV");
-    assert_eq!(stored.trim(), "1\t0.31", "one CLS row, the first value");
+    let stored = clickhouse.query(
+        "SELECT groupArray(value), groupArray(revision), groupArray(replaces_value), uniqExact(received_at) \
+         FROM (SELECT * FROM rum.vitals_raw WHERE metric = 'CLS' ORDER BY revision) FORMAT TSV",
+    );
+    assert_eq!(
+        stored.trim(),
+        "[0.31,0.45]\t[0,1]\t[0,0.31]\t1",
+        "the first value and its replacement, in the first value's second"
+    );
+    let rollup = eventually(
+        "the replacement rolled up",
+        Duration::from_secs(30),
+        async || {
+            let r = clickhouse.query(
+                "SELECT countMerge(samples), sumMerge(poor), sumMapMerge(sketch) FROM rum.vitals_1m \
+                 WHERE site = 'shop' AND metric = 'CLS' FORMAT TSV",
+            );
+            r.contains(&format!("[{}]", rum_clickhouse::bucket_of(0.45)))
+                .then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        rollup.trim(),
+        format!("1\t1\t([{}],[1])", rum_clickhouse::bucket_of(0.45)),
+        "one sample, in the final value's bucket"
+    );
 
     // The ingest counted every request once, as accepted or rejected with a reason.
     let metrics = http

@@ -310,6 +310,14 @@ pub struct RollupRow {
     pub kafka_partition: u32,
     /// The Kafka offset (not a column of the input; used to order and check).
     pub kafka_offset: u64,
+    /// The client's metric id (not a column of the input: the consumer remembers the row's value).
+    pub metric_id: String,
+    /// 0 for a metric id's first value, +1 for each replacement.
+    pub revision: u32,
+    /// The value this row replaces (a replacement's rollup takes it out).
+    pub replaces_value: f64,
+    /// Its rating (`''`: the row replaces nothing).
+    pub replaces_rating: String,
 }
 
 /// The rows `vitals_raw` holds for the asked ranges, as rollup input.
@@ -323,18 +331,112 @@ pub async fn raw_rollup_rows(
     if query.ranges.is_empty() {
         return Ok(Vec::new());
     }
-    const COLUMNS: &str = "received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, kafka_offset";
+    const COLUMNS: &str = "received_at, site, route, device, metric, value, rating, sample_rate, kafka_partition, kafka_offset, metric_id, revision, replaces_value, replaces_rating";
     let source = tables.source(client, &tables.raw_read, timeout).await?;
     let sql = match tables.replicas {
         None => format!("SELECT {COLUMNS} FROM {source} WHERE {}", query.filter()),
         // Every replica's copy: each row once.
         Some(_) => format!(
-            "SELECT {COLUMNS} FROM (SELECT DISTINCT {COLUMNS}, metric_id FROM {source} WHERE {})",
+            "SELECT {COLUMNS} FROM (SELECT DISTINCT {COLUMNS} FROM {source} WHERE {})",
             query.filter()
         ),
     };
     let q = client.query(&sql).with_setting("query_id", query_id);
     crate::bounded("reading rows back from vitals_raw", timeout, q.fetch_all()).await
+}
+
+/// Metric ids whose current value a re-send replaces, asked of `vitals_raw`.
+#[derive(Debug, Clone)]
+pub struct CurrentQuery<'a> {
+    /// `received_at` of the rows is in `[from, to)` (unix seconds): the re-sends' UTC day.
+    pub from: u32,
+    /// End of the time range (exclusive).
+    pub to: u32,
+    /// `(site, metric, route, device, metric id)` of each re-send. The first four are the sorting
+    /// key's prefix, so a read touches only their granules of the day.
+    pub items: &'a [(&'a str, &'a str, &'a str, &'a str, &'a str)],
+}
+
+/// Ids asked in one read: its SQL stays well under ClickHouse's `max_query_size` (256 KiB).
+pub const CURRENT_IDS_PER_READ: usize = 1_000;
+
+/// The current value of a metric id in `vitals_raw`: its row with the highest revision.
+#[derive(Debug, Clone, PartialEq, Row, Deserialize)]
+pub struct CurrentRow {
+    /// The site.
+    pub site: String,
+    /// The metric.
+    pub metric: String,
+    /// The metric id.
+    pub metric_id: String,
+    /// The route.
+    pub route: String,
+    /// The device.
+    pub device: String,
+    /// The value of the highest revision.
+    pub current_value: f64,
+    /// Its rating.
+    pub current_rating: String,
+    /// The highest revision.
+    pub top_revision: u32,
+    /// The first row's `received_at` (every row of the id has it).
+    pub first_received_at: u32,
+}
+
+/// The current values of the asked metric ids (ids `vitals_raw` does not hold are absent): one read
+/// per [`CURRENT_IDS_PER_READ`] ids, each bounded by `timeout`.
+pub async fn raw_current_values(
+    client: &clickhouse::Client,
+    tables: &Tables,
+    query: &CurrentQuery<'_>,
+    query_id: &str,
+    timeout: Duration,
+) -> Result<Vec<CurrentRow>, StorageError> {
+    if query.items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let source = tables.source(client, &tables.raw_read, timeout).await?;
+    let mut found = Vec::new();
+    for (n, chunk) in query.items.chunks(CURRENT_IDS_PER_READ).enumerate() {
+        let mut places: Vec<String> = chunk
+            .iter()
+            .map(|(site, metric, route, device, _)| {
+                format!(
+                    "({}, {}, {}, {})",
+                    quote(site),
+                    quote(metric),
+                    quote(route),
+                    quote(device)
+                )
+            })
+            .collect();
+        places.sort();
+        places.dedup();
+        let ids: Vec<String> = chunk.iter().map(|item| quote(item.4)).collect();
+        let sql = format!(
+            "SELECT site, metric, metric_id, route, device, argMax(value, revision) AS current_value, \
+             argMax(rating, revision) AS current_rating, max(revision) AS top_revision, \
+             min(received_at) AS first_received_at \
+             FROM {source} WHERE received_at >= {} AND received_at < {} \
+             AND (site, metric, route, device) IN ({}) AND metric_id IN ({}) \
+             GROUP BY site, metric, metric_id, route, device",
+            query.from,
+            query.to,
+            places.join(", "),
+            ids.join(", ")
+        );
+        let q = client
+            .query(&sql)
+            .with_setting("query_id", format!("{query_id}-{n}"));
+        let rows: Vec<CurrentRow> = crate::bounded(
+            "reading the current values of re-sent metrics from vitals_raw",
+            timeout,
+            q.fetch_all(),
+        )
+        .await?;
+        found.extend(rows);
+    }
+    Ok(found)
 }
 
 /// A row of `vitals_1m_input_v2`, borrowed. A ledger row has an empty site and metric = the topic id.
@@ -360,6 +462,10 @@ pub struct RollupInputRef<'a> {
     pub kafka_partition: u32,
     /// A ledger row: the next offset to write; 0 otherwise.
     pub ledger_next: u64,
+    /// A replacement: the value it replaces, taken out of the same group (0 otherwise).
+    pub prev_value: f64,
+    /// A replacement: the rating of the value it replaces (`''`: not a replacement).
+    pub prev_rating: &'a str,
 }
 
 impl<'a> RollupInputRef<'a> {
@@ -376,6 +482,8 @@ impl<'a> RollupInputRef<'a> {
             sample_rate: row.sample_rate,
             kafka_partition: row.kafka_partition,
             ledger_next: 0,
+            prev_value: row.replaces_value,
+            prev_rating: &row.replaces_rating,
         }
     }
 
@@ -392,6 +500,8 @@ impl<'a> RollupInputRef<'a> {
             sample_rate: row.sample_rate,
             kafka_partition: row.kafka_partition,
             ledger_next: 0,
+            prev_value: row.replaces_value,
+            prev_rating: row.replaces_rating,
         }
     }
 }
@@ -439,6 +549,8 @@ impl LedgerRow {
             sample_rate: 1.0,
             kafka_partition: self.partition,
             ledger_next: self.next,
+            prev_value: 0.0,
+            prev_rating: "",
         }
     }
 }

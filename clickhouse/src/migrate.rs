@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "attribution",
         sql: include_str!("../migrations/005_attribution.sql"),
     },
+    Migration {
+        version: 6,
+        name: "final_values",
+        sql: include_str!("../migrations/006_final_values.sql"),
+    },
 ];
 
 /// What a run did.

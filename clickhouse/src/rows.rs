@@ -78,6 +78,12 @@ pub struct VitalsRawRow {
     pub script_url: String,
     /// INP: what invoked the longest script.
     pub script_invoker: String,
+    /// 0 for a metric id's first value, +1 for each replacement of it.
+    pub revision: u32,
+    /// The value this row replaces (0 when `revision` is 0).
+    pub replaces_value: f64,
+    /// The rating of the value it replaces (`''` when `revision` is 0).
+    pub replaces_rating: String,
 }
 
 impl VitalsRawRow {
@@ -127,6 +133,9 @@ impl VitalsRawRow {
             presentation_delay: None,
             script_url: String::new(),
             script_invoker: String::new(),
+            revision: 0,
+            replaces_value: 0.0,
+            replaces_rating: String::new(),
         }
     }
 }
@@ -198,6 +207,12 @@ pub struct VitalsRawRowRef<'a> {
     pub script_url: &'a str,
     /// INP: what invoked the longest script.
     pub script_invoker: &'a str,
+    /// 0 for a metric id's first value, +1 for each replacement of it.
+    pub revision: u32,
+    /// The value this row replaces (0 when `revision` is 0).
+    pub replaces_value: f64,
+    /// The rating of the value it replaces (`''` when `revision` is 0).
+    pub replaces_rating: &'a str,
 }
 
 /// The rows of one Kafka message, one per metric, borrowing from it.
@@ -243,6 +258,9 @@ pub fn raw_row_refs<'a>(
             presentation_delay: a.presentation_delay,
             script_url: &a.script_url,
             script_invoker: &a.script_invoker,
+            revision: 0,
+            replaces_value: 0.0,
+            replaces_rating: "",
         }
     })
 }
@@ -278,6 +296,8 @@ pub async fn insert_raw_rows(
                 sample_rate: row.sample_rate,
                 kafka_partition: row.kafka_partition,
                 ledger_next: 0,
+                prev_value: row.replaces_value,
+                prev_rating: &row.replaces_rating,
             })
             .await?;
     }
@@ -310,6 +330,7 @@ mod tests {
                     value: 1.0,
                     id: "a".into(),
                     rating: Rating::Good,
+                    resend: false,
                     attribution: Default::default(),
                 },
                 MetricSample {
@@ -317,6 +338,7 @@ mod tests {
                     value: 0.3,
                     id: "b".into(),
                     rating: Rating::Poor,
+                    resend: false,
                     attribution: Default::default(),
                 },
             ],

@@ -23,6 +23,8 @@ export interface BeaconMetric {
   value: number;
   id: string;
   rating?: string;
+  /** This metric id was sent before, with another value (absent, not false, on the first send). */
+  resend?: true;
   attribution?: BeaconAttribution;
 }
 
@@ -132,6 +134,8 @@ export class PageLoad {
         value,
         id,
         rating,
+        // The ingest's consumer replaces the value it stored for this id.
+        ...(this.sent.has(id) && { resend: true as const }),
         ...(attribution && { attribution }),
       })),
     };

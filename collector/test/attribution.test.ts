@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { beaconAttribution, MAX_SELECTOR_LEN, MAX_URL_LEN, stripUrl } from '../src/attribution';
-import { browserHost, type VitalMetric, type WebVitals } from '../src/with-attribution';
+import { browserHost, start, type VitalMetric, type WebVitals } from '../src/with-attribution';
 import { browserHost as plainHost } from '../src/index';
 
 /** A DOM node and a performance entry stand-in: what must never reach a beacon. */
@@ -196,6 +196,35 @@ describe('browserHost', () => {
         navigationURL: 'https://shop.example/cart',
         attribution: { target: '#hero', url: 'https://shop.example/h.jpg', elementRenderDelay: 1200 },
       },
+    ]);
+  });
+
+  it('sends web-vitals\' reports of one metric id as a first send, then resend: true, and never its delta', () => {
+    const sendBeacon = vi.fn((_url: string, _body: string) => true);
+    const doc = Object.assign(new EventTarget(), { visibilityState: 'visible' });
+    vi.stubGlobal('window', new EventTarget());
+    vi.stubGlobal('document', doc);
+    vi.stubGlobal('location', { pathname: '/p/1' });
+    vi.stubGlobal('navigator', { sendBeacon });
+    const { vitals, calls } = fakeVitals();
+    start({ site: 'shop', endpoint: 'https://rum.example/b', sampleRate: 1 }, browserHost(vitals, {}, beaconAttribution));
+    const cls = calls.find((c) => c.name === 'CLS')!;
+    const hide = () => {
+      doc.visibilityState = 'hidden';
+      doc.dispatchEvent(new Event('visibilitychange'));
+      doc.visibilityState = 'visible';
+    };
+    // What web-vitals reports: the first time delta == value, later the change since.
+    cls.report({ name: 'CLS', value: 0.05, delta: 0.05, id: 'v6-9', rating: 'good', entries: [], navigationType: 'navigate' });
+    hide();
+    cls.report({ name: 'CLS', value: 0.15, delta: 0.1, id: 'v6-9', rating: 'needs-improvement', entries: [], navigationType: 'navigate' });
+    hide();
+    const bodies = sendBeacon.mock.calls.map(([, body]) => body);
+    expect(bodies).toHaveLength(2);
+    for (const body of bodies) expect(body).not.toContain('delta');
+    expect(bodies[0]).not.toContain('resend');
+    expect(JSON.parse(bodies[1]).metrics).toEqual([
+      { name: 'CLS', value: 0.15, id: 'v6-9', rating: 'needs-improvement', resend: true },
     ]);
   });
 

@@ -161,7 +161,68 @@ describe('beacons', () => {
     page.hide();
     const beacons = page.beacons();
     expect(beacons).toHaveLength(2);
-    expect(beacons[1].metrics).toEqual([{ name: 'CLS', value: 0.35, id: 'v6-CLS', rating: 'good' }]);
+    expect(beacons[1].metrics).toEqual([{ name: 'CLS', value: 0.35, id: 'v6-CLS', rating: 'good', resend: true }]);
+  });
+
+  it('says resend: true on a metric id sent before, and no resend key at all on a first send', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('LCP', 900);
+    page.metric('CLS', 0.1);
+    page.hide();
+    page.show();
+    page.metric('CLS', 0.35); // grown since it was sent
+    page.metric('INP', 200); // first sent now
+    page.hide();
+    const bodies = page.sendBeacon.mock.calls.map(([, body]) => body);
+    expect(bodies).toHaveLength(2);
+    expect(bodies[0]).not.toContain('resend'); // not even resend: false: bytes matter
+    const metrics = JSON.parse(bodies[1]).metrics;
+    expect(metrics).toEqual([
+      { name: 'CLS', value: 0.35, id: 'v6-CLS', rating: 'good', resend: true },
+      { name: 'INP', value: 200, id: 'v6-INP', rating: 'good' },
+    ]);
+    expect(metrics[1]).not.toHaveProperty('resend');
+    // The wire form, key order included.
+    expect(bodies[1]).toContain('{"name":"CLS","value":0.35,"id":"v6-CLS","rating":"good","resend":true}');
+    // Grown again: still a resend.
+    page.show();
+    page.metric('CLS', 0.5);
+    page.hide();
+    expect(page.beacons()[2].metrics).toEqual([{ name: 'CLS', value: 0.5, id: 'v6-CLS', rating: 'good', resend: true }]);
+  });
+
+  it('does not say resend for a metric whose earlier beacon could not leave', () => {
+    let accept = false;
+    const page = fakePage({ sendBeacon: vi.fn(() => accept), fetch: undefined });
+    init({ site: 'shop', endpoint: ENDPOINT }, page.host);
+    page.metric('CLS', 0.1);
+    page.hide(); // refused: nothing sent
+    accept = true;
+    page.show();
+    page.metric('CLS', 0.2);
+    page.hide();
+    const sent = (page.host.sendBeacon as ReturnType<typeof vi.fn>).mock.results
+      .map((r, i) => [r.value, (page.host.sendBeacon as ReturnType<typeof vi.fn>).mock.calls[i][1]])
+      .filter(([ok]) => ok)
+      .map(([, body]) => JSON.parse(body as string));
+    expect(sent.map((b) => b.metrics)).toEqual([[{ name: 'CLS', value: 0.2, id: 'v6-CLS', rating: 'good' }]]);
+  });
+
+  it('says resend on a metric of the page load finalized after a soft navigation began', () => {
+    const page = fakePage();
+    init({ site: 'shop', endpoint: ENDPOINT, reportSoftNavs: true }, page.host);
+    const view = { rating: 'good', navigationType: 'navigate', navigationId: 1 };
+    page.report({ name: 'CLS', value: 0.02, id: 'v6-CLS', ...view });
+    // The soft navigation's first metric sends the load's metrics.
+    page.report({ name: 'TTFB', value: 0, id: 'v6-TTFB-2', rating: 'good', navigationType: 'soft-navigation', navigationId: 2 });
+    page.report({ name: 'CLS', value: 0.04, id: 'v6-CLS', ...view });
+    page.hide();
+    expect(page.beacons().map((b) => b.metrics.map((m: { id: string; resend?: true }) => [m.id, m.resend ?? false]))).toEqual([
+      [['v6-CLS', false]],
+      [['v6-TTFB-2', false]],
+      [['v6-CLS', true]],
+    ]);
   });
 
   it('falls back to fetch with keepalive when sendBeacon returns false', () => {

@@ -41,7 +41,8 @@ pub struct ConsumerConfig {
     pub retry_max_backoff_ms: u64,
     /// How long the group waits for a silent member before giving its partitions to others.
     pub session_timeout_ms: u64,
-    /// Metric ids remembered to drop client re-sends (about 24 bytes each).
+    /// Metric ids whose stored value is remembered, so that a re-send replaces it without a read of
+    /// `vitals_raw` (about 64 bytes each; see `crate::final_values`).
     pub dedup_capacity: usize,
     /// Which life of the topic this is. Set a new value after the topic was deleted and created
     /// again (its offsets start again at 0), and `rum standalone` sets one for its embedded broker:

@@ -278,6 +278,7 @@ mod tests {
                     value: 2_000.0,
                     id: String::new(),
                     rating: Rating::Good,
+                    resend: false,
                     attribution: Default::default(),
                 })
                 .collect(),

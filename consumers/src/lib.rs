@@ -12,7 +12,7 @@
 
 mod config;
 pub mod dead_letter;
-pub mod dedup;
+pub mod final_values;
 mod histograms;
 pub mod lag;
 mod metrics;

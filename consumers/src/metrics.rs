@@ -271,6 +271,7 @@ mod tests {
                 value: 1_234.567_890_123_4,
                 id: String::new(),
                 rating: Rating::Good,
+                resend: false,
                 attribution: Default::default(),
             })
             .collect();

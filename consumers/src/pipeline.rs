@@ -17,7 +17,6 @@ use rum_schemas::BeaconMessage;
 use tokio::sync::watch;
 
 use crate::dead_letter::DeadLetters;
-use crate::dedup::SeenMetricIds;
 use crate::lag::GroupLag;
 use crate::ownership::{Ownership, OwnershipContext};
 use crate::write::{
@@ -83,7 +82,6 @@ pub struct Consumer {
     batch_max_messages: usize,
     batch_max_wait: Duration,
     retry_max_backoff: Duration,
-    seen: Mutex<SeenMetricIds>,
 }
 
 impl Consumer {
@@ -112,7 +110,8 @@ impl Consumer {
             clickhouse.request_timeout(),
             Duration::from_millis(config.fence_lease_ms),
             WriteMetrics::new(&metrics.registry)?,
-        );
+        )
+        .remembering(config.dedup_capacity);
         Ok(Self {
             consumer,
             ownership,
@@ -126,7 +125,6 @@ impl Consumer {
             batch_max_messages: config.batch_max_messages,
             batch_max_wait: Duration::from_millis(config.batch_max_wait_ms),
             retry_max_backoff: Duration::from_millis(config.retry_max_backoff_ms),
-            seen: Mutex::new(SeenMetricIds::new(config.dedup_capacity)),
         })
     }
 
@@ -376,20 +374,7 @@ impl Consumer {
                 .map_err(|e| WriteError::DeadLetter(e.to_string()))?;
             poison.sent = true;
         }
-        // 4. Drop client re-sends of a metric id: the first stored value wins (see crate::dedup).
-        let metrics: usize = batch
-            .iter()
-            .filter_map(|c| c.decoded.as_ref().ok())
-            .map(|m| m.metrics.len())
-            .sum();
-        let mut batch_ids = SeenMetricIds::batch_set(metrics);
-        let mut duplicates = 0;
-        {
-            let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            for message in batch.iter_mut().filter_map(|c| c.decoded.as_mut().ok()) {
-                duplicates += seen.drop_seen(message, &mut batch_ids);
-            }
-        }
+        // 4. Final values: inside write_group, INSERT by INSERT (see crate::final_values).
         // 5. Plan the INSERTs; 6. write each; 7. advance (inside write_group).
         let today = {
             let now = std::time::SystemTime::now()
@@ -398,11 +383,14 @@ impl Consumer {
             now - now % 86_400
         };
         let window = days_of(batch, today);
+        let mut not_first: Vec<(usize, usize)> = Vec::new();
         for plan in plan_inserts(batch, MAX_ROWS_PER_INSERT, today) {
             let written = self
                 .writer
                 .write_group(batch, &plan, window, &self.ownership, self)
                 .await?;
+            self.metrics.metrics_deduplicated.inc_by(written.unchanged);
+            not_first.extend(written.not_first);
             self.metrics
                 .rows_inserted
                 .with_label_values(&[VITALS_RAW])
@@ -412,11 +400,23 @@ impl Consumer {
                 .with_label_values(&[VITALS_1M])
                 .inc_by(written.rollup_rows);
         }
-        self.metrics.metrics_deduplicated.inc_by(duplicates as u64);
-        self.seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remember(batch_ids);
+        // The vitals histograms cannot take a sample out: they observe each id's first value.
+        not_first.sort_unstable();
+        let mut k = 0;
+        for (i, c) in batch.iter_mut().enumerate() {
+            let Ok(message) = c.decoded.as_mut() else {
+                continue;
+            };
+            let mut j = 0;
+            message.metrics.retain(|_| {
+                let drop = not_first.get(k) == Some(&(i, j));
+                if drop {
+                    k += 1;
+                }
+                j += 1;
+                !drop
+            });
+        }
         self.metrics
             .vitals
             .observe_all(batch.iter().filter_map(|c| c.decoded.as_ref().ok()));

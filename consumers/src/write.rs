@@ -6,12 +6,14 @@
 //!    the floor and the topic incarnation ([`decide_floor`]);
 //! 2. select owned: [`crate::ownership::Ownership::select`] drops what is stored or not ours;
 //! 3. dead-letter poison (the consume loop, [`crate::dead_letter`]);
-//! 4. drop duplicates ([`crate::dedup`]);
+//! 4. final values ([`crate::final_values`]): a re-sent metric replaces its stored value, inside
+//!    [`Writer::write_group`], INSERT by INSERT;
 //! 5. [`plan_inserts`]: cut the batch into INSERTs of one UTC day and at most
 //!    [`MAX_ROWS_PER_INSERT`] rows, each partition's messages in offset order;
-//! 6. for each planned INSERT, [`Writer::write_group`]: check what `vitals_raw` already holds of it,
-//!    insert the rest into `vitals_raw`, then the rollup rows of all of it plus the ledger rows into
-//!    `vitals_1m` (through `vitals_1m_input_v2`), each only while the member's ownership is proven;
+//! 6. for each planned INSERT, [`Writer::write_group`]: check what `vitals_raw` already holds of it
+//!    and roll that up alone first, resolve the final values of the rest, insert it into
+//!    `vitals_raw`, then its rollup rows plus the ledger rows into `vitals_1m` (through
+//!    `vitals_1m_input_v2`), each only while the member's ownership is proven;
 //! 7. advance: the floors move past the INSERT ([`crate::ownership::Ownership::advance`]).
 
 use std::collections::BTreeMap;
@@ -19,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rum_clickhouse::ledger::{
-    insert_rows, kill_queries, raw_rollup_rows, raw_stored_max, read_ledgers, LedgerEntry,
-    LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
+    insert_rows, kill_queries, raw_current_values, raw_rollup_rows, raw_stored_max, read_ledgers,
+    CurrentQuery, LedgerEntry, LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
 };
 use rum_clickhouse::{raw_row_refs, StorageError, VitalsRawRowRef, VITALS_1M, VITALS_RAW};
-use rum_schemas::{BeaconMessage, MessageError};
+use rum_schemas::{BeaconMessage, MessageError, Rating};
 
+use crate::final_values::{self, Current, Fate, FinalValues, KeyMap, Occurrence};
 use crate::ownership::{Floor, Ownership};
 
 const DAY: u32 = 86_400;
@@ -91,6 +94,9 @@ pub enum WriteError {
     /// Reading back rows of `vitals_raw` for the rollup failed.
     #[error("reading rows back from vitals_raw: {0}")]
     RawReadBack(StorageError),
+    /// Reading the stored values of re-sent metrics failed.
+    #[error("reading the stored values of re-sent metrics: {0}")]
+    Lookup(StorageError),
     /// The INSERT into `vitals_1m` failed (it may still have been stored: the ledger finds out).
     #[error("inserting into vitals_1m: {0}")]
     RollupInsert(StorageError),
@@ -107,6 +113,7 @@ impl WriteError {
             WriteError::RawCheck(_) => "raw_check",
             WriteError::RawInsert(_) => "raw_insert",
             WriteError::RawReadBack(_) => "raw_read_back",
+            WriteError::Lookup(_) => "final_value_lookup",
             WriteError::RollupInsert(_) => "rollup_insert",
         }
     }
@@ -118,6 +125,7 @@ impl WriteError {
             WriteError::RawCheck(StorageError::Timeout { .. })
                 | WriteError::RawInsert(StorageError::Timeout { .. })
                 | WriteError::RawReadBack(StorageError::Timeout { .. })
+                | WriteError::Lookup(StorageError::Timeout { .. })
                 | WriteError::RollupInsert(StorageError::Timeout { .. })
         ) || matches!(self, WriteError::LearnFloors(e) if e.contains("no answer within"))
     }
@@ -150,6 +158,12 @@ pub struct WriteMetrics {
     pub repaired_rows: IntCounter,
     /// Partitions whose offsets went back while assigned (topic created again, log truncated).
     pub offset_resets: IntCounter,
+    /// Re-sent metrics whose value replaced the one stored before.
+    pub replaced: IntCounter,
+    /// Re-sent metrics dropped, by reason (`other_day`, `other_place`).
+    pub resends_dropped: IntCounterVec,
+    /// Metric ids whose stored value was read from `vitals_raw`, by result (`found`, `not_found`).
+    pub lookups: IntCounterVec,
 }
 
 impl WriteMetrics {
@@ -185,6 +199,33 @@ impl WriteMetrics {
             "rum_consumer_rollup_repaired_rows_total",
             "Rows of vitals_raw whose rollup was missing (an INSERT that reached vitals_raw only), rolled up from vitals_raw.",
         )?;
+        let replaced = IntCounter::new(
+            "rum_consumer_metrics_replaced_total",
+            "Re-sent metrics (same site and metric id, another value) whose value replaced the one stored before, in vitals_raw and vitals_1m.",
+        )?;
+        let resends_dropped = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_resends_dropped_total",
+                "Re-sent metrics dropped, by reason: other_day (the first value was received on another UTC day), other_place (another route or device than the first value).",
+            ),
+            &["reason"],
+        )?;
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "rum_consumer_final_value_lookups_total",
+                "Re-sent metric ids whose stored value this consumer did not remember, read from vitals_raw, by result (found, not_found).",
+            ),
+            &["result"],
+        )?;
+        for reason in ["other_day", "other_place"] {
+            resends_dropped.with_label_values(&[reason]);
+        }
+        for result in ["found", "not_found"] {
+            lookups.with_label_values(&[result]);
+        }
+        registry.register(Box::new(replaced.clone()))?;
+        registry.register(Box::new(resends_dropped.clone()))?;
+        registry.register(Box::new(lookups.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(timeouts.clone()))?;
         registry.register(Box::new(incarnations.clone()))?;
@@ -199,6 +240,7 @@ impl WriteMetrics {
             "raw_check",
             "raw_insert",
             "raw_read_back",
+            "final_value_lookup",
             "rollup_insert",
         ] {
             errors.with_label_values(&[step]);
@@ -211,6 +253,9 @@ impl WriteMetrics {
             unfinished_inserts,
             offset_resets,
             repaired_rows,
+            replaced,
+            resends_dropped,
+            lookups,
         })
     }
 }
@@ -378,15 +423,23 @@ pub struct Writer {
     lease: Duration,
     /// The write path's metrics.
     pub metrics: WriteMetrics,
+    /// The stored values of recent metric ids (see [`crate::final_values`]).
+    finals: std::sync::Mutex<FinalValues>,
 }
 
 /// What one planned INSERT wrote.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
     /// Rows inserted into `vitals_raw`.
     pub raw_rows: u64,
     /// Rollup input rows (samples) inserted into `vitals_1m`, ledger rows excluded.
     pub rollup_rows: u64,
+    /// Metrics dropped because their stored value was sent again.
+    pub unchanged: u64,
+    /// Metrics of the INSERT that are not a first value (replacements, dropped re-sends), as
+    /// (message index, metric index): the vitals histograms, which cannot take a sample out,
+    /// observe first values only.
+    pub not_first: Vec<(usize, usize)>,
 }
 
 impl Writer {
@@ -408,7 +461,20 @@ impl Writer {
             timeout,
             lease,
             metrics,
+            finals: std::sync::Mutex::new(FinalValues::new(DEFAULT_REMEMBERED_IDS)),
         }
+    }
+
+    /// Remembers the stored values of at most `ids` metric ids (`consumer.dedup_capacity`).
+    pub fn remembering(self, ids: usize) -> Self {
+        Self {
+            finals: std::sync::Mutex::new(FinalValues::new(ids)),
+            ..self
+        }
+    }
+
+    fn finals(&self) -> std::sync::MutexGuard<'_, FinalValues> {
+        self.finals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The lease (see [`crate::ownership`]).
@@ -452,6 +518,13 @@ impl Writer {
     ) -> Result<Vec<(i32, Decided)>, WriteError> {
         if partitions.is_empty() {
             return Ok(Vec::new());
+        }
+        {
+            // Another member may have written them since this one did.
+            let mut finals = self.finals();
+            for &p in partitions {
+                finals.forget_partition(p);
+            }
         }
         // One wait for all of them (and the group's other INSERTs of the topic, short ones): a request
         // a partition would add up over many partitions without a poll in between.
@@ -611,25 +684,123 @@ impl Writer {
             .await
             .map_err(WriteError::RawReadBack)?
         };
-        let fresh: Vec<VitalsRawRowRef<'_>> = plan
+        let partitions: Vec<i32> = ranges.keys().copied().collect();
+        let mut read_back = read_back;
+        if !read_back.is_empty() {
+            // Rows a killed writer left without their rollup: rolled up alone, before anything else of
+            // these partitions is written, so that no id ever has two rows without their rollup (a
+            // replacement read back then retracts a value that was rolled up; see crate::final_values).
+            let ledgers: Vec<LedgerRow> = held
+                .iter()
+                .map(|r| {
+                    LedgerRow::new(
+                        plan.day,
+                        &self.stored_topic,
+                        &floors[&(r.partition as i32)].incarnation,
+                        r.partition,
+                        r.last + 1,
+                    )
+                })
+                .collect();
+            let mut rollup: Vec<RollupInputRef<'_>> =
+                Vec::with_capacity(read_back.len() + ledgers.len());
+            rollup.extend(read_back.iter().map(RollupInputRef::of));
+            rollup.extend(ledgers.iter().map(|l| l.input()));
+            self.fence(ownership, group)?;
+            insert_rows::<RollupInputRef<'_>, _>(
+                &self.client,
+                &self.tables,
+                &self.tables.rollup_write,
+                rollup,
+                &self.query_id(&partitions),
+                self.timeout,
+                "inserting into vitals_1m",
+            )
+            .await
+            .map_err(WriteError::RollupInsert)?;
+            self.metrics.repaired_rows.inc_by(read_back.len() as u64);
+            tracing::warn!(
+                rows = read_back.len(),
+                "rolled up rows vitals_raw held without their rollup (an earlier INSERT reached vitals_raw only)"
+            );
+            {
+                let mut o = lock(ownership);
+                for r in &held {
+                    let held_above = stored.get(&r.partition).is_some_and(|max| *max > r.last);
+                    o.advance(r.partition as i32, r.last as i64 + 1, held_above);
+                }
+            }
+            read_back.sort_by_key(|r| (r.kafka_partition, r.kafka_offset, r.revision));
+            let mut finals = self.finals();
+            for row in read_back.iter().filter(|r| !r.metric_id.is_empty()) {
+                let Some(rating) = Rating::parse(&row.rating) else {
+                    continue;
+                };
+                finals.remember(
+                    final_values::metric_key(&row.site, &row.metric, &row.metric_id),
+                    row.kafka_partition as i32,
+                    Current {
+                        value: row.value,
+                        rating,
+                        revision: row.revision,
+                        received_at: row.received_at,
+                        place: final_values::place(&row.route, &row.device),
+                    },
+                );
+            }
+        }
+        // Step 4: the final values of the messages vitals_raw does not hold (offset order).
+        let fresh_messages: Vec<usize> = plan
             .messages
             .iter()
-            .map(|&i| &batch[i])
-            .filter(|c| !raw_stored(c))
-            .filter_map(|c| {
-                let msg = c.decoded.as_ref().ok()?;
-                let id = floors[&c.partition].incarnation.as_str();
-                Some(raw_row_refs(
-                    msg,
-                    &self.stored_topic,
-                    id,
-                    c.partition as u32,
-                    c.offset as u64,
-                ))
-            })
-            .flatten()
+            .copied()
+            .filter(|&i| !raw_stored(&batch[i]))
             .collect();
-        let partitions: Vec<i32> = ranges.keys().copied().collect();
+        let occurrences = occurrences(batch, &fresh_messages);
+        let looked_up = self.look_up(batch, plan.day, &occurrences).await?;
+        let resolved = {
+            let finals = self.finals();
+            final_values::resolve(&occurrences, plan.day, |o| {
+                finals
+                    .get(o.key, o.partition)
+                    .or_else(|| looked_up.get(&o.key).copied())
+            })
+        };
+        let mut fresh: Vec<VitalsRawRowRef<'_>> = Vec::new();
+        for &i in &fresh_messages {
+            let c = &batch[i];
+            let Ok(msg) = c.decoded.as_ref() else {
+                continue;
+            };
+            let id = floors[&c.partition].incarnation.as_str();
+            let rows = raw_row_refs(
+                msg,
+                &self.stored_topic,
+                id,
+                c.partition as u32,
+                c.offset as u64,
+            );
+            for (j, mut row) in rows.enumerate() {
+                match resolved.fates.get(&(i, j)) {
+                    // No id: always a first value.
+                    None => {}
+                    Some(Fate::Drop(_)) => continue,
+                    Some(Fate::Keep {
+                        received_at,
+                        revision,
+                        replaces,
+                    }) => {
+                        row.received_at = *received_at;
+                        row.revision = *revision;
+                        if let Some((value, rating)) = replaces {
+                            row.replaces_value = *value;
+                            row.replaces_rating = rating.as_str();
+                        }
+                    }
+                }
+                fresh.push(row);
+            }
+        }
         let mut written = Written::default();
         if !fresh.is_empty() {
             self.fence(ownership, group)?;
@@ -659,9 +830,7 @@ impl Writer {
             })
             .collect();
         // Collected (not a lazy chain): the future must stay Send across the await.
-        let mut rollup: Vec<RollupInputRef<'_>> =
-            Vec::with_capacity(read_back.len() + fresh.len() + ledgers.len());
-        rollup.extend(read_back.iter().map(RollupInputRef::of));
+        let mut rollup: Vec<RollupInputRef<'_>> = Vec::with_capacity(fresh.len() + ledgers.len());
         rollup.extend(fresh.iter().map(RollupInputRef::of_raw));
         rollup.extend(ledgers.iter().map(|l| l.input()));
         self.fence(ownership, group)?;
@@ -677,23 +846,143 @@ impl Writer {
         .await
         .map_err(WriteError::RollupInsert)?;
         written.rollup_rows = sent - ledgers.len() as u64;
-        if !read_back.is_empty() {
-            self.metrics.repaired_rows.inc_by(read_back.len() as u64);
-            tracing::warn!(
-                rows = read_back.len(),
-                "rolled up rows vitals_raw held without their rollup (an earlier INSERT reached vitals_raw only)"
+        // Step 7: advance.
+        {
+            let mut o = lock(ownership);
+            for (p, (_, last)) in &ranges {
+                // vitals_raw holds more of the partition than this INSERT: the next one checks again.
+                let held_above = stored
+                    .get(&(*p as u32))
+                    .is_some_and(|max| *max > (*last).max(0) as u64);
+                o.advance(*p, *last + 1, held_above);
+            }
+        }
+        {
+            let mut finals = self.finals();
+            for (key, partition, current) in &resolved.current {
+                finals.remember(*key, *partition, *current);
+            }
+        }
+        let counts = resolved.counts;
+        self.metrics.replaced.inc_by(counts.replaced);
+        self.metrics
+            .resends_dropped
+            .with_label_values(&["other_day"])
+            .inc_by(counts.other_day);
+        self.metrics
+            .resends_dropped
+            .with_label_values(&["other_place"])
+            .inc_by(counts.other_place);
+        if counts.other_day + counts.other_place > 0 {
+            tracing::debug!(
+                other_day = counts.other_day,
+                other_place = counts.other_place,
+                "re-sent metrics dropped: their first value has another UTC day, route or device"
             );
         }
-        // Step 7: advance.
-        let mut o = lock(ownership);
-        for (p, (_, last)) in &ranges {
-            // vitals_raw holds more of the partition than this INSERT: the next one checks again.
-            let held_above = stored
-                .get(&(*p as u32))
-                .is_some_and(|max| *max > (*last).max(0) as u64);
-            o.advance(*p, *last + 1, held_above);
-        }
+        written.unchanged = counts.unchanged;
+        written.not_first = resolved
+            .fates
+            .iter()
+            .filter(|(_, f)| !matches!(f, Fate::Keep { replaces: None, .. }))
+            .map(|(at, _)| *at)
+            .collect();
         Ok(written)
+    }
+
+    /// The stored values of the re-sent metrics (`resend`) among `occurrences` that this consumer does
+    /// not remember, read from `vitals_raw`: first the last [`RECENT_RESEND_SECS`] before the earliest
+    /// of them, then the rest of the day for the ids not found there.
+    async fn look_up(
+        &self,
+        batch: &[Consumed],
+        day: u32,
+        occurrences: &[Occurrence],
+    ) -> Result<KeyMap<Current>, WriteError> {
+        let mut wanted: KeyMap<(&str, &str, &str, &str, &str)> = KeyMap::default();
+        let mut seen: KeyMap<()> = KeyMap::default();
+        let mut earliest = u32::MAX;
+        {
+            let finals = self.finals();
+            for o in occurrences {
+                let Ok(msg) = batch[o.at.0].decoded.as_ref() else {
+                    continue;
+                };
+                let m = &msg.metrics[o.at.1];
+                // Only an id's first metric in the INSERT needs the value before it.
+                if seen.insert(o.key, ()).is_some()
+                    || !m.resend
+                    || finals.get(o.key, o.partition).is_some()
+                {
+                    continue;
+                }
+                earliest = earliest.min(o.received_at);
+                wanted.insert(
+                    o.key,
+                    (
+                        msg.site.as_str(),
+                        m.name.as_str(),
+                        msg.route.as_str(),
+                        msg.device.as_str(),
+                        m.id.as_str(),
+                    ),
+                );
+            }
+        }
+        let mut found: KeyMap<Current> = KeyMap::default();
+        if wanted.is_empty() {
+            return Ok(found);
+        }
+        let end = day.saturating_add(DAY);
+        let recent = earliest.saturating_sub(RECENT_RESEND_SECS).max(day);
+        for (from, to) in [(recent, end), (day, recent)] {
+            let items: Vec<(&str, &str, &str, &str, &str)> = wanted
+                .iter()
+                .filter(|(key, _)| !found.contains_key(key))
+                .map(|(_, item)| *item)
+                .collect();
+            if items.is_empty() || from >= to {
+                continue;
+            }
+            let query = CurrentQuery {
+                from,
+                to,
+                items: &items,
+            };
+            let rows = raw_current_values(
+                &self.client,
+                &self.tables,
+                &query,
+                &self.read_id(),
+                self.timeout,
+            )
+            .await
+            .map_err(WriteError::Lookup)?;
+            for row in rows {
+                let Some(rating) = Rating::parse(&row.current_rating) else {
+                    continue;
+                };
+                found.insert(
+                    final_values::metric_key(&row.site, &row.metric, &row.metric_id),
+                    Current {
+                        value: row.current_value,
+                        rating,
+                        revision: row.top_revision,
+                        received_at: row.first_received_at,
+                        place: final_values::place(&row.route, &row.device),
+                    },
+                );
+            }
+        }
+        self.metrics
+            .lookups
+            .with_label_values(&["found"])
+            .inc_by(found.len() as u64);
+        self.metrics
+            .lookups
+            .with_label_values(&["not_found"])
+            .inc_by((wanted.len() - found.len()) as u64);
+        Ok(found)
     }
 
     /// What `vitals_raw` holds of `ranges`, among its rows received in `[from, to)` (unix seconds).
@@ -731,6 +1020,40 @@ impl Writer {
         lock(ownership).proven_at(sent);
         Ok(())
     }
+}
+
+/// Metric ids a [`Writer`] remembers unless told otherwise ([`Writer::remembering`]).
+pub const DEFAULT_REMEMBERED_IDS: usize = 100_000;
+
+/// A re-send is looked for in `vitals_raw` first this long before the earliest one of an INSERT (most
+/// re-sends follow their first value within minutes), then in the rest of the day.
+pub const RECENT_RESEND_SECS: u32 = 900;
+
+/// The metrics with ids of `messages` (indexes into `batch`, each partition's in offset order).
+fn occurrences(batch: &[Consumed], messages: &[usize]) -> Vec<Occurrence> {
+    let mut out = Vec::new();
+    for &i in messages {
+        let Ok(msg) = batch[i].decoded.as_ref() else {
+            continue;
+        };
+        let received_at = u32::try_from(msg.received_at / 1000).unwrap_or(u32::MAX);
+        let place = final_values::place(&msg.route, msg.device.as_str());
+        for (j, m) in msg.metrics.iter().enumerate() {
+            if m.id.is_empty() {
+                continue;
+            }
+            out.push(Occurrence {
+                key: final_values::metric_key(&msg.site, m.name.as_str(), &m.id),
+                place,
+                partition: batch[i].partition,
+                received_at,
+                value: m.value,
+                rating: m.rating,
+                at: (i, j),
+            });
+        }
+    }
+    out
 }
 
 /// The topic ids the raw rows of these partitions may carry.
@@ -786,6 +1109,7 @@ mod tests {
                         value: 1.0,
                         id: format!("{partition}-{offset}-{i}"),
                         rating: Rating::Good,
+                        resend: false,
                         attribution: Default::default(),
                     })
                     .collect(),

@@ -344,6 +344,7 @@ mod tests {
             value: 1000.0,
             id: String::new(),
             rating: Rating::Good,
+            resend: false,
             attribution: Attribution {
                 target: target.into(),
                 url: url.into(),
@@ -402,6 +403,7 @@ mod tests {
             value: 100.0,
             id: String::new(),
             rating: Rating::Good,
+            resend: false,
             attribution: Attribution {
                 interaction_target: format!("#t{n}"),
                 interaction_type: "pointer".into(),
@@ -415,6 +417,7 @@ mod tests {
             value: 0.1,
             id: String::new(),
             rating: Rating::Good,
+            resend: false,
             attribution: Attribution {
                 largest_shift_target: format!("#ad{n}"),
                 ..Attribution::default()

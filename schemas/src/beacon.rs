@@ -41,6 +41,26 @@ pub struct RawMetric<'a> {
     /// is absent.
     #[serde(default, borrow)]
     pub attribution: Option<RawAttribution<'a>>,
+    /// The rum collector's flag: this metric id was sent before with another value (must be a
+    /// boolean when present; `null` is absent).
+    #[serde(default)]
+    pub resend: Option<bool>,
+    /// `web-vitals`' change since the metric id's previous report (must be a number when present;
+    /// `null` is absent): the first report has `delta == value`, a later one of the same id not.
+    #[serde(default)]
+    pub delta: Option<f64>,
+}
+
+impl RawMetric<'_> {
+    /// Whether the client sent this metric id before: the collector's `resend: true`, or a
+    /// `web-vitals` `delta` that is not the value (a finite one: web-vitals' first report has
+    /// `delta == value` exactly, and both are the same JSON number, so they parse equal).
+    pub fn is_resend(&self) -> bool {
+        self.resend == Some(true)
+            || self
+                .delta
+                .is_some_and(|delta| delta.is_finite() && delta != self.value)
+    }
 }
 
 /// A parsed beacon in either accepted form, before validation. Strings borrow from the body.
@@ -130,6 +150,8 @@ struct WireBeacon<'a> {
     rating: Option<Text<'a>>,
     #[serde(borrow)]
     attribution: Option<RawAttribution<'a>>,
+    resend: Option<bool>,
+    delta: Option<f64>,
 }
 
 /// Why a whole beacon was rejected.
@@ -277,6 +299,8 @@ pub fn parse_beacon(body: &[u8]) -> Result<Beacon<'_>, BeaconError> {
             id: wire.id.unwrap_or_default(),
             rating: wire.rating,
             attribution: wire.attribution,
+            resend: wire.resend,
+            delta: wire.delta,
         }],
         (None, _, _) => Vec::new(),
     };
@@ -392,11 +416,13 @@ pub fn validate_metric(
             Ok(attribution) => (attribution, None),
             Err(_) => (Attribution::default(), Some(AttributionRejection::Invalid)),
         };
+    let resend = raw.is_resend();
     let sample = MetricSample {
         name,
         value: raw.value,
         rating: name.rate(raw.value),
         id: raw.id.0.into_owned(),
+        resend,
         attribution,
     };
     Ok((sample, attribution_dropped))
@@ -806,6 +832,169 @@ mod tests {
         let v = validate(only_invalid).unwrap();
         assert_eq!(v.message.metrics.len(), 1, "the value is kept");
         assert_eq!(v.dropped_attributions, [AttributionRejection::Invalid]);
+    }
+
+    /// The `resend` of each metric of a valid body.
+    fn resends(body: &str) -> Vec<bool> {
+        let v = validate(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+        assert!(v.dropped.is_empty(), "{body}: dropped {:?}", v.dropped);
+        v.message.metrics.iter().map(|m| m.resend).collect()
+    }
+
+    #[test]
+    fn flags_a_resend_from_the_collector_or_from_a_web_vitals_delta() {
+        let v1 = |metric: &str| format!(r#"{{"site":"s","route":"/","metrics":[{metric}]}}"#);
+        let bare = |fields: &str| format!(r#"{{"site":"s","route":"/",{fields}}}"#);
+        let cases = [
+            // The collector's first report of a metric id: no flag.
+            (v1(r#"{"name":"CLS","value":0.1,"id":"c"}"#), false),
+            // Its re-send of the same id with the grown value.
+            (
+                v1(r#"{"name":"CLS","value":0.35,"id":"c","resend":true}"#),
+                true,
+            ),
+            (
+                v1(r#"{"name":"CLS","value":0.35,"id":"c","resend":false}"#),
+                false,
+            ),
+            (
+                v1(r#"{"name":"CLS","value":0.35,"id":"c","resend":null}"#),
+                false,
+            ),
+            // A bare web-vitals Metric: its first report has delta == value exactly.
+            (
+                bare(r#""name":"CLS","value":0.1,"delta":0.1,"id":"c""#),
+                false,
+            ),
+            (
+                bare(r#""name":"INP","value":612,"delta":612,"id":"i""#),
+                false,
+            ),
+            (bare(r#""name":"LCP","value":0,"delta":0,"id":"l""#), false),
+            // A later report of the same id: the change since the previous one.
+            (
+                bare(r#""name":"CLS","value":0.35,"delta":0.25,"id":"c""#),
+                true,
+            ),
+            (
+                bare(r#""name":"INP","value":200,"delta":-40,"id":"i""#),
+                true,
+            ),
+            (
+                bare(r#""name":"CLS","value":0.35,"delta":0.35,"id":"c","resend":true"#),
+                true,
+            ),
+            (
+                bare(r#""name":"CLS","value":0.35,"delta":null,"id":"c""#),
+                false,
+            ),
+            (bare(r#""name":"CLS","value":0.35,"id":"c""#), false),
+            // The same rules for a Metric object inside metrics: either says so.
+            (
+                v1(r#"{"name":"CLS","value":0.35,"delta":0.25,"id":"c"}"#),
+                true,
+            ),
+            (
+                v1(r#"{"name":"CLS","value":0.35,"delta":0.35,"id":"c","resend":true}"#),
+                true,
+            ),
+            (
+                v1(r#"{"name":"CLS","value":0.35,"delta":0.35,"id":"c","resend":false}"#),
+                false,
+            ),
+            // Not seen: a re-send whose previous report was 0 (web-vitals' delta is value - 0 then).
+            (
+                bare(r#""name":"CLS","value":0.05,"delta":0.05,"id":"c""#),
+                false,
+            ),
+        ];
+        for (body, resend) in cases {
+            assert_eq!(resends(&body), [resend], "{body}");
+        }
+        assert_eq!(
+            resends(
+                r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":900,"id":"l"},{"name":"CLS","value":0.2,"id":"c","resend":true}]}"#
+            ),
+            [false, true]
+        );
+        // What web-vitals' README snippet posts on the first report.
+        let ctx = RequestContext {
+            query_site: Some("shop"),
+            referer_path: Some("/"),
+            ..CTX
+        };
+        assert!(!validate_with(BARE_LCP, ctx).unwrap().message.metrics[0].resend);
+    }
+
+    #[test]
+    fn the_message_says_resend_only_when_true() {
+        let v = validate(
+            r#"{"site":"s","route":"/","metrics":[{"name":"LCP","value":900,"id":"l"},{"name":"CLS","value":0.2,"id":"c","resend":true}]}"#,
+        )
+        .unwrap();
+        let encoded = String::from_utf8(v.message.encode()).unwrap();
+        assert!(
+            encoded.contains(r#"{"name":"LCP","value":900.0,"id":"l","rating":"good"}"#),
+            "{encoded}"
+        );
+        assert!(
+            encoded.contains(
+                r#"{"name":"CLS","value":0.2,"id":"c","rating":"needs-improvement","resend":true}"#
+            ),
+            "{encoded}"
+        );
+        assert_eq!(
+            BeaconMessage::decode(encoded.as_bytes()).unwrap(),
+            v.message
+        );
+    }
+
+    #[test]
+    fn a_resend_or_delta_of_the_wrong_type_is_malformed_like_any_field() {
+        for field in [
+            r#""resend":"true""#,
+            r#""resend":1"#,
+            r#""resend":0"#,
+            r#""resend":{}"#,
+            r#""resend":[true]"#,
+            r#""delta":"0.25""#,
+            r#""delta":true"#,
+            r#""delta":{}"#,
+            // JSON has no NaN or infinity; a number beyond f64 is no number either.
+            r#""delta":NaN"#,
+            r#""delta":Infinity"#,
+            r#""delta":1e999"#,
+            r#""delta":-1e999"#,
+        ] {
+            for body in [
+                format!(
+                    r#"{{"site":"s","route":"/","metrics":[{{"name":"CLS","value":0.3,"id":"c",{field}}}]}}"#
+                ),
+                format!(r#"{{"site":"s","route":"/","name":"CLS","value":0.3,"id":"c",{field}}}"#),
+            ] {
+                assert_eq!(
+                    validate(&body).unwrap_err().reason(),
+                    "malformed_json",
+                    "{body}"
+                );
+            }
+        }
+        // Built in code (not from JSON), a non-finite delta says nothing.
+        let raw = |delta: f64| RawMetric {
+            name: Text("CLS".into()),
+            value: 0.3,
+            id: Text("c".into()),
+            rating: None,
+            attribution: None,
+            resend: None,
+            delta: Some(delta),
+        };
+        for delta in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert!(!raw(delta).is_resend(), "{delta}");
+            assert!(!validate_metric(raw(delta)).unwrap().0.resend, "{delta}");
+        }
+        assert!(raw(0.1).is_resend());
+        assert!(!raw(0.3).is_resend());
     }
 
     fn validate_with(body: &str, ctx: RequestContext<'_>) -> Result<Validated, BeaconError> {

@@ -28,6 +28,11 @@ pub struct MetricSample {
     pub id: String,
     /// Recomputed from the thresholds by the ingest.
     pub rating: Rating,
+    /// The client says it sent this metric id before with another value (web-vitals' `delta` differs
+    /// from `value`): the consumer replaces the stored value (see `rum_consumers::final_values`).
+    /// Absent from the JSON when false (as before it existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resend: bool,
     /// The metric's normalized attribution; absent from the JSON when empty (as before it existed).
     #[serde(default, skip_serializing_if = "Attribution::is_empty")]
     pub attribution: Attribution,
@@ -210,6 +215,7 @@ mod tests {
                 value: 0.12,
                 id: "v5-1".into(),
                 rating: Rating::NeedsImprovement,
+                resend: false,
                 attribution: Attribution::default(),
             }],
             page_id: String::new(),

@@ -87,5 +87,59 @@ fn old_messages_still_decode_and_encode_to_the_same_bytes() {
         assert_eq!(decoded.release, "");
         assert_eq!(decoded.rtt, "unknown");
         assert!(decoded.metrics.iter().all(|m| m.attribution.is_empty()));
+        assert!(
+            decoded.metrics.iter().all(|m| !m.resend),
+            "{old}: a message without resend is a first report"
+        );
+    }
+}
+
+/// The old consumer's view of a metric: what `MetricSample` read before `resend` existed.
+#[derive(serde::Deserialize, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct OldMetric {
+    name: String,
+    value: f64,
+    id: String,
+    rating: String,
+}
+
+#[test]
+fn a_first_report_gives_no_resend_key_and_old_consumers_read_it_unchanged() {
+    for (_, old) in PINNED {
+        let decoded = BeaconMessage::decode(old.as_bytes()).unwrap();
+        assert!(decoded.metrics.iter().all(|m| !m.resend), "{old}");
+        let encoded = String::from_utf8(decoded.encode()).unwrap();
+        assert!(!encoded.contains("resend"), "{encoded}");
+    }
+    // Today's collector's first report, and web-vitals' own (delta == value): no key in the message.
+    for body in [
+        r#"{"site":"shop","route":"/","page_id":"pg_0123456789","metrics":[{"name":"CLS","value":0.1,"id":"v5-1","rating":"good"}]}"#,
+        r#"{"name":"CLS","value":0.1,"rating":"good","delta":0.1,"id":"v5-1","navigationType":"navigate","entries":[],"route":"/","site":"shop"}"#,
+        r#"{"site":"shop","route":"/","metrics":[{"name":"CLS","value":0.1,"id":"v5-1","resend":false}]}"#,
+    ] {
+        let message = String::from_utf8(message_of(body)).unwrap();
+        assert!(!message.contains("resend"), "{body} gave {message}");
+        let metrics = &serde_json::from_str::<serde_json::Value>(&message).unwrap()["metrics"];
+        let old: Vec<OldMetric> = serde_json::from_value(metrics.clone())
+            .unwrap_or_else(|e| panic!("an old consumer cannot read {message}: {e}"));
+        assert_eq!(old[0].value, 0.1);
+    }
+}
+
+#[test]
+fn a_resend_is_one_key_in_the_message_and_survives_decode_and_encode() {
+    for body in [
+        r#"{"site":"shop","route":"/","metrics":[{"name":"CLS","value":0.2,"id":"v5-1","rating":"good","resend":true}]}"#,
+        r#"{"name":"CLS","value":0.2,"rating":"good","delta":0.1,"id":"v5-1","navigationType":"navigate","entries":[],"route":"/","site":"shop"}"#,
+    ] {
+        let message = String::from_utf8(message_of(body)).unwrap();
+        assert!(
+            message.contains(r#""metrics":[{"name":"CLS","value":0.2,"id":"v5-1","rating":"needs-improvement","resend":true}]"#),
+            "{body} gave {message}"
+        );
+        let decoded = BeaconMessage::decode(message.as_bytes()).unwrap();
+        assert!(decoded.metrics[0].resend);
+        assert_eq!(String::from_utf8(decoded.encode()).unwrap(), message);
     }
 }

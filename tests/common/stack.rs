@@ -141,6 +141,7 @@ impl Stack {
                     value,
                     id: format!("{i}-{}", name.as_str()),
                     rating: name.rate(value),
+                    resend: false,
                     attribution: Default::default(),
                 })
                 .collect(),
