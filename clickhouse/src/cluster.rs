@@ -806,7 +806,7 @@ mod tests {
                 ),
             ]
         };
-        // 005: each column added on the local tables, each followed by the twin made again.
+        // 005 and 006: each column added on the local tables, each followed by the twin made again.
         let added: Vec<(&str, &str, &str)> = adds[4..]
             .iter()
             .map(|s| match s {
@@ -851,6 +851,10 @@ mod tests {
                     "weighted_poor",
                     "weighted_sketch",
                 ][..],
+            ),
+            (
+                "vitals_raw",
+                &["revision", "replaces_value", "replaces_rating"][..],
             ),
         ] {
             for column in columns {
