@@ -246,3 +246,86 @@ async fn a_resent_metric_replaces_its_value_once_through_restarts_and_a_lost_rol
         "p75 {p75} is the sketch's value of 0.5 (within its 0.5 % bound): {text}"
     );
 }
+
+/// Cluster mode (2 shards x 2 replicas, `Distributed` tables): a member that remembers nothing reads the value
+/// before through the cluster, and the replacement lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_replaces_its_value_once_on_a_cluster() {
+    let kafka = rum_testkit::Kafka::start();
+    kafka.create_pipeline_topics();
+    let cluster = rum_testkit::ClickHouseCluster::start(2, 2);
+    let entry = cluster.node(1, 1);
+    let env = [
+        ("RUM_CLICKHOUSE_URL", entry.url.as_str()),
+        ("RUM_CLICKHOUSE_CLUSTER", "rum"),
+    ];
+    let out = rum_output(&["migrate"], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let member = || {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut member_env = vec![
+            ("RUM_KAFKA_BROKERS", kafka.brokers.as_str()),
+            ("RUM_CONSUMER_PORT", port_text.as_str()),
+            ("RUM_CONSUMER_BATCH_MAX_WAIT_MS", "50"),
+            ("RUM_CONSUMER_FENCE_LEASE_MS", "1000"),
+        ];
+        member_env.extend_from_slice(&env);
+        (common::RumProcess::spawn(&["consume"], &member_env), port)
+    };
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let t = (now - 600).max(now - now % 86_400 + 1);
+    let raw = || {
+        entry.query(
+            "SELECT metric_id, argMax(value, revision), max(revision), count(), uniqExact(received_at) \
+             FROM rum.vitals_raw GROUP BY metric_id ORDER BY metric_id FORMAT TSV",
+        )
+    };
+    let rollup = || {
+        entry.query(
+            "SELECT countMerge(samples), sumMerge(good), sumMerge(poor), sumMapMerge(sketch) \
+             FROM rum.vitals_1m WHERE site = 'shop' AND metric = 'CLS' FORMAT TSV",
+        )
+    };
+
+    let (mut first, _) = member();
+    produce(&producer, &[cls("load-c", 0.05, false, t)]).await;
+    eventually("the first value", Duration::from_secs(120), async || {
+        (raw() == "load-c\t0.05\t0\t1\t1\n").then_some(())
+    })
+    .await;
+    first.kill();
+
+    let (_second, port) = member();
+    produce(&producer, &[cls("load-c", 0.3, true, t + 120)]).await;
+    eventually("the replacement", Duration::from_secs(120), async || {
+        (raw() == "load-c\t0.3\t1\t2\t1\n").then_some(())
+    })
+    .await;
+    let expected = format!("1\t0\t1\t{}", sketch(&[0.3]));
+    eventually("its rollup", Duration::from_secs(60), async || {
+        (rollup().trim() == expected).then_some(())
+    })
+    .await;
+    let metrics = exposition(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(
+        labelled(
+            &metrics,
+            "rum_consumer_final_value_lookups_total",
+            "result=\"found\""
+        ),
+        1.0,
+        "read through the cluster"
+    );
+}
