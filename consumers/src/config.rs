@@ -42,7 +42,7 @@ pub struct ConsumerConfig {
     /// How long the group waits for a silent member before giving its partitions to others.
     pub session_timeout_ms: u64,
     /// Metric ids whose stored value is remembered, so that a re-send replaces it without a read of
-    /// `vitals_raw` (about 64 bytes each; see `crate::final_values`).
+    /// `vitals_raw` (about 100 bytes each with the hash table's slack; see `crate::final_values`).
     pub dedup_capacity: usize,
     /// Which life of the topic this is. Set a new value after the topic was deleted and created
     /// again (its offsets start again at 0), and `rum standalone` sets one for its embedded broker:
@@ -87,7 +87,7 @@ impl Default for ConsumerConfig {
             fetch_wait_max_ms: 500,
             retry_max_backoff_ms: 10_000,
             session_timeout_ms: 10_000,
-            dedup_capacity: 1_000_000,
+            dedup_capacity: 250_000,
             topic_incarnation: None,
             max_series: 2_000,
             // An hour: a route with a few beacons an hour keeps its series (and no alert window,

@@ -95,7 +95,8 @@ struct Entry {
     epoch: u64,
 }
 
-/// What this consumer stored of recent metric ids, bounded: about 64 bytes an id.
+/// What this consumer stored of recent metric ids, bounded: about 100 bytes an id with the hash
+/// table's slack (25 MB at the default 250,000 ids).
 pub struct FinalValues {
     capacity: usize,
     map: KeyMap<Entry>,
