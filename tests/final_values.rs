@@ -329,3 +329,56 @@ async fn a_resend_replaces_its_value_once_on_a_cluster() {
         "read through the cluster"
     );
 }
+
+/// A consumer started before `rum migrate` (the database at migration 005, without 006's columns) writes nothing
+/// and says why; once the migration ran it writes what waited, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_ahead_of_the_database_waits_for_rum_migrate() {
+    let stack = Stack::start_at_version(5).await;
+    let producer = stack.producer();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let log = std::env::temp_dir().join(format!("rum-final-values-{}.log", std::process::id()));
+    let port = free_port();
+    let port_text = port.to_string();
+    let _member = common::RumProcess::spawn_logged(
+        &["consume"],
+        &[
+            ("RUM_KAFKA_BROKERS", stack.kafka.brokers.as_str()),
+            ("RUM_CLICKHOUSE_URL", stack.clickhouse.url.as_str()),
+            ("RUM_CONSUMER_PORT", port_text.as_str()),
+            ("RUM_CONSUMER_RETRY_MAX_BACKOFF_MS", "500"),
+        ],
+        &log,
+    );
+    produce(&producer, &[cls("load-m", 0.05, false, now)]).await;
+    common::wait_for_failed_step(port, "learn_floors", Duration::from_secs(60)).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains(
+            "the database is at migration 5, this consumer writes the tables of migration 6: run `rum migrate`"
+        ),
+        "{said}"
+    );
+    assert_eq!(
+        stack
+            .clickhouse
+            .query("SELECT count() FROM rum.vitals_raw FORMAT TSV")
+            .trim(),
+        "0",
+        "nothing written"
+    );
+    let out = rum_output(
+        &["migrate"],
+        &[("RUM_CLICKHOUSE_URL", stack.clickhouse.url.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_raw(&stack, "load-m\t0.05\t0\t1\t1\n").await;
+    let _ = std::fs::remove_file(&log);
+}

@@ -180,6 +180,22 @@ pub async fn read_ledgers(
     crate::bounded("reading the ledgers", timeout, query.fetch_all()).await
 }
 
+/// The last migration whose tables and columns the consumer's write path uses (006: `vitals_raw`'s
+/// `revision`, `replaces_value`, `replaces_rating`).
+pub const WRITE_PATH_SCHEMA: u32 = 6;
+
+/// The highest migration applied to the database (`schema_migrations`, on every node of a cluster).
+pub async fn schema_version(
+    client: &clickhouse::Client,
+    query_id: &str,
+    timeout: Duration,
+) -> Result<u32, StorageError> {
+    let query = client
+        .query("SELECT toUInt32(max(version)) FROM schema_migrations")
+        .with_setting("query_id", query_id);
+    crate::bounded("reading the schema version", timeout, query.fetch_one()).await
+}
+
 /// Checks that the server's time zone is UTC: a UTC day of `vitals_raw` (and a UTC month of
 /// `vitals_1m`) is one partition of the table only then, so that each INSERT of the write path is one
 /// part. Another time zone cuts a UTC day in two parts, committed one after the other.

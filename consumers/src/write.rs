@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rum_clickhouse::ledger::{
     insert_rows, kill_queries, raw_current_values, raw_rollup_rows, raw_stored_max, read_ledgers,
-    CurrentQuery, LedgerEntry, LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
+    schema_version, CurrentQuery, WRITE_PATH_SCHEMA, LedgerEntry, LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
 };
 use rum_clickhouse::{raw_row_refs, StorageError, VitalsRawRowRef, VITALS_1M, VITALS_RAW};
 use rum_schemas::{BeaconMessage, MessageError, Rating};
@@ -425,6 +425,8 @@ pub struct Writer {
     pub metrics: WriteMetrics,
     /// The stored values of recent metric ids (see [`crate::final_values`]).
     finals: std::sync::Mutex<FinalValues>,
+    /// The database was found migrated far enough for this write path.
+    schema_checked: std::sync::atomic::AtomicBool,
 }
 
 /// What one planned INSERT wrote.
@@ -462,6 +464,7 @@ impl Writer {
             lease,
             metrics,
             finals: std::sync::Mutex::new(FinalValues::new(DEFAULT_REMEMBERED_IDS)),
+            schema_checked: false.into(),
         }
     }
 
@@ -509,6 +512,31 @@ impl Writer {
         }
     }
 
+    /// Refuses to write into a database migrated short of [`WRITE_PATH_SCHEMA`] (a consumer upgraded
+    /// before `rum migrate` ran), with an error that says so; checked until it passes once.
+    async fn check_schema(&self) -> Result<(), WriteError> {
+        use std::sync::atomic::Ordering;
+        if self.schema_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let version = schema_version(&self.client, &self.read_id(), self.timeout)
+            .await
+            .map_err(|e| {
+                WriteError::LearnFloors(format!(
+                    "reading the schema version (schema_migrations): {} (a database never migrated: run `rum migrate`)",
+                    rum_telemetry::error_chain(&e)
+                ))
+            })?;
+        if version < WRITE_PATH_SCHEMA {
+            return Err(WriteError::LearnFloors(format!(
+                "the database is at migration {version}, this consumer writes the tables of migration \
+                 {WRITE_PATH_SCHEMA}: run `rum migrate` (this consumer waits and retries)"
+            )));
+        }
+        self.schema_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Step 1: learns the floors of `partitions` (assigned at least a lease ago): waits out this group's
     /// unfinished INSERTs of them, reads the ledgers, and decides each floor.
     pub async fn learn_floors(
@@ -519,6 +547,7 @@ impl Writer {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_schema().await?;
         {
             // Another member may have written them since this one did.
             let mut finals = self.finals();
