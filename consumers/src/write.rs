@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use rum_clickhouse::ledger::{
     insert_rows, kill_queries, raw_current_values, raw_rollup_rows, raw_stored_max, read_ledgers,
-    schema_version, CurrentQuery, WRITE_PATH_SCHEMA, LedgerEntry, LedgerRow, OffsetRange, RawQuery, RollupInputRef, RollupRow, Tables,
+    schema_version, CurrentQuery, LedgerEntry, LedgerRow, OffsetRange, RawQuery, RollupInputRef,
+    RollupRow, Tables, WRITE_PATH_SCHEMA,
 };
 use rum_clickhouse::{raw_row_refs, StorageError, VitalsRawRowRef, VITALS_1M, VITALS_RAW};
 use rum_schemas::{BeaconMessage, MessageError, Rating};
@@ -522,9 +523,15 @@ impl Writer {
         let version = schema_version(&self.client, &self.read_id(), self.timeout)
             .await
             .map_err(|e| {
+                let error = rum_telemetry::error_chain(&e);
+                // Code 60: no schema_migrations table, a database never migrated.
+                let hint = if error.contains("Code: 60") {
+                    " (a database never migrated: run `rum migrate`)"
+                } else {
+                    ""
+                };
                 WriteError::LearnFloors(format!(
-                    "reading the schema version (schema_migrations): {} (a database never migrated: run `rum migrate`)",
-                    rum_telemetry::error_chain(&e)
+                    "reading the schema version (schema_migrations): {error}{hint}"
                 ))
             })?;
         if version < WRITE_PATH_SCHEMA {
