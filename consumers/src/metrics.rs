@@ -155,7 +155,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(messages_consumed.clone()))?;
         let metrics_deduplicated = IntCounter::new(
             "rum_consumer_metrics_deduplicated_total",
-            "Metrics dropped because a value with the same site and metric id was stored first.",
+            "Metrics dropped because the same site, metric id and value was stored already (a re-send that changed nothing; a changed value replaces the stored one).",
         )?;
         registry.register(Box::new(messages_skipped.clone()))?;
         registry.register(Box::new(metrics_deduplicated.clone()))?;
