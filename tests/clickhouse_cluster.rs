@@ -350,3 +350,287 @@ async fn a_cluster_stores_each_message_once_through_a_killed_replica_and_answers
         let _ = std::fs::remove_dir_all(&logs);
     }
 }
+
+/// Migration 007 on the 2 x 2 cluster (no Kafka: rows written at 006 through the `Distributed` table
+/// as the consumers write them): every node's local `vitals_raw` becomes a
+/// `ReplicatedReplacingMergeTree`, each shard's old rows are copied once into the new table and
+/// replicated, the old table stays as `vitals_raw_pre007`, `rum.vitals_raw FINAL` (and the analyst
+/// queries, which read it) give one row per metric id with its final value on every node, and the
+/// migration run again after an interruption changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_007_rebuilds_vitals_raw_on_a_cluster_and_copies_each_shard_once() {
+    use rum_clickhouse::{insert_raw_rows, migrate_to, ClickHouseConfig, VitalsRawRow};
+    const COLUMNS: &str = "received_at, site, route, device, nav_type, metric, value, rating, \
+         metric_id, sample_rate, kafka_topic, kafka_topic_id, kafka_partition, kafka_offset, page_id, \
+         release, rtt, browser, browser_major, target, resource_url, time_to_first_byte, \
+         resource_load_delay, resource_load_duration, element_render_delay, interaction_type, \
+         input_delay, processing_duration, presentation_delay, script_url, script_invoker, revision, \
+         replaces_value, replaces_rating";
+    let dump = |node: &ClickHouseServer, table: &str, filter: &str| {
+        node.query(&format!(
+            "SELECT {COLUMNS} FROM {table} {filter} ORDER BY {COLUMNS} FORMAT TSV"
+        ))
+    };
+    const T0: u32 = 1_700_000_000;
+
+    let cluster = ClickHouseCluster::start(2, 2);
+    let config = ClickHouseConfig {
+        url: cluster.node(1, 1).url.clone(),
+        cluster: Some("rum".into()),
+        ..ClickHouseConfig::default()
+    };
+    let old = migrate_to(&config, Some(6)).await.unwrap();
+    assert_eq!(old.applied, [1, 2, 3, 4, 5, 6]);
+    let mut rows = Vec::new();
+    for i in 0..400u32 {
+        let metric = [MetricName::LCP, MetricName::INP, MetricName::CLS][i as usize % 3];
+        let value = if metric == MetricName::CLS {
+            f64::from(i % 50) / 100.0
+        } else {
+            f64::from(200 + 13 * i)
+        };
+        let mut row = VitalsRawRow::measured(
+            "shop",
+            &format!("route-{}", i % 5),
+            "mobile",
+            metric,
+            value,
+            T0 + i * 300,
+        );
+        row.browser = ["chrome", "safari"][i as usize % 2].into();
+        row.kafka_partition = i % 4;
+        row.kafka_offset = u64::from(i);
+        if i % 10 == 0 {
+            row.metric_id = String::new();
+        }
+        rows.push(row);
+    }
+    // A metric id already replaced once (a 006 consumer), on partition 1.
+    let chain = VitalsRawRow {
+        metric_id: "chain".into(),
+        kafka_partition: 1,
+        kafka_offset: 5000,
+        ..VitalsRawRow::measured("shop", "root", "mobile", MetricName::CLS, 0.05, T0 + 11)
+    };
+    rows.push(chain.clone());
+    rows.push(VitalsRawRow {
+        value: 0.3,
+        rating: "poor".into(),
+        revision: 1,
+        replaces_value: 0.05,
+        replaces_rating: "good".into(),
+        kafka_offset: 5001,
+        ..chain
+    });
+    let client = config.client().with_setting("insert_distributed_sync", "1");
+    insert_raw_rows(&client, &rows).await.unwrap();
+    // The Distributed INSERT wrote one replica of each shard: both hold the rows once replicated.
+    let mut before = Vec::new();
+    for shard in 1..=2 {
+        let (a, b) = (cluster.node(shard, 1), cluster.node(shard, 2));
+        let rows_of = |node: &ClickHouseServer| dump(node, "rum_local.vitals_raw", "");
+        let (same, _) = wait_until(
+            &format!("both replicas of shard {shard} to hold the rows written at 006"),
+            Duration::from_secs(60),
+            || (rows_of(a), rows_of(b)),
+            |(x, y)| x == y,
+        )
+        .await;
+        before.push(same);
+    }
+    assert_eq!(
+        before.iter().map(|d| d.lines().count()).sum::<usize>(),
+        rows.len()
+    );
+
+    let report = rum_clickhouse::migrate(&config).await.unwrap();
+    assert_eq!(report.applied, [7]);
+
+    let superseded = "WHERE NOT (metric_id = 'chain' AND revision = 0)";
+    {
+        let when = "after 007";
+        for node in cluster.nodes() {
+            let tables = node.query(
+                "SELECT name, engine FROM system.tables WHERE database = 'rum_local' \
+                 AND name LIKE 'vitals_raw%' ORDER BY name FORMAT TSV",
+            );
+            assert_eq!(
+                tables,
+                "vitals_raw\tReplicatedReplacingMergeTree\nvitals_raw_pre007\tReplicatedMergeTree\n",
+                "{when}: {}",
+                node.url
+            );
+        }
+        for shard in 1..=2 {
+            let old = dump(cluster.node(shard, 1), "rum_local.vitals_raw_pre007", "");
+            assert_eq!(
+                old,
+                before[shard - 1],
+                "{when}: shard {shard}'s old rows kept"
+            );
+            let expected = dump(
+                cluster.node(shard, 1),
+                "rum_local.vitals_raw_pre007",
+                superseded,
+            );
+            for replica in 1..=2 {
+                let node = cluster.node(shard, replica);
+                let copied = wait_until(
+                    &format!("{when}: shard {shard} replica {replica} to hold the copy"),
+                    Duration::from_secs(60),
+                    || dump(node, "rum_local.vitals_raw FINAL", ""),
+                    |d| *d == expected,
+                )
+                .await;
+                assert_eq!(copied, expected);
+            }
+        }
+        for node in cluster.nodes() {
+            assert_eq!(
+                number(node, "SELECT count() FROM rum.vitals_raw FINAL"),
+                Some(rows.len() as u64 - 1),
+                "{when}: {}",
+                node.url
+            );
+            assert_eq!(
+                node.query("SELECT value FROM rum.vitals_raw FINAL WHERE metric_id = 'chain'"),
+                "0.3\n"
+            );
+        }
+    }
+    // Copied once per shard: before any merge, the new tables hold as many rows as the old ones
+    // (the two rows of `chain` may already be merged into one).
+    for shard in 1..=2 {
+        let node = cluster.node(shard, 1);
+        let n = |table: &str| {
+            number(
+                node,
+                &format!("SELECT count() FROM rum_local.{table} WHERE metric_id != 'chain'"),
+            )
+        };
+        assert_eq!(n("vitals_raw"), n("vitals_raw_pre007"), "shard {shard}");
+    }
+
+    // A replacement after the migration, written like the consumer's: one row per metric id on
+    // every node.
+    let original = rows
+        .iter()
+        .find(|r| r.metric == "LCP" && !r.metric_id.is_empty() && r.kafka_partition == 3)
+        .unwrap()
+        .clone();
+    let replacement = VitalsRawRow {
+        value: 9999.0,
+        rating: "poor".into(),
+        revision: 1,
+        replaces_value: original.value,
+        replaces_rating: original.rating.clone(),
+        kafka_offset: 9000,
+        ..original.clone()
+    };
+    insert_raw_rows(&client, &[replacement]).await.unwrap();
+    let id = &original.metric_id;
+    // Each node, once replication carried the row (a Distributed read picks either replica).
+    for node in cluster.nodes() {
+        wait_until(
+            &format!("the final value of {id} from {}", node.url),
+            Duration::from_secs(30),
+            || {
+                node.query(&format!(
+                    "SELECT value, revision FROM rum.vitals_raw FINAL WHERE metric_id = '{id}' FORMAT TSV"
+                ))
+            },
+            |v| v == "9999\t1\n",
+        )
+        .await;
+    }
+    // An analyst query reading `vitals_raw FINAL` through the Distributed table: each LCP metric id
+    // once, the replaced one with its final value.
+    let lcp_rows: Vec<&VitalsRawRow> = rows.iter().filter(|r| r.metric == "LCP").collect();
+    let query = rum_clickhouse::P75_BY_DIMENSION.sql();
+    let body: String = query
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let params = [
+        "'browser'".to_string(),
+        "'shop'".to_string(),
+        "'LCP'".to_string(),
+        T0.to_string(),
+        (T0 + 400 * 300).to_string(),
+    ];
+    let mut pieces = body.split('?');
+    let mut sql = pieces.next().unwrap().to_string();
+    for (piece, param) in pieces.zip(&params) {
+        sql.push_str(param);
+        sql.push_str(piece);
+    }
+    let answer = cluster.node(2, 2).query_with_settings(
+        &format!("SELECT value, samples FROM ({sql}) ORDER BY value FORMAT TSV"),
+        &[("database", "rum")],
+    );
+    let per_browser = |b: &str| lcp_rows.iter().filter(|r| r.browser == b).count();
+    assert_eq!(
+        answer,
+        format!(
+            "chrome\t{}\nsafari\t{}\n",
+            per_browser("chrome"),
+            per_browser("safari")
+        )
+    );
+
+    // Interrupted after the copy, before the migration was recorded: run again, nothing changes.
+    cluster
+        .node(1, 1)
+        .query("ALTER TABLE rum.schema_migrations DELETE WHERE version = 7");
+    for node in cluster.nodes() {
+        wait_until(
+            "the deletion of 007's record to be done on every node",
+            Duration::from_secs(60),
+            || {
+                (
+                    number(
+                        node,
+                        "SELECT count() FROM system.mutations WHERE database = 'rum' AND is_done = 0",
+                    ),
+                    number(
+                        node,
+                        "SELECT count() FROM rum.schema_migrations WHERE version = 7",
+                    ),
+                )
+            },
+            |n| *n == (Some(0), Some(0)),
+        )
+        .await;
+    }
+    let again = rum_clickhouse::migrate(&config).await.unwrap();
+    assert_eq!(again.applied, [7], "007 ran again");
+    // The replacement written after the migration is one more row of the final count.
+    let superseded_after = format!("{superseded} AND metric_id != '{id}'");
+    for shard in 1..=2 {
+        let expected = dump(
+            cluster.node(shard, 1),
+            "rum_local.vitals_raw_pre007",
+            &superseded_after,
+        );
+        let got = dump(
+            cluster.node(shard, 2),
+            "rum_local.vitals_raw FINAL",
+            &format!("WHERE metric_id != '{id}'"),
+        );
+        assert_eq!(got, expected, "shard {shard} after the second run");
+    }
+    for node in cluster.nodes() {
+        assert_eq!(
+            number(node, "SELECT count() FROM system.tables WHERE database = 'rum_local' AND name = 'vitals_raw_new'"),
+            Some(0),
+            "no staging table made again"
+        );
+        assert_eq!(
+            number(node, "SELECT count() FROM rum.vitals_raw FINAL"),
+            Some(rows.len() as u64 - 1)
+        );
+    }
+    let last = rum_clickhouse::migrate(&config).await.unwrap();
+    assert!(last.applied.is_empty(), "{last:?}");
+}

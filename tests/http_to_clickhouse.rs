@@ -80,14 +80,15 @@ async fn a_posted_beacon_becomes_rows_in_clickhouse() {
         },
     )
     .await;
+    // One row for the metric id (ReplacingMergeTree, read FINAL): the final value, replacing the first.
     let stored = clickhouse.query(
-        "SELECT groupArray(value), groupArray(revision), groupArray(replaces_value), uniqExact(received_at) \
-         FROM (SELECT * FROM rum.vitals_raw WHERE metric = 'CLS' ORDER BY revision) FORMAT TSV",
+        "SELECT value, revision, replaces_value, replaces_rating FROM rum.vitals_raw FINAL \
+         WHERE metric = 'CLS' FORMAT TSV",
     );
     assert_eq!(
         stored.trim(),
-        "[0.31,0.45]\t[0,1]\t[0,0.31]\t1",
-        "the first value and its replacement, in the first value's second"
+        "0.45\t1\t0.31\tpoor",
+        "one CLS row, the final value"
     );
     let rollup = eventually(
         "the replacement rolled up",

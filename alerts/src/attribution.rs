@@ -109,7 +109,7 @@ pub fn top_targets_sql(series: usize) -> String {
                  arrayJoin(if(metric = 'INP', ['type', 'script'], ['type'])) AS kind, \
                  if(kind = 'type', interaction_type, script_url) AS attr, \
                  count() AS c \
-               FROM vitals_raw \
+               FROM vitals_raw FINAL \
                WHERE received_at >= toDateTime(?) AND received_at < toDateTime(?) \
                  AND target != '' AND target != 'other' \
                  AND (site, route, device, metric) IN ({keys}) \

@@ -14,6 +14,7 @@
 -- Columns: value (the dimension's value: 'chrome', 'v1.2.3', '100-300', ...), p75 Float64 (weighted),
 -- p75_unweighted Float64, samples UInt64, estimated_page_loads Float64, poor_share Float64 (0..1,
 -- weighted). By estimated page loads, most first.
+-- Reads vitals_raw FINAL: one row per metric id, with its final value (migration 007).
 -- Runs on ClickHouse 18.16 and current releases (no CTE, no window function).
 SELECT
     value,
@@ -47,7 +48,7 @@ FROM
             SELECT
                 browser, release, rtt, nav_type, device, rating, sample_rate,
                 toInt16(if(value <= 0, -32768, greatest(-32000, least(32000, ceil(log(value) / log(1.01005)))))) AS bucket
-            FROM vitals_raw
+            FROM vitals_raw FINAL
             WHERE site = ? AND metric = ? AND received_at >= toDateTime(?) AND received_at < toDateTime(?)
         )
         GROUP BY value

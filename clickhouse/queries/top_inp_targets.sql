@@ -17,6 +17,7 @@
 -- processing_duration, presentation_delay Nullable(Float64) (mean ms; NULL when no row sent them),
 -- script_url, script_invoker String (the most frequent; '' when none was sent). Routes in order,
 -- each route's targets by samples, most first.
+-- Reads vitals_raw FINAL: one row per metric id, with its final value (migration 007).
 -- Runs on ClickHouse 18.16 and current releases (no CTE, no window function).
 SELECT
     route,
@@ -51,7 +52,7 @@ FROM
             route, target, interaction_type, sample_rate, script_url, script_invoker,
             input_delay, processing_duration, presentation_delay,
             toInt16(if(value <= 0, -32768, greatest(-32000, least(32000, ceil(log(value) / log(1.01005)))))) AS bucket
-        FROM vitals_raw
+        FROM vitals_raw FINAL
         WHERE site = ? AND metric = 'INP' AND target != ''
             AND received_at >= toDateTime(?) AND received_at < toDateTime(?)
     )

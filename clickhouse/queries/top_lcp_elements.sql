@@ -15,6 +15,7 @@
 -- time_to_first_byte, resource_load_delay, resource_load_duration, element_render_delay
 -- Nullable(Float64) (mean ms; NULL when no row sent them). Routes in order, each route's elements
 -- by samples, most first.
+-- Reads vitals_raw FINAL: one row per metric id, with its final value (migration 007).
 -- Runs on ClickHouse 18.16 and current releases (no CTE, no window function).
 SELECT
     route,
@@ -47,7 +48,7 @@ FROM
             route, target, sample_rate, resource_url,
             time_to_first_byte, resource_load_delay, resource_load_duration, element_render_delay,
             toInt16(if(value <= 0, -32768, greatest(-32000, least(32000, ceil(log(value) / log(1.01005)))))) AS bucket
-        FROM vitals_raw
+        FROM vitals_raw FINAL
         WHERE site = ? AND metric = 'LCP' AND target != ''
             AND received_at >= toDateTime(?) AND received_at < toDateTime(?)
     )

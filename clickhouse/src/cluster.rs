@@ -20,6 +20,14 @@
 //! table, a `...MergeTree(args)` engine becomes `Replicated...MergeTree('path', '{replica}', args)`, and a
 //! `CREATE TABLE` or `ALTER TABLE ... ADD COLUMN` of a table gets its `Distributed` twin in `<database>`.
 //! The files are not edited (their checksums are the same in both modes).
+//!
+//! A table rebuilt by a migration (007: `vitals_raw` as a `ReplacingMergeTree`) is created under a
+//! staging name, swapped in by `RENAME TABLE ... ON CLUSTER` of the local tables, and filled from the
+//! old one ([`Step::CopyPerShard`]). The staging table and the old one get no twin; the twin of the
+//! rebuilt table stays as it is: a `Distributed` table finds its local table by name, and the
+//! rebuilt one has the same columns (a twin dropped and created again would fail the INSERTs of the
+//! consumers running through the migration in between). The staging table keeps its ZooKeeper path
+//! (`.../<table>_new`) after the RENAME, as a replicated table does.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -149,6 +157,16 @@ impl ReplicaReads {
         ))
     }
 
+    /// `remote()` over `database.table` of `replica` alone.
+    pub fn source_of(&self, replica: &Replica, database: &str, table: &str) -> String {
+        remote(
+            std::slice::from_ref(replica),
+            database,
+            table,
+            self.credentials.as_ref(),
+        )
+    }
+
     /// The number of replicas of the cluster and `remote()` over `database.table` of every one of them.
     pub async fn source_and_count(
         &self,
@@ -255,6 +273,20 @@ pub enum Step {
         /// The statement.
         sql: String,
     },
+    /// An `INSERT ... SELECT` from a table a migration renamed away (its old rows, into the table
+    /// that took its name), run once per shard: `before`, then `remote()` over one replica of the
+    /// shard reading `source` of the local database, then `after`. It writes through the
+    /// `Distributed` table, which sends each row to the shard of its sharding key: the shard it was
+    /// read from when it got there by the same key (the consumers write through it), and in any case
+    /// the shard where the later rows of its key go. Replication carries it to the other replicas.
+    CopyPerShard {
+        /// The local table read (the same name on every shard).
+        source: String,
+        /// The statement up to the table read.
+        before: String,
+        /// The statement after it.
+        after: String,
+    },
 }
 
 /// A piece of SQL text.
@@ -336,13 +368,70 @@ fn is_code(t: &Token<'_>) -> bool {
     !matches!(t.kind, Kind::Space | Kind::Comment)
 }
 
-/// The names the migrations create: (tables, views).
-pub fn created_names(statements: &[String]) -> (BTreeSet<String>, BTreeSet<String>) {
+/// The names of the migrations' tables and views, and what RENAMEs make of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Tables created (`CREATE TABLE`) or renamed to (`RENAME TABLE ... TO`).
+    pub tables: BTreeSet<String>,
+    /// Views created.
+    pub views: BTreeSet<String>,
+    /// Tables renamed away and never renamed to (created under a staging name): no twin.
+    pub staging: BTreeSet<String>,
+    /// Tables renamed to and never created nor renamed away (the old table a rebuild keeps): no
+    /// twin; an `INSERT ... SELECT` from them is a [`Step::CopyPerShard`].
+    pub retired: BTreeSet<String>,
+}
+
+impl Names {
+    /// Whether `table` has a `Distributed` twin in the main database.
+    fn has_twin(&self, table: &str) -> bool {
+        self.tables.contains(table)
+            && !self.staging.contains(table)
+            && !self.retired.contains(table)
+    }
+}
+
+/// The `(from, to)` pairs of a `RENAME TABLE a TO b[, c TO d ...]` statement, from its code tokens.
+fn rename_pairs<'a>(code: &[&Token<'a>]) -> Option<Vec<(&'a str, &'a str)>> {
+    let upper = |k: usize| code.get(k).map(|t| t.text.to_ascii_uppercase());
+    if upper(0).as_deref() != Some("RENAME") || upper(1).as_deref() != Some("TABLE") {
+        return None;
+    }
+    let mut pairs = Vec::new();
+    let mut k = 2;
+    loop {
+        let from = code.get(k).filter(|t| t.kind == Kind::Ident)?;
+        let to = code.get(k + 2).filter(|t| t.kind == Kind::Ident)?;
+        if upper(k + 1).as_deref() != Some("TO") {
+            return None;
+        }
+        pairs.push((from.text, to.text));
+        match code.get(k + 3).map(|t| t.text) {
+            None => return Some(pairs),
+            Some(",") => k += 4,
+            Some(_) => return None,
+        }
+    }
+}
+
+/// The names the migrations create and rename.
+pub fn created_names(statements: &[String]) -> Names {
     let mut tables = BTreeSet::new();
     let mut views = BTreeSet::new();
+    let mut created = BTreeSet::new();
+    let mut renamed_from = BTreeSet::new();
+    let mut renamed_to = BTreeSet::new();
     for statement in statements {
         let tokens = tokenize(statement);
         let code: Vec<&Token<'_>> = tokens.iter().filter(|t| is_code(t)).collect();
+        if let Some(pairs) = rename_pairs(&code) {
+            for (from, to) in pairs {
+                renamed_from.insert(from.to_string());
+                renamed_to.insert(to.to_string());
+                tables.insert(to.to_string());
+            }
+            continue;
+        }
         let words: Vec<String> = code.iter().map(|t| t.text.to_ascii_uppercase()).collect();
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let (is_view, rest) = match words.as_slice() {
@@ -361,21 +450,33 @@ pub fn created_names(statements: &[String]) -> (BTreeSet<String>, BTreeSet<Strin
                 views.insert(name.text.to_string());
             } else {
                 tables.insert(name.text.to_string());
+                created.insert(name.text.to_string());
             }
         }
     }
-    (tables, views)
+    let staging = renamed_from.difference(&renamed_to).cloned().collect();
+    let retired = renamed_to
+        .iter()
+        .filter(|t| !created.contains(*t) && !renamed_from.contains(*t))
+        .cloned()
+        .collect();
+    Names {
+        tables,
+        views,
+        staging,
+        retired,
+    }
 }
 
-/// The statements of cluster mode for one statement of a migration file. `tables` and `views` are the
-/// names the migrations create ([`created_names`]); only they are qualified.
-pub fn render(
-    statement: &str,
-    layout: &Layout,
-    tables: &BTreeSet<String>,
-    views: &BTreeSet<String>,
-) -> Result<Vec<Step>, String> {
+/// The statements of cluster mode for one statement of a migration file. `names` are the names the
+/// migrations create ([`created_names`]); only they are qualified.
+pub fn render(statement: &str, layout: &Layout, names: &Names) -> Result<Vec<Step>, String> {
+    let Names { tables, views, .. } = names;
     let tokens = tokenize(statement);
+    let code_tokens: Vec<&Token<'_>> = tokens.iter().filter(|t| is_code(t)).collect();
+    if let Some(pairs) = rename_pairs(&code_tokens) {
+        return render_rename(&pairs, layout, names, statement);
+    }
     let code: Vec<usize> = (0..tokens.len()).filter(|&i| is_code(&tokens[i])).collect();
     let mut position_in_code: Vec<Option<usize>> = vec![None; tokens.len()];
     for (k, &i) in code.iter().enumerate() {
@@ -407,7 +508,7 @@ pub fn render(
         _ => {
             return Err(format!(
                 "cluster mode cannot run this statement (only CREATE TABLE, CREATE MATERIALIZED VIEW, \
-                 ALTER TABLE, DROP TABLE and INSERT INTO are rendered): {}",
+                 ALTER TABLE, DROP TABLE, RENAME TABLE and INSERT INTO are rendered): {}",
                 first_line(statement)
             ));
         }
@@ -489,9 +590,12 @@ pub fn render(
         out.trim().to_string()
     };
     let local = rewrite(&layout.local, true);
-    let twin = tables.contains(&name);
+    let twin = names.has_twin(&name);
     let steps = match what {
-        What::CreateTable => vec![Step::Run(local), Step::Run(create_twin(layout, &name))],
+        What::CreateTable if twin => {
+            vec![Step::Run(local), Step::Run(create_twin(layout, &name))]
+        }
+        What::CreateTable => vec![Step::Run(local)],
         What::CreateView => vec![Step::Run(local)],
         What::Alter => {
             let column = match (word(name_at + 1).as_str(), word(name_at + 2).as_str()) {
@@ -538,7 +642,10 @@ pub fn render(
                 .filter(|t| t.kind == Kind::Ident && tables.contains(t.text))
                 .map(|t| t.text)
                 .collect();
-            if read.len() == 1 && read.contains(name.as_str()) && what_aggregates(&name) {
+            let from_retired = !read.is_empty() && read.iter().all(|t| names.retired.contains(*t));
+            if from_retired && twin {
+                copy_per_shard(&tokens, &position_in_code, name_at, layout, &read)?
+            } else if read.len() == 1 && read.contains(name.as_str()) && what_aggregates(&name) {
                 // A table completing its own rows (rows added to an AggregatingMergeTree merge with
                 // those of the same key, whichever shard holds them): read the whole cluster through
                 // the Distributed table, write into the entry node's local table, once.
@@ -566,6 +673,72 @@ pub fn render(
         }
     };
     Ok(steps)
+}
+
+/// `RENAME TABLE` of the local tables on every node (their twins read them by name).
+fn render_rename(
+    pairs: &[(&str, &str)],
+    layout: &Layout,
+    names: &Names,
+    statement: &str,
+) -> Result<Vec<Step>, String> {
+    let mut renames = Vec::new();
+    for (from, to) in pairs {
+        for table in [from, to] {
+            if !names.tables.contains(*table) {
+                return Err(format!(
+                    "{table} is not a table the migrations create: {}",
+                    first_line(statement)
+                ));
+            }
+        }
+        renames.push(format!("{l}.{from} TO {l}.{to}", l = layout.local));
+    }
+    Ok(vec![Step::Run(format!(
+        "RENAME TABLE {} ON CLUSTER {}",
+        renames.join(", "),
+        layout.cluster
+    ))])
+}
+
+/// The [`Step::CopyPerShard`] of an `INSERT INTO <table> ... SELECT ... FROM <retired table>`.
+fn copy_per_shard(
+    tokens: &[Token<'_>],
+    position_in_code: &[Option<usize>],
+    name_at: usize,
+    layout: &Layout,
+    read: &BTreeSet<&str>,
+) -> Result<Vec<Step>, String> {
+    let mut before = String::new();
+    let mut after = String::new();
+    let mut source = None;
+    for (i, t) in tokens.iter().enumerate() {
+        let out = if source.is_some() {
+            &mut after
+        } else {
+            &mut before
+        };
+        if position_in_code[i] == Some(name_at) {
+            out.push_str(&format!("{}.{}", layout.database, t.text));
+        } else if t.kind == Kind::Ident && read.contains(t.text) {
+            if source.is_some() {
+                return Err(format!(
+                    "a copy from a renamed table reads it once (FROM {}): {}",
+                    t.text,
+                    before.trim()
+                ));
+            }
+            source = Some(t.text.to_string());
+        } else {
+            out.push_str(t.text);
+        }
+    }
+    let source = source.ok_or("no table read by the copy")?;
+    Ok(vec![Step::CopyPerShard {
+        source,
+        before: before.trim_start().to_string(),
+        after: after.trim_end().to_string(),
+    }])
 }
 
 /// Tables whose rows merge by key (AggregatingMergeTree): rows added for a key on any shard add
@@ -629,10 +802,10 @@ mod tests {
 
     fn render_all() -> Vec<Step> {
         let statements = all_statements();
-        let (tables, views) = created_names(&statements);
+        let names = created_names(&statements);
         statements
             .iter()
-            .flat_map(|s| render(s, &layout(), &tables, &views).unwrap())
+            .flat_map(|s| render(s, &layout(), &names).unwrap())
             .collect()
     }
 
@@ -641,6 +814,7 @@ mod tests {
             Step::Run(sql) => sql,
             Step::AddColumn { statements, .. } => &statements[0],
             Step::CopyWhenSourcesEmpty { sql, .. } => sql,
+            Step::CopyPerShard { before, .. } => before,
         }
     }
 
@@ -654,19 +828,29 @@ mod tests {
 
     #[test]
     fn finds_the_tables_and_views_of_the_migrations() {
-        let (tables, views) = created_names(&all_statements());
+        let names = created_names(&all_statements());
         assert_eq!(
-            tables.into_iter().collect::<Vec<_>>(),
+            names.tables.into_iter().collect::<Vec<_>>(),
             [
                 "kafka_offsets",
                 "vitals_1m",
                 "vitals_1m_input",
                 "vitals_1m_input_v2",
-                "vitals_raw"
+                "vitals_raw",
+                "vitals_raw_new",
+                "vitals_raw_pre007"
             ]
         );
         assert_eq!(
-            views.into_iter().collect::<Vec<_>>(),
+            names.staging.into_iter().collect::<Vec<_>>(),
+            ["vitals_raw_new"]
+        );
+        assert_eq!(
+            names.retired.into_iter().collect::<Vec<_>>(),
+            ["vitals_raw_pre007"]
+        );
+        assert_eq!(
+            names.views.into_iter().collect::<Vec<_>>(),
             [
                 "kafka_offsets_mv",
                 "vitals_1m_mv",
@@ -852,6 +1036,7 @@ mod tests {
                     "weighted_sketch",
                 ][..],
             ),
+            // 006
             (
                 "vitals_raw",
                 &["revision", "replaces_value", "replaces_rating"][..],
@@ -942,33 +1127,30 @@ mod tests {
 
     #[test]
     fn other_statements_and_unknown_tables_are_refused() {
-        let (tables, views) = created_names(&all_statements());
+        let names = created_names(&all_statements());
         let l = layout();
-        assert!(render("SELECT 1", &l, &tables, &views).is_err());
+        assert!(render("SELECT 1", &l, &names).is_err());
+        assert!(render("CREATE TABLE other (a UInt8) ENGINE = Memory", &l, &names).is_err());
+        assert!(render("ALTER TABLE vitals_raw DROP COLUMN site", &l, &names).is_err());
+        assert!(render("RENAME TABLE vitals_raw TO other", &l, &names).is_err());
         assert!(render(
-            "CREATE TABLE other (a UInt8) ENGINE = Memory",
+            "INSERT INTO vitals_raw SELECT * FROM vitals_raw_pre007 UNION ALL SELECT * FROM vitals_raw_pre007",
             &l,
-            &tables,
-            &views
-        )
-        .is_err());
-        assert!(render(
-            "ALTER TABLE vitals_raw DROP COLUMN site",
-            &l,
-            &tables,
-            &views
+            &names
         )
         .is_err());
     }
 
     #[test]
     fn engine_arguments_are_kept_after_the_path() {
-        let tables: BTreeSet<String> = ["t".to_string()].into();
+        let names = Names {
+            tables: ["t".to_string()].into(),
+            ..Names::default()
+        };
         let steps = render(
             "CREATE TABLE IF NOT EXISTS t (a UInt8, v UInt64) ENGINE = ReplacingMergeTree(v) ORDER BY a",
             &Layout::new("c1", "db"),
-            &tables,
-            &BTreeSet::new(),
+            &names,
         )
         .unwrap();
         assert_eq!(
@@ -976,6 +1158,95 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS db_local.t ON CLUSTER c1 (a UInt8, v UInt64) ENGINE = \
              ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db_local/t', '{replica}', v) ORDER BY a"
         );
+    }
+
+    /// Migration 007's steps: everything rendered for it.
+    fn steps_of_007() -> Vec<Step> {
+        let names = created_names(&all_statements());
+        let m = MIGRATIONS.iter().find(|m| m.version == 7).unwrap();
+        m.statements()
+            .iter()
+            .flat_map(|s| render(s, &layout(), &names).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_rebuilt_table_is_created_replicated_under_its_staging_name_without_a_twin() {
+        let steps = steps_of_007();
+        assert_eq!(steps.len(), 3, "{steps:#?}");
+        let Step::Run(create) = &steps[0] else {
+            panic!("{:?}", steps[0])
+        };
+        let create = code(create);
+        assert!(
+            create.starts_with(
+                "CREATE TABLE IF NOT EXISTS rum_local.vitals_raw_new ON CLUSTER rum\n("
+            ),
+            "{create}"
+        );
+        assert!(create.contains(
+            "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/rum_local/vitals_raw_new', '{replica}', revision)\n"
+        ), "{create}");
+        assert!(create.contains("ORDER BY (site, metric, route, device, received_at, metric_id,"));
+        assert!(
+            !steps.iter().any(|s| code(sql(s)).contains("Distributed")),
+            "the twin rum.vitals_raw stays (it reads rum_local.vitals_raw by name): {steps:#?}"
+        );
+    }
+
+    #[test]
+    fn a_rename_renames_the_local_tables_on_every_node() {
+        let steps = steps_of_007();
+        assert_eq!(
+            steps[1],
+            Step::Run(
+                "RENAME TABLE rum_local.vitals_raw TO rum_local.vitals_raw_pre007, \
+                 rum_local.vitals_raw_new TO rum_local.vitals_raw ON CLUSTER rum"
+                    .into()
+            )
+        );
+        // What the runner sends when the first pair was renamed before an interruption.
+        let names = created_names(&all_statements());
+        assert_eq!(
+            render(
+                "RENAME TABLE vitals_raw_new TO vitals_raw",
+                &layout(),
+                &names
+            )
+            .unwrap(),
+            [Step::Run(
+                "RENAME TABLE rum_local.vitals_raw_new TO rum_local.vitals_raw ON CLUSTER rum"
+                    .into()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_copy_from_the_old_table_runs_per_shard_through_the_distributed_table() {
+        let steps = steps_of_007();
+        let Step::CopyPerShard {
+            source,
+            before,
+            after,
+        } = &steps[2]
+        else {
+            panic!("{:?}", steps[2])
+        };
+        assert_eq!(source, "vitals_raw_pre007");
+        assert!(
+            before.starts_with("INSERT INTO rum.vitals_raw (received_at, site,"),
+            "{before}"
+        );
+        assert!(before.ends_with("replaces_rating\nFROM "), "{before}");
+        assert!(!before.contains("rum_local"), "{before}");
+        assert_eq!(after, "");
+        // Every column copied, in the order of the INSERT's list.
+        let list =
+            |s: &str| -> Vec<String> { s.split(',').map(|c| c.trim().to_string()).collect() };
+        let insert = &before[before.find('(').unwrap() + 1..before.find(')').unwrap()];
+        let select = &before[before.find("SELECT ").unwrap() + 7..before.rfind("\nFROM").unwrap()];
+        assert_eq!(list(insert), list(select));
+        assert_eq!(list(insert).len(), 34);
     }
 
     #[test]

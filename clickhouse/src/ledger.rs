@@ -373,10 +373,16 @@ pub struct CurrentQuery<'a> {
     pub items: &'a [(&'a str, &'a str, &'a str, &'a str, &'a str)],
 }
 
-/// Ids asked in one read: its SQL stays well under ClickHouse's `max_query_size` (256 KiB).
+/// The most ids asked in one read.
 pub const CURRENT_IDS_PER_READ: usize = 1_000;
 
-/// The current value of a metric id in `vitals_raw`: its row with the highest revision.
+/// The most bytes of quoted ids and places in one read: its SQL stays well under ClickHouse's
+/// `max_query_size` (256 KiB) whatever the ids hold (a quote or backslash takes two bytes quoted).
+const CURRENT_SQL_BYTES_PER_READ: usize = 128 * 1024;
+
+/// A chain of rows of one metric id in one place (site, metric, route, device) and second: the rows of
+/// a first value and its replacements. An id has more than one chain only when a re-send was stored as
+/// a first value (its value before forgotten).
 #[derive(Debug, Clone, PartialEq, Row, Deserialize)]
 pub struct CurrentRow {
     /// The site.
@@ -389,18 +395,21 @@ pub struct CurrentRow {
     pub route: String,
     /// The device.
     pub device: String,
-    /// The value of the highest revision.
+    /// The chain's `received_at` (every row of a chain has its first row's).
+    pub chain_received_at: u32,
+    /// The value of the chain's highest revision.
     pub current_value: f64,
     /// Its rating.
     pub current_rating: String,
-    /// The highest revision.
+    /// The chain's highest revision.
     pub top_revision: u32,
-    /// The first row's `received_at` (every row of the id has it).
-    pub first_received_at: u32,
+    /// The chain's sample rate (its first row's; replacements keep it).
+    pub chain_sample_rate: f64,
 }
 
-/// The current values of the asked metric ids (ids `vitals_raw` does not hold are absent): one read
-/// per [`CURRENT_IDS_PER_READ`] ids, each bounded by `timeout`.
+/// The chains of the asked metric ids (ids `vitals_raw` does not hold are absent), in reads of at most
+/// [`CURRENT_IDS_PER_READ`] ids and [`CURRENT_SQL_BYTES_PER_READ`] bytes, each bounded by `timeout`.
+/// The SQL is sent as it is (`query_raw`): an id may hold a `?`.
 pub async fn raw_current_values(
     client: &clickhouse::Client,
     tables: &Tables,
@@ -413,36 +422,50 @@ pub async fn raw_current_values(
     }
     let source = tables.source(client, &tables.raw_read, timeout).await?;
     let mut found = Vec::new();
-    for (n, chunk) in query.items.chunks(CURRENT_IDS_PER_READ).enumerate() {
-        let mut places: Vec<String> = chunk
-            .iter()
-            .map(|(site, metric, route, device, _)| {
-                format!(
-                    "({}, {}, {}, {})",
-                    quote(site),
-                    quote(metric),
-                    quote(route),
-                    quote(device)
-                )
-            })
-            .collect();
+    let mut rest = query.items;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let mut places: Vec<String> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        let mut bytes = 0;
+        let mut taken = 0;
+        for (site, metric, route, device, id) in rest {
+            let place = format!(
+                "({}, {}, {}, {})",
+                quote(site),
+                quote(metric),
+                quote(route),
+                quote(device)
+            );
+            let id = quote(id);
+            if taken > 0
+                && (taken == CURRENT_IDS_PER_READ
+                    || bytes + place.len() + id.len() > CURRENT_SQL_BYTES_PER_READ)
+            {
+                break;
+            }
+            bytes += place.len() + id.len() + 4;
+            places.push(place);
+            ids.push(id);
+            taken += 1;
+        }
+        rest = &rest[taken..];
         places.sort();
         places.dedup();
-        let ids: Vec<String> = chunk.iter().map(|item| quote(item.4)).collect();
         let sql = format!(
-            "SELECT site, metric, metric_id, route, device, argMax(value, revision) AS current_value, \
-             argMax(rating, revision) AS current_rating, max(revision) AS top_revision, \
-             min(received_at) AS first_received_at \
+            "SELECT site, metric, metric_id, route, device, received_at AS chain_received_at, \
+             argMax(value, revision) AS current_value, argMax(rating, revision) AS current_rating, \
+             max(revision) AS top_revision, any(sample_rate) AS chain_sample_rate \
              FROM {source} WHERE received_at >= {} AND received_at < {} \
              AND (site, metric, route, device) IN ({}) AND metric_id IN ({}) \
-             GROUP BY site, metric, metric_id, route, device",
+             GROUP BY site, metric, metric_id, route, device, received_at",
             query.from,
             query.to,
             places.join(", "),
             ids.join(", ")
         );
         let q = client
-            .query(&sql)
+            .query_raw(&sql)
             .with_setting("query_id", format!("{query_id}-{n}"));
         let rows: Vec<CurrentRow> = crate::bounded(
             "reading the current values of re-sent metrics from vitals_raw",
@@ -451,6 +474,7 @@ pub async fn raw_current_values(
         )
         .await?;
         found.extend(rows);
+        n += 1;
     }
     Ok(found)
 }

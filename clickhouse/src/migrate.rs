@@ -6,6 +6,13 @@
 //! one per request (ClickHouse 18.16 drops statements after the first otherwise). Statements use
 //! `IF NOT EXISTS` forms so that a run interrupted half-way can simply be run again; 18.16 has no
 //! `ADD COLUMN IF NOT EXISTS`, so an `ALTER TABLE t ADD COLUMN c ...` is skipped when `t` has `c`.
+//!
+//! A table rebuilt by a migration (007) is created under a staging name, swapped in by one
+//! `RENAME TABLE old TO kept, staging TO old` and filled from `kept`. Run again, such a file skips what
+//! was done: the RENAME has started when its first target (`kept`) exists, and then only its pairs
+//! whose target is missing run (18.16 renames the pairs one after the other); the CREATE of a table
+//! that a started RENAME moved away is skipped (`IF NOT EXISTS` would create an empty one again). The
+//! copy runs again: it must be written so that rows copied twice collapse (007's ReplacingMergeTree).
 
 use std::collections::BTreeSet;
 
@@ -57,6 +64,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "final_values",
         sql: include_str!("../migrations/006_final_values.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "vitals_raw_replacing",
+        sql: include_str!("../migrations/007_vitals_raw_replacing.sql"),
     },
 ];
 
@@ -200,7 +212,21 @@ pub async fn migrate_to(
             cluster = config.cluster().unwrap_or(""),
             "applying migration"
         );
-        for statement in migration.statements() {
+        let run_on = match &cluster {
+            Some(cluster) => Target::Cluster(cluster),
+            None => Target::Server {
+                client: &client,
+                database: &config.database,
+                timeout,
+            },
+        };
+        let statements = migration.statements();
+        let renames: Vec<Vec<(String, String)>> =
+            statements.iter().filter_map(|s| rename_pairs(s)).collect();
+        for statement in &statements {
+            let Some(statement) = still_to_run(statement, &renames, &run_on).await? else {
+                continue;
+            };
             match &cluster {
                 Some(cluster) => cluster.apply(migration, &statement).await?,
                 None => {
@@ -272,8 +298,7 @@ struct ClusterMigration {
     ddl: clickhouse::Client,
     layout: cluster::Layout,
     reads: cluster::ReplicaReads,
-    tables: BTreeSet<String>,
-    views: BTreeSet<String>,
+    names: cluster::Names,
     timeout: std::time::Duration,
 }
 
@@ -292,13 +317,12 @@ impl ClusterMigration {
         let ddl = server.clone().with_setting("wait_end_of_query", "1");
         check_mode(&server, config, true).await?;
         let statements: Vec<String> = MIGRATIONS.iter().flat_map(|m| m.statements()).collect();
-        let (tables, views) = cluster::created_names(&statements);
+        let names = cluster::created_names(&statements);
         let migration = Self {
             ddl,
             layout,
             reads,
-            tables,
-            views,
+            names,
             timeout,
         };
         let (databases, n) = migration
@@ -357,13 +381,12 @@ impl ClusterMigration {
 
     /// Applies one statement of `migration`, rendered for the cluster.
     async fn apply(&self, migration: &Migration, statement: &str) -> Result<(), StorageError> {
-        let steps =
-            cluster::render(statement, &self.layout, &self.tables, &self.views).map_err(|e| {
-                StorageError::Cluster(format!(
-                    "migration {} ({}): {e}",
-                    migration.version, migration.name
-                ))
-            })?;
+        let steps = cluster::render(statement, &self.layout, &self.names).map_err(|e| {
+            StorageError::Cluster(format!(
+                "migration {} ({}): {e}",
+                migration.version, migration.name
+            ))
+        })?;
         for step in steps {
             match step {
                 cluster::Step::Run(sql) => self.ddl.query(&sql).execute().await?,
@@ -417,10 +440,223 @@ impl ClusterMigration {
                         "nothing to copy (the sources are empty on every shard): INSERT ... SELECT skipped"
                     );
                 }
+                cluster::Step::CopyPerShard {
+                    source,
+                    before,
+                    after,
+                } => self.copy_per_shard(&source, &before, &after).await?,
             }
         }
         Ok(())
     }
+
+    /// A [`cluster::Step::CopyPerShard`]: for each shard, its rows of `source` read on its first
+    /// replica and written through the `Distributed` table (synchronously, so the statement ends when
+    /// every shard stored them); a shard without rows is skipped.
+    async fn copy_per_shard(
+        &self,
+        source: &str,
+        before: &str,
+        after: &str,
+    ) -> Result<(), StorageError> {
+        let replicas = cluster::replicas(&self.ddl, &self.reads.cluster, self.timeout).await?;
+        let copy = self
+            .ddl
+            .clone()
+            .with_setting("insert_distributed_sync", "1");
+        let mut shards_done = BTreeSet::new();
+        for replica in &replicas {
+            if !shards_done.insert(replica.shard_num) {
+                continue;
+            }
+            let from = self.reads.source_of(replica, &self.layout.local, source);
+            let count = self.ddl.query(&format!("SELECT count() FROM {from}"));
+            let rows: u64 =
+                crate::bounded("counting the rows to copy", self.timeout, count.fetch_one())
+                    .await?;
+            if rows == 0 {
+                tracing::info!(
+                    shard = replica.shard_num,
+                    source,
+                    "nothing to copy on this shard"
+                );
+                continue;
+            }
+            tracing::info!(
+                shard = replica.shard_num,
+                replica = %replica.address(),
+                source,
+                rows,
+                "copying the shard's rows"
+            );
+            let insert = copy.query(&format!("{before}{from}{after}"));
+            crate::bounded("copying a shard's rows", self.timeout, insert.execute()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `table` exists in the local database of every node (false: of none; an error when
+    /// only some have it: an `ON CLUSTER` statement has not run everywhere yet).
+    async fn has_table(&self, table: &str) -> Result<bool, StorageError> {
+        let (tables, n) = self
+            .reads
+            .source_and_count(&self.ddl, "system", "tables", self.timeout)
+            .await?;
+        let count = self
+            .ddl
+            .query(&format!(
+                "SELECT count() FROM {tables} WHERE database = ? AND name = ?"
+            ))
+            .bind(self.layout.local.as_str())
+            .bind(table);
+        let have: u64 =
+            crate::bounded("reading system.tables", self.timeout, count.fetch_one()).await?;
+        match have {
+            0 => Ok(false),
+            h if h == n as u64 => Ok(true),
+            h => Err(StorageError::Cluster(format!(
+                "{}.{table} exists on {h} of the {n} nodes of cluster {}: a RENAME ... ON CLUSTER has \
+                 not run everywhere yet (a node down?); run rum migrate again when every node has \
+                 run its distributed DDL queue",
+                self.layout.local, self.layout.cluster
+            ))),
+        }
+    }
+}
+
+/// Where a migration's statements run, as their guards ask.
+enum Target<'a> {
+    Server {
+        client: &'a clickhouse::Client,
+        database: &'a str,
+        timeout: std::time::Duration,
+    },
+    Cluster(&'a ClusterMigration),
+}
+
+impl Target<'_> {
+    /// Whether the migrations' `table` exists (on a cluster: in the local database of every node).
+    async fn has_table(&self, table: &str) -> Result<bool, StorageError> {
+        match self {
+            Target::Server {
+                client,
+                database,
+                timeout,
+            } => {
+                let count = client
+                    .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                    .bind(*database)
+                    .bind(table);
+                let n: u64 =
+                    crate::bounded("reading system.tables", *timeout, count.fetch_one()).await?;
+                Ok(n > 0)
+            }
+            Target::Cluster(cluster) => cluster.has_table(table).await,
+        }
+    }
+}
+
+/// What is left to run of `statement` when its migration runs, maybe again after an interruption;
+/// `None` to skip it. `renames` are the `(from, to)` pairs of the migration's RENAMEs.
+/// - A RENAME has started when its first target exists: then only its pairs whose target is missing
+///   run, and none when every one is there.
+/// - A `CREATE TABLE` of a table that a RENAME of the migration moves away is skipped once that
+///   RENAME has started.
+async fn still_to_run(
+    statement: &str,
+    renames: &[Vec<(String, String)>],
+    target: &Target<'_>,
+) -> Result<Option<String>, StorageError> {
+    if let Some(pairs) = rename_pairs(statement) {
+        if !target.has_table(&pairs[0].1).await? {
+            return Ok(Some(statement.to_string()));
+        }
+        let mut left = Vec::new();
+        for (from, to) in &pairs[1..] {
+            if !target.has_table(to).await? {
+                left.push(format!("{from} TO {to}"));
+            }
+        }
+        if left.is_empty() {
+            tracing::info!(table = %pairs[0].0, "RENAME done before, skipped");
+            return Ok(None);
+        }
+        tracing::info!(left = ?left, "RENAME done in part before, the rest runs");
+        return Ok(Some(format!("RENAME TABLE {}", left.join(", "))));
+    }
+    if let Some(table) = created_table(statement) {
+        let renamed_by = renames
+            .iter()
+            .find(|pairs| pairs.iter().any(|(from, _)| *from == table));
+        if let Some(pairs) = renamed_by {
+            if target.has_table(&pairs[0].1).await? {
+                tracing::info!(
+                    table,
+                    renamed_to = %pairs[0].1,
+                    "the RENAME that moves this table away ran before: CREATE skipped"
+                );
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(statement.to_string()))
+}
+
+/// The statement's words, without its comment lines; `,` and `(` are words of their own.
+fn code_words(statement: &str) -> Vec<String> {
+    statement
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .flat_map(|l| {
+            l.replace(',', " , ")
+                .replace('(', " ( ")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `(from, to)` pairs of a `RENAME TABLE a TO b[, c TO d ...]` statement.
+fn rename_pairs(statement: &str) -> Option<Vec<(String, String)>> {
+    let words = code_words(statement);
+    let [rename, table, rest @ ..] = words.as_slice() else {
+        return None;
+    };
+    if !rename.eq_ignore_ascii_case("RENAME") || !table.eq_ignore_ascii_case("TABLE") {
+        return None;
+    }
+    let mut pairs = Vec::new();
+    for piece in rest.split(|w| w == ",") {
+        match piece {
+            [from, to_kw, to] if to_kw.eq_ignore_ascii_case("TO") => {
+                pairs.push((from.clone(), to.clone()))
+            }
+            _ => return None,
+        }
+    }
+    Some(pairs)
+}
+
+/// The table of a `CREATE TABLE [IF NOT EXISTS] name ...` statement.
+fn created_table(statement: &str) -> Option<String> {
+    let words = code_words(statement);
+    let upper: Vec<String> = words
+        .iter()
+        .take(5)
+        .map(|w| w.to_ascii_uppercase())
+        .collect();
+    let at = match upper
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["CREATE", "TABLE", "IF", "NOT", "EXISTS", ..] => 5,
+        ["CREATE", "TABLE", ..] => 2,
+        _ => return None,
+    };
+    words.get(at).filter(|w| *w != "(").cloned()
 }
 
 /// `(table, column)` of an `ALTER TABLE table ADD COLUMN column ...` statement.
@@ -517,6 +753,48 @@ mod tests {
         assert_eq!(
             added_column("CREATE TABLE t (a UInt8) ENGINE = Memory"),
             None
+        );
+    }
+
+    #[test]
+    fn finds_the_pairs_a_rename_renames_and_the_table_a_create_creates() {
+        assert_eq!(
+            rename_pairs("-- why\nRENAME TABLE a TO b,\n  c to a"),
+            Some(vec![
+                ("a".to_string(), "b".to_string()),
+                ("c".to_string(), "a".to_string())
+            ])
+        );
+        assert_eq!(rename_pairs("RENAME TABLE a b"), None);
+        assert_eq!(rename_pairs("CREATE TABLE a (x UInt8)"), None);
+        assert_eq!(
+            created_table("-- x\nCREATE TABLE IF NOT EXISTS vitals_raw_new\n(\n  a UInt8\n)"),
+            Some("vitals_raw_new".to_string())
+        );
+        assert_eq!(
+            created_table("create table t(a UInt8) ENGINE = Memory"),
+            Some("t".to_string())
+        );
+        assert_eq!(
+            created_table("CREATE MATERIALIZED VIEW v TO t AS SELECT 1"),
+            None
+        );
+        let m = MIGRATIONS.iter().find(|m| m.version == 7).unwrap();
+        let renames: Vec<_> = m
+            .statements()
+            .iter()
+            .filter_map(|s| rename_pairs(s))
+            .collect();
+        assert_eq!(
+            renames,
+            [vec![
+                ("vitals_raw".to_string(), "vitals_raw_pre007".to_string()),
+                ("vitals_raw_new".to_string(), "vitals_raw".to_string())
+            ]]
+        );
+        assert_eq!(
+            created_table(&m.statements()[0]).as_deref(),
+            Some("vitals_raw_new")
         );
     }
 

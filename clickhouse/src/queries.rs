@@ -382,7 +382,7 @@ fn dimension_sql(dimension: Dimension, percentiles: &[u8], weighting: Weighting)
            sumMap([bucket], [1 / sample_rate]) AS wsk \
          FROM ( \
            SELECT site, {column} AS dimension_value, metric, rating, sample_rate, {bucket} AS bucket \
-           FROM vitals_raw \
+           FROM vitals_raw FINAL \
            WHERE site = ? AND received_at >= toDateTime(?) AND received_at < toDateTime(?) \
              AND (? = '' OR route = ?) AND (? = '' OR device = ?) \
          ) \
@@ -729,7 +729,10 @@ mod tests {
                 )),
                 "{sql}"
             );
-            assert!(sql.contains("FROM vitals_raw"));
+            assert!(
+                sql.contains("FROM vitals_raw FINAL"),
+                "one row per metric id: {sql}"
+            );
             assert_eq!(sql.matches('?').count(), 7, "{sql}");
         }
         assert_eq!(Dimension::parse("route"), None);

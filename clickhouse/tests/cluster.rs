@@ -85,7 +85,8 @@ async fn migrate_retention_and_unfinished_inserts_on_every_node() {
                 "rum_local.vitals_1m_input_v2 Null",
                 "rum_local.vitals_1m_rollup MaterializedView",
                 "rum_local.vitals_1m_rollup_v2 MaterializedView",
-                "rum_local.vitals_raw ReplicatedMergeTree",
+                "rum_local.vitals_raw ReplicatedReplacingMergeTree",
+                "rum_local.vitals_raw_pre007 ReplicatedMergeTree",
             ],
             "{}",
             node.url
@@ -349,7 +350,7 @@ async fn migration_005_weighs_the_minutes_a_cluster_stored_before_it() {
         ),
         SYNC,
     );
-    let report = migrate(&config).await.unwrap();
+    let report = rum_clickhouse::migrate_to(&config, Some(5)).await.unwrap();
     assert_eq!(report.applied, [5]);
     // Per shard, the minute's mean weight: (2 x 2 + 2 x 1) / 4 = 1.5 for each of its 4 samples.
     let read = || {
@@ -366,6 +367,6 @@ async fn migration_005_weighs_the_minutes_a_cluster_stored_before_it() {
         || read().trim().to_string(),
     )
     .await;
-    let again = migrate(&config).await.unwrap();
+    let again = rum_clickhouse::migrate_to(&config, Some(5)).await.unwrap();
     assert!(again.applied.is_empty());
 }

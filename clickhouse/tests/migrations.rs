@@ -168,7 +168,7 @@ async fn migration_005_weighs_the_minutes_stored_before_it() {
         "INSERT INTO rum.vitals_1m_input (received_at, site, route, device, metric, value, rating, \
          sample_rate, kafka_partition, ledger_next) VALUES (1700000000, '', 'rum.beacons.v1', '0', '', 0, '', 1, 0, 7)",
     );
-    let report = migrate(&cfg).await.unwrap();
+    let report = migrate_to(&cfg, Some(5)).await.unwrap();
     assert_eq!(report.applied, [5]);
     let text = server.query(WEIGHTED_BY_MINUTE);
     let b = |v: f64| rum_clickhouse::bucket_of(v);

@@ -1041,3 +1041,124 @@ async fn a_dimension_answers_its_most_frequent_values_only() {
         Some(("r119", 120))
     );
 }
+
+/// The queries reading `vitals_raw` read it `FINAL` (migration 007): a metric id re-sent with a new
+/// value counts once, with its final value, even before the parts are merged; rows without an id
+/// from different messages all count.
+#[tokio::test]
+async fn raw_queries_read_the_final_value_of_each_metric_id() {
+    let (_server, config) = migrated_server().await;
+    let client = config.client();
+    let at = T0 + 600;
+    let lcp = |value: f64| VitalsRawRow {
+        browser: "chrome".into(),
+        target: "#hero>img".into(),
+        ..row("final", "root", "mobile", "LCP", value, at)
+    };
+    let first = VitalsRawRow {
+        metric_id: "v5-lcp-1".into(),
+        kafka_offset: 1,
+        ..lcp(1000.0)
+    };
+    let inp = |value: f64| VitalsRawRow {
+        metric_id: "v5-inp-1".into(),
+        target: "button.buy".into(),
+        interaction_type: "pointer".into(),
+        kafka_offset: 1,
+        ..row("final", "root", "mobile", "INP", value, at)
+    };
+    // Each INSERT its own part: FINAL, not a merge, makes the answer.
+    insert_raw_rows(&client, &[first.clone(), inp(100.0)])
+        .await
+        .unwrap();
+    let replacement = VitalsRawRow {
+        metric_id: first.metric_id.clone(),
+        revision: 1,
+        replaces_value: 1000.0,
+        replaces_rating: "good".into(),
+        kafka_offset: 7,
+        ..lcp(5000.0)
+    };
+    let inp_replacement = VitalsRawRow {
+        revision: 1,
+        replaces_value: 100.0,
+        replaces_rating: "good".into(),
+        kafka_offset: 7,
+        ..inp(700.0)
+    };
+    insert_raw_rows(&client, &[replacement, inp_replacement])
+        .await
+        .unwrap();
+    // Two rows without an id, same values, from two messages.
+    for offset in [2, 3] {
+        let anonymous = VitalsRawRow {
+            metric_id: String::new(),
+            kafka_offset: offset,
+            ..lcp(2000.0)
+        };
+        insert_raw_rows(&client, &[anonymous]).await.unwrap();
+    }
+
+    let elements: Vec<LcpElementRow> = client
+        .query(&TOP_LCP_ELEMENTS.sql())
+        .bind("final")
+        .bind(T0)
+        .bind(END)
+        .bind(5u64)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(elements.len(), 1, "{elements:?}");
+    // 5000 (final value of v5-lcp-1), 2000, 2000: nearest-rank p75 is 5000.
+    assert_eq!(elements[0].samples, 3, "{elements:?}");
+    assert!(
+        (elements[0].p75 - 5000.0).abs() / 5000.0 < 0.005,
+        "{elements:?}"
+    );
+
+    let targets: Vec<InpTargetRow> = client
+        .query(&TOP_INP_TARGETS.sql())
+        .bind("final")
+        .bind(T0)
+        .bind(END)
+        .bind(5u64)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(targets.len(), 1, "{targets:?}");
+    assert_eq!(targets[0].samples, 1, "{targets:?}");
+    assert!(
+        (targets[0].p75 - 700.0).abs() / 700.0 < 0.005,
+        "{targets:?}"
+    );
+
+    #[derive(Debug, Row, Deserialize)]
+    struct ByDimension {
+        value: String,
+        p75: f64,
+        p75_unweighted: f64,
+        samples: u64,
+        estimated_page_loads: f64,
+        poor_share: f64,
+    }
+    let by_browser: Vec<ByDimension> = client
+        .query(&P75_BY_DIMENSION.sql())
+        .bind("browser")
+        .bind("final")
+        .bind("LCP")
+        .bind(T0)
+        .bind(END)
+        .fetch_all()
+        .await
+        .unwrap();
+    assert_eq!(by_browser.len(), 1, "{by_browser:?}");
+    assert_eq!(
+        (by_browser[0].value.as_str(), by_browser[0].samples),
+        ("chrome", 3)
+    );
+    let b = &by_browser[0];
+    assert!((b.p75 - 5000.0).abs() / 5000.0 < 0.005, "{b:?}");
+    assert!((b.p75_unweighted - 5000.0).abs() / 5000.0 < 0.005, "{b:?}");
+    assert!(close(b.estimated_page_loads, 3.0), "{b:?}");
+    assert!(close(b.poor_share, 1.0 / 3.0), "{b:?}");
+}

@@ -87,6 +87,8 @@ pub struct Current {
     pub received_at: u32,
     /// [`place`] of the first row.
     pub place: u64,
+    /// The first row's sample rate: a replacement keeps it, so that it takes out the weight it added.
+    pub sample_rate: f64,
 }
 
 struct Entry {
@@ -185,6 +187,8 @@ pub struct Occurrence {
     pub value: f64,
     /// Its rating.
     pub rating: Rating,
+    /// Its message's sample rate.
+    pub sample_rate: f64,
     /// Where it is: (message index in the batch, metric index in the message).
     pub at: (usize, usize),
 }
@@ -205,11 +209,13 @@ pub enum Dropped {
 /// What becomes of a metric with an id.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fate {
-    /// Written: the row's `received_at` (the first value's), its revision, and the value and rating
-    /// it replaces.
+    /// Written: the row's `received_at` and sample rate (the first value's), its revision, and the
+    /// value and rating it replaces.
     Keep {
         /// The row's `received_at`.
         received_at: u32,
+        /// The row's sample rate.
+        sample_rate: f64,
         /// Its revision.
         revision: u32,
         /// The value it replaces.
@@ -253,6 +259,7 @@ pub fn resolve(
     struct Pending {
         base: Option<Current>,
         received_at: u32,
+        sample_rate: f64,
         place: u64,
         value: f64,
         rating: Rating,
@@ -264,16 +271,17 @@ pub fn resolve(
     let mut pending: KeyMap<Pending> = KeyMap::default();
     for o in occurrences {
         let current = match pending.get(&o.key) {
-            Some(p) => Some((p.value, p.received_at, p.place)),
-            None => before(o).map(|c| (c.value, c.received_at, c.place)),
+            Some(p) => Some((p.value, p.received_at, p.place, p.sample_rate)),
+            None => before(o).map(|c| (c.value, c.received_at, c.place, c.sample_rate)),
         };
-        let Some((value, received_at, place)) = current else {
+        let Some((value, received_at, place, sample_rate)) = current else {
             order.push(o.key);
             pending.insert(
                 o.key,
                 Pending {
                     base: None,
                     received_at: o.received_at,
+                    sample_rate: o.sample_rate,
                     place: o.place,
                     value: o.value,
                     rating: o.rating,
@@ -315,6 +323,7 @@ pub fn resolve(
                     Pending {
                         base,
                         received_at,
+                        sample_rate,
                         place,
                         value: o.value,
                         rating: o.rating,
@@ -334,6 +343,7 @@ pub fn resolve(
             p.at,
             Fate::Keep {
                 received_at: p.received_at,
+                sample_rate: p.sample_rate,
                 revision,
                 replaces: p.base.map(|b| (b.value, b.rating)),
             },
@@ -347,6 +357,7 @@ pub fn resolve(
                 revision,
                 received_at: p.received_at,
                 place: p.place,
+                sample_rate: p.sample_rate,
             },
         ));
     }
@@ -367,6 +378,7 @@ mod tests {
             received_at: D + 60 + at.0 as u32,
             value,
             rating: rum_schemas::MetricName::CLS.rate(value),
+            sample_rate: 1.0,
             at,
         }
     }
@@ -378,6 +390,7 @@ mod tests {
             revision,
             received_at: D + 5,
             place: place("cart", "mobile"),
+            sample_rate: 0.5,
         }
     }
 
@@ -388,6 +401,7 @@ mod tests {
             r.fates[&(0, 0)],
             Fate::Keep {
                 received_at: D + 60,
+                sample_rate: 1.0,
                 revision: 0,
                 replaces: None
             }
@@ -404,6 +418,7 @@ mod tests {
             r.fates[&(4, 1)],
             Fate::Keep {
                 received_at: D + 5,
+                sample_rate: 0.5,
                 revision: 1,
                 replaces: Some((0.05, Rating::Good))
             }
@@ -429,6 +444,7 @@ mod tests {
             r.fates[&(2, 0)],
             Fate::Keep {
                 received_at: D + 60,
+                sample_rate: 1.0,
                 revision: 0,
                 replaces: None
             }
@@ -444,6 +460,7 @@ mod tests {
             r.fates[&(1, 0)],
             Fate::Keep {
                 received_at: D + 5,
+                sample_rate: 0.5,
                 revision: 4,
                 replaces: Some((0.01, Rating::Good))
             }

@@ -67,8 +67,8 @@
 //!   `rum_consumer_dead_letter_errors_total`, not skipped).
 //! - Messages that produced no rows (every metric a duplicate of an earlier one) do not appear in
 //!   `vitals_raw`; the ledger still covers them once the INSERT's rollup is stored.
-//! - Client re-sends of a metric id are dropped against an in-memory set (see [`crate::dedup`]);
-//!   after a restart a re-send may be stored again. That is about client duplicates, not about Kafka
+//! - A client's re-send of a metric id replaces its stored value (see [`crate::final_values`]), found
+//!   in the same INSERT, in memory, or in `vitals_raw`. That is about client re-sends, not about Kafka
 //!   messages: each message is stored once.
 
 use std::collections::{HashMap, HashSet};

@@ -214,14 +214,14 @@ impl WriteMetrics {
         let lookups = IntCounterVec::new(
             Opts::new(
                 "rum_consumer_final_value_lookups_total",
-                "Re-sent metric ids whose stored value this consumer did not remember, read from vitals_raw, by result (found, not_found).",
+                "Re-sent metric ids whose stored value this consumer did not remember, read from vitals_raw, by result (found, not_found; skipped: beyond the limit of one INSERT, stored as first values). Counted on each attempt.",
             ),
             &["result"],
         )?;
         for reason in ["other_day", "other_place"] {
             resends_dropped.with_label_values(&[reason]);
         }
-        for result in ["found", "not_found"] {
+        for result in ["found", "not_found", "skipped"] {
             lookups.with_label_values(&[result]);
         }
         registry.register(Box::new(replaced.clone()))?;
@@ -781,6 +781,7 @@ impl Writer {
                         revision: row.revision,
                         received_at: row.received_at,
                         place: final_values::place(&row.route, &row.device),
+                        sample_rate: row.sample_rate,
                     },
                 );
             }
@@ -823,10 +824,12 @@ impl Writer {
                     Some(Fate::Drop(_)) => continue,
                     Some(Fate::Keep {
                         received_at,
+                        sample_rate,
                         revision,
                         replaces,
                     }) => {
                         row.received_at = *received_at;
+                        row.sample_rate = *sample_rate;
                         row.revision = *revision;
                         if let Some((value, rating)) = replaces {
                             row.replaces_value = *value;
@@ -928,15 +931,18 @@ impl Writer {
 
     /// The stored values of the re-sent metrics (`resend`) among `occurrences` that this consumer does
     /// not remember, read from `vitals_raw`: first the last [`RECENT_RESEND_SECS`] before the earliest
-    /// of them, then the rest of the day for the ids not found there.
+    /// of them, then the day before that for the ids not found there (a first value of the day before
+    /// is found, and its re-send dropped as of another day). At most [`LOOKUPS_PER_INSERT`] ids.
     async fn look_up(
         &self,
         batch: &[Consumed],
         day: u32,
         occurrences: &[Occurrence],
     ) -> Result<KeyMap<Current>, WriteError> {
-        let mut wanted: KeyMap<(&str, &str, &str, &str, &str)> = KeyMap::default();
+        type Item<'b> = (&'b str, &'b str, &'b str, &'b str, &'b str);
+        let mut wanted: KeyMap<(Item<'_>, u64)> = KeyMap::default();
         let mut seen: KeyMap<()> = KeyMap::default();
+        let mut skipped = 0u64;
         let mut earliest = u32::MAX;
         {
             let finals = self.finals();
@@ -952,30 +958,44 @@ impl Writer {
                 {
                     continue;
                 }
+                if wanted.len() == LOOKUPS_PER_INSERT {
+                    skipped += 1;
+                    continue;
+                }
                 earliest = earliest.min(o.received_at);
-                wanted.insert(
-                    o.key,
-                    (
-                        msg.site.as_str(),
-                        m.name.as_str(),
-                        msg.route.as_str(),
-                        msg.device.as_str(),
-                        m.id.as_str(),
-                    ),
+                let item = (
+                    msg.site.as_str(),
+                    m.name.as_str(),
+                    msg.route.as_str(),
+                    msg.device.as_str(),
+                    m.id.as_str(),
                 );
+                wanted.insert(o.key, (item, o.place));
             }
         }
-        let mut found: KeyMap<Current> = KeyMap::default();
+        if skipped > 0 {
+            self.metrics
+                .lookups
+                .with_label_values(&["skipped"])
+                .inc_by(skipped);
+            tracing::warn!(
+                skipped,
+                limit = LOOKUPS_PER_INSERT,
+                "re-sent metrics not looked up in vitals_raw (more than the limit in one INSERT): stored as first values unless remembered"
+            );
+        }
+        // The chain each id's re-send replaces: in its own place if it has one there, else the latest.
+        let mut found: KeyMap<(Current, bool)> = KeyMap::default();
         if wanted.is_empty() {
-            return Ok(found);
+            return Ok(KeyMap::default());
         }
         let end = day.saturating_add(DAY);
-        let recent = earliest.saturating_sub(RECENT_RESEND_SECS).max(day);
-        for (from, to) in [(recent, end), (day, recent)] {
-            let items: Vec<(&str, &str, &str, &str, &str)> = wanted
+        let recent = earliest.saturating_sub(RECENT_RESEND_SECS);
+        for (from, to) in [(recent, end), (earliest.saturating_sub(DAY), recent)] {
+            let items: Vec<Item<'_>> = wanted
                 .iter()
-                .filter(|(key, _)| !found.contains_key(key))
-                .map(|(_, item)| *item)
+                .filter(|(key, _)| !found.contains_key(*key))
+                .map(|(_, (item, _))| *item)
                 .collect();
             if items.is_empty() || from >= to {
                 continue;
@@ -995,19 +1015,30 @@ impl Writer {
             .await
             .map_err(WriteError::Lookup)?;
             for row in rows {
+                let key = final_values::metric_key(&row.site, &row.metric, &row.metric_id);
+                // The IN lists match every pairing of the asked places and ids.
+                let Some((_, place)) = wanted.get(&key) else {
+                    continue;
+                };
                 let Some(rating) = Rating::parse(&row.current_rating) else {
                     continue;
                 };
-                found.insert(
-                    final_values::metric_key(&row.site, &row.metric, &row.metric_id),
-                    Current {
-                        value: row.current_value,
-                        rating,
-                        revision: row.top_revision,
-                        received_at: row.first_received_at,
-                        place: final_values::place(&row.route, &row.device),
-                    },
-                );
+                let chain = Current {
+                    value: row.current_value,
+                    rating,
+                    revision: row.top_revision,
+                    received_at: row.chain_received_at,
+                    place: final_values::place(&row.route, &row.device),
+                    sample_rate: row.chain_sample_rate,
+                };
+                let here = chain.place == *place;
+                let better = |(old, old_here): &(Current, bool)| {
+                    (here, chain.received_at, chain.revision)
+                        > (*old_here, old.received_at, old.revision)
+                };
+                if found.get(&key).is_none_or(better) {
+                    found.insert(key, (chain, here));
+                }
             }
         }
         self.metrics
@@ -1017,8 +1048,8 @@ impl Writer {
         self.metrics
             .lookups
             .with_label_values(&["not_found"])
-            .inc_by((wanted.len() - found.len()) as u64);
-        Ok(found)
+            .inc_by(wanted.len().saturating_sub(found.len()) as u64);
+        Ok(found.into_iter().map(|(k, (c, _))| (k, c)).collect())
     }
 
     /// What `vitals_raw` holds of `ranges`, among its rows received in `[from, to)` (unix seconds).
@@ -1062,8 +1093,13 @@ impl Writer {
 pub const DEFAULT_REMEMBERED_IDS: usize = 100_000;
 
 /// A re-send is looked for in `vitals_raw` first this long before the earliest one of an INSERT (most
-/// re-sends follow their first value within minutes), then in the rest of the day.
+/// re-sends follow their first value within minutes), then in the day before that.
 pub const RECENT_RESEND_SECS: u32 = 900;
+
+/// At most this many re-sent ids of one INSERT are looked up in `vitals_raw` (a read of their places'
+/// rows of a day when not found, so bounded against a client that marks every metric a re-send); the
+/// others are stored as first values unless remembered (`rum_consumer_final_value_lookups_total{result="skipped"}`).
+pub const LOOKUPS_PER_INSERT: usize = 5_000;
 
 /// The metrics with ids of `messages` (indexes into `batch`, each partition's in offset order).
 fn occurrences(batch: &[Consumed], messages: &[usize]) -> Vec<Occurrence> {
@@ -1085,6 +1121,7 @@ fn occurrences(batch: &[Consumed], messages: &[usize]) -> Vec<Occurrence> {
                 received_at,
                 value: m.value,
                 rating: m.rating,
+                sample_rate: msg.sample_rate,
                 at: (i, j),
             });
         }
