@@ -742,18 +742,8 @@ impl Writer {
                 Vec::with_capacity(read_back.len() + ledgers.len());
             rollup.extend(read_back.iter().map(RollupInputRef::of));
             rollup.extend(ledgers.iter().map(|l| l.input()));
-            self.fence(ownership, group)?;
-            insert_rows::<RollupInputRef<'_>, _>(
-                &self.client,
-                &self.tables,
-                &self.tables.rollup_write,
-                rollup,
-                &self.query_id(&partitions),
-                self.timeout,
-                "inserting into vitals_1m",
-            )
-            .await
-            .map_err(WriteError::RollupInsert)?;
+            self.insert_rollup(rollup, &partitions, ownership, group)
+                .await?;
             self.metrics.repaired_rows.inc_by(read_back.len() as u64);
             tracing::warn!(
                 rows = read_back.len(),
@@ -872,18 +862,9 @@ impl Writer {
         let mut rollup: Vec<RollupInputRef<'_>> = Vec::with_capacity(fresh.len() + ledgers.len());
         rollup.extend(fresh.iter().map(RollupInputRef::of_raw));
         rollup.extend(ledgers.iter().map(|l| l.input()));
-        self.fence(ownership, group)?;
-        let sent = insert_rows::<RollupInputRef<'_>, _>(
-            &self.client,
-            &self.tables,
-            &self.tables.rollup_write,
-            rollup,
-            &self.query_id(&partitions),
-            self.timeout,
-            "inserting into vitals_1m",
-        )
-        .await
-        .map_err(WriteError::RollupInsert)?;
+        let sent = self
+            .insert_rollup(rollup, &partitions, ownership, group)
+            .await?;
         written.rollup_rows = sent - ledgers.len() as u64;
         // Step 7: advance.
         {
@@ -927,6 +908,29 @@ impl Writer {
             .map(|(at, _)| *at)
             .collect();
         Ok(written)
+    }
+
+    /// One INSERT of rollup and ledger rows into `vitals_1m`, sent while ownership is proven; the rows
+    /// sent.
+    async fn insert_rollup(
+        &self,
+        rows: Vec<RollupInputRef<'_>>,
+        partitions: &[i32],
+        ownership: &std::sync::Mutex<Ownership>,
+        group: &(impl Group + Sync),
+    ) -> Result<u64, WriteError> {
+        self.fence(ownership, group)?;
+        insert_rows::<RollupInputRef<'_>, _>(
+            &self.client,
+            &self.tables,
+            &self.tables.rollup_write,
+            rows,
+            &self.query_id(partitions),
+            self.timeout,
+            "inserting into vitals_1m",
+        )
+        .await
+        .map_err(WriteError::RollupInsert)
     }
 
     /// The stored values of the re-sent metrics (`resend`) among `occurrences` that this consumer does
