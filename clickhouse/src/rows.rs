@@ -86,10 +86,13 @@ pub struct VitalsRawRow {
     pub replaces_rating: String,
 }
 
+/// Numbers the rows [`VitalsRawRow::measured`] makes.
+static MEASURED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl VitalsRawRow {
     /// A row for one metric measured outside a Kafka message (tests, backfills): rating from the
     /// thresholds, navigation `navigate`, sample rate 1, topic `rum.beacons.v1`, partition and offset 0,
-    /// and an id made of the inputs. Change any field with struct update syntax.
+    /// and an id made of the inputs and a number of its own. Change any field with struct update syntax.
     pub fn measured(
         site: &str,
         route: &str,
@@ -107,9 +110,12 @@ impl VitalsRawRow {
             metric: metric.as_str().into(),
             value,
             rating: metric.rate(value).as_str().into(),
+            // Unique per row made: vitals_raw (a ReplacingMergeTree since 007) keeps one row of a metric
+            // id in a place and second.
             metric_id: format!(
-                "{site}-{route}-{device}-{}-{received_at}-{value}",
-                metric.as_str()
+                "{site}-{route}-{device}-{}-{received_at}-{value}-{}",
+                metric.as_str(),
+                MEASURED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ),
             sample_rate: 1.0,
             kafka_topic: BEACONS_TOPIC.into(),

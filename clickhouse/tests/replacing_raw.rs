@@ -70,6 +70,8 @@ fn old_rows() -> Vec<VitalsRawRow> {
             value,
             at,
         );
+        // The same ids on every call (the test finds a row again by calling this again).
+        row.metric_id = format!("old-{i}");
         row.kafka_partition = i % 4;
         row.kafka_offset = u64::from(i);
         row.kafka_topic_id = "topic-id-1".into();

@@ -30,7 +30,9 @@ pub async fn database(server: &ClickHouseServer) -> ClickHouseConfig {
     config
 }
 
-/// `per_minute` samples of `value` in every minute of `[from, to)`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// `per_minute` samples of `value` in every minute of `[from, to)`, each with a metric id of its own.
 #[allow(clippy::too_many_arguments)]
 pub fn samples(
     site: &str,
@@ -46,7 +48,12 @@ pub fn samples(
     for minute in (from..to).step_by(MINUTE as usize) {
         for i in 0..per_minute {
             rows.push(VitalsRawRow {
-                metric_id: format!("v5-{minute}-{i}"),
+                // Unique across calls: vitals_raw (a ReplacingMergeTree since 007) keeps one row of a
+                // metric id in a place and second.
+                metric_id: format!(
+                    "v5-{minute}-{i}-{}",
+                    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+                ),
                 kafka_offset: u64::from(minute) * 100 + u64::from(i),
                 ..VitalsRawRow::measured(
                     site,
