@@ -722,6 +722,7 @@ impl Writer {
         };
         let partitions: Vec<i32> = ranges.keys().copied().collect();
         let mut read_back = read_back;
+        let repaired = read_back.len() as u64;
         if !read_back.is_empty() {
             // Rows a killed writer left without their rollup: rolled up alone, before anything else of
             // these partitions is written, so that no id ever has two rows without their rollup (a
@@ -865,7 +866,8 @@ impl Writer {
         let sent = self
             .insert_rollup(rollup, &partitions, ownership, group)
             .await?;
-        written.rollup_rows = sent - ledgers.len() as u64;
+        // The held rows' rollup counts too, as when it went in with the rest.
+        written.rollup_rows = sent - ledgers.len() as u64 + repaired;
         // Step 7: advance.
         {
             let mut o = lock(ownership);
