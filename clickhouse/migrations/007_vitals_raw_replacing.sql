@@ -11,12 +11,15 @@
 --
 -- 18.16 cannot change a table's engine or sorting key: a new table, swapped in by RENAME, then the old
 -- rows copied into it. The order keeps every row written by consumers running through the migration:
---   1. RENAME first, both names in one statement: from then on every INSERT lands in the new table.
---      An INSERT into the old table still running waits the RENAME out (18.16 takes the table's
---      lock: checked with an INSERT ... SELECT running 4 s, the RENAME returned when it ended, its
---      rows in the old table), so its rows are there before the copy starts.
+--   1. RENAME first, both names in one statement: from then on every new INSERT lands in the new table.
+--      An INSERT into the old table still running holds the RENAME until it ends (18.16 takes the
+--      table's lock). One that arrived while the RENAME waited has already found the old table, and
+--      writes into it after the RENAME (seen on 18.16). So rum migrate waits out every INSERT running
+--      right after the RENAME (on a cluster: on every node) before the copy.
 --   2. Then the copy of the old rows. Cut half-way, `rum migrate` runs it again: the rows copied twice
---      are identical (same key, same revision) and collapse.
+--      are identical (same key, same revision) and collapse. A copy still running on the server (its
+--      client gave up) is waited out first, not doubled. On a cluster the replicas of each shard are
+--      read until they hold as many rows, then one of them is copied.
 -- Meanwhile a consumer may not find in vitals_raw the rows of a message it stored before the RENAME
 -- and write them again (consumers/src/ownership.rs, rule 2): identical rows too, collapsing. Its
 -- vitals_1m rollup is exact either way (the ledger of vitals_1m decides what is rolled up).

@@ -75,6 +75,9 @@ pub enum StorageError {
     /// cluster, or the database was migrated in the other mode.
     #[error("clickhouse cluster mode: {0}")]
     Cluster(String),
+    /// A migration could not go on safely (it says why, and whether running it again helps).
+    #[error("clickhouse migration: {0}")]
+    Migration(String),
     /// The database has a migration this binary does not know: it was migrated by a newer `rum`.
     #[error("the database has migration {version} ({name}), which this binary does not know: it was migrated by a newer rum")]
     UnknownMigration {

@@ -14,8 +14,6 @@
 //! that a started RENAME moved away is skipped (`IF NOT EXISTS` would create an empty one again). The
 //! copy runs again: it must be written so that rows copied twice collapse (007's ReplacingMergeTree).
 
-use std::collections::BTreeSet;
-
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -227,6 +225,22 @@ pub async fn migrate_to(
             let Some(statement) = still_to_run(statement, &renames, &run_on).await? else {
                 continue;
             };
+            // INSERTs that began before a RENAME ended may still write into the renamed table (one that
+            // waited for the RENAME's lock found the old table first): the copy after it waits them out.
+            let renames_tables = rename_pairs(&statement).is_some();
+            // A copy of an earlier run may still be running on the server (its client gave up after
+            // the request timeout; 18.16 goes on, and cannot kill an INSERT): not a second one beside it.
+            if let Some(table) = inserted_table(&statement) {
+                let filter = format!(
+                    "positionCaseInsensitive(query, 'INSERT') > 0 \
+                     AND positionCaseInsensitive(query, 'SELECT') > 0 \
+                     AND position(query, {}) > 0",
+                    cluster::quote(table)
+                );
+                run_on
+                    .wait_out(&filter, "copies of an earlier run", timeout)
+                    .await?;
+            }
             match &cluster {
                 Some(cluster) => cluster.apply(migration, &statement).await?,
                 None => {
@@ -240,6 +254,9 @@ pub async fn migrate_to(
                     let run = client.query(&statement);
                     crate::bounded("applying a migration", timeout, run.execute()).await?;
                 }
+            }
+            if renames_tables {
+                run_on.wait_out_inserts(timeout).await?;
             }
         }
         let record = async {
@@ -450,9 +467,12 @@ impl ClusterMigration {
         Ok(())
     }
 
-    /// A [`cluster::Step::CopyPerShard`]: for each shard, its rows of `source` read on its first
-    /// replica and written through the `Distributed` table (synchronously, so the statement ends when
-    /// every shard stored them); a shard without rows is skipped.
+    /// A [`cluster::Step::CopyPerShard`]: for each shard, its rows of `source` read on one replica
+    /// and written through the `Distributed` table (synchronously, so the statement ends when every
+    /// shard stored them); a shard without rows is skipped. The replicas of a shard are read first
+    /// until they hold as many rows (an INSERT that reached one replica's table before the RENAME
+    /// reaches the other by replication), at most the request timeout: a shard whose replicas still
+    /// differ, or one that does not answer, stops the migration, to be run again.
     async fn copy_per_shard(
         &self,
         source: &str,
@@ -464,31 +484,51 @@ impl ClusterMigration {
             .ddl
             .clone()
             .with_setting("insert_distributed_sync", "1");
-        let mut shards_done = BTreeSet::new();
+        let mut shards: std::collections::BTreeMap<u32, Vec<&cluster::Replica>> =
+            std::collections::BTreeMap::new();
         for replica in &replicas {
-            if !shards_done.insert(replica.shard_num) {
-                continue;
-            }
-            let from = self.reads.source_of(replica, &self.layout.local, source);
-            let count = self.ddl.query(&format!("SELECT count() FROM {from}"));
-            let rows: u64 =
-                crate::bounded("counting the rows to copy", self.timeout, count.fetch_one())
+            shards.entry(replica.shard_num).or_default().push(replica);
+        }
+        for (shard, members) in shards {
+            let deadline = std::time::Instant::now() + self.timeout;
+            let rows = loop {
+                let mut counts = Vec::with_capacity(members.len());
+                for replica in &members {
+                    let from = self.reads.source_of(replica, &self.layout.local, source);
+                    let count = self.ddl.query(&format!("SELECT count() FROM {from}"));
+                    let n: u64 = crate::bounded(
+                        "counting the rows to copy",
+                        self.timeout,
+                        count.fetch_one(),
+                    )
                     .await?;
+                    counts.push(n);
+                }
+                if counts.windows(2).all(|w| w[0] == w[1]) {
+                    break counts[0];
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(StorageError::Migration(format!(
+                        "the replicas of shard {shard} hold {counts:?} rows of {source} after {:?}: \
+                         run rum migrate again once replication caught up",
+                        self.timeout
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            };
             if rows == 0 {
-                tracing::info!(
-                    shard = replica.shard_num,
-                    source,
-                    "nothing to copy on this shard"
-                );
+                tracing::info!(shard, source, "nothing to copy on this shard");
                 continue;
             }
+            let replica = members[0];
             tracing::info!(
-                shard = replica.shard_num,
+                shard,
                 replica = %replica.address(),
                 source,
                 rows,
                 "copying the shard's rows"
             );
+            let from = self.reads.source_of(replica, &self.layout.local, source);
             let insert = copy.query(&format!("{before}{from}{after}"));
             crate::bounded("copying a shard's rows", self.timeout, insert.execute()).await?;
         }
@@ -535,6 +575,80 @@ enum Target<'a> {
 }
 
 impl Target<'_> {
+    /// Waits until the INSERTs running now (on a cluster: on every node) have ended, at most
+    /// `timeout`; an error names them when they have not. Run right after a RENAME, so that the copy
+    /// after it reads every row written into the renamed table: an INSERT that waited for the RENAME's
+    /// lock resolved the old table (18.16 checked: it ended in the renamed table after the RENAME).
+    async fn wait_out_inserts(&self, timeout: std::time::Duration) -> Result<(), StorageError> {
+        self.wait_out(
+            "positionCaseInsensitive(query, 'INSERT') > 0",
+            "INSERT(s) that began before the RENAME",
+            timeout,
+        )
+        .await
+    }
+
+    /// Waits until the queries matching `filter` (SQL over `system.processes`) running now (on a
+    /// cluster: on every node) have ended, at most `timeout`; an error names `what` when they have not.
+    async fn wait_out(
+        &self,
+        filter: &str,
+        what: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), StorageError> {
+        let (client, source) = match self {
+            Target::Server { client, .. } => ((*client).clone(), "system.processes".to_string()),
+            Target::Cluster(cluster) => {
+                let (source, _) = cluster
+                    .reads
+                    .source_and_count(&cluster.ddl, "system", "processes", cluster.timeout)
+                    .await?;
+                (cluster.ddl.clone(), source)
+            }
+        };
+        let running = format!(
+            "SELECT query_id FROM {source} WHERE ({filter}) \
+             AND positionCaseInsensitive(query, 'system.processes') = 0"
+        );
+        let ids: Vec<String> = crate::bounded(
+            "listing the running INSERTs",
+            timeout,
+            client.query(&running).fetch_all(),
+        )
+        .await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(queries = ids.len(), "waiting for the {what} to end");
+        // Sent through the crate's query(), which reads `?` as a placeholder: doubled.
+        let list: Vec<String> = ids
+            .iter()
+            .map(|id| cluster::quote(id).replace('?', "??"))
+            .collect();
+        let still = format!(
+            "SELECT count() FROM {source} WHERE query_id IN ({})",
+            list.join(", ")
+        );
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let n: u64 = crate::bounded(
+                "waiting for the running INSERTs",
+                timeout,
+                client.query(&still).fetch_one(),
+            )
+            .await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StorageError::Migration(format!(
+                    "{n} {what} still running after {timeout:?}: run rum migrate again once they ended"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     /// Whether the migrations' `table` exists (on a cluster: in the local database of every node).
     async fn has_table(&self, table: &str) -> Result<bool, StorageError> {
         match self {
@@ -554,6 +668,18 @@ impl Target<'_> {
             Target::Cluster(cluster) => cluster.has_table(table).await,
         }
     }
+}
+
+/// The table an `INSERT INTO table ...` statement writes (comments skipped), or `None`.
+fn inserted_table(statement: &str) -> Option<&str> {
+    let code = statement
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("--"))?;
+    let mut words = code.split_whitespace();
+    let (insert, into, table) = (words.next()?, words.next()?, words.next()?);
+    (insert.eq_ignore_ascii_case("INSERT") && into.eq_ignore_ascii_case("INTO"))
+        .then(|| table.split('(').next().unwrap_or(table))
 }
 
 /// What is left to run of `statement` when its migration runs, maybe again after an interruption;
@@ -735,6 +861,17 @@ mod tests {
                 "SELECT 1"
             ]
         );
+    }
+
+    #[test]
+    fn finds_the_table_an_insert_writes() {
+        assert_eq!(
+            inserted_table("-- a copy\nINSERT INTO vitals_raw (a, b)\nSELECT a, b FROM old"),
+            Some("vitals_raw")
+        );
+        assert_eq!(inserted_table("insert into t(a) SELECT 1"), Some("t"));
+        assert_eq!(inserted_table("ALTER TABLE t ADD COLUMN c UInt8"), None);
+        assert_eq!(inserted_table("-- only a comment"), None);
     }
 
     #[test]
