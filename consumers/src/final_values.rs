@@ -19,8 +19,8 @@
 //! - the same value again is dropped (`rum_consumer_metrics_deduplicated_total`);
 //! - another route or device than the first value's, or another UTC day, is dropped and counted
 //!   (`rum_consumer_resends_dropped_total{reason}`): the replacement row takes the first row's
-//!   `received_at`, route and device, so that the rollup's retraction lands in the same group and
-//!   one INSERT stays in one day's partition;
+//!   `received_at`, route, device and sample rate, so that the rollup's retraction lands in the same
+//!   group with the weight it added, and one INSERT stays in one day's partition;
 //! - otherwise the new value replaces it (`rum_consumer_metrics_replaced_total`).
 //!
 //! **Exactly once.** At most one row of an id is in `vitals_raw` without its rollup: an INSERT holds
