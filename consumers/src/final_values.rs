@@ -270,26 +270,32 @@ pub fn resolve(
     let mut order: Vec<u64> = Vec::new();
     let mut pending: KeyMap<Pending> = KeyMap::default();
     for o in occurrences {
-        let current = match pending.get(&o.key) {
-            Some(p) => Some((p.value, p.received_at, p.place, p.sample_rate)),
-            None => before(o).map(|c| (c.value, c.received_at, c.place, c.sample_rate)),
+        // The value stored before this INSERT, asked only for an id's first metric in it.
+        let stored = if pending.contains_key(&o.key) {
+            None
+        } else {
+            before(o)
         };
-        let Some((value, received_at, place, sample_rate)) = current else {
-            order.push(o.key);
-            pending.insert(
-                o.key,
-                Pending {
-                    base: None,
-                    received_at: o.received_at,
-                    sample_rate: o.sample_rate,
-                    place: o.place,
-                    value: o.value,
-                    rating: o.rating,
-                    at: o.at,
-                    partition: o.partition,
-                },
-            );
-            continue;
+        let (value, received_at, place) = match (pending.get(&o.key), &stored) {
+            (Some(p), _) => (p.value, p.received_at, p.place),
+            (None, Some(c)) => (c.value, c.received_at, c.place),
+            (None, None) => {
+                order.push(o.key);
+                pending.insert(
+                    o.key,
+                    Pending {
+                        base: None,
+                        received_at: o.received_at,
+                        sample_rate: o.sample_rate,
+                        place: o.place,
+                        value: o.value,
+                        rating: o.rating,
+                        at: o.at,
+                        partition: o.partition,
+                    },
+                );
+                continue;
+            }
         };
         let dropped = if place != o.place {
             resolved.counts.other_place += 1;
@@ -308,22 +314,21 @@ pub fn resolve(
             continue;
         }
         resolved.counts.replaced += 1;
-        match pending.get_mut(&o.key) {
-            Some(p) => {
+        match (pending.get_mut(&o.key), stored) {
+            (Some(p), _) => {
                 resolved.fates.insert(p.at, Fate::Drop(Dropped::Superseded));
                 p.value = o.value;
                 p.rating = o.rating;
                 p.at = o.at;
             }
-            None => {
-                let base = before(o);
+            (None, base) => {
                 order.push(o.key);
                 pending.insert(
                     o.key,
                     Pending {
                         base,
                         received_at,
-                        sample_rate,
+                        sample_rate: base.map_or(o.sample_rate, |b| b.sample_rate),
                         place,
                         value: o.value,
                         rating: o.rating,
